@@ -1,0 +1,452 @@
+//! OR-Map: an observed-remove, multi-value map.
+//!
+//! Each [`OrMap::assoc`] adds an entry under a fresh tag, a [`Dot`] `(actor, counter)`; the
+//! entry's value lives in a content-addressed commit record (its transactions). [`OrMap::dissoc`]
+//! removes exactly the entries it has observed for the key, recording a removal commit (revert
+//! transactions) per removed tag. So a concurrent assoc survives a concurrent dissoc (add wins), and
+//! concurrent assocs of one key keep several live values: [`OrMap::get`] returns them all and
+//! [`OrMap::conflicts`] reports such keys.
+//!
+//! State and ops have one shape, `adds: key -> {dot -> commit}` and `removals: key -> {dot ->
+//! removal commit}`, and the join is their union, so it is commutative, associative and idempotent
+//! and a removal that arrives before its add still hides it. Removed entries are kept as
+//! tombstones (the removal commits are needed to replay history in order).
+//!
+//! ```
+//! use replikativ_crdt::{ActorId, Crdt, OrMap, Transaction, Value};
+//!
+//! let (alice, bob) = (ActorId::from_u128(1), ActorId::from_u128(2));
+//! let mut a = OrMap::default();
+//! let mut b = OrMap::default();
+//! let x = a.assoc("title".into(), vec![Transaction::new("set", "Draft")], alice, "alice", 1).unwrap();
+//! let y = b.assoc("title".into(), vec![Transaction::new("set", "Final")], bob, "bob", 1).unwrap();
+//! a.apply(&y.op).unwrap();
+//! b.apply(&x.op).unwrap();
+//! assert_eq!(a, b);
+//! assert_eq!(a.get(&Value::from("title")).len(), 2); // both values live: a conflict
+//! assert_eq!(a.conflicts().len(), 1);
+//!
+//! let rm = a.dissoc(&"title".into(), vec![], "alice", 2).unwrap();
+//! b.apply(&rm.op).unwrap();
+//! assert!(b.get(&Value::from("title")).is_empty());
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::commit::{CrdtKind, Staged, Transaction, make_commit};
+use crate::error::{OpError, ValidationError};
+use crate::{ActorId, ContentId, Crdt, Dot, Value};
+
+type Tagged = BTreeMap<Value, BTreeMap<Dot, ContentId>>;
+
+/// An OR-Map replica (see the module docs).
+#[derive(Clone, Default, PartialEq, Eq, Debug)]
+pub struct OrMap {
+    adds: Tagged,
+    removals: Tagged,
+    /// Highest counter seen per actor (derived from the dots above; makes fresh dots).
+    clock: BTreeMap<ActorId, u64>,
+}
+
+/// One tagged entry on the wire: key, tag and commit.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+pub struct OrEntry {
+    /// The map key.
+    pub key: Value,
+    /// The entry's tag.
+    pub dot: Dot,
+    /// The commit: the value's transactions for an add, the revert transactions for a removal.
+    pub commit: ContentId,
+}
+
+/// An OR-Map op (a delta, or a whole state): entries added and entries removed.
+#[derive(Clone, PartialEq, Eq, Default, Debug, Serialize, Deserialize)]
+pub struct OrMapOp {
+    /// Added entries.
+    pub adds: Vec<OrEntry>,
+    /// Removed entries: the dot of the removed add and the removal commit.
+    pub removals: Vec<OrEntry>,
+}
+
+fn tagged(entries: &[OrEntry]) -> Tagged {
+    let mut t = Tagged::new();
+    for e in entries {
+        let slot = t.entry(e.key.clone()).or_default().entry(e.dot).or_insert(e.commit);
+        *slot = (*slot).max(e.commit);
+    }
+    t
+}
+
+fn flatten(t: &Tagged) -> Vec<OrEntry> {
+    t.iter()
+        .flat_map(|(k, dots)| dots.iter().map(|(d, c)| OrEntry { key: k.clone(), dot: *d, commit: *c }))
+        .collect()
+}
+
+impl OrMap {
+    /// Live entries of a key: added and not removed, by tag order.
+    pub fn entries(&self, key: &Value) -> Vec<(Dot, ContentId)> {
+        let removed = self.removals.get(key);
+        self.adds
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter(|(d, _)| !removed.is_some_and(|r| r.contains_key(d)))
+            .map(|(d, c)| (*d, *c))
+            .collect()
+    }
+
+    /// The commits of a key's live values, by tag order. Empty if the key has none.
+    pub fn get(&self, key: &Value) -> Vec<ContentId> {
+        self.entries(key).into_iter().map(|(_, c)| c).collect()
+    }
+
+    /// Keys with at least one live value, sorted.
+    pub fn keys(&self) -> impl Iterator<Item = &Value> + '_ {
+        self.adds.keys().filter(|k| !self.entries(k).is_empty())
+    }
+
+    /// Number of keys with live values.
+    pub fn len(&self) -> usize {
+        self.keys().count()
+    }
+
+    /// Whether no key has a live value.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keys with several live values (concurrent assocs), with their commits.
+    pub fn conflicts(&self) -> BTreeMap<Value, Vec<ContentId>> {
+        self.adds
+            .keys()
+            .filter_map(|k| {
+                let live = self.get(k);
+                (live.len() > 1).then(|| (k.clone(), live))
+            })
+            .collect()
+    }
+
+    /// Keys that the given (already applied) op added to and that now have several live values
+    /// (replikativ's `new-conflicts`).
+    pub fn new_conflicts(&self, op: &OrMapOp) -> BTreeMap<Value, BTreeSet<ContentId>> {
+        op.adds
+            .iter()
+            .map(|e| &e.key)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .filter_map(|k| {
+                let live: BTreeSet<ContentId> = self.get(k).into_iter().collect();
+                (live.len() > 1).then(|| (k.clone(), live))
+            })
+            .collect()
+    }
+
+    /// The commits to replay, in order, to realize an (already applied) op on top of the state
+    /// before it (replikativ's OR-Map `commit-history`):
+    ///
+    /// 1. each add of the op that the op does not also remove;
+    /// 2. for each removal of the op whose add is not in the op: the removal commit (its revert
+    ///    transactions), then every value still live under that key that step 1 or an earlier
+    ///    removal did not already replay, so the key ends up showing a live value again.
+    pub fn realization_order(&self, op: &OrMapOp) -> Vec<ContentId> {
+        let op_adds = tagged(&op.adds);
+        let op_removals = tagged(&op.removals);
+        let mut out = Vec::new();
+        let mut replayed = BTreeSet::new();
+        for (key, dots) in &op_adds {
+            for (dot, commit) in dots {
+                if !op_removals.get(key).is_some_and(|r| r.contains_key(dot)) && replayed.insert(*commit) {
+                    out.push(*commit);
+                }
+            }
+        }
+        for (key, dots) in &op_removals {
+            for (dot, removal) in dots {
+                if op_adds.get(key).is_some_and(|a| a.contains_key(dot)) {
+                    continue; // added and removed in one op: never applied, nothing to revert
+                }
+                out.push(*removal);
+                for live in self.get(key) {
+                    if replayed.insert(live) {
+                        out.push(live);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn next_dot(&self, actor: ActorId) -> Dot {
+        Dot::new(actor, self.clock.get(&actor).copied().unwrap_or(0) + 1)
+    }
+
+    /// Adds a value (as transactions in a new commit) under `key` with a fresh tag of `actor`.
+    /// Earlier values of the key stay live until removed.
+    pub fn assoc(
+        &mut self,
+        key: Value,
+        txs: Vec<Transaction>,
+        actor: ActorId,
+        author: &str,
+        ts: u64,
+    ) -> Result<Staged<OrMapOp>, OpError> {
+        if txs.is_empty() {
+            return Err(OpError::NoTransactions);
+        }
+        let mut values = BTreeMap::new();
+        let commit = make_commit(CrdtKind::Ormap, vec![], &txs, author, ts, &mut values);
+        let op = OrMapOp { adds: vec![OrEntry { key, dot: self.next_dot(actor), commit }], removals: vec![] };
+        self.apply(&op).expect("a fresh dot is valid");
+        Ok(Staged { op, values })
+    }
+
+    /// Removes every live value of `key` observed here, recording `revert` as the removal commit.
+    /// Refuses with [`OpError::NoSuchKey`] when the key has no live value.
+    pub fn dissoc(
+        &mut self,
+        key: &Value,
+        revert: Vec<Transaction>,
+        author: &str,
+        ts: u64,
+    ) -> Result<Staged<OrMapOp>, OpError> {
+        let dots: Vec<Dot> = self.entries(key).into_iter().map(|(d, _)| d).collect();
+        if dots.is_empty() {
+            return Err(OpError::NoSuchKey);
+        }
+        Ok(self.remove(key, &dots, &revert, author, ts))
+    }
+
+    /// Removes one chosen live value of `key` (by its tag), keeping the others.
+    pub fn dissoc_entry(
+        &mut self,
+        key: &Value,
+        dot: Dot,
+        revert: Vec<Transaction>,
+        author: &str,
+        ts: u64,
+    ) -> Result<Staged<OrMapOp>, OpError> {
+        if !self.entries(key).iter().any(|(d, _)| *d == dot) {
+            return Err(OpError::NoSuchEntry);
+        }
+        Ok(self.remove(key, &[dot], &revert, author, ts))
+    }
+
+    fn remove(
+        &mut self,
+        key: &Value,
+        dots: &[Dot],
+        revert: &[Transaction],
+        author: &str,
+        ts: u64,
+    ) -> Staged<OrMapOp> {
+        let mut values = BTreeMap::new();
+        let commit = make_commit(CrdtKind::Ormap, vec![], revert, author, ts, &mut values);
+        let removals = dots.iter().map(|&dot| OrEntry { key: key.clone(), dot, commit }).collect();
+        let op = OrMapOp { adds: vec![], removals };
+        self.apply(&op).expect("removing observed tags is valid");
+        Staged { op, values }
+    }
+
+    fn check(existing: &Tagged, entries: &[OrEntry]) -> Result<(), ValidationError> {
+        let mut seen: BTreeMap<(&Value, Dot), ContentId> = BTreeMap::new();
+        for e in entries {
+            let known = existing.get(&e.key).and_then(|d| d.get(&e.dot)).copied();
+            let earlier = seen.insert((&e.key, e.dot), e.commit);
+            if known.is_some_and(|c| c != e.commit) || earlier.is_some_and(|c| c != e.commit) {
+                return Err(ValidationError::DotReused { dot: format!("{:?}", e.dot) });
+            }
+        }
+        Ok(())
+    }
+
+    fn join_into(target: &mut Tagged, clock: &mut BTreeMap<ActorId, u64>, entries: &[OrEntry]) -> bool {
+        let mut changed = false;
+        for e in entries {
+            let c = clock.entry(e.dot.actor).or_default();
+            *c = (*c).max(e.dot.counter);
+            let dots = target.entry(e.key.clone()).or_default();
+            match dots.get_mut(&e.dot) {
+                None => {
+                    dots.insert(e.dot, e.commit);
+                    changed = true;
+                }
+                // Only reachable for ops that failed validation: keep the larger id, so the
+                // join stays deterministic even then.
+                Some(c) if *c < e.commit => {
+                    *c = e.commit;
+                    changed = true;
+                }
+                Some(_) => {}
+            }
+        }
+        changed
+    }
+}
+
+impl Crdt for OrMap {
+    type Op = OrMapOp;
+    const KIND: CrdtKind = CrdtKind::Ormap;
+
+    fn validate_op(&self, op: &OrMapOp) -> Result<(), ValidationError> {
+        Self::check(&self.adds, &op.adds)?;
+        Self::check(&self.removals, &op.removals)
+    }
+
+    fn apply(&mut self, op: &OrMapOp) -> Result<bool, ValidationError> {
+        self.validate_op(op)?;
+        let added = Self::join_into(&mut self.adds, &mut self.clock, &op.adds);
+        let removed = Self::join_into(&mut self.removals, &mut self.clock, &op.removals);
+        Ok(added || removed)
+    }
+
+    fn state_op(&self) -> OrMapOp {
+        OrMapOp { adds: flatten(&self.adds), removals: flatten(&self.removals) }
+    }
+
+    fn commit_ids(op: &OrMapOp) -> Vec<ContentId> {
+        let ids: BTreeSet<ContentId> = op.adds.iter().chain(&op.removals).map(|e| e.commit).collect();
+        ids.into_iter().collect()
+    }
+}
+
+impl Serialize for OrMap {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.state_op().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for OrMap {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let op = OrMapOp::deserialize(deserializer)?;
+        let mut map = OrMap::default();
+        map.apply(&op).map_err(serde::de::Error::custom)?;
+        Ok(map)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cid(n: u8) -> ContentId {
+        let mut b = [0u8; 32];
+        b[31] = n;
+        ContentId::from_bytes(b)
+    }
+
+    fn dot(n: u64) -> Dot {
+        Dot::new(ActorId::from_u128(7), n)
+    }
+
+    fn entry(key: &str, d: u64, c: u8) -> OrEntry {
+        OrEntry { key: key.into(), dot: dot(d), commit: cid(c) }
+    }
+
+    // The original's test map, with commits standing in as ids:
+    // 1 = [:a "bar"], 2 = [:a "baz"], 3 = [:a "2"], 11 = [:r "bar"].
+    fn test_map() -> (OrMap, OrMapOp) {
+        let op = OrMapOp {
+            adds: vec![entry("foo", 1, 1), entry("foo", 2, 2)],
+            removals: vec![entry("foo", 1, 11)],
+        };
+        let mut m = OrMap::default();
+        m.apply(&op).unwrap();
+        (m, op)
+    }
+
+    #[test]
+    fn ormap_commit_history() {
+        let (m, op) = test_map();
+        assert_eq!(m.realization_order(&op), vec![cid(2)]);
+        let removal = OrMapOp { adds: vec![], removals: vec![entry("foo", 1, 11)] };
+        assert_eq!(m.realization_order(&removal), vec![cid(11), cid(2)]);
+        let mut m3 = m.clone();
+        let op3 = OrMapOp { adds: vec![entry("foo2", 3, 3)], removals: vec![entry("foo", 1, 11)] };
+        m3.apply(&op3).unwrap();
+        assert_eq!(m3.realization_order(&op3), vec![cid(3), cid(11), cid(2)]);
+    }
+
+    #[test]
+    fn conflict_summarization() {
+        let state = OrMapOp {
+            adds: vec![entry("foo", 1, 1), entry("foo", 2, 2), entry("foos", 3, 1), entry("foos", 4, 2)],
+            removals: vec![entry("foo", 3, 11)],
+        };
+        let mut m = OrMap::default();
+        m.apply(&state).unwrap();
+        let op = OrMapOp { adds: vec![entry("foo", 2, 2)], removals: vec![entry("foo", 3, 11)] };
+        assert_eq!(
+            m.new_conflicts(&op),
+            BTreeMap::from([(Value::from("foo"), BTreeSet::from([cid(1), cid(2)]))])
+        );
+        assert_eq!(m.conflicts().len(), 2);
+    }
+
+    #[test]
+    fn dissoc_removes_every_observed_value_and_entry_removes_one() {
+        let a = ActorId::from_u128(1);
+        let b = ActorId::from_u128(2);
+        let mut m = OrMap::default();
+        let k = Value::from("k");
+        m.assoc(k.clone(), vec![Transaction::new("set", 1)], a, "a", 1).unwrap();
+        let second = m.assoc(k.clone(), vec![Transaction::new("set", 2)], b, "b", 1).unwrap();
+        assert_eq!(m.get(&k).len(), 2);
+        let d = second.op.adds[0].dot;
+        m.dissoc_entry(&k, d, vec![], "a", 2).unwrap();
+        assert_eq!(m.entries(&k).len(), 1);
+        assert_eq!(m.dissoc_entry(&k, d, vec![], "a", 2), Err(OpError::NoSuchEntry));
+        m.assoc(k.clone(), vec![Transaction::new("set", 3)], b, "b", 3).unwrap();
+        let rm = m.dissoc(&k, vec![Transaction::new("unset", Value::Nil)], "a", 4).unwrap();
+        assert_eq!(rm.op.removals.len(), 2);
+        assert!(m.get(&k).is_empty());
+        assert_eq!(m.dissoc(&k, vec![], "a", 5), Err(OpError::NoSuchKey));
+        assert!(m.is_empty());
+    }
+
+    #[test]
+    fn concurrent_assoc_survives_dissoc() {
+        let (a, b) = (ActorId::from_u128(1), ActorId::from_u128(2));
+        let k = Value::from("k");
+        let mut x = OrMap::default();
+        let first = x.assoc(k.clone(), vec![Transaction::new("set", 1)], a, "a", 1).unwrap();
+        let mut y = x.clone();
+        let rm = x.dissoc(&k, vec![], "a", 2).unwrap();
+        let add = y.assoc(k.clone(), vec![Transaction::new("set", 2)], b, "b", 2).unwrap();
+        x.apply(&add.op).unwrap();
+        y.apply(&rm.op).unwrap();
+        assert_eq!(x, y);
+        assert_eq!(x.get(&k), vec![add.op.adds[0].commit]);
+        assert_ne!(first.op.adds[0].commit, add.op.adds[0].commit);
+    }
+
+    #[test]
+    fn removal_before_add_still_hides_it() {
+        let (m, op) = test_map();
+        let mut late = OrMap::default();
+        late.apply(&OrMapOp { adds: vec![], removals: op.removals.clone() }).unwrap();
+        late.apply(&OrMapOp { adds: op.adds.clone(), removals: vec![] }).unwrap();
+        assert_eq!(late, m);
+        assert_eq!(late.get(&"foo".into()), vec![cid(2)]);
+    }
+
+    #[test]
+    fn reused_dot_is_refused() {
+        let (mut m, _) = test_map();
+        let before = m.clone();
+        let forged = OrMapOp { adds: vec![entry("foo", 2, 9)], removals: vec![] };
+        assert!(matches!(m.apply(&forged), Err(ValidationError::DotReused { .. })));
+        let twice = OrMapOp { adds: vec![entry("new", 5, 1), entry("new", 5, 2)], removals: vec![] };
+        assert!(matches!(m.apply(&twice), Err(ValidationError::DotReused { .. })));
+        assert_eq!(m, before);
+    }
+
+    #[test]
+    fn fresh_dots_follow_the_highest_seen_counter() {
+        let (mut m, _) = test_map();
+        let s = m.assoc("z".into(), vec![Transaction::new("set", 0)], ActorId::from_u128(7), "a", 0).unwrap();
+        assert_eq!(s.op.adds[0].dot.counter, 3);
+    }
+}

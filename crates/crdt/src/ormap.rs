@@ -9,7 +9,9 @@
 //!
 //! State and ops have one shape, `adds: key -> {dot -> commit}` and `removals: key -> {dot ->
 //! removal commit}`, and the join is their union, so it is commutative, associative and idempotent
-//! and a removal that arrives before its add still hides it. Removed entries are kept as
+//! and a removal that arrives before its add still hides it. An add's tag names one commit
+//! forever (an op reusing it for another commit is refused); when two replicas remove one entry
+//! concurrently, the join keeps the removal commit with the larger id. Removed entries are kept as
 //! tombstones (the removal commits are needed to replay history in order).
 //!
 //! ```
@@ -273,8 +275,8 @@ impl OrMap {
                     dots.insert(e.dot, e.commit);
                     changed = true;
                 }
-                // Only reachable for ops that failed validation: keep the larger id, so the
-                // join stays deterministic even then.
+                // Concurrent removals of one entry (or, for adds, only ops that failed
+                // validation): keep the larger commit id, so the join is deterministic.
                 Some(c) if *c < e.commit => {
                     *c = e.commit;
                     changed = true;
@@ -291,8 +293,9 @@ impl Crdt for OrMap {
     const KIND: CrdtKind = CrdtKind::Ormap;
 
     fn validate_op(&self, op: &OrMapOp) -> Result<(), ValidationError> {
-        Self::check(&self.adds, &op.adds)?;
-        Self::check(&self.removals, &op.removals)
+        // Removals are not checked: two replicas may remove one entry concurrently, each with its
+        // own removal commit; the join keeps the larger id (see `join_into`).
+        Self::check(&self.adds, &op.adds)
     }
 
     fn apply(&mut self, op: &OrMapOp) -> Result<bool, ValidationError> {
@@ -441,6 +444,20 @@ mod tests {
         let twice = OrMapOp { adds: vec![entry("new", 5, 1), entry("new", 5, 2)], removals: vec![] };
         assert!(matches!(m.apply(&twice), Err(ValidationError::DotReused { .. })));
         assert_eq!(m, before);
+    }
+
+    #[test]
+    fn concurrent_removals_of_one_entry_converge() {
+        let (m, _) = test_map();
+        let mut x = m.clone();
+        let mut y = m.clone();
+        let rx = x.dissoc(&"foo".into(), vec![Transaction::new("undo", 1)], "x", 5).unwrap();
+        let ry = y.dissoc(&"foo".into(), vec![Transaction::new("undo", 2)], "y", 5).unwrap();
+        x.apply(&ry.op).unwrap();
+        y.apply(&rx.op).unwrap();
+        assert_eq!(x, y);
+        let winner = rx.op.removals[0].commit.max(ry.op.removals[0].commit);
+        assert_eq!(x.state_op().removals.iter().find(|e| e.dot == dot(2)).unwrap().commit, winner);
     }
 
     #[test]

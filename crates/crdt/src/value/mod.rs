@@ -6,12 +6,18 @@
 //! Any serde type converts to and from a value with [`to_value`] and [`from_value`].
 
 mod canonical;
+mod de;
+mod error;
+mod ser;
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fmt;
 
 pub use canonical::{DecodeError, MAX_DEPTH};
+pub use de::from_value;
+pub use error::ValueError;
+pub use ser::to_value;
 
 use crate::hash::ContentId;
 

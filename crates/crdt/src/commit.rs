@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::ValidationError;
+use crate::error::{OpError, ValidationError};
 use crate::{ContentId, Value};
 
 /// The kinds of replicated datatypes, as named on the wire and in commits.
@@ -183,6 +183,11 @@ pub struct Staged<O> {
     pub op: O,
     /// New values by content id: commit records and transaction params.
     pub values: BTreeMap<ContentId, Value>,
+}
+
+/// Refuses transactions whose params nest too deep to be decoded by other replicas.
+pub(crate) fn check_txs(txs: &[Transaction]) -> Result<(), OpError> {
+    if txs.iter().all(|t| t.params.within_depth_limit()) { Ok(()) } else { Err(OpError::TooDeep) }
 }
 
 /// Builds a commit from full transactions, returning its id and every new value (the commit record

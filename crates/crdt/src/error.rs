@@ -32,6 +32,9 @@ pub enum ValidationError {
         /// The field.
         field: &'static str,
     },
+    /// A value nested deeper than [`crate::value::MAX_DEPTH`] levels.
+    #[error("a value in the op nests deeper than {} levels", crate::value::MAX_DEPTH)]
+    TooDeep,
     /// An op whose shape is impossible (e.g. an empty LWW write).
     #[error("malformed op: {reason}")]
     BadOp {
@@ -89,6 +92,9 @@ pub enum OpError {
     /// A fork target that already exists.
     #[error("the fork target already has commits")]
     ForkTargetExists,
+    /// A value nested deeper than [`crate::value::MAX_DEPTH`] levels (no replica could decode it).
+    #[error("a value nests deeper than {} levels", crate::value::MAX_DEPTH)]
+    TooDeep,
     /// Dissoc of a key with no live value.
     #[error("the key has no value to remove")]
     NoSuchKey,

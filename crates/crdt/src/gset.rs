@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use crate::commit::CrdtKind;
-use crate::error::ValidationError;
+use crate::error::{OpError, ValidationError};
 use crate::{ContentId, Crdt, Value};
 
 /// A grow-only set replica.
@@ -24,10 +24,13 @@ pub struct GSetOp {
 
 impl GSet {
     /// Adds an element; returns the op to replicate.
-    pub fn add(&mut self, element: Value) -> GSetOp {
+    pub fn add(&mut self, element: Value) -> Result<GSetOp, OpError> {
+        if !element.within_depth_limit() {
+            return Err(OpError::TooDeep);
+        }
         let op = GSetOp { elements: BTreeSet::from([element]) };
         self.elements.extend(op.elements.iter().cloned());
-        op
+        Ok(op)
     }
 
     /// The elements, sorted.
@@ -50,11 +53,12 @@ impl Crdt for GSet {
     type Op = GSetOp;
     const KIND: CrdtKind = CrdtKind::Gset;
 
-    fn validate_op(&self, _op: &GSetOp) -> Result<(), ValidationError> {
-        Ok(())
+    fn validate_op(&self, op: &GSetOp) -> Result<(), ValidationError> {
+        if op.elements.iter().all(Value::within_depth_limit) { Ok(()) } else { Err(ValidationError::TooDeep) }
     }
 
     fn apply(&mut self, op: &GSetOp) -> Result<bool, ValidationError> {
+        self.validate_op(op)?;
         let before = self.elements.len();
         self.elements.extend(op.elements.iter().cloned());
         Ok(self.elements.len() != before)

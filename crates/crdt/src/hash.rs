@@ -32,6 +32,9 @@ impl ContentId {
     }
 
     /// blake3 of raw bytes (use [`crate::Value::content_id`] for values).
+    ///
+    /// No domain prefix separates raw bytes from value encodings (the raw bytes `[0x00]` hash like
+    /// the encoding of nil), so never key raw blobs and values by these ids in one keyspace.
     pub fn hash_bytes(bytes: &[u8]) -> ContentId {
         ContentId(*blake3::hash(bytes).as_bytes())
     }

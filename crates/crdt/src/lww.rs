@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::commit::CrdtKind;
-use crate::error::ValidationError;
+use crate::error::{OpError, ValidationError};
 use crate::{ActorId, ContentId, Crdt, Hlc, Value};
 
 /// A last-writer-wins register replica. Never written: value nil, no stamp.
@@ -29,10 +29,13 @@ pub struct LwwOp {
 
 impl LwwRegister {
     /// Writes `value` by `actor` at wall time `now_ms`; returns the op to replicate.
-    pub fn set(&mut self, value: Value, now_ms: u64, actor: ActorId) -> LwwOp {
+    pub fn set(&mut self, value: Value, now_ms: u64, actor: ActorId) -> Result<LwwOp, OpError> {
+        if !value.within_depth_limit() {
+            return Err(OpError::TooDeep);
+        }
         let op = LwwOp { value, stamp: Some(Hlc::next(self.stamp.as_ref(), now_ms, actor)) };
         self.apply(&op).expect("a local write is valid");
-        op
+        Ok(op)
     }
 
     /// The current value (nil if never written).
@@ -51,6 +54,9 @@ impl Crdt for LwwRegister {
     const KIND: CrdtKind = CrdtKind::Lww;
 
     fn validate_op(&self, op: &LwwOp) -> Result<(), ValidationError> {
+        if !op.value.within_depth_limit() {
+            return Err(ValidationError::TooDeep);
+        }
         if op.stamp.is_none() && op.value != Value::Nil {
             return Err(ValidationError::BadOp { reason: "an LWW write without a stamp must be nil" });
         }
@@ -86,10 +92,10 @@ mod tests {
         let (a, b) = (ActorId::from_u128(1), ActorId::from_u128(2));
         let mut x = LwwRegister::default();
         let mut y = LwwRegister::default();
-        let w1 = x.set(Value::map([("a", 1)]), 1_000, a);
+        let w1 = x.set(Value::map([("a", 1)]), 1_000, a).unwrap();
         y.apply(&w1).unwrap();
         // y's wall clock is behind, but its write comes after what it saw.
-        let w2 = y.set(Value::map([("b", "2")]), 10, b);
+        let w2 = y.set(Value::map([("b", "2")]), 10, b).unwrap();
         assert!(x.apply(&w2).unwrap());
         assert_eq!(x, y);
         assert_eq!(x.get(), &Value::map([("b", "2")]));

@@ -37,7 +37,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::commit::{CrdtKind, Staged, Transaction, make_commit};
+use crate::commit::{CrdtKind, Staged, Transaction, check_txs, make_commit};
 use crate::error::{OpError, ValidationError};
 use crate::{ActorId, ContentId, Crdt, Dot, Value};
 
@@ -198,6 +198,10 @@ impl OrMap {
         if txs.is_empty() {
             return Err(OpError::NoTransactions);
         }
+        check_txs(&txs)?;
+        if !key.within_depth_limit() {
+            return Err(OpError::TooDeep);
+        }
         let mut values = BTreeMap::new();
         let commit = make_commit(CrdtKind::Ormap, vec![], &txs, author, ts, &mut values);
         let op = OrMapOp { adds: vec![OrEntry { key, dot: self.next_dot(actor), commit }], removals: vec![] };
@@ -218,6 +222,7 @@ impl OrMap {
         if dots.is_empty() {
             return Err(OpError::NoSuchKey);
         }
+        check_txs(&revert)?;
         Ok(self.remove(key, &dots, &revert, author, ts))
     }
 
@@ -233,6 +238,7 @@ impl OrMap {
         if !self.entries(key).iter().any(|(d, _)| *d == dot) {
             return Err(OpError::NoSuchEntry);
         }
+        check_txs(&revert)?;
         Ok(self.remove(key, &[dot], &revert, author, ts))
     }
 
@@ -253,6 +259,9 @@ impl OrMap {
     }
 
     fn check(existing: &Tagged, entries: &[OrEntry]) -> Result<(), ValidationError> {
+        if !entries.iter().all(|e| e.key.within_depth_limit()) {
+            return Err(ValidationError::TooDeep);
+        }
         let mut seen: BTreeMap<(&Value, Dot), ContentId> = BTreeMap::new();
         for e in entries {
             let known = existing.get(&e.key).and_then(|d| d.get(&e.dot)).copied();
@@ -293,8 +302,11 @@ impl Crdt for OrMap {
     const KIND: CrdtKind = CrdtKind::Ormap;
 
     fn validate_op(&self, op: &OrMapOp) -> Result<(), ValidationError> {
-        // Removals are not checked: two replicas may remove one entry concurrently, each with its
-        // own removal commit; the join keeps the larger id (see `join_into`).
+        // Removals may differ in their commit: two replicas may remove one entry concurrently,
+        // each with its own removal commit; the join keeps the larger id (see `join_into`).
+        if !op.removals.iter().all(|e| e.key.within_depth_limit()) {
+            return Err(ValidationError::TooDeep);
+        }
         Self::check(&self.adds, &op.adds)
     }
 

@@ -197,7 +197,7 @@ proptest! {
         let (replicas, ops) = run::<LwwRegister>(&[], &steps, |r, replica, _, _, value, ts| {
             // Wall clocks that disagree between replicas and go backwards.
             let now = (ts * 7 + replica as u64 * 13) % 50;
-            Some(r.set(Value::from(value), now, actor(replica)))
+            Some(r.set(Value::from(value), now, actor(replica)).unwrap())
         });
         check_laws(&replicas, &ops, seed)?;
     }
@@ -205,7 +205,7 @@ proptest! {
     #[test]
     fn gset_laws(steps in steps(), seed in any::<u64>()) {
         let (replicas, ops) = run::<GSet>(&[], &steps, |s, _, _, key, value, _| {
-            Some(s.add(Value::list([Value::from(key), Value::from(value)])))
+            Some(s.add(Value::list([Value::from(key), Value::from(value)])).unwrap())
         });
         let joined = check_laws(&replicas, &ops, seed)?;
         for op in &ops {
@@ -265,4 +265,38 @@ fn cdvcs_ops_round_trip_through_msgpack() {
     m.assoc(Value::list([1, 2]), vec![Transaction::new("set", 1)], actor(0), "a", 1).unwrap();
     let bytes = rmp_serde::to_vec_named(&m).unwrap();
     assert_eq!(rmp_serde::from_slice::<OrMap>(&bytes).unwrap(), m);
+}
+
+#[test]
+fn values_too_deep_to_decode_are_refused_everywhere() {
+    let mut deep = Value::Nil;
+    for _ in 0..=replikativ_crdt::value::MAX_DEPTH {
+        deep = Value::List(vec![deep]);
+    }
+    assert!(!deep.within_depth_limit());
+    assert!(Value::decode(&deep.encode()).is_err(), "the decoder refuses it, so nobody may admit it");
+    let mut ok = Value::Nil;
+    for _ in 0..replikativ_crdt::value::MAX_DEPTH {
+        ok = Value::List(vec![ok]);
+    }
+    assert!(ok.within_depth_limit());
+    assert_eq!(Value::decode(&ok.encode()).unwrap(), ok);
+
+    let too_deep = replikativ_crdt::OpError::TooDeep;
+    let mut c = Cdvcs::new("a", 0).0;
+    assert_eq!(c.transact("a", 1, vec![Transaction::new("f", deep.clone())]), Err(too_deep.clone()));
+    let mut m = OrMap::default();
+    assert_eq!(
+        m.assoc(deep.clone(), vec![Transaction::new("f", 1)], actor(0), "a", 1),
+        Err(too_deep.clone())
+    );
+    assert_eq!(
+        m.assoc("k".into(), vec![Transaction::new("f", deep.clone())], actor(0), "a", 1),
+        Err(too_deep.clone())
+    );
+    assert_eq!(LwwRegister::default().set(deep.clone(), 1, actor(0)), Err(too_deep.clone()));
+    assert_eq!(GSet::default().add(deep.clone()), Err(too_deep));
+    // From the wire: refused by validation.
+    let op = replikativ_crdt::GSetOp { elements: [deep].into_iter().collect() };
+    assert_eq!(GSet::default().apply(&op), Err(replikativ_crdt::ValidationError::TooDeep));
 }

@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 
 pub use graph::CommitGraph;
 
-use crate::commit::{CrdtKind, Staged, Transaction, make_commit};
+use crate::commit::{CrdtKind, Staged, Transaction, check_txs, make_commit};
 use crate::error::{OpError, ValidationError};
 use crate::{ContentId, Crdt};
 
@@ -155,6 +155,7 @@ impl Cdvcs {
         if self.prepared.is_empty() {
             return Err(OpError::NoTransactions);
         }
+        check_txs(&self.prepared)?;
         let txs = std::mem::take(&mut self.prepared);
         Ok(self.raw_commit(CdvcsMethod::Commit, vec![head], &txs, author, ts, Vec::new()))
     }
@@ -171,6 +172,7 @@ impl Cdvcs {
         if txs.is_empty() && self.prepared.is_empty() {
             return Err(OpError::NoTransactions);
         }
+        check_txs(&txs)?;
         self.prepared.extend(txs);
         self.commit(author, ts)
     }
@@ -246,6 +248,7 @@ impl Cdvcs {
         if heads.len() < 2 {
             return Err(OpError::NothingToMerge);
         }
+        check_txs(&correcting)?;
         Ok(self.raw_commit(CdvcsMethod::Merge, heads.to_vec(), &correcting, author, ts, remote_commits))
     }
 

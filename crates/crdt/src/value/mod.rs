@@ -145,6 +145,32 @@ impl Value {
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.as_map()?.get(&Value::String(key.to_owned()))
     }
+
+    /// Whether lists and maps nest at most [`MAX_DEPTH`] levels, the limit [`Value::decode`]
+    /// accepts. Every value a datatype admits (locally or from the wire) is checked, so no replica
+    /// stores a value that another cannot decode. Iterative, so hostile depth cannot overflow the
+    /// stack here.
+    pub fn within_depth_limit(&self) -> bool {
+        let mut stack: Vec<(&Value, usize)> = vec![(self, 0)];
+        while let Some((v, depth)) = stack.pop() {
+            match v {
+                Value::List(items) => {
+                    if depth >= MAX_DEPTH {
+                        return false;
+                    }
+                    stack.extend(items.iter().map(|i| (i, depth + 1)));
+                }
+                Value::Map(entries) => {
+                    if depth >= MAX_DEPTH {
+                        return false;
+                    }
+                    stack.extend(entries.iter().flat_map(|(k, v)| [(k, depth + 1), (v, depth + 1)]));
+                }
+                _ => {}
+            }
+        }
+        true
+    }
 }
 
 impl PartialEq for Value {

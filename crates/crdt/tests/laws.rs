@@ -300,3 +300,20 @@ fn values_too_deep_to_decode_are_refused_everywhere() {
     let op = replikativ_crdt::GSetOp { elements: [deep].into_iter().collect() };
     assert_eq!(GSet::default().apply(&op), Err(replikativ_crdt::ValidationError::TooDeep));
 }
+
+#[test]
+fn values_cross_msgpack_bit_exactly_inside_ops() {
+    // Beyond 64 bits, NaN, bytes, non-string keys: an op carrying them keeps every content id.
+    let key = Value::map([(Value::Int(i128::MIN), Value::Float(f64::NAN)), (Value::Bytes(vec![0, 1]), Value::Nil)]);
+    let mut m = OrMap::default();
+    m.assoc(key.clone(), vec![Transaction::new("set", Value::Int(i128::MAX))], actor(0), "a", 1).unwrap();
+    let bytes = rmp_serde::to_vec_named(&m).unwrap();
+    let back: OrMap = rmp_serde::from_slice(&bytes).unwrap();
+    assert_eq!(back, m);
+    assert_eq!(back.get(&key).len(), 1);
+    let op = replikativ_crdt::LwwOp { value: Value::Int(i128::MAX - 1), stamp: None };
+    let json = serde_json::to_string(&Value::Int(5)).unwrap();
+    assert_eq!(json, "5", "human-readable formats get natural data");
+    let bytes = rmp_serde::to_vec_named(&op).unwrap();
+    assert_eq!(rmp_serde::from_slice::<replikativ_crdt::LwwOp>(&bytes).unwrap(), op);
+}

@@ -73,9 +73,38 @@ pub fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, ValueError> {
     T::deserialize(ValueDeserializer(value))
 }
 
+/// Reads natural data from human-readable formats, and the canonical encoding (one byte string,
+/// checked by [`Value::decode`]) from binary ones; see the `Serialize` impl.
 impl<'de> Deserialize<'de> for Value {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Value, D::Error> {
-        deserializer.deserialize_any(ValueVisitor)
+        if deserializer.is_human_readable() {
+            deserializer.deserialize_any(ValueVisitor)
+        } else {
+            deserializer.deserialize_bytes(CanonicalVisitor)
+        }
+    }
+}
+
+/// Decodes a value from its canonical encoding.
+struct CanonicalVisitor;
+
+impl<'de> Visitor<'de> for CanonicalVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the canonical encoding of a value")
+    }
+
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Value, E> {
+        Value::decode(v).map_err(E::custom)
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(b) = seq.next_element::<u8>()? {
+            bytes.push(b);
+        }
+        self.visit_bytes(&bytes)
     }
 }
 

@@ -70,8 +70,15 @@ pub fn to_value<T: Serialize + ?Sized>(value: &T) -> Result<Value, ValueError> {
     value.serialize(ValueSerializer)
 }
 
+/// In human-readable formats (JSON, and [`to_value`] itself) a value is written as natural data. In
+/// binary formats (msgpack on the wire and in stores) it is written as its canonical encoding in one
+/// byte string, so it crosses any binary format bit-exactly (integers beyond 64 bits included) and
+/// keeps its content id.
 impl Serialize for Value {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if !serializer.is_human_readable() {
+            return serializer.serialize_bytes(&self.encode());
+        }
         match self {
             Value::Nil => serializer.serialize_unit(),
             Value::Bool(b) => serializer.serialize_bool(*b),

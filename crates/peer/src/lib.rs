@@ -1,8 +1,14 @@
-//! The replikativ peer: replication protocol core and networked node.
+//! The replikativ peer: the replication protocol core and (with the `runtime` feature) the
+//! networked node.
 //!
-//! This crate is at its start: the sans-IO protocol core, the middleware chain, the websocket
-//! transport and the stage API are built in the protocol and networked-peer issues. For now it
-//! re-exports the datatypes it will replicate.
+//! The protocol core ([`proto::Peer`]) is sans-IO: events in, effects out, time and the actor id
+//! passed in, the store called directly. It builds without tokio
+//! (`cargo check -p replikativ-peer --no-default-features`), so the same code runs in the
+//! deterministic simulation ([`sim`], feature `test-utils`) and in the node.
+
+pub mod proto;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod sim;
 
 pub use replikativ_crdt as crdt;
 pub use replikativ_store as store;

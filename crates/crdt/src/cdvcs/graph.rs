@@ -295,6 +295,77 @@ impl CommitGraph {
         Some(bases)
     }
 
+    /// The newest commits whose whole ancestry is present: the heads when the graph is complete;
+    /// otherwise the commits of complete ancestry with no child of complete ancestry. A replica
+    /// that misses history summarizes itself with these, so a peer sends it everything above them
+    /// (the missing part included). Costs a scan of the graph when it is incomplete.
+    pub fn complete_frontier(&self) -> BTreeSet<ContentId> {
+        if self.is_complete() {
+            return self.heads.clone();
+        }
+        let complete = |i: u32| self.parents[i as usize].is_some() && self.generation[i as usize] != UNKNOWN;
+        let mut has_complete_child = HashSet::new();
+        for &i in &self.order {
+            if complete(i) {
+                has_complete_child.extend(self.parent_indices(i).iter().copied());
+            }
+        }
+        self.order.iter().filter(|&&i| complete(i) && !has_complete_child.contains(&i)).map(|&i| self.id_of(i)).collect()
+    }
+
+    /// The present commits reachable from `heads` but not from any present commit of `exclude`
+    /// (git's `rev-list heads ^exclude`), parents before children: what a replica whose heads are
+    /// `exclude` lacks. Unknown ids in `exclude` are ignored.
+    ///
+    /// A generation-ordered walk from both sides that stops once every queued commit is reachable
+    /// from `exclude`: the cost is the difference plus the commits near it, not the history.
+    /// Commits of incomplete ancestry are treated as newest.
+    pub fn commits_since(&self, heads: &BTreeSet<ContentId>, exclude: &[ContentId]) -> Vec<ContentId> {
+        const WANT: u8 = 1;
+        const HAVE: u8 = 2;
+        let key = |g: u32| if g == UNKNOWN { u32::MAX } else { g };
+        let mut flags: HashMap<u32, u8> = HashMap::new();
+        let mut queue: BinaryHeap<(u32, Reverse<u32>)> = BinaryHeap::new();
+        let push = |i: u32, f: u8, flags: &mut HashMap<u32, u8>, queue: &mut BinaryHeap<(u32, Reverse<u32>)>| {
+            let e = flags.entry(i).or_default();
+            if *e & f != f {
+                *e |= f;
+                queue.push((key(self.gen_of(i)), Reverse(i)));
+            }
+        };
+        for id in exclude {
+            if let Some(i) = self.present_index(id) {
+                push(i, HAVE, &mut flags, &mut queue);
+            }
+        }
+        for id in heads {
+            if let Some(i) = self.present_index(id) {
+                push(i, WANT, &mut flags, &mut queue);
+            }
+        }
+        let mut out = Vec::new();
+        let mut emitted = HashSet::new();
+        while queue.iter().any(|&(_, Reverse(i))| flags[&i] & HAVE == 0) {
+            let (_, Reverse(i)) = queue.pop().expect("queue is not empty");
+            let f = flags[&i];
+            if f & HAVE == 0 && emitted.insert(i) {
+                out.push(i);
+            }
+            let paint = if f & HAVE != 0 { HAVE } else { WANT };
+            for &p in self.parent_indices(i) {
+                if self.parents[p as usize].is_some() {
+                    push(p, paint, &mut flags, &mut queue);
+                }
+            }
+        }
+        // A commit emitted as wanted may have been painted `have` later through another path only if
+        // it has a lower generation than that path's start, which the max-first order rules out for
+        // complete ancestry; drop any such commit all the same.
+        out.retain(|i| flags[i] & HAVE == 0);
+        out.sort_by_key(|&i| (key(self.gen_of(i)), i));
+        out.into_iter().map(|i| self.id_of(i)).collect()
+    }
+
     /// The deterministic linearization of the history of `heads`: depth first, parents in their
     /// stored order, every commit once, each after all its ancestors. With several heads they are
     /// taken in sorted order, as if a merge commit had them as parents. Missing parents are skipped.

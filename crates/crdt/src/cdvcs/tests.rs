@@ -112,6 +112,8 @@ fn consistent_graph_test() {
     assert_eq!(g.missing().collect::<Vec<_>>(), vec![id(2)]);
     // 4 waits for 2 to learn its generation.
     assert_eq!(g.generation(&id(4)), None);
+    // What a peer must send from: everything above 3 (2 and 4 included).
+    assert_eq!(g.complete_frontier(), set(&[3]));
 }
 
 #[test]
@@ -285,4 +287,15 @@ fn state_serializes_and_rebuilds() {
     let back: Cdvcs = rmp_serde::from_slice(&bytes).unwrap();
     assert_eq!(back, a);
     assert_eq!(back.linearize(), a.linearize());
+}
+
+#[test]
+fn commits_since_is_what_the_other_side_lacks() {
+    let g = graph(&[(1, &[]), (2, &[1]), (3, &[2]), (4, &[2]), (5, &[3]), (6, &[4]), (7, &[5, 6])]);
+    assert_eq!(g.commits_since(&set(&[7]), &[id(5)]), [4, 6, 7].map(id));
+    assert_eq!(g.commits_since(&set(&[7]), &[]), [1, 2, 3, 4, 5, 6, 7].map(id));
+    assert!(g.commits_since(&set(&[5]), &[id(7)]).is_empty());
+    // Unknown excluded ids are ignored.
+    assert_eq!(g.commits_since(&set(&[2]), &[id(99)]), [1, 2].map(id));
+    assert_eq!(g.commits_since(&set(&[5, 6]), &[id(3), id(4)]), [5, 6].map(id));
 }

@@ -1,0 +1,267 @@
+//! Stage commands: local operations enter the core like remote publications do, and share the
+//! path that stores, relays and acknowledges them. Writes are replied to after their barrier.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use replikativ_crdt::{Address, Cdvcs, ContentId, CrdtKind, Staged, Transaction, Value};
+
+use super::message::AnyOp;
+use super::publish::Origin;
+use super::state::{CrdtState, value_key};
+use super::{CommandId, Output, Peer, Replica, StageError};
+
+/// A stage command.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Command {
+    /// Creates a datatype at an address (and subscribes to it). A CDVCS gets its root commit by
+    /// `author`.
+    Create {
+        /// Where.
+        address: Address,
+        /// Which datatype.
+        kind: CrdtKind,
+        /// Who (the stage's user).
+        author: String,
+    },
+    /// Subscribes to addresses (their data arrives from peers).
+    Subscribe {
+        /// The addresses.
+        addresses: BTreeSet<Address>,
+    },
+    /// OR-Map: adds a value under a key.
+    Assoc {
+        /// The OR-Map.
+        address: Address,
+        /// The key.
+        key: Value,
+        /// The value's transactions.
+        txs: Vec<Transaction>,
+        /// Who.
+        author: String,
+    },
+    /// OR-Map: removes every observed value of a key.
+    Dissoc {
+        /// The OR-Map.
+        address: Address,
+        /// The key.
+        key: Value,
+        /// Revert transactions recorded with the removal.
+        revert: Vec<Transaction>,
+        /// Who.
+        author: String,
+    },
+    /// CDVCS: commits transactions on the single head.
+    Transact {
+        /// The CDVCS.
+        address: Address,
+        /// The transactions.
+        txs: Vec<Transaction>,
+        /// Who.
+        author: String,
+    },
+    /// CDVCS: merges exactly the current heads, in this order.
+    Merge {
+        /// The CDVCS.
+        address: Address,
+        /// The heads, in parent order.
+        heads: Vec<ContentId>,
+        /// Correcting transactions of the merge commit.
+        correcting: Vec<Transaction>,
+        /// Who.
+        author: String,
+    },
+    /// CDVCS: pulls another CDVCS (held by this peer) into `into` up to `tip` (default: its single
+    /// head). An empty or absent `into` takes the whole history.
+    Pull {
+        /// The CDVCS pulled from.
+        from: Address,
+        /// The CDVCS pulled into.
+        into: Address,
+        /// The commit to pull up to.
+        tip: Option<ContentId>,
+        /// Whether the pull may leave several heads.
+        allow_induced_conflict: bool,
+    },
+    /// CDVCS: copies a CDVCS to a new address.
+    Fork {
+        /// The CDVCS copied.
+        from: Address,
+        /// The new address (must hold nothing).
+        into: Address,
+    },
+    /// LWW register: writes a value.
+    LwwSet {
+        /// The register.
+        address: Address,
+        /// The value.
+        value: Value,
+    },
+    /// G-Set: adds an element.
+    GsetAdd {
+        /// The set.
+        address: Address,
+        /// The element.
+        element: Value,
+    },
+    /// Reads the state at an address.
+    Read {
+        /// Where.
+        address: Address,
+    },
+    /// Reads values (commit records, params) from the store.
+    Values {
+        /// Their ids.
+        ids: Vec<ContentId>,
+    },
+}
+
+/// A successful command's result.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Reply {
+    /// Done (durably, for writes).
+    Done,
+    /// A commit was made (its id).
+    Commit(ContentId),
+    /// The state at an address, if any.
+    State(Option<CrdtState>),
+    /// Values by id (`None`: not in the store).
+    Values(Vec<(ContentId, Option<Value>)>),
+}
+
+fn bytes_of(values: BTreeMap<ContentId, Value>) -> HashMap<ContentId, Vec<u8>> {
+    values.into_iter().map(|(id, v)| (id, v.encode())).collect()
+}
+
+impl Peer {
+    pub(crate) fn command(&mut self, id: CommandId, cmd: Command) {
+        let read = matches!(cmd, Command::Read { .. } | Command::Values { .. });
+        match self.run(cmd) {
+            // Reads wrote nothing: they answer at once.
+            Ok(reply) if read => self.out.push(Output::Reply { id, result: Ok(reply) }),
+            Ok(reply) => self.after_barrier(Output::Reply { id, result: Ok(reply) }),
+            Err(e) => self.out.push(Output::Reply { id, result: Err(e) }),
+        }
+    }
+
+    fn replica_mut(&mut self, address: &Address, kind: CrdtKind) -> Result<&mut CrdtState, StageError> {
+        let replica = self.crdts.get_mut(address).ok_or_else(|| StageError::NotFound(address.clone()))?;
+        if replica.state.kind() != kind {
+            return Err(StageError::WrongKind { address: address.clone(), expected: kind, found: replica.state.kind() });
+        }
+        Ok(&mut replica.state)
+    }
+
+    fn local(&mut self, address: &Address, op: AnyOp, values: HashMap<ContentId, Vec<u8>>) {
+        self.record_applied(address, &op, &values, Origin::Local);
+    }
+
+    fn run(&mut self, cmd: Command) -> Result<Reply, StageError> {
+        let now = self.now_ms;
+        let actor = self.actor;
+        Ok(match cmd {
+            Command::Create { address, kind, author } => {
+                if self.crdts.contains_key(&address) {
+                    return Err(StageError::AlreadyExists(address));
+                }
+                let (state, op, values) = match kind {
+                    CrdtKind::Cdvcs => {
+                        let (cdvcs, Staged { op, values }) = Cdvcs::new(&author, now);
+                        (CrdtState::Cdvcs(cdvcs), AnyOp::Cdvcs(op), bytes_of(values))
+                    }
+                    other => {
+                        let state = CrdtState::empty(other);
+                        let op = state.state_op();
+                        (state, op, HashMap::new())
+                    }
+                };
+                self.crdts.insert(address.clone(), Replica { state, since_snapshot: u64::MAX });
+                self.extend_subscriptions(&BTreeSet::from([address.clone()]), None);
+                self.local(&address, op, values);
+                Reply::Done
+            }
+            Command::Subscribe { addresses } => {
+                self.extend_subscriptions(&addresses, None);
+                Reply::Done
+            }
+            Command::Assoc { address, key, txs, author } => {
+                let CrdtState::Ormap(m) = self.replica_mut(&address, CrdtKind::Ormap)? else { unreachable!() };
+                let staged = m.assoc(key, txs, actor, &author, now)?;
+                let commit = staged.op.adds[0].commit;
+                self.local(&address, AnyOp::Ormap(staged.op), bytes_of(staged.values));
+                Reply::Commit(commit)
+            }
+            Command::Dissoc { address, key, revert, author } => {
+                let CrdtState::Ormap(m) = self.replica_mut(&address, CrdtKind::Ormap)? else { unreachable!() };
+                let staged = m.dissoc(&key, revert, &author, now)?;
+                let commit = staged.op.removals[0].commit;
+                self.local(&address, AnyOp::Ormap(staged.op), bytes_of(staged.values));
+                Reply::Commit(commit)
+            }
+            Command::Transact { address, txs, author } => {
+                let CrdtState::Cdvcs(c) = self.replica_mut(&address, CrdtKind::Cdvcs)? else { unreachable!() };
+                let staged = c.transact(&author, now, txs)?;
+                let commit = staged.op.commits.last().expect("a commit").id;
+                self.local(&address, AnyOp::Cdvcs(staged.op), bytes_of(staged.values));
+                Reply::Commit(commit)
+            }
+            Command::Merge { address, heads, correcting, author } => {
+                let CrdtState::Cdvcs(c) = self.replica_mut(&address, CrdtKind::Cdvcs)? else { unreachable!() };
+                let staged = c.merge(&author, now, &heads, None, correcting)?;
+                let commit = staged.op.commits.last().expect("a merge commit").id;
+                self.local(&address, AnyOp::Cdvcs(staged.op), bytes_of(staged.values));
+                Reply::Commit(commit)
+            }
+            Command::Pull { from, into, tip, allow_induced_conflict } => {
+                let CrdtState::Cdvcs(remote) = self.replica_mut(&from, CrdtKind::Cdvcs)?.clone() else { unreachable!() };
+                let tip = match tip {
+                    Some(t) => t,
+                    None => remote.head().ok_or_else(|| replikativ_crdt::OpError::MultipleHeads {
+                        heads: remote.heads().iter().copied().collect(),
+                    })?,
+                };
+                if !self.crdts.contains_key(&into) {
+                    self.crdts.insert(into.clone(), Replica { state: CrdtState::Cdvcs(Cdvcs::default()), since_snapshot: u64::MAX });
+                    self.extend_subscriptions(&BTreeSet::from([into.clone()]), None);
+                }
+                let CrdtState::Cdvcs(c) = self.replica_mut(&into, CrdtKind::Cdvcs)? else { unreachable!() };
+                let staged = c.pull(&remote, tip, allow_induced_conflict)?;
+                self.local(&into, AnyOp::Cdvcs(staged.op), HashMap::new());
+                Reply::Commit(tip)
+            }
+            Command::Fork { from, into } => {
+                if self.crdts.contains_key(&into) {
+                    return Err(replikativ_crdt::OpError::ForkTargetExists.into());
+                }
+                let CrdtState::Cdvcs(c) = self.replica_mut(&from, CrdtKind::Cdvcs)? else { unreachable!() };
+                let (fork, op) = c.fork();
+                self.crdts.insert(into.clone(), Replica { state: CrdtState::Cdvcs(fork), since_snapshot: u64::MAX });
+                self.extend_subscriptions(&BTreeSet::from([into.clone()]), None);
+                self.local(&into, AnyOp::Cdvcs(op), HashMap::new());
+                Reply::Done
+            }
+            Command::LwwSet { address, value } => {
+                let CrdtState::Lww(r) = self.replica_mut(&address, CrdtKind::Lww)? else { unreachable!() };
+                let op = r.set(value, now, actor)?;
+                self.local(&address, AnyOp::Lww(op), HashMap::new());
+                Reply::Done
+            }
+            Command::GsetAdd { address, element } => {
+                let CrdtState::Gset(s) = self.replica_mut(&address, CrdtKind::Gset)? else { unreachable!() };
+                let op = s.add(element)?;
+                self.local(&address, AnyOp::Gset(op), HashMap::new());
+                Reply::Done
+            }
+            Command::Read { address } => Reply::State(self.crdts.get(&address).map(|r| r.state.clone())),
+            Command::Values { ids } => {
+                let mut values = Vec::with_capacity(ids.len());
+                for id in ids {
+                    let v = self.store.get(&value_key(&id))?.and_then(|b| Value::decode(&b).ok());
+                    values.push((id, v));
+                }
+                Reply::Values(values)
+            }
+        })
+    }
+}

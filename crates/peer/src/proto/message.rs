@@ -1,0 +1,347 @@
+//! The wire messages and their framing.
+//!
+//! A frame is one msgpack map, `{v, kind, body}`: the protocol version, the message kind's name,
+//! and the message body (itself msgpack in named-field mode) as a byte string. Decoding reads the
+//! envelope first, so a frame of an unknown kind is recognised as such (and refused without closing
+//! the connection: a newer peer may speak kinds this one does not), while garbage, truncated frames
+//! and malformed bodies are errors that close the connection.
+
+use std::collections::BTreeSet;
+
+use replikativ_crdt::{
+    Address, CdvcsOp, ContentId, CrdtKind, GSetOp, LwwOp, OrMapOp,
+};
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+/// The protocol version this peer speaks. Peers refuse a different major version in `Hello`.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// An op of any datatype, tagged with its kind.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnyOp {
+    /// An OR-Map op.
+    Ormap(OrMapOp),
+    /// A CDVCS op.
+    Cdvcs(CdvcsOp),
+    /// An LWW register write.
+    Lww(LwwOp),
+    /// A G-Set op.
+    Gset(GSetOp),
+}
+
+impl AnyOp {
+    /// The datatype the op belongs to.
+    pub fn kind(&self) -> CrdtKind {
+        match self {
+            AnyOp::Ormap(_) => CrdtKind::Ormap,
+            AnyOp::Cdvcs(_) => CrdtKind::Cdvcs,
+            AnyOp::Lww(_) => CrdtKind::Lww,
+            AnyOp::Gset(_) => CrdtKind::Gset,
+        }
+    }
+}
+
+/// What a peer knows of one address, so the other side can send only what is missing.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Summary {
+    /// A CDVCS's heads: the other side sends the commits not reachable from them.
+    Heads(BTreeSet<ContentId>),
+    /// A digest of the whole state of another datatype: on a mismatch the state is sent.
+    Digest(ContentId),
+    /// The sender has nothing at the address yet.
+    Empty,
+}
+
+/// The first message each way.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Hello {
+    /// The sender's protocol version.
+    pub version: u16,
+    /// The sender's peer id.
+    pub peer_id: String,
+    /// Optional features the sender supports (none are defined yet).
+    pub features: Vec<String>,
+}
+
+/// Asks the receiver for the publications of these addresses (replacing the sender's previous set
+/// on this connection). `extend` says whether the sender takes on what its peers subscribe to (a
+/// server) or only wants the overlap with its own interest (a client).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Subscribe {
+    /// Subscription id, echoed by the ack.
+    pub id: u64,
+    /// The addresses.
+    pub addresses: BTreeSet<Address>,
+    /// Whether the sender extends its subscriptions with those of its peers.
+    pub extend: bool,
+}
+
+/// Publishes an op on an address.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Publish {
+    /// Publication id (per sender), echoed by the ack.
+    pub id: u64,
+    /// Where.
+    pub address: Address,
+    /// The op.
+    pub op: AnyOp,
+    /// Values the receiver cannot have yet (the op's new commit records and params), as canonical
+    /// encodings; the receiver fetches whatever else it lacks.
+    pub values: Vec<ByteBuf>,
+}
+
+/// Every message of the protocol.
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum Message {
+    /// Version and identity, first each way.
+    Hello(Hello),
+    /// Subscribe to addresses.
+    Subscribe(Subscribe),
+    /// A subscription was processed.
+    SubscribeAck {
+        /// The subscription id.
+        id: u64,
+    },
+    /// Stop publications of these addresses on this connection.
+    Unsubscribe {
+        /// The addresses.
+        addresses: BTreeSet<Address>,
+    },
+    /// An op on an address.
+    Publish(Publish),
+    /// A publication is applied and durable.
+    PublishAck {
+        /// The publication id.
+        id: u64,
+    },
+    /// A publication was not applied (e.g. for an address the receiver does not subscribe to).
+    Refused {
+        /// The publication id.
+        id: u64,
+        /// Why.
+        reason: String,
+    },
+    /// Asks for values by content id.
+    Fetch {
+        /// Fetch id, echoed by the reply.
+        id: u64,
+        /// The ids (at most [`MAX_FETCH_IDS`]).
+        ids: Vec<ContentId>,
+    },
+    /// Values asked for, as canonical encodings; `missing` lists those the sender does not have.
+    FetchReply {
+        /// The fetch id.
+        id: u64,
+        /// Canonical encodings.
+        values: Vec<ByteBuf>,
+        /// Ids the sender does not have.
+        missing: Vec<ContentId>,
+    },
+    /// Anti-entropy: what the sender has of addresses both sides share. The receiver sends what the
+    /// sender lacks; if the receiver lacks something and `reply` is false, it answers with its own
+    /// summaries (`reply: true`, which is never answered with summaries again).
+    Sync {
+        /// Per address.
+        summaries: Vec<(Address, Summary)>,
+        /// Whether this answers another `Sync`.
+        reply: bool,
+    },
+    /// A message was refused without closing the connection (e.g. an unknown kind).
+    Error {
+        /// Why.
+        reason: String,
+    },
+    /// The sender is closing the connection.
+    Close {
+        /// Why.
+        reason: String,
+    },
+    /// An application extension, passed to the application untouched.
+    Custom {
+        /// Extension tag.
+        tag: String,
+        /// Payload.
+        data: ByteBuf,
+    },
+}
+
+/// Most ids one `Fetch` may ask for.
+pub const MAX_FETCH_IDS: usize = 1000;
+
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    v: u16,
+    kind: String,
+    body: ByteBuf,
+}
+
+#[derive(Serialize, Deserialize)]
+struct IdBody {
+    id: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct AddressesBody {
+    addresses: BTreeSet<Address>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RefusedBody {
+    id: u64,
+    reason: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FetchBody {
+    id: u64,
+    ids: Vec<ContentId>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FetchReplyBody {
+    id: u64,
+    values: Vec<ByteBuf>,
+    missing: Vec<ContentId>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SyncBody {
+    summaries: Vec<(Address, Summary)>,
+    reply: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ReasonBody {
+    reason: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CustomBody {
+    tag: String,
+    data: ByteBuf,
+}
+
+/// Why a frame could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// Not a frame at all (garbage or truncated).
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// A kind this peer does not know (the connection may go on).
+    #[error("unknown message kind {0:?}")]
+    UnknownKind(String),
+    /// A frame of another protocol version than [`PROTOCOL_VERSION`].
+    #[error("unsupported protocol version {0}")]
+    UnsupportedVersion(u16),
+    /// A known kind whose body does not decode.
+    #[error("malformed {kind} message: {reason}")]
+    BadBody {
+        /// The kind.
+        kind: String,
+        /// The decoder's complaint.
+        reason: String,
+    },
+}
+
+fn body<T: Serialize>(t: &T) -> ByteBuf {
+    ByteBuf::from(rmp_serde::to_vec_named(t).expect("messages always encode"))
+}
+
+impl Message {
+    /// The kind's wire name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "hello",
+            Message::Subscribe(_) => "subscribe",
+            Message::SubscribeAck { .. } => "subscribe-ack",
+            Message::Unsubscribe { .. } => "unsubscribe",
+            Message::Publish(_) => "publish",
+            Message::PublishAck { .. } => "publish-ack",
+            Message::Refused { .. } => "refused",
+            Message::Fetch { .. } => "fetch",
+            Message::FetchReply { .. } => "fetch-reply",
+            Message::Sync { .. } => "sync",
+            Message::Error { .. } => "error",
+            Message::Close { .. } => "close",
+            Message::Custom { .. } => "custom",
+        }
+    }
+
+    /// Encodes the message as one frame.
+    pub fn encode(&self) -> Vec<u8> {
+        let body = match self {
+            Message::Hello(h) => body(h),
+            Message::Subscribe(s) => body(s),
+            Message::SubscribeAck { id } | Message::PublishAck { id } => body(&IdBody { id: *id }),
+            Message::Unsubscribe { addresses } => body(&AddressesBody { addresses: addresses.clone() }),
+            Message::Publish(p) => body(p),
+            Message::Refused { id, reason } => body(&RefusedBody { id: *id, reason: reason.clone() }),
+            Message::Fetch { id, ids } => body(&FetchBody { id: *id, ids: ids.clone() }),
+            Message::FetchReply { id, values, missing } => {
+                body(&FetchReplyBody { id: *id, values: values.clone(), missing: missing.clone() })
+            }
+            Message::Sync { summaries, reply } => body(&SyncBody { summaries: summaries.clone(), reply: *reply }),
+            Message::Error { reason } | Message::Close { reason } => body(&ReasonBody { reason: reason.clone() }),
+            Message::Custom { tag, data } => body(&CustomBody { tag: tag.clone(), data: data.clone() }),
+        };
+        let envelope = Envelope { v: PROTOCOL_VERSION, kind: self.kind().to_owned(), body };
+        rmp_serde::to_vec_named(&envelope).expect("envelopes always encode")
+    }
+
+    /// Decodes one frame.
+    pub fn decode(frame: &[u8]) -> Result<Message, FrameError> {
+        let envelope: Envelope =
+            rmp_serde::from_slice(frame).map_err(|e| FrameError::Malformed(e.to_string()))?;
+        // A hello of any version decodes, so the peer can say which version it refuses.
+        if envelope.v != PROTOCOL_VERSION && envelope.kind != "hello" {
+            return Err(FrameError::UnsupportedVersion(envelope.v));
+        }
+        let kind = envelope.kind;
+        let bytes = envelope.body.as_slice();
+        fn parse<'a, T: Deserialize<'a>>(kind: &str, bytes: &'a [u8]) -> Result<T, FrameError> {
+            rmp_serde::from_slice(bytes)
+                .map_err(|e| FrameError::BadBody { kind: kind.to_owned(), reason: e.to_string() })
+        }
+        Ok(match kind.as_str() {
+            "hello" => Message::Hello(parse(&kind, bytes)?),
+            "subscribe" => Message::Subscribe(parse(&kind, bytes)?),
+            "subscribe-ack" => Message::SubscribeAck { id: parse::<IdBody>(&kind, bytes)?.id },
+            "unsubscribe" => Message::Unsubscribe { addresses: parse::<AddressesBody>(&kind, bytes)?.addresses },
+            "publish" => Message::Publish(parse(&kind, bytes)?),
+            "publish-ack" => Message::PublishAck { id: parse::<IdBody>(&kind, bytes)?.id },
+            "refused" => {
+                let b: RefusedBody = parse(&kind, bytes)?;
+                Message::Refused { id: b.id, reason: b.reason }
+            }
+            "fetch" => {
+                let b: FetchBody = parse(&kind, bytes)?;
+                Message::Fetch { id: b.id, ids: b.ids }
+            }
+            "fetch-reply" => {
+                let b: FetchReplyBody = parse(&kind, bytes)?;
+                Message::FetchReply { id: b.id, values: b.values, missing: b.missing }
+            }
+            "sync" => {
+                let b: SyncBody = parse(&kind, bytes)?;
+                Message::Sync { summaries: b.summaries, reply: b.reply }
+            }
+            "error" => Message::Error { reason: parse::<ReasonBody>(&kind, bytes)?.reason },
+            "close" => Message::Close { reason: parse::<ReasonBody>(&kind, bytes)?.reason },
+            "custom" => {
+                let b: CustomBody = parse(&kind, bytes)?;
+                Message::Custom { tag: b.tag, data: b.data }
+            }
+            _ => return Err(FrameError::UnknownKind(kind.chars().take(64).collect())),
+        })
+    }
+
+    /// The version field of a frame, if the frame has an envelope at all.
+    pub fn frame_version(frame: &[u8]) -> Option<u16> {
+        rmp_serde::from_slice::<Envelope>(frame).ok().map(|e| e.v)
+    }
+}

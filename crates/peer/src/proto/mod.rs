@@ -1,0 +1,590 @@
+//! The sans-IO protocol core: a [`Peer`] takes [`Input`]s (connections opening and closing, frames
+//! received, stage commands, barrier completions, timer ticks) and produces [`Output`]s (frames to
+//! send, connections to close, barriers to run, timers to schedule, replies, change events). It
+//! never does network IO, never reads a clock and never draws randomness: time and the actor id are
+//! arguments. It reads and writes its [`Store`] directly (sync calls); the driver runs the store's
+//! durability barrier when asked ([`Output::Sync`]) and reports back ([`Input::Synced`]).
+//!
+//! What goes on the wire is specified in `docs/design.md` (§ Protocol).
+
+mod command;
+pub mod message;
+mod publish;
+pub mod state;
+mod subscribe;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use replikativ_crdt::{ActorId, Address, ContentId, OpError};
+use replikativ_store::{Store, StoreError};
+
+pub use command::{Command, Reply};
+pub use message::{AnyOp, FrameError, Hello, Message, PROTOCOL_VERSION, Publish, Subscribe, Summary};
+pub use state::{ApplyError, CrdtState, PeerRecord};
+
+use state::{CONFIG_KEY, CRDT_PREFIX, Snapshot};
+
+/// A connection, numbered by the driver.
+pub type ConnId = u64;
+
+/// A stage command's id, chosen by the driver; its reply carries it.
+pub type CommandId = u64;
+
+/// Who opened a connection.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Direction {
+    /// This peer connected out (it subscribes first).
+    Outbound,
+    /// The remote connected in.
+    Inbound,
+}
+
+/// Timers the core schedules.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Timer {
+    /// Periodic anti-entropy: summaries to every open connection.
+    AntiEntropy,
+}
+
+/// What happens to the peer.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// A transport connection opened.
+    Connected {
+        /// Its number.
+        conn: ConnId,
+        /// Who opened it.
+        direction: Direction,
+    },
+    /// A frame arrived.
+    Received {
+        /// On which connection.
+        conn: ConnId,
+        /// The raw frame.
+        frame: Vec<u8>,
+    },
+    /// A connection closed.
+    Closed {
+        /// Which.
+        conn: ConnId,
+    },
+    /// A stage command.
+    Command {
+        /// Its id.
+        id: CommandId,
+        /// What to do.
+        cmd: Command,
+    },
+    /// The barrier requested by `Output::Sync { epoch }` (and all before it) completed.
+    Synced {
+        /// The epoch.
+        epoch: u64,
+    },
+    /// The barrier failed: the store is poisoned; waiting acknowledgements are dropped.
+    SyncFailed {
+        /// The epoch.
+        epoch: u64,
+        /// Why.
+        error: String,
+    },
+    /// A scheduled timer fired.
+    Timer(Timer),
+}
+
+/// What the peer asks its driver to do.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// Send a message.
+    Send {
+        /// On which connection.
+        conn: ConnId,
+        /// What.
+        msg: Message,
+    },
+    /// Close a connection, telling the remote why.
+    Close {
+        /// Which.
+        conn: ConnId,
+        /// Why.
+        reason: String,
+    },
+    /// Run the store's durability barrier, then report `Input::Synced { epoch }`. Several
+    /// requests may share one barrier (report the highest epoch it covers).
+    Sync {
+        /// The epoch.
+        epoch: u64,
+    },
+    /// Deliver `Input::Timer(timer)` after a while.
+    Schedule {
+        /// The delay.
+        after: Duration,
+        /// Which timer.
+        timer: Timer,
+    },
+    /// A stage command finished (for writes: durably).
+    Reply {
+        /// The command.
+        id: CommandId,
+        /// Its result.
+        result: Result<Reply, StageError>,
+    },
+    /// A state changed (after its barrier).
+    Event(Event),
+}
+
+/// A change notification for the stage.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// Where.
+    pub address: Address,
+    /// The op that changed the state.
+    pub op: AnyOp,
+    /// Whether it came from this peer's stage (or from the network).
+    pub local: bool,
+}
+
+/// Why a stage command failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StageError {
+    /// No datatype at the address (not created, not subscribed, or nothing arrived yet).
+    #[error("no replicated datatype at {0}")]
+    NotFound(Address),
+    /// The address holds another kind.
+    #[error("{address} is a {found:?}, not a {expected:?}")]
+    WrongKind {
+        /// Where.
+        address: Address,
+        /// What the command needs.
+        expected: replikativ_crdt::CrdtKind,
+        /// What is there.
+        found: replikativ_crdt::CrdtKind,
+    },
+    /// Creating an address that already holds a datatype.
+    #[error("{0} already exists")]
+    AlreadyExists(Address),
+    /// The datatype refused the operation.
+    #[error(transparent)]
+    Op(#[from] OpError),
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(String),
+    /// A value the operation needs is not in the store.
+    #[error("value {0} is not in the store")]
+    MissingValue(ContentId),
+}
+
+impl From<StoreError> for StageError {
+    fn from(e: StoreError) -> Self {
+        StageError::Store(e.to_string())
+    }
+}
+
+/// Tuning of the core.
+#[derive(Clone, Debug)]
+pub struct PeerConfig {
+    /// Write the whole state and prune the op log every this many applied ops.
+    pub snapshot_every: u64,
+    /// Inbound publications queued per connection before it is closed as a flood.
+    pub max_queued_publications: usize,
+    /// Bytes of values carried inline in one publication; the rest is fetched.
+    pub inline_limit: usize,
+    /// Bytes of values in one fetch reply.
+    pub fetch_reply_limit: usize,
+    /// Interval of anti-entropy summaries (`None`: only on connect and subscribe).
+    pub anti_entropy: Option<Duration>,
+}
+
+impl Default for PeerConfig {
+    fn default() -> Self {
+        PeerConfig {
+            snapshot_every: 1024,
+            max_queued_publications: 4096,
+            inline_limit: 1 << 20,
+            fetch_reply_limit: 4 << 20,
+            anti_entropy: Some(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// Why a peer could not be opened from its store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored record does not decode.
+    #[error("stored {what} does not decode: {reason}")]
+    Corrupt {
+        /// Which record.
+        what: String,
+        /// The decoder's complaint.
+        reason: String,
+    },
+}
+
+/// A publication received (or made locally) that waits for values before it is applied.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    /// The sender's publication id (remote) or the command id (local).
+    pub(crate) id: u64,
+    pub(crate) address: Address,
+    pub(crate) op: AnyOp,
+    /// Verified values received for it (canonical encodings), not yet stored.
+    pub(crate) values: HashMap<ContentId, Vec<u8>>,
+}
+
+/// Per-connection state.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) direction: Direction,
+    /// The remote's hello, once received.
+    pub(crate) remote: Option<Hello>,
+    /// What the remote subscribed to here: the addresses published to it.
+    pub(crate) interest: BTreeSet<Address>,
+    /// Whether a subscription arrived yet.
+    pub(crate) subscribed: bool,
+    /// Whether the remote extends its subscriptions (a server).
+    pub(crate) remote_extend: bool,
+    /// The last subscription sent.
+    pub(crate) sent: Option<BTreeSet<Address>>,
+    /// Id of the last subscription sent, until its ack arrives (sent again on a timer tick).
+    pub(crate) unacked_sub: Option<u64>,
+    /// Inbound publications, applied in order.
+    pub(crate) queue: VecDeque<Pending>,
+    /// The fetch in flight for the head of the queue: its id and the ids asked for.
+    pub(crate) fetching: Option<(u64, BTreeSet<ContentId>)>,
+    /// Anti-entropy ticks the fetch in flight has been waiting (a lost frame is asked again).
+    pub(crate) fetch_ticks: u32,
+    /// Anti-entropy ticks without the remote's hello (the connection is closed after two).
+    pub(crate) hello_ticks: u32,
+}
+
+/// Something to do once a barrier has passed.
+#[derive(Debug)]
+pub(crate) enum Deferred {
+    Output(Output),
+}
+
+/// A replication peer's protocol core (see the module docs).
+#[derive(Debug)]
+pub struct Peer {
+    pub(crate) record: PeerRecord,
+    pub(crate) actor: ActorId,
+    pub(crate) config: PeerConfig,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) crdts: BTreeMap<Address, Replica>,
+    pub(crate) conns: BTreeMap<ConnId, Conn>,
+    /// Writes since the last barrier request.
+    pub(crate) dirty: bool,
+    /// The epoch the next barrier request gets.
+    pub(crate) epoch: u64,
+    /// Work released when the barrier of its epoch passes.
+    pub(crate) deferred: VecDeque<(u64, Deferred)>,
+    pub(crate) next_id: u64,
+    /// Wall time of the current input, in ms since the epoch.
+    pub(crate) now_ms: u64,
+    pub(crate) out: Vec<Output>,
+}
+
+/// One address's state and its op-log bookkeeping.
+#[derive(Debug)]
+pub(crate) struct Replica {
+    pub(crate) state: CrdtState,
+    /// Ops appended to the log since the last snapshot.
+    pub(crate) since_snapshot: u64,
+}
+
+impl Peer {
+    /// Opens the peer stored in `store`, or creates one with `peer_id` and `extend` if the store
+    /// holds none. `actor` must be fresh for this session (two live replicas must never share one).
+    pub fn open(
+        store: Arc<dyn Store>,
+        peer_id: &str,
+        extend: bool,
+        actor: ActorId,
+        config: PeerConfig,
+    ) -> Result<Peer, OpenError> {
+        let record = match store.get(CONFIG_KEY)? {
+            Some(bytes) => rmp_serde::from_slice::<PeerRecord>(&bytes)
+                .map_err(|e| OpenError::Corrupt { what: "peer config".into(), reason: e.to_string() })?,
+            None => {
+                let record = PeerRecord { id: peer_id.to_owned(), extend, subscriptions: BTreeSet::new() };
+                store.put(CONFIG_KEY, &rmp_serde::to_vec_named(&record).expect("encodes"))?;
+                record
+            }
+        };
+        let mut crdts = BTreeMap::new();
+        for (key, bytes) in store.scan_prefix(CRDT_PREFIX.as_bytes())? {
+            let what = String::from_utf8_lossy(&key).into_owned();
+            let address =
+                state::address_of_key(&key).ok_or_else(|| OpenError::Corrupt { what: what.clone(), reason: "bad key".into() })?;
+            let snapshot: Snapshot = rmp_serde::from_slice(&bytes)
+                .map_err(|e| OpenError::Corrupt { what: what.clone(), reason: e.to_string() })?;
+            let mut state = snapshot.state;
+            let log = state::log_name(&address);
+            let mut from = snapshot.log_from;
+            let mut since_snapshot = 0;
+            loop {
+                let entries = store.log_read(&log, from, 1024)?;
+                let Some(last) = entries.last() else { break };
+                from = last.seq + 1;
+                for entry in &entries {
+                    let op: AnyOp = rmp_serde::from_slice(&entry.data)
+                        .map_err(|e| OpenError::Corrupt { what: format!("op log of {address}"), reason: e.to_string() })?;
+                    state
+                        .apply(&op)
+                        .map_err(|e| OpenError::Corrupt { what: format!("op log of {address}"), reason: e.to_string() })?;
+                    since_snapshot += 1;
+                }
+            }
+            crdts.insert(address, Replica { state, since_snapshot });
+        }
+        Ok(Peer {
+            record,
+            actor,
+            config,
+            store,
+            crdts,
+            conns: BTreeMap::new(),
+            dirty: false,
+            epoch: 1,
+            deferred: VecDeque::new(),
+            next_id: 1,
+            now_ms: 0,
+            out: Vec::new(),
+        })
+    }
+
+    /// The peer id.
+    pub fn id(&self) -> &str {
+        &self.record.id
+    }
+
+    /// The peer's subscriptions.
+    pub fn subscriptions(&self) -> &BTreeSet<Address> {
+        &self.record.subscriptions
+    }
+
+    /// The state at an address.
+    pub fn state(&self, address: &Address) -> Option<&CrdtState> {
+        self.crdts.get(address).map(|r| &r.state)
+    }
+
+    /// Every address with a state.
+    pub fn addresses(&self) -> impl Iterator<Item = &Address> + '_ {
+        self.crdts.keys()
+    }
+
+    /// Open connections (hello exchanged), with the remote peer ids.
+    pub fn connections(&self) -> impl Iterator<Item = (ConnId, &str)> + '_ {
+        self.conns.iter().filter_map(|(c, conn)| conn.remote.as_ref().map(|h| (*c, h.peer_id.as_str())))
+    }
+
+    /// Outputs to schedule the first timers (call once after [`Peer::open`]).
+    pub fn start(&mut self) -> Vec<Output> {
+        if let Some(after) = self.config.anti_entropy {
+            self.out.push(Output::Schedule { after, timer: Timer::AntiEntropy });
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    /// Handles one input at wall time `now_ms` and returns what to do.
+    pub fn handle(&mut self, input: Input, now_ms: u64) -> Vec<Output> {
+        self.now_ms = now_ms;
+        tracing::trace!(peer = %self.record.id, ?input, "in");
+        match input {
+            Input::Connected { conn, direction } => self.connected(conn, direction),
+            Input::Received { conn, frame } => self.received(conn, &frame),
+            Input::Closed { conn } => {
+                self.conns.remove(&conn);
+            }
+            Input::Command { id, cmd } => self.command(id, cmd),
+            Input::Synced { epoch } => self.synced(epoch),
+            Input::SyncFailed { epoch, error } => {
+                tracing::error!(peer = %self.record.id, epoch, %error, "barrier failed; dropping acknowledgements");
+                while self.deferred.front().is_some_and(|(e, _)| *e <= epoch) {
+                    if let Some((_, Deferred::Output(Output::Reply { id, .. }))) = self.deferred.pop_front() {
+                        self.out.push(Output::Reply { id, result: Err(StageError::Store(error.clone())) });
+                    }
+                }
+            }
+            Input::Timer(Timer::AntiEntropy) => {
+                self.expire_handshakes();
+                self.retry_fetches();
+                self.retry_subscriptions();
+                self.anti_entropy();
+                if let Some(after) = self.config.anti_entropy {
+                    self.out.push(Output::Schedule { after, timer: Timer::AntiEntropy });
+                }
+            }
+        }
+        if self.dirty {
+            self.dirty = false;
+            self.out.push(Output::Sync { epoch: self.epoch });
+            self.epoch += 1;
+        }
+        let out = std::mem::take(&mut self.out);
+        tracing::trace!(peer = %self.record.id, ?out, "out");
+        out
+    }
+
+    fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    pub(crate) fn send(&mut self, conn: ConnId, msg: Message) {
+        self.out.push(Output::Send { conn, msg });
+    }
+
+    /// Closes a connection with a reason (sent to the remote first) and forgets it.
+    pub(crate) fn close(&mut self, conn: ConnId, reason: String) {
+        if self.conns.remove(&conn).is_some() {
+            tracing::warn!(peer = %self.record.id, conn, %reason, "closing connection");
+            self.out.push(Output::Send { conn, msg: Message::Close { reason: reason.clone() } });
+            self.out.push(Output::Close { conn, reason });
+        }
+    }
+
+    /// Runs `output` once everything written so far is durable.
+    pub(crate) fn after_barrier(&mut self, output: Output) {
+        self.dirty = true;
+        self.deferred.push_back((self.epoch, Deferred::Output(output)));
+    }
+
+    fn synced(&mut self, epoch: u64) {
+        while self.deferred.front().is_some_and(|(e, _)| *e <= epoch) {
+            let (_, Deferred::Output(output)) = self.deferred.pop_front().expect("checked");
+            // Messages to connections that closed meanwhile are dropped.
+            if let Output::Send { conn, .. } = &output
+                && !self.conns.contains_key(conn)
+            {
+                continue;
+            }
+            self.out.push(output);
+        }
+    }
+
+    fn connected(&mut self, conn: ConnId, direction: Direction) {
+        self.conns.insert(
+            conn,
+            Conn {
+                direction,
+                remote: None,
+                interest: BTreeSet::new(),
+                subscribed: false,
+                remote_extend: false,
+                sent: None,
+                unacked_sub: None,
+                queue: VecDeque::new(),
+                fetching: None,
+                fetch_ticks: 0,
+                hello_ticks: 0,
+            },
+        );
+        let hello = Hello { version: PROTOCOL_VERSION, peer_id: self.record.id.clone(), features: vec![] };
+        self.send(conn, Message::Hello(hello));
+    }
+
+    fn received(&mut self, conn: ConnId, frame: &[u8]) {
+        if !self.conns.contains_key(&conn) {
+            return;
+        }
+        match Message::decode(frame) {
+            Ok(msg) => self.message(conn, msg),
+            Err(FrameError::UnknownKind(kind)) => {
+                self.send(conn, Message::Error { reason: format!("unknown message kind {kind:?}; ignored") });
+            }
+            Err(FrameError::UnsupportedVersion(v)) => self.close(
+                conn,
+                format!("frame of protocol version {v}; this peer speaks version {PROTOCOL_VERSION}"),
+            ),
+            Err(e) => self.close(conn, e.to_string()),
+        }
+    }
+
+    /// Handles a decoded message (in-process connections skip the framing).
+    pub fn message(&mut self, conn: ConnId, msg: Message) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        if c.remote.is_none() {
+            match msg {
+                Message::Hello(hello) if hello.version == PROTOCOL_VERSION => {
+                    let outbound = c.direction == Direction::Outbound;
+                    c.remote = Some(hello);
+                    if outbound {
+                        self.send_subscription(conn, true);
+                    }
+                }
+                Message::Hello(hello) => self.close(
+                    conn,
+                    format!(
+                        "incompatible protocol version {} (this peer speaks version {PROTOCOL_VERSION})",
+                        hello.version
+                    ),
+                ),
+                other => self.close(conn, format!("expected hello first, got {}", other.kind())),
+            }
+            return;
+        }
+        match msg {
+            Message::Hello(_) => self.close(conn, "hello sent twice".into()),
+            Message::Subscribe(sub) => self.on_subscribe(conn, sub),
+            Message::SubscribeAck { id } => {
+                if let Some(c) = self.conns.get_mut(&conn)
+                    && c.unacked_sub == Some(id)
+                {
+                    c.unacked_sub = None;
+                }
+            }
+            Message::PublishAck { .. } | Message::Error { .. } => {}
+            Message::Refused { id, reason } => {
+                tracing::info!(peer = %self.record.id, conn, id, %reason, "publication refused by remote");
+            }
+            Message::Unsubscribe { addresses } => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.interest.retain(|a| !addresses.contains(a));
+                }
+            }
+            Message::Publish(p) => self.on_publish(conn, p),
+            Message::Fetch { id, ids } => self.on_fetch(conn, id, ids),
+            Message::FetchReply { id, values, missing } => self.on_fetch_reply(conn, id, values, missing),
+            Message::Sync { summaries, reply } => self.on_sync(conn, summaries, reply),
+            Message::Close { reason } => {
+                tracing::info!(peer = %self.record.id, conn, %reason, "remote closed");
+                self.conns.remove(&conn);
+                self.out.push(Output::Close { conn, reason: format!("remote closed: {reason}") });
+            }
+            Message::Custom { tag, .. } => {
+                tracing::debug!(peer = %self.record.id, conn, %tag, "custom message ignored by the core");
+            }
+        }
+    }
+
+    /// Closes connections whose remote did not say hello for two anti-entropy intervals.
+    fn expire_handshakes(&mut self) {
+        let mut stale = Vec::new();
+        for (conn, c) in &mut self.conns {
+            if c.remote.is_none() {
+                c.hello_ticks += 1;
+                if c.hello_ticks >= 2 {
+                    stale.push(*conn);
+                }
+            }
+        }
+        for conn in stale {
+            self.close(conn, "no hello from the remote in time".into());
+        }
+    }
+
+    pub(crate) fn save_record(&mut self) {
+        let bytes = rmp_serde::to_vec_named(&self.record).expect("encodes");
+        if let Err(e) = self.store.put(CONFIG_KEY, &bytes) {
+            tracing::error!(peer = %self.record.id, error = %e, "cannot store the peer config");
+        }
+        self.dirty = true;
+    }
+}

@@ -1,0 +1,307 @@
+//! Publications: receiving ops, fetching the values they need, applying, storing, acknowledging
+//! after the barrier, and relaying what changed the state.
+//!
+//! Publications from one connection are applied in order. Before an op is applied every commit
+//! record it names, and every params value those commits name, is in the store (fetched if it did
+//! not travel inline), so nothing ever reads a dangling id. Every value is verified against its
+//! content id before it is kept. The acknowledgement, and the relay to other subscribers, wait for
+//! the barrier that makes the op durable; a peer relays only ops that changed its state, which ends
+//! echo loops in any graph.
+
+use std::collections::{BTreeSet, HashMap};
+
+use replikativ_crdt::{Address, Commit, ContentId, Value};
+use serde_bytes::ByteBuf;
+
+use super::message::{AnyOp, MAX_FETCH_IDS, Message, Publish};
+use super::state::{self, CrdtState, Snapshot, commit_ids, value_key};
+use super::{ConnId, Event, Output, Peer, Pending, Replica, StageError};
+
+/// Where an op came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Origin {
+    Remote(ConnId),
+    Local,
+}
+
+impl Peer {
+    pub(crate) fn on_publish(&mut self, conn: ConnId, p: Publish) {
+        if !self.record.subscriptions.contains(&p.address) {
+            let reason = format!("this peer does not subscribe to {}", p.address);
+            self.send(conn, Message::Refused { id: p.id, reason });
+            return;
+        }
+        if let Some(replica) = self.crdts.get(&p.address)
+            && replica.state.kind() != p.op.kind()
+        {
+            let reason = format!("{:?} op for {}, which holds a {:?}", p.op.kind(), p.address, replica.state.kind());
+            return self.close(conn, reason);
+        }
+        let mut values = HashMap::with_capacity(p.values.len());
+        for bytes in p.values {
+            if let Err(e) = Value::decode(&bytes) {
+                return self.close(conn, format!("inline value in publication {} does not decode: {e}", p.id));
+            }
+            values.insert(ContentId::hash_bytes(&bytes), bytes.into_vec());
+        }
+        let limit = self.config.max_queued_publications;
+        let c = self.conns.get_mut(&conn).expect("caller checked");
+        if c.queue.len() >= limit {
+            return self.close(conn, format!("publication flood: more than {limit} publications waiting"));
+        }
+        c.queue.push_back(Pending { id: p.id, address: p.address, op: p.op, values });
+        if c.fetching.is_none() {
+            self.process_queue(conn);
+        }
+    }
+
+    /// Applies queued publications of `conn` until one needs values (then fetches them).
+    fn process_queue(&mut self, conn: ConnId) {
+        loop {
+            let Some(c) = self.conns.get(&conn) else { return };
+            if c.fetching.is_some() {
+                return;
+            }
+            let Some(head) = c.queue.front() else { return };
+            let need = match self.missing_values(head) {
+                Ok(need) => need,
+                Err(reason) => return self.close(conn, reason),
+            };
+            if !need.is_empty() {
+                let ids: Vec<ContentId> = need.into_iter().take(MAX_FETCH_IDS).collect();
+                let id = self.next_id();
+                let c = self.conns.get_mut(&conn).expect("present");
+                c.fetching = Some((id, ids.iter().copied().collect()));
+                c.fetch_ticks = 0;
+                self.send(conn, Message::Fetch { id, ids });
+                return;
+            }
+            let pending = self.conns.get_mut(&conn).expect("present").queue.pop_front().expect("head");
+            self.apply_remote(conn, pending);
+        }
+    }
+
+    /// Ids of the values a publication still needs: its commit records, then their params.
+    fn missing_values(&self, p: &Pending) -> Result<BTreeSet<ContentId>, String> {
+        let mut need = BTreeSet::new();
+        for cid in commit_ids(&p.op) {
+            let record = match p.values.get(&cid) {
+                Some(bytes) => Some(bytes.clone()),
+                None if self.has_value(&cid) => None, // stored commits have their params stored
+                None => {
+                    need.insert(cid);
+                    None
+                }
+            };
+            if let Some(bytes) = record {
+                let value = Value::decode(&bytes).map_err(|e| format!("commit {cid} does not decode: {e}"))?;
+                let commit = Commit::from_value(&value).map_err(|e| format!("commit {cid}: {e}"))?;
+                for tx in &commit.transactions {
+                    if !p.values.contains_key(&tx.params) && !self.has_value(&tx.params) {
+                        need.insert(tx.params);
+                    }
+                }
+            }
+        }
+        Ok(need)
+    }
+
+    fn has_value(&self, id: &ContentId) -> bool {
+        self.store.exists(&value_key(id)).unwrap_or(false)
+    }
+
+    /// Asks again for fetches unanswered for two anti-entropy intervals (their frames were lost).
+    pub(crate) fn retry_fetches(&mut self) {
+        let mut retry = Vec::new();
+        for (conn, c) in &mut self.conns {
+            if let Some((_, ids)) = &c.fetching {
+                c.fetch_ticks += 1;
+                if c.fetch_ticks >= 2 {
+                    retry.push((*conn, ids.iter().copied().collect::<Vec<_>>()));
+                }
+            }
+        }
+        for (conn, ids) in retry {
+            let id = self.next_id();
+            let c = self.conns.get_mut(&conn).expect("present");
+            c.fetching = Some((id, ids.iter().copied().collect()));
+            c.fetch_ticks = 0;
+            self.send(conn, Message::Fetch { id, ids });
+        }
+    }
+
+    pub(crate) fn on_fetch(&mut self, conn: ConnId, id: u64, ids: Vec<ContentId>) {
+        if ids.len() > MAX_FETCH_IDS {
+            return self.close(conn, format!("fetch of {} ids (at most {MAX_FETCH_IDS})", ids.len()));
+        }
+        let mut values = Vec::new();
+        let mut missing = Vec::new();
+        let mut bytes_total = 0;
+        for cid in ids {
+            match self.store.get(&value_key(&cid)) {
+                Ok(Some(bytes)) if bytes_total + bytes.len() <= self.config.fetch_reply_limit || values.is_empty() => {
+                    bytes_total += bytes.len();
+                    values.push(ByteBuf::from(bytes));
+                }
+                // Over the reply budget: the fetcher asks again for what is left.
+                Ok(Some(_)) => {}
+                _ => missing.push(cid),
+            }
+        }
+        self.send(conn, Message::FetchReply { id, values, missing });
+    }
+
+    pub(crate) fn on_fetch_reply(&mut self, conn: ConnId, id: u64, values: Vec<ByteBuf>, missing: Vec<ContentId>) {
+        let c = self.conns.get_mut(&conn).expect("caller checked");
+        let asked = match &c.fetching {
+            Some((fid, asked)) if *fid == id => asked.clone(),
+            _ => return self.close(conn, format!("fetch reply {id} answers no fetch of this peer")),
+        };
+        c.fetching = None;
+        let mut received = Vec::with_capacity(values.len());
+        for bytes in values {
+            let cid = ContentId::hash_bytes(&bytes);
+            if !asked.contains(&cid) {
+                return self.close(conn, format!("fetched value hashes to {cid}, which was not asked for (wrong hash)"));
+            }
+            if let Err(e) = Value::decode(&bytes) {
+                return self.close(conn, format!("fetched value {cid} does not decode: {e}"));
+            }
+            received.push((cid, bytes.into_vec()));
+        }
+        let c = self.conns.get_mut(&conn).expect("present");
+        let Some(head) = c.queue.front_mut() else { return };
+        head.values.extend(received);
+        if !missing.is_empty() {
+            // The publisher does not have what its op needs: drop this publication (anti-entropy
+            // brings the op again from a peer that can serve it).
+            let dropped = c.queue.pop_front().expect("head");
+            tracing::warn!(peer = %self.record.id, conn, id = dropped.id, missing = missing.len(), "dropping a publication whose values the sender lacks");
+        }
+        self.process_queue(conn);
+    }
+
+    fn apply_remote(&mut self, conn: ConnId, p: Pending) {
+        let fresh = !self.crdts.contains_key(&p.address);
+        let replica = self
+            .crdts
+            .entry(p.address.clone())
+            .or_insert_with(|| Replica { state: CrdtState::empty(p.op.kind()), since_snapshot: u64::MAX });
+        let result = replica.state.apply(&p.op);
+        let incomplete = replica.state.is_incomplete();
+        match result {
+            Err(e) => {
+                if fresh {
+                    self.crdts.remove(&p.address);
+                }
+                self.close(conn, format!("invalid op for {}: {e}", p.address));
+            }
+            Ok(changed) => {
+                self.after_barrier(Output::Send { conn, msg: Message::PublishAck { id: p.id } });
+                // A new address is recorded even if the op changed nothing (an empty state).
+                if changed || fresh {
+                    self.record_applied(&p.address, &p.op, &p.values, Origin::Remote(conn));
+                }
+                if incomplete {
+                    // History is missing under what arrived: ask the sender for it now.
+                    let summary = self.crdts[&p.address].state.summary();
+                    self.send(conn, Message::Sync { summaries: vec![(p.address.clone(), summary)], reply: true });
+                }
+            }
+        }
+    }
+
+    /// Stores what an applied op needs and produced (values, op log, snapshot), then schedules the
+    /// relay and the change event for after the barrier.
+    pub(crate) fn record_applied(
+        &mut self,
+        address: &Address,
+        op: &AnyOp,
+        values: &HashMap<ContentId, Vec<u8>>,
+        origin: Origin,
+    ) {
+        if let Err(e) = self.persist(address, op, values) {
+            tracing::error!(peer = %self.record.id, %address, error = %e, "cannot store an applied op");
+        }
+        let relay_values = self.inline_values(op, values);
+        let targets: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.remote.is_some() && c.interest.contains(address))
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in targets {
+            let id = self.next_id();
+            // The origin gets the op back without values (it has them): replikativ's echo.
+            let values = if origin == Origin::Remote(conn) { Vec::new() } else { relay_values.clone() };
+            let msg = Message::Publish(Publish { id, address: address.clone(), op: op.clone(), values });
+            self.after_barrier(Output::Send { conn, msg });
+        }
+        let event = Event { address: address.clone(), op: op.clone(), local: origin == Origin::Local };
+        self.after_barrier(Output::Event(event));
+    }
+
+    fn persist(&mut self, address: &Address, op: &AnyOp, values: &HashMap<ContentId, Vec<u8>>) -> Result<(), StageError> {
+        let mut batch = replikativ_store::Batch::new();
+        for cid in commit_ids(op) {
+            if let Some(bytes) = values.get(&cid) {
+                if let Ok(commit) = Value::decode(bytes).map_err(|_| ()).and_then(|v| Commit::from_value(&v).map_err(|_| ())) {
+                    for tx in commit.transactions {
+                        if let Some(p) = values.get(&tx.params) {
+                            batch.push_put(value_key(&tx.params), p.clone());
+                        }
+                    }
+                }
+                batch.push_put(value_key(&cid), bytes.clone());
+            }
+        }
+        if !batch.is_empty() {
+            self.store.apply(&batch)?;
+        }
+        let log = state::log_name(address);
+        let every = self.config.snapshot_every;
+        let replica = self.crdts.get_mut(address).expect("applied state exists");
+        if replica.since_snapshot == u64::MAX || replica.since_snapshot + 1 >= every {
+            let next = self.store.log_bounds(&log)?.next;
+            let snapshot = Snapshot { state: replica.state.clone(), log_from: next };
+            self.store.put(&state::crdt_key(address), &rmp_serde::to_vec_named(&snapshot).expect("encodes"))?;
+            self.store.log_prune(&log, next)?;
+            replica.since_snapshot = 0;
+        } else {
+            self.store.log_append(&log, &rmp_serde::to_vec_named(op).expect("encodes"))?;
+            replica.since_snapshot += 1;
+        }
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// The values to send with an op: its commit records and their params, up to the inline limit.
+    fn inline_values(&self, op: &AnyOp, known: &HashMap<ContentId, Vec<u8>>) -> Vec<ByteBuf> {
+        let mut out = Vec::new();
+        let mut budget = self.config.inline_limit;
+        let fetch = |cid: &ContentId| -> Option<Vec<u8>> {
+            known.get(cid).cloned().or_else(|| self.store.get(&value_key(cid)).ok().flatten())
+        };
+        for cid in commit_ids(op) {
+            let Some(bytes) = fetch(&cid) else { continue };
+            let mut group = vec![bytes.clone()];
+            if let Ok(commit) = Value::decode(&bytes).map_err(|_| ()).and_then(|v| Commit::from_value(&v).map_err(|_| ())) {
+                group.extend(commit.transactions.iter().filter_map(|tx| fetch(&tx.params)));
+            }
+            let size: usize = group.iter().map(Vec::len).sum();
+            if size > budget {
+                break;
+            }
+            budget -= size;
+            out.extend(group.into_iter().map(ByteBuf::from));
+        }
+        out
+    }
+
+    /// Publishes an op to one connection (catch-up), with inline values.
+    pub(crate) fn publish_to(&mut self, conn: ConnId, address: &Address, op: AnyOp, inline: bool) {
+        let values = if inline { self.inline_values(&op, &HashMap::new()) } else { Vec::new() };
+        let id = self.next_id();
+        self.send(conn, Message::Publish(Publish { id, address: address.clone(), op, values }));
+    }
+}

@@ -1,0 +1,216 @@
+//! Replicated states of any datatype, and how a peer keeps them in its store.
+//!
+//! Store layout (all keys are byte strings):
+//!
+//! | key | value |
+//! |---|---|
+//! | `peer/config` | msgpack `PeerRecord`: peer id, `extend`, subscriptions |
+//! | `crdt/<uuid>/<user>` | msgpack `Snapshot`: kind, state, and the op-log position it covers |
+//! | log `ops/<uuid>/<user>` | msgpack [`AnyOp`] per applied op since the snapshot |
+//! | `v/<content id hex>` | canonical encoding of a value (commit records, params) |
+//!
+//! An applied op is appended to the address's op log; every `snapshot_every` ops the state is
+//! written whole and the log pruned. Loading replays the log on the snapshot; ops are idempotent,
+//! so a crash between writing a snapshot and pruning the log only replays some ops twice.
+
+use std::collections::BTreeSet;
+
+use replikativ_crdt::{
+    Address, Cdvcs, ContentId, Crdt, CrdtKind, GSet, LwwRegister, OrMap, ValidationError,
+};
+use serde::{Deserialize, Serialize};
+
+use super::message::{AnyOp, Summary};
+
+/// The state of one replicated datatype.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CrdtState {
+    /// An OR-Map.
+    Ormap(OrMap),
+    /// A CDVCS.
+    Cdvcs(Cdvcs),
+    /// An LWW register.
+    Lww(LwwRegister),
+    /// A G-Set.
+    Gset(GSet),
+}
+
+impl CrdtState {
+    /// An empty state of a kind.
+    pub fn empty(kind: CrdtKind) -> CrdtState {
+        match kind {
+            CrdtKind::Ormap => CrdtState::Ormap(OrMap::default()),
+            CrdtKind::Cdvcs => CrdtState::Cdvcs(Cdvcs::default()),
+            CrdtKind::Lww => CrdtState::Lww(LwwRegister::default()),
+            CrdtKind::Gset => CrdtState::Gset(GSet::default()),
+        }
+    }
+
+    /// The datatype's kind.
+    pub fn kind(&self) -> CrdtKind {
+        match self {
+            CrdtState::Ormap(_) => CrdtKind::Ormap,
+            CrdtState::Cdvcs(_) => CrdtKind::Cdvcs,
+            CrdtState::Lww(_) => CrdtKind::Lww,
+            CrdtState::Gset(_) => CrdtKind::Gset,
+        }
+    }
+
+    /// Checks an op of the same kind.
+    pub fn validate(&self, op: &AnyOp) -> Result<(), ApplyError> {
+        match (self, op) {
+            (CrdtState::Ormap(s), AnyOp::Ormap(o)) => s.validate_op(o)?,
+            (CrdtState::Cdvcs(s), AnyOp::Cdvcs(o)) => s.validate_op(o)?,
+            (CrdtState::Lww(s), AnyOp::Lww(o)) => s.validate_op(o)?,
+            (CrdtState::Gset(s), AnyOp::Gset(o)) => s.validate_op(o)?,
+            _ => return Err(ApplyError::WrongKind { state: self.kind(), op: op.kind() }),
+        }
+        Ok(())
+    }
+
+    /// Validates and applies an op; returns whether the state changed.
+    pub fn apply(&mut self, op: &AnyOp) -> Result<bool, ApplyError> {
+        let kind = self.kind();
+        Ok(match (self, op) {
+            (CrdtState::Ormap(s), AnyOp::Ormap(o)) => s.apply(o)?,
+            (CrdtState::Cdvcs(s), AnyOp::Cdvcs(o)) => s.apply(o)?,
+            (CrdtState::Lww(s), AnyOp::Lww(o)) => s.apply(o)?,
+            (CrdtState::Gset(s), AnyOp::Gset(o)) => s.apply(o)?,
+            _ => return Err(ApplyError::WrongKind { state: kind, op: op.kind() }),
+        })
+    }
+
+    /// The whole state as an op.
+    pub fn state_op(&self) -> AnyOp {
+        match self {
+            CrdtState::Ormap(s) => AnyOp::Ormap(s.state_op()),
+            CrdtState::Cdvcs(s) => AnyOp::Cdvcs(s.state_op()),
+            CrdtState::Lww(s) => AnyOp::Lww(s.state_op()),
+            CrdtState::Gset(s) => AnyOp::Gset(s.state_op()),
+        }
+    }
+
+    /// The summary this replica sends in anti-entropy: heads for a CDVCS, else a digest.
+    pub fn summary(&self) -> Summary {
+        match self {
+            CrdtState::Cdvcs(c) => Summary::Heads(c.graph().complete_frontier()),
+            other => Summary::Digest(other.digest()),
+        }
+    }
+
+    /// A digest of the whole state: blake3 of its msgpack encoding (deterministic: every
+    /// collection in a state is ordered).
+    pub fn digest(&self) -> ContentId {
+        ContentId::hash_bytes(&rmp_serde::to_vec_named(self).expect("states always encode"))
+    }
+
+    /// What a replica that sent `summary` lacks, as one op (`None` if nothing).
+    pub fn missing_for(&self, summary: &Summary) -> Option<AnyOp> {
+        match (self, summary) {
+            (CrdtState::Cdvcs(c), Summary::Heads(theirs)) => {
+                let exclude: Vec<ContentId> = theirs.iter().copied().collect();
+                let ids = c.graph().commits_since(c.heads(), &exclude);
+                if ids.is_empty() {
+                    return None;
+                }
+                let commits = ids
+                    .into_iter()
+                    .map(|id| replikativ_crdt::cdvcs::GraphEntry {
+                        id,
+                        parents: c.graph().parents(&id).expect("present").collect(),
+                    })
+                    .collect();
+                Some(AnyOp::Cdvcs(replikativ_crdt::CdvcsOp {
+                    method: replikativ_crdt::cdvcs::CdvcsMethod::Handshake,
+                    commits,
+                    heads: c.heads().clone(),
+                }))
+            }
+            (state, Summary::Digest(d)) if *d == state.digest() => None,
+            (state, _) => Some(state.state_op()),
+        }
+    }
+
+    /// Whether `summary` names something this replica does not have.
+    pub fn lacks(&self, summary: &Summary) -> bool {
+        match (self, summary) {
+            (CrdtState::Cdvcs(c), Summary::Heads(theirs)) => theirs.iter().any(|h| !c.graph().contains(h)),
+            (state, Summary::Digest(d)) => *d != state.digest(),
+            _ => false,
+        }
+    }
+
+    /// A CDVCS that still misses parents of commits it has (it needs catch-up).
+    pub fn is_incomplete(&self) -> bool {
+        matches!(self, CrdtState::Cdvcs(c) if !c.graph().is_complete())
+    }
+}
+
+/// The commit records an op refers to.
+pub fn commit_ids(op: &AnyOp) -> Vec<ContentId> {
+    match op {
+        AnyOp::Ormap(o) => OrMap::commit_ids(o),
+        AnyOp::Cdvcs(o) => Cdvcs::commit_ids(o),
+        AnyOp::Lww(o) => LwwRegister::commit_ids(o),
+        AnyOp::Gset(o) => GSet::commit_ids(o),
+    }
+}
+
+/// Why an op could not be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApplyError {
+    /// The op is for another kind of datatype than the address holds.
+    #[error("a {op:?} op for an address that holds a {state:?}")]
+    WrongKind {
+        /// The state's kind.
+        state: CrdtKind,
+        /// The op's kind.
+        op: CrdtKind,
+    },
+    /// The op does not validate.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+}
+
+/// The peer's persistent configuration.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct PeerRecord {
+    /// The peer id.
+    pub id: String,
+    /// Whether the peer extends its subscriptions with its peers' (a server).
+    pub extend: bool,
+    /// The peer's subscriptions.
+    pub subscriptions: BTreeSet<Address>,
+}
+
+/// A stored state and the op-log position it includes.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Snapshot {
+    pub(crate) state: CrdtState,
+    /// Log entries before this sequence number are in `state`.
+    pub(crate) log_from: u64,
+}
+
+pub(crate) const CONFIG_KEY: &[u8] = b"peer/config";
+pub(crate) const CRDT_PREFIX: &str = "crdt/";
+
+pub(crate) fn crdt_key(a: &Address) -> Vec<u8> {
+    format!("{CRDT_PREFIX}{}/{}", a.id, a.user).into_bytes()
+}
+
+pub(crate) fn log_name(a: &Address) -> Vec<u8> {
+    format!("ops/{}/{}", a.id, a.user).into_bytes()
+}
+
+pub(crate) fn value_key(id: &ContentId) -> Vec<u8> {
+    format!("v/{id}").into_bytes()
+}
+
+/// The address a `crdt/<uuid>/<user>` key names.
+pub(crate) fn address_of_key(key: &[u8]) -> Option<Address> {
+    let rest = std::str::from_utf8(key).ok()?.strip_prefix(CRDT_PREFIX)?;
+    let (id, user) = rest.split_once('/')?;
+    Address::new(user, id.parse().ok()?).ok()
+}

@@ -1,0 +1,147 @@
+//! Subscriptions and anti-entropy.
+//!
+//! A peer's subscriptions only grow (as in replikativ): a subscription from a connection joins
+//! them. What a peer tells a connection it subscribes to depends on the remote: a server-like
+//! remote (`extend`) gets every subscription, a client only the overlap with what it asked for.
+//! Subscriptions are sent only when they changed, so propagation through any graph stops once
+//! nothing new is learned.
+//!
+//! Catch-up is a `Sync` exchange of summaries (a CDVCS's heads, a digest of other states): the
+//! receiver publishes what the sender lacks (for a CDVCS, only the commits it lacks) and, if it
+//! lacks something itself, answers with its own summaries once.
+
+use std::collections::BTreeSet;
+
+use replikativ_crdt::Address;
+
+use super::message::{Message, Subscribe, Summary};
+use super::{ConnId, Peer};
+
+impl Peer {
+    /// What this peer subscribes to, as told to `conn`.
+    fn subscription_for(&self, conn: ConnId) -> BTreeSet<Address> {
+        let c = &self.conns[&conn];
+        if c.remote_extend || !c.subscribed {
+            self.record.subscriptions.clone()
+        } else {
+            self.record.subscriptions.intersection(&c.interest).cloned().collect()
+        }
+    }
+
+    /// Sends this peer's subscription to `conn` if it changed since the last one (or `force`), with
+    /// the summaries of those addresses so the remote sends what is missing here.
+    pub(crate) fn send_subscription(&mut self, conn: ConnId, force: bool) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        if c.remote.is_none() {
+            return;
+        }
+        let addresses = self.subscription_for(conn);
+        let previous = self.conns[&conn].sent.clone();
+        if !force && previous.as_ref() == Some(&addresses) {
+            return;
+        }
+        let new: Vec<Address> =
+            addresses.iter().filter(|a| previous.as_ref().is_none_or(|p| !p.contains(*a))).cloned().collect();
+        let id = self.next_id();
+        let c = self.conns.get_mut(&conn).expect("checked");
+        c.sent = Some(addresses.clone());
+        c.unacked_sub = Some(id);
+        let extend = self.record.extend;
+        self.send(conn, Message::Subscribe(Subscribe { id, addresses, extend }));
+        let summaries = self.summaries(new.iter());
+        if !summaries.is_empty() {
+            self.send(conn, Message::Sync { summaries, reply: false });
+        }
+    }
+
+    /// Sends again subscriptions whose ack did not arrive by the next tick (their frames were lost).
+    pub(crate) fn retry_subscriptions(&mut self) {
+        let conns: Vec<ConnId> =
+            self.conns.iter().filter(|(_, c)| c.unacked_sub.is_some()).map(|(conn, _)| *conn).collect();
+        for conn in conns {
+            self.send_subscription(conn, true);
+        }
+    }
+
+    /// Summaries of addresses (an address without state is summarized as `Empty`).
+    fn summaries<'a>(&self, addresses: impl Iterator<Item = &'a Address>) -> Vec<(Address, Summary)> {
+        addresses
+            .map(|a| (a.clone(), self.crdts.get(a).map_or(Summary::Empty, |r| r.state.summary())))
+            .collect()
+    }
+
+    /// Adds subscriptions (from the stage or a connection) and propagates them.
+    pub(crate) fn extend_subscriptions(&mut self, addresses: &BTreeSet<Address>, except: Option<ConnId>) -> bool {
+        let before = self.record.subscriptions.len();
+        self.record.subscriptions.extend(addresses.iter().cloned());
+        if self.record.subscriptions.len() == before {
+            return false;
+        }
+        self.save_record();
+        let conns: Vec<ConnId> = self.conns.keys().copied().filter(|c| Some(*c) != except).collect();
+        for conn in conns {
+            self.send_subscription(conn, false);
+        }
+        true
+    }
+
+    pub(crate) fn on_subscribe(&mut self, conn: ConnId, sub: Subscribe) {
+        let c = self.conns.get_mut(&conn).expect("caller checked");
+        let redundant = c.subscribed && c.interest == sub.addresses && c.remote_extend == sub.extend;
+        c.interest = sub.addresses.clone();
+        c.remote_extend = sub.extend;
+        c.subscribed = true;
+        if !redundant {
+            self.extend_subscriptions(&sub.addresses, Some(conn));
+            // The back-subscription: always answered, so the remote learns this peer's interest
+            // (and sends what is missing here).
+            self.send_subscription(conn, true);
+        }
+        self.send(conn, Message::SubscribeAck { id: sub.id });
+    }
+
+    pub(crate) fn on_sync(&mut self, conn: ConnId, summaries: Vec<(Address, Summary)>, reply: bool) {
+        let mut lacking = Vec::new();
+        for (address, summary) in summaries {
+            let interested = self.conns.get(&conn).is_some_and(|c| c.interest.contains(&address));
+            match self.crdts.get(&address) {
+                Some(replica) => {
+                    let missing = if interested { replica.state.missing_for(&summary) } else { None };
+                    if replica.state.lacks(&summary) || replica.state.is_incomplete() {
+                        lacking.push(address.clone());
+                    }
+                    if let Some(op) = missing {
+                        self.publish_to(conn, &address, op, true);
+                    }
+                }
+                None if summary != Summary::Empty && self.record.subscriptions.contains(&address) => {
+                    lacking.push(address)
+                }
+                None => {}
+            }
+        }
+        if !reply && !lacking.is_empty() {
+            let summaries = self.summaries(lacking.iter());
+            self.send(conn, Message::Sync { summaries, reply: true });
+        }
+    }
+
+    /// Sends summaries of every shared address to every open connection.
+    pub(crate) fn anti_entropy(&mut self) {
+        let conns: Vec<ConnId> = self.conns.iter().filter(|(_, c)| c.remote.is_some()).map(|(c, _)| *c).collect();
+        for conn in conns {
+            let c = &self.conns[&conn];
+            let shared: BTreeSet<Address> = c
+                .interest
+                .iter()
+                .chain(c.sent.iter().flatten())
+                .filter(|a| self.crdts.contains_key(*a) || self.record.subscriptions.contains(*a))
+                .cloned()
+                .collect();
+            if !shared.is_empty() {
+                let summaries = self.summaries(shared.iter());
+                self.send(conn, Message::Sync { summaries, reply: false });
+            }
+        }
+    }
+}

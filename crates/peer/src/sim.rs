@@ -221,7 +221,12 @@ pub struct Network {
 
 impl std::fmt::Debug for Network {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Network").field("now", &self.now).field("peers", &self.peers.len()).field("links", &self.links).field("stats", &self.stats).finish()
+        f.debug_struct("Network")
+            .field("now", &self.now)
+            .field("peers", &self.peers.len())
+            .field("links", &self.links)
+            .field("stats", &self.stats)
+            .finish()
     }
 }
 
@@ -245,7 +250,11 @@ pub struct Stats {
 const ANTI_ENTROPY_MS: u64 = 200;
 
 fn peer_config() -> PeerConfig {
-    PeerConfig { snapshot_every: 8, anti_entropy: Some(Duration::from_millis(ANTI_ENTROPY_MS)), ..PeerConfig::default() }
+    PeerConfig {
+        snapshot_every: 8,
+        anti_entropy: Some(Duration::from_millis(ANTI_ENTROPY_MS)),
+        ..PeerConfig::default()
+    }
 }
 
 impl Network {
@@ -385,7 +394,10 @@ impl Network {
                     for _ in 0..copies {
                         let delay = 1 + self.rng.below(self.faults.max_delay_ms.max(1));
                         let generation = self.peers[to].generation;
-                        self.push(self.now + delay, Event::Deliver { peer: to, conn: their_conn, frame: frame.clone(), generation });
+                        self.push(
+                            self.now + delay,
+                            Event::Deliver { peer: to, conn: their_conn, frame: frame.clone(), generation },
+                        );
                     }
                 }
                 Output::Close { conn, .. } => {
@@ -396,7 +408,10 @@ impl Network {
                 }
                 Output::Sync { epoch } => {
                     let delay = self.rng.below(3);
-                    self.push(self.now + delay, Event::Input { peer: i, input: Input::Synced { epoch }, generation });
+                    self.push(
+                        self.now + delay,
+                        Event::Input { peer: i, input: Input::Synced { epoch }, generation },
+                    );
                 }
                 Output::Schedule { after, timer } => {
                     let at = self.now + after.as_millis() as u64;
@@ -461,8 +476,12 @@ impl Network {
             let author = format!("mail:user{i}@example.org");
             let key = Value::from(format!("k{}", self.rng.below(4)));
             let cmd = match (kind, self.rng.below(4)) {
-                (CrdtKind::Ormap, 0) => Command::Dissoc { address, key, revert: vec![Transaction::new("unset", value)], author },
-                (CrdtKind::Ormap, _) => Command::Assoc { address, key, txs: vec![Transaction::new("set", value)], author },
+                (CrdtKind::Ormap, 0) => {
+                    Command::Dissoc { address, key, revert: vec![Transaction::new("unset", value)], author }
+                }
+                (CrdtKind::Ormap, _) => {
+                    Command::Assoc { address, key, txs: vec![Transaction::new("set", value)], author }
+                }
                 (CrdtKind::Cdvcs, 0) => Command::Pull {
                     from: address,
                     into: self.addresses[4].0.clone(),
@@ -471,11 +490,15 @@ impl Network {
                 },
                 (CrdtKind::Cdvcs, r) => {
                     let heads = self.peers[i].peer.as_ref().and_then(|p| match p.state(&address) {
-                        Some(CrdtState::Cdvcs(c)) if c.heads().len() > 1 => Some(c.heads().iter().copied().collect()),
+                        Some(CrdtState::Cdvcs(c)) if c.heads().len() > 1 => {
+                            Some(c.heads().iter().copied().collect())
+                        }
                         _ => None,
                     });
                     match heads {
-                        Some(heads) if r == 1 => Command::Merge { address, heads, correcting: vec![], author },
+                        Some(heads) if r == 1 => {
+                            Command::Merge { address, heads, correcting: vec![], author }
+                        }
                         _ => Command::Transact { address, txs: vec![Transaction::new("add", value)], author },
                     }
                 }
@@ -505,10 +528,12 @@ impl Network {
         self.peers[i].peer = None;
         self.peers[i].generation += 1;
         self.peers[i].store.crash();
-        let links: Vec<usize> = (0..self.links.len()).filter(|&l| self.links[l].a == i || self.links[l].b == i).collect();
+        let links: Vec<usize> =
+            (0..self.links.len()).filter(|&l| self.links[l].a == i || self.links[l].b == i).collect();
         for &l in &links {
             if let Some((ca, cb)) = self.links[l].up.take() {
-                let (other, conn) = if self.links[l].a == i { (self.links[l].b, cb) } else { (self.links[l].a, ca) };
+                let (other, conn) =
+                    if self.links[l].a == i { (self.links[l].b, cb) } else { (self.links[l].a, ca) };
                 self.input(other, Input::Closed { conn });
             }
         }
@@ -543,7 +568,11 @@ impl Network {
     fn fingerprint(&self) -> Vec<Option<replikativ_crdt::ContentId>> {
         self.peers
             .iter()
-            .flat_map(|p| self.addresses.iter().map(move |(a, _)| p.peer.as_ref().and_then(|p| p.state(a)).map(CrdtState::digest)))
+            .flat_map(|p| {
+                self.addresses
+                    .iter()
+                    .map(move |(a, _)| p.peer.as_ref().and_then(|p| p.state(a)).map(CrdtState::digest))
+            })
             .collect()
     }
 

@@ -56,3 +56,45 @@ fn many_seeds_with_faults_converge() {
     }
     assert!(failures.is_empty(), "{} of {seeds} runs failed:\n{}", failures.len(), failures.join("\n"));
 }
+
+/// Seeds that failed during development, kept as named regressions (each still runs the hostile
+/// fault profile, so the RNG reproduces the original run).
+mod regressions {
+    use super::*;
+
+    fn must_converge(seed: u64, peers: usize, topology: Topology) {
+        if let Err(e) = run(seed, peers, 60, topology, Faults::hostile()) {
+            panic!("SEED={seed} PEERS={peers} TOPOLOGY={topology:?}: {e}");
+        }
+    }
+
+    /// A lost `FetchReply` left the connection's publication queue waiting forever; fetches are now
+    /// asked again after two anti-entropy ticks.
+    #[test]
+    fn lost_fetch_reply_is_asked_again() {
+        for seed in [8, 13, 20, 32, 35] {
+            must_converge(
+                seed,
+                3 + (seed % 3) as usize,
+                [Topology::Line, Topology::Star, Topology::Ring, Topology::Mesh][(seed % 4) as usize],
+            );
+        }
+    }
+
+    /// A lost `Subscribe` left an inbound peer never subscribing back; unacknowledged
+    /// subscriptions are now sent again on each tick.
+    #[test]
+    fn lost_subscription_is_sent_again() {
+        must_converge(37, 4, Topology::Star);
+        must_converge(2, 5, Topology::Ring);
+        must_converge(28, 4, Topology::Line);
+        must_converge(53, 5, Topology::Star);
+    }
+
+    /// A lost `Hello` left a connection open but silent; a connection without the remote's hello
+    /// after two ticks is now closed (and the link reconnects).
+    #[test]
+    fn lost_hello_closes_the_connection() {
+        must_converge(77, 5, Topology::Star);
+    }
+}

@@ -125,7 +125,7 @@ pub enum Reply {
     /// A commit was made (its id).
     Commit(ContentId),
     /// The state at an address, if any.
-    State(Option<CrdtState>),
+    State(Option<Box<CrdtState>>),
     /// Values by id (`None`: not in the store).
     Values(Vec<(ContentId, Option<Value>)>),
 }
@@ -148,7 +148,11 @@ impl Peer {
     fn replica_mut(&mut self, address: &Address, kind: CrdtKind) -> Result<&mut CrdtState, StageError> {
         let replica = self.crdts.get_mut(address).ok_or_else(|| StageError::NotFound(address.clone()))?;
         if replica.state.kind() != kind {
-            return Err(StageError::WrongKind { address: address.clone(), expected: kind, found: replica.state.kind() });
+            return Err(StageError::WrongKind {
+                address: address.clone(),
+                expected: kind,
+                found: replica.state.kind(),
+            });
         }
         Ok(&mut replica.state)
     }
@@ -186,35 +190,45 @@ impl Peer {
                 Reply::Done
             }
             Command::Assoc { address, key, txs, author } => {
-                let CrdtState::Ormap(m) = self.replica_mut(&address, CrdtKind::Ormap)? else { unreachable!() };
+                let CrdtState::Ormap(m) = self.replica_mut(&address, CrdtKind::Ormap)? else {
+                    unreachable!()
+                };
                 let staged = m.assoc(key, txs, actor, &author, now)?;
                 let commit = staged.op.adds[0].commit;
                 self.local(&address, AnyOp::Ormap(staged.op), bytes_of(staged.values));
                 Reply::Commit(commit)
             }
             Command::Dissoc { address, key, revert, author } => {
-                let CrdtState::Ormap(m) = self.replica_mut(&address, CrdtKind::Ormap)? else { unreachable!() };
+                let CrdtState::Ormap(m) = self.replica_mut(&address, CrdtKind::Ormap)? else {
+                    unreachable!()
+                };
                 let staged = m.dissoc(&key, revert, &author, now)?;
                 let commit = staged.op.removals[0].commit;
                 self.local(&address, AnyOp::Ormap(staged.op), bytes_of(staged.values));
                 Reply::Commit(commit)
             }
             Command::Transact { address, txs, author } => {
-                let CrdtState::Cdvcs(c) = self.replica_mut(&address, CrdtKind::Cdvcs)? else { unreachable!() };
+                let CrdtState::Cdvcs(c) = self.replica_mut(&address, CrdtKind::Cdvcs)? else {
+                    unreachable!()
+                };
                 let staged = c.transact(&author, now, txs)?;
                 let commit = staged.op.commits.last().expect("a commit").id;
                 self.local(&address, AnyOp::Cdvcs(staged.op), bytes_of(staged.values));
                 Reply::Commit(commit)
             }
             Command::Merge { address, heads, correcting, author } => {
-                let CrdtState::Cdvcs(c) = self.replica_mut(&address, CrdtKind::Cdvcs)? else { unreachable!() };
+                let CrdtState::Cdvcs(c) = self.replica_mut(&address, CrdtKind::Cdvcs)? else {
+                    unreachable!()
+                };
                 let staged = c.merge(&author, now, &heads, None, correcting)?;
                 let commit = staged.op.commits.last().expect("a merge commit").id;
                 self.local(&address, AnyOp::Cdvcs(staged.op), bytes_of(staged.values));
                 Reply::Commit(commit)
             }
             Command::Pull { from, into, tip, allow_induced_conflict } => {
-                let CrdtState::Cdvcs(remote) = self.replica_mut(&from, CrdtKind::Cdvcs)?.clone() else { unreachable!() };
+                let CrdtState::Cdvcs(remote) = self.replica_mut(&from, CrdtKind::Cdvcs)?.clone() else {
+                    unreachable!()
+                };
                 let tip = match tip {
                     Some(t) => t,
                     None => remote.head().ok_or_else(|| replikativ_crdt::OpError::MultipleHeads {
@@ -222,7 +236,10 @@ impl Peer {
                     })?,
                 };
                 if !self.crdts.contains_key(&into) {
-                    self.crdts.insert(into.clone(), Replica { state: CrdtState::Cdvcs(Cdvcs::default()), since_snapshot: u64::MAX });
+                    self.crdts.insert(
+                        into.clone(),
+                        Replica { state: CrdtState::Cdvcs(Cdvcs::default()), since_snapshot: u64::MAX },
+                    );
                     self.extend_subscriptions(&BTreeSet::from([into.clone()]), None);
                 }
                 let CrdtState::Cdvcs(c) = self.replica_mut(&into, CrdtKind::Cdvcs)? else { unreachable!() };
@@ -236,7 +253,10 @@ impl Peer {
                 }
                 let CrdtState::Cdvcs(c) = self.replica_mut(&from, CrdtKind::Cdvcs)? else { unreachable!() };
                 let (fork, op) = c.fork();
-                self.crdts.insert(into.clone(), Replica { state: CrdtState::Cdvcs(fork), since_snapshot: u64::MAX });
+                self.crdts.insert(
+                    into.clone(),
+                    Replica { state: CrdtState::Cdvcs(fork), since_snapshot: u64::MAX },
+                );
                 self.extend_subscriptions(&BTreeSet::from([into.clone()]), None);
                 self.local(&into, AnyOp::Cdvcs(op), HashMap::new());
                 Reply::Done
@@ -253,7 +273,7 @@ impl Peer {
                 self.local(&address, AnyOp::Gset(op), HashMap::new());
                 Reply::Done
             }
-            Command::Read { address } => Reply::State(self.crdts.get(&address).map(|r| r.state.clone())),
+            Command::Read { address } => Reply::State(self.crdts.get(&address).map(|r| Box::new(r.state.clone()))),
             Command::Values { ids } => {
                 let mut values = Vec::with_capacity(ids.len());
                 for id in ids {

@@ -8,9 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use replikativ_crdt::{
-    Address, CdvcsOp, ContentId, CrdtKind, GSetOp, LwwOp, OrMapOp,
-};
+use replikativ_crdt::{Address, CdvcsOp, ContentId, CrdtKind, GSetOp, LwwOp, OrMapOp};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
@@ -285,8 +283,12 @@ impl Message {
             Message::FetchReply { id, values, missing } => {
                 body(&FetchReplyBody { id: *id, values: values.clone(), missing: missing.clone() })
             }
-            Message::Sync { summaries, reply } => body(&SyncBody { summaries: summaries.clone(), reply: *reply }),
-            Message::Error { reason } | Message::Close { reason } => body(&ReasonBody { reason: reason.clone() }),
+            Message::Sync { summaries, reply } => {
+                body(&SyncBody { summaries: summaries.clone(), reply: *reply })
+            }
+            Message::Error { reason } | Message::Close { reason } => {
+                body(&ReasonBody { reason: reason.clone() })
+            }
             Message::Custom { tag, data } => body(&CustomBody { tag: tag.clone(), data: data.clone() }),
         };
         let envelope = Envelope { v: PROTOCOL_VERSION, kind: self.kind().to_owned(), body };
@@ -311,7 +313,9 @@ impl Message {
             "hello" => Message::Hello(parse(&kind, bytes)?),
             "subscribe" => Message::Subscribe(parse(&kind, bytes)?),
             "subscribe-ack" => Message::SubscribeAck { id: parse::<IdBody>(&kind, bytes)?.id },
-            "unsubscribe" => Message::Unsubscribe { addresses: parse::<AddressesBody>(&kind, bytes)?.addresses },
+            "unsubscribe" => {
+                Message::Unsubscribe { addresses: parse::<AddressesBody>(&kind, bytes)?.addresses }
+            }
             "publish" => Message::Publish(parse(&kind, bytes)?),
             "publish-ack" => Message::PublishAck { id: parse::<IdBody>(&kind, bytes)?.id },
             "refused" => {

@@ -320,8 +320,8 @@ impl Peer {
         let mut crdts = BTreeMap::new();
         for (key, bytes) in store.scan_prefix(CRDT_PREFIX.as_bytes())? {
             let what = String::from_utf8_lossy(&key).into_owned();
-            let address =
-                state::address_of_key(&key).ok_or_else(|| OpenError::Corrupt { what: what.clone(), reason: "bad key".into() })?;
+            let address = state::address_of_key(&key)
+                .ok_or_else(|| OpenError::Corrupt { what: what.clone(), reason: "bad key".into() })?;
             let snapshot: Snapshot = rmp_serde::from_slice(&bytes)
                 .map_err(|e| OpenError::Corrupt { what: what.clone(), reason: e.to_string() })?;
             let mut state = snapshot.state;
@@ -333,11 +333,14 @@ impl Peer {
                 let Some(last) = entries.last() else { break };
                 from = last.seq + 1;
                 for entry in &entries {
-                    let op: AnyOp = rmp_serde::from_slice(&entry.data)
-                        .map_err(|e| OpenError::Corrupt { what: format!("op log of {address}"), reason: e.to_string() })?;
-                    state
-                        .apply(&op)
-                        .map_err(|e| OpenError::Corrupt { what: format!("op log of {address}"), reason: e.to_string() })?;
+                    let op: AnyOp = rmp_serde::from_slice(&entry.data).map_err(|e| OpenError::Corrupt {
+                        what: format!("op log of {address}"),
+                        reason: e.to_string(),
+                    })?;
+                    state.apply(&op).map_err(|e| OpenError::Corrupt {
+                        what: format!("op log of {address}"),
+                        reason: e.to_string(),
+                    })?;
                     since_snapshot += 1;
                 }
             }

@@ -34,13 +34,15 @@ impl Peer {
         if let Some(replica) = self.crdts.get(&p.address)
             && replica.state.kind() != p.op.kind()
         {
-            let reason = format!("{:?} op for {}, which holds a {:?}", p.op.kind(), p.address, replica.state.kind());
+            let reason =
+                format!("{:?} op for {}, which holds a {:?}", p.op.kind(), p.address, replica.state.kind());
             return self.close(conn, reason);
         }
         let mut values = HashMap::with_capacity(p.values.len());
         for bytes in p.values {
             if let Err(e) = Value::decode(&bytes) {
-                return self.close(conn, format!("inline value in publication {} does not decode: {e}", p.id));
+                return self
+                    .close(conn, format!("inline value in publication {} does not decode: {e}", p.id));
             }
             values.insert(ContentId::hash_bytes(&bytes), bytes.into_vec());
         }
@@ -94,7 +96,8 @@ impl Peer {
                 }
             };
             if let Some(bytes) = record {
-                let value = Value::decode(&bytes).map_err(|e| format!("commit {cid} does not decode: {e}"))?;
+                let value =
+                    Value::decode(&bytes).map_err(|e| format!("commit {cid} does not decode: {e}"))?;
                 let commit = Commit::from_value(&value).map_err(|e| format!("commit {cid}: {e}"))?;
                 for tx in &commit.transactions {
                     if !p.values.contains_key(&tx.params) && !self.has_value(&tx.params) {
@@ -139,7 +142,9 @@ impl Peer {
         let mut bytes_total = 0;
         for cid in ids {
             match self.store.get(&value_key(&cid)) {
-                Ok(Some(bytes)) if bytes_total + bytes.len() <= self.config.fetch_reply_limit || values.is_empty() => {
+                Ok(Some(bytes))
+                    if bytes_total + bytes.len() <= self.config.fetch_reply_limit || values.is_empty() =>
+                {
                     bytes_total += bytes.len();
                     values.push(ByteBuf::from(bytes));
                 }
@@ -151,7 +156,13 @@ impl Peer {
         self.send(conn, Message::FetchReply { id, values, missing });
     }
 
-    pub(crate) fn on_fetch_reply(&mut self, conn: ConnId, id: u64, values: Vec<ByteBuf>, missing: Vec<ContentId>) {
+    pub(crate) fn on_fetch_reply(
+        &mut self,
+        conn: ConnId,
+        id: u64,
+        values: Vec<ByteBuf>,
+        missing: Vec<ContentId>,
+    ) {
         let c = self.conns.get_mut(&conn).expect("caller checked");
         let asked = match &c.fetching {
             Some((fid, asked)) if *fid == id => asked.clone(),
@@ -162,7 +173,10 @@ impl Peer {
         for bytes in values {
             let cid = ContentId::hash_bytes(&bytes);
             if !asked.contains(&cid) {
-                return self.close(conn, format!("fetched value hashes to {cid}, which was not asked for (wrong hash)"));
+                return self.close(
+                    conn,
+                    format!("fetched value hashes to {cid}, which was not asked for (wrong hash)"),
+                );
             }
             if let Err(e) = Value::decode(&bytes) {
                 return self.close(conn, format!("fetched value {cid} does not decode: {e}"));
@@ -205,7 +219,10 @@ impl Peer {
                 if incomplete {
                     // History is missing under what arrived: ask the sender for it now.
                     let summary = self.crdts[&p.address].state.summary();
-                    self.send(conn, Message::Sync { summaries: vec![(p.address.clone(), summary)], reply: true });
+                    self.send(
+                        conn,
+                        Message::Sync { summaries: vec![(p.address.clone(), summary)], reply: true },
+                    );
                 }
             }
         }
@@ -241,11 +258,18 @@ impl Peer {
         self.after_barrier(Output::Event(event));
     }
 
-    fn persist(&mut self, address: &Address, op: &AnyOp, values: &HashMap<ContentId, Vec<u8>>) -> Result<(), StageError> {
+    fn persist(
+        &mut self,
+        address: &Address,
+        op: &AnyOp,
+        values: &HashMap<ContentId, Vec<u8>>,
+    ) -> Result<(), StageError> {
         let mut batch = replikativ_store::Batch::new();
         for cid in commit_ids(op) {
             if let Some(bytes) = values.get(&cid) {
-                if let Ok(commit) = Value::decode(bytes).map_err(|_| ()).and_then(|v| Commit::from_value(&v).map_err(|_| ())) {
+                if let Ok(commit) =
+                    Value::decode(bytes).map_err(|_| ()).and_then(|v| Commit::from_value(&v).map_err(|_| ()))
+                {
                     for tx in commit.transactions {
                         if let Some(p) = values.get(&tx.params) {
                             batch.push_put(value_key(&tx.params), p.clone());
@@ -264,7 +288,8 @@ impl Peer {
         if replica.since_snapshot == u64::MAX || replica.since_snapshot + 1 >= every {
             let next = self.store.log_bounds(&log)?.next;
             let snapshot = Snapshot { state: replica.state.clone(), log_from: next };
-            self.store.put(&state::crdt_key(address), &rmp_serde::to_vec_named(&snapshot).expect("encodes"))?;
+            self.store
+                .put(&state::crdt_key(address), &rmp_serde::to_vec_named(&snapshot).expect("encodes"))?;
             self.store.log_prune(&log, next)?;
             replica.since_snapshot = 0;
         } else {
@@ -285,7 +310,9 @@ impl Peer {
         for cid in commit_ids(op) {
             let Some(bytes) = fetch(&cid) else { continue };
             let mut group = vec![bytes.clone()];
-            if let Ok(commit) = Value::decode(&bytes).map_err(|_| ()).and_then(|v| Commit::from_value(&v).map_err(|_| ())) {
+            if let Ok(commit) =
+                Value::decode(&bytes).map_err(|_| ()).and_then(|v| Commit::from_value(&v).map_err(|_| ()))
+            {
                 group.extend(commit.transactions.iter().filter_map(|tx| fetch(&tx.params)));
             }
             let size: usize = group.iter().map(Vec::len).sum();

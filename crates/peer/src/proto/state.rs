@@ -15,9 +15,7 @@
 
 use std::collections::BTreeSet;
 
-use replikativ_crdt::{
-    Address, Cdvcs, ContentId, Crdt, CrdtKind, GSet, LwwRegister, OrMap, ValidationError,
-};
+use replikativ_crdt::{Address, Cdvcs, ContentId, Crdt, CrdtKind, GSet, LwwRegister, OrMap, ValidationError};
 use serde::{Deserialize, Serialize};
 
 use super::message::{AnyOp, Summary};

@@ -71,7 +71,11 @@ impl Peer {
     }
 
     /// Adds subscriptions (from the stage or a connection) and propagates them.
-    pub(crate) fn extend_subscriptions(&mut self, addresses: &BTreeSet<Address>, except: Option<ConnId>) -> bool {
+    pub(crate) fn extend_subscriptions(
+        &mut self,
+        addresses: &BTreeSet<Address>,
+        except: Option<ConnId>,
+    ) -> bool {
         let before = self.record.subscriptions.len();
         self.record.subscriptions.extend(addresses.iter().cloned());
         if self.record.subscriptions.len() == before {
@@ -93,9 +97,9 @@ impl Peer {
         c.subscribed = true;
         if !redundant {
             self.extend_subscriptions(&sub.addresses, Some(conn));
-            // The back-subscription: always answered, so the remote learns this peer's interest
-            // (and sends what is missing here).
-            self.send_subscription(conn, true);
+            // The back-subscription, when the remote's subscription changed what this peer tells it
+            // (always on a new connection).
+            self.send_subscription(conn, false);
         }
         self.send(conn, Message::SubscribeAck { id: sub.id });
     }
@@ -128,7 +132,8 @@ impl Peer {
 
     /// Sends summaries of every shared address to every open connection.
     pub(crate) fn anti_entropy(&mut self) {
-        let conns: Vec<ConnId> = self.conns.iter().filter(|(_, c)| c.remote.is_some()).map(|(c, _)| *c).collect();
+        let conns: Vec<ConnId> =
+            self.conns.iter().filter(|(_, c)| c.remote.is_some()).map(|(c, _)| *c).collect();
         for conn in conns {
             let c = &self.conns[&conn];
             let shared: BTreeSet<Address> = c

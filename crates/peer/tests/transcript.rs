@@ -1,0 +1,236 @@
+//! The original replikativ `replicate-test`, in our message names: a client peer and a server
+//! peer connect; subscription, acknowledgement and back-subscription; then publications, with the
+//! values travelling inline in one case and fetched (commit records, then their params) in the
+//! other; each publication is acknowledged after the barrier and echoed back to its origin.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use replikativ_crdt::{ActorId, Address, CrdtKind, Transaction, Value};
+use replikativ_peer::proto::{
+    AnyOp, Command, CrdtState, Direction, Input, Message, Output, Peer, PeerConfig, Publish, Subscribe,
+    Summary,
+};
+use replikativ_store::{MemoryStore, Store};
+
+const CLIENT: usize = 0;
+const SERVER: usize = 1;
+
+/// Two peers on one connection (conn 1 at the client, 2 at the server), delivering in order and
+/// running every barrier as soon as it is asked for. Records every message sent.
+struct Pair {
+    peers: [Peer; 2],
+    stores: [Arc<MemoryStore>; 2],
+    queue: VecDeque<(usize, Input)>,
+    log: Vec<(usize, Message)>,
+    replies: Vec<Output>,
+}
+
+impl Pair {
+    fn new(inline_limit: usize) -> Pair {
+        let config = PeerConfig { anti_entropy: None, inline_limit, ..PeerConfig::default() };
+        let stores = [Arc::new(MemoryStore::new()), Arc::new(MemoryStore::new())];
+        let open = |i: usize, id: &str, extend: bool| {
+            let store: Arc<dyn Store> = stores[i].clone();
+            Peer::open(store, id, extend, ActorId::from_u128(i as u128 + 1), config.clone()).unwrap()
+        };
+        let peers = [open(CLIENT, "client", false), open(SERVER, "server", true)];
+        Pair { peers, stores, queue: VecDeque::new(), log: Vec::new(), replies: Vec::new() }
+    }
+
+    fn input(&mut self, to: usize, input: Input) {
+        self.queue.push_back((to, input));
+        self.run();
+    }
+
+    fn run(&mut self) {
+        while let Some((i, input)) = self.queue.pop_front() {
+            let outputs = self.peers[i].handle(input, 1_000);
+            for output in outputs {
+                match output {
+                    Output::Send { msg, .. } => {
+                        let other = 1 - i;
+                        let conn = if other == CLIENT { 1 } else { 2 };
+                        self.log.push((i, msg.clone()));
+                        self.queue.push_back((other, Input::Received { conn, frame: msg.encode() }));
+                    }
+                    Output::Sync { epoch } => {
+                        self.stores[i].sync().unwrap();
+                        self.queue.push_back((i, Input::Synced { epoch }));
+                    }
+                    other => self.replies.push(other),
+                }
+            }
+        }
+    }
+
+    /// The messages sent since the last call, as `(sender, kind)`.
+    fn take(&mut self) -> Vec<(usize, Message)> {
+        std::mem::take(&mut self.log)
+    }
+}
+
+fn kinds(log: &[(usize, Message)]) -> Vec<(&'static str, &'static str)> {
+    log.iter().map(|(from, m)| (if *from == CLIENT { "client" } else { "server" }, m.kind())).collect()
+}
+
+fn address() -> Address {
+    Address::new("john", uuid::Uuid::from_u128(42)).unwrap()
+}
+
+fn connect_and_subscribe(pair: &mut Pair) {
+    let x = address();
+    pair.input(
+        CLIENT,
+        Input::Command { id: 43, cmd: Command::Subscribe { addresses: BTreeSet::from([x.clone()]) } },
+    );
+    // Both ends of the transport open before any frame travels.
+    pair.queue.push_back((SERVER, Input::Connected { conn: 2, direction: Direction::Inbound }));
+    pair.queue.push_back((CLIENT, Input::Connected { conn: 1, direction: Direction::Outbound }));
+    pair.run();
+    let log = pair.take();
+    assert_eq!(
+        kinds(&log),
+        vec![
+            ("server", "hello"),
+            ("client", "hello"),
+            // subscribe {john: 42} ...
+            ("client", "subscribe"),
+            ("client", "sync"),
+            // ... the server takes it on and answers with its back-subscription, then the ack.
+            ("server", "subscribe"),
+            ("server", "sync"),
+            ("server", "subscribe-ack"),
+            ("client", "subscribe-ack"),
+        ]
+    );
+    let Message::Subscribe(Subscribe { addresses, extend, .. }) = &log[2].1 else { panic!() };
+    assert_eq!((addresses, *extend), (&BTreeSet::from([x.clone()]), false), "the client does not extend");
+    let Message::Subscribe(Subscribe { addresses, extend, .. }) = &log[4].1 else { panic!() };
+    assert_eq!((addresses, *extend), (&BTreeSet::from([x.clone()]), true), "the server extends");
+    assert_eq!(log[3].1, Message::Sync { summaries: vec![(x.clone(), Summary::Empty)], reply: false });
+    assert!(pair.peers[SERVER].subscriptions().contains(&x), "the server took the subscription on");
+}
+
+/// Publishes on the client and returns the transcript of what followed.
+fn publish(pair: &mut Pair, id: u64, cmd: Command) -> Vec<(usize, Message)> {
+    pair.input(CLIENT, Input::Command { id, cmd });
+    pair.take()
+}
+
+#[test]
+fn replication_with_fetch() {
+    // Nothing travels inline: the server fetches commit records, then their params.
+    let mut pair = Pair::new(0);
+    connect_and_subscribe(&mut pair);
+    let x = address();
+
+    let created = publish(
+        &mut pair,
+        1001,
+        Command::Create { address: x.clone(), kind: CrdtKind::Cdvcs, author: "john".into() },
+    );
+    assert_eq!(
+        kinds(&created),
+        vec![
+            ("client", "publish"),
+            ("server", "fetch"), // the root commit
+            ("client", "fetch-reply"),
+            ("server", "publish-ack"),
+            ("server", "publish"), // the echo
+            ("client", "publish-ack"),
+        ]
+    );
+    let Message::Publish(Publish { values, op: AnyOp::Cdvcs(op), .. }) = &created[0].1 else { panic!() };
+    assert!(values.is_empty());
+    let root = op.commits[0].id;
+    assert_eq!(created[1].1, Message::Fetch { id: fetch_id(&created[1].1), ids: vec![root] });
+
+    let committed = publish(
+        &mut pair,
+        1002,
+        Command::Transact {
+            address: x.clone(),
+            txs: vec![Transaction::new("add", Value::map([("n", 1)]))],
+            author: "john".into(),
+        },
+    );
+    assert_eq!(
+        kinds(&committed),
+        vec![
+            ("client", "publish"),
+            ("server", "fetch"), // the new commit ...
+            ("client", "fetch-reply"),
+            ("server", "fetch"), // ... then its params
+            ("client", "fetch-reply"),
+            ("server", "publish-ack"),
+            ("server", "publish"), // echo
+            ("client", "publish-ack"),
+        ]
+    );
+    let Message::Fetch { ids, .. } = &committed[3].1 else { panic!() };
+    assert_eq!(ids, &vec![Value::map([("n", 1)]).content_id()]);
+    assert_both_hold_everything(&pair, &x);
+}
+
+#[test]
+fn replication_with_inline_values() {
+    let mut pair = Pair::new(1 << 20);
+    connect_and_subscribe(&mut pair);
+    let x = address();
+    let created = publish(
+        &mut pair,
+        1001,
+        Command::Create { address: x.clone(), kind: CrdtKind::Cdvcs, author: "john".into() },
+    );
+    let expected = vec![
+        ("client", "publish"),
+        ("server", "publish-ack"),
+        ("server", "publish"),
+        ("client", "publish-ack"),
+    ];
+    assert_eq!(kinds(&created), expected);
+    let committed = publish(
+        &mut pair,
+        1002,
+        Command::Transact {
+            address: x.clone(),
+            txs: vec![Transaction::new("add", Value::map([("n", 1)]))],
+            author: "john".into(),
+        },
+    );
+    assert_eq!(kinds(&committed), expected, "commit and params travel with the publication: no fetch");
+    let Message::Publish(Publish { values, .. }) = &committed[0].1 else { panic!() };
+    assert_eq!(values.len(), 2, "the commit record and its params");
+    let Message::Publish(Publish { values, .. }) = &committed[2].1 else { panic!() };
+    assert!(values.is_empty(), "the echo carries no values back");
+    assert_both_hold_everything(&pair, &x);
+}
+
+fn fetch_id(m: &Message) -> u64 {
+    match m {
+        Message::Fetch { id, .. } => *id,
+        _ => panic!("not a fetch"),
+    }
+}
+
+/// Both peers have the same CDVCS, and every commit record and params value it names.
+fn assert_both_hold_everything(pair: &Pair, x: &Address) {
+    let client = pair.peers[CLIENT].state(x).cloned();
+    let server = pair.peers[SERVER].state(x).cloned();
+    assert_eq!(client, server);
+    let Some(CrdtState::Cdvcs(c)) = client else { panic!("a CDVCS") };
+    assert_eq!(c.graph().len(), 2);
+    for store in &pair.stores {
+        for id in c.linearize() {
+            let bytes = store.get(format!("v/{id}").as_bytes()).unwrap().expect("commit stored");
+            let commit = replikativ_crdt::Commit::from_value(&Value::decode(&bytes).unwrap()).unwrap();
+            for tx in commit.transactions {
+                assert!(store.get(format!("v/{}", tx.params).as_bytes()).unwrap().is_some(), "params stored");
+            }
+        }
+        assert!(store.get(b"peer/config").unwrap().is_some());
+    }
+    // Replies to the client's commands came after their barriers.
+    assert!(pair.replies.iter().any(|o| matches!(o, Output::Reply { id: 1002, result: Ok(_) })));
+}

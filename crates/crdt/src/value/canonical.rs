@@ -109,9 +109,32 @@ impl Sink for Vec<u8> {
     }
 }
 
-impl Sink for blake3::Hasher {
+/// Feeds a hasher in blocks: blake3 is much faster on whole blocks than on the many few-byte
+/// pieces an encoding is made of, and this needs no allocation.
+struct BlockHasher<'a> {
+    hasher: &'a mut blake3::Hasher,
+    buf: [u8; 4096],
+    len: usize,
+}
+
+impl BlockHasher<'_> {
+    fn flush(&mut self) {
+        self.hasher.update(&self.buf[..self.len]);
+        self.len = 0;
+    }
+}
+
+impl Sink for BlockHasher<'_> {
     fn put(&mut self, bytes: &[u8]) {
-        self.update(bytes);
+        if self.len + bytes.len() > self.buf.len() {
+            self.flush();
+            if bytes.len() > self.buf.len() {
+                self.hasher.update(bytes);
+                return;
+            }
+        }
+        self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
     }
 }
 
@@ -145,7 +168,9 @@ pub(crate) fn encode_into(value: &Value, out: &mut Vec<u8>) {
 }
 
 pub(crate) fn encode_to_hasher(value: &Value, hasher: &mut blake3::Hasher) {
-    encode(value, hasher);
+    let mut sink = BlockHasher { hasher, buf: [0; 4096], len: 0 };
+    encode(value, &mut sink);
+    sink.flush();
 }
 
 fn encode(value: &Value, out: &mut impl Sink) {

@@ -6,7 +6,12 @@
 //! (`cargo check -p replikativ-peer --no-default-features`), so the same code runs in the
 //! deterministic simulation ([`sim`], feature `test-utils`) and in the node.
 
+pub mod middleware;
+#[cfg(feature = "runtime")]
+pub mod node;
 pub mod proto;
+#[cfg(feature = "runtime")]
+pub mod stage;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod sim;
 

@@ -65,6 +65,13 @@ pub enum Input {
         /// The raw frame.
         frame: Vec<u8>,
     },
+    /// A message arrived, already decoded (by the node's transport and middleware chain).
+    Message {
+        /// On which connection.
+        conn: ConnId,
+        /// The message.
+        msg: Message,
+    },
     /// A connection closed.
     Closed {
         /// Which.
@@ -171,6 +178,12 @@ pub enum StageError {
     /// The store failed.
     #[error("store: {0}")]
     Store(String),
+    /// The access policy denies the operation on this address.
+    #[error("access to {0} denied")]
+    Denied(Address),
+    /// The node is shutting down or gone.
+    #[error("the node is not running")]
+    NodeGone,
     /// A value the operation needs is not in the store.
     #[error("value {0} is not in the store")]
     MissingValue(ContentId),
@@ -402,6 +415,7 @@ impl Peer {
         match input {
             Input::Connected { conn, direction } => self.connected(conn, direction),
             Input::Received { conn, frame } => self.received(conn, &frame),
+            Input::Message { conn, msg } => self.message(conn, msg),
             Input::Closed { conn } => {
                 self.conns.remove(&conn);
             }
@@ -510,8 +524,8 @@ impl Peer {
         }
     }
 
-    /// Handles a decoded message (in-process connections skip the framing).
-    pub fn message(&mut self, conn: ConnId, msg: Message) {
+    /// Handles a decoded message.
+    fn message(&mut self, conn: ConnId, msg: Message) {
         let Some(c) = self.conns.get_mut(&conn) else { return };
         if c.remote.is_none() {
             match msg {

@@ -1,0 +1,433 @@
+//! The networked node: the protocol core on its own thread, websocket connections as tokio tasks,
+//! a barrier thread for group commit, and the in-process stage connection.
+//!
+//! ```text
+//!  websocket ──► [frame limit + decode] ──► chain (metrics, trace, app middleware, access) ──┐
+//!  websocket ◄── [encode]               ◄── chain                                      ◄──┤
+//!  stage     ◄─► chain (metrics, trace, app middleware, access)                        ◄─►┤
+//!                                                                        core thread (Peer::handle)
+//!                                                       barrier thread (store.sync, many ops per sync)
+//! ```
+//!
+//! Queues are bounded: connection readers wait when the core is busy (TCP backpressure reaches the
+//! sender); each connection's outbox holds `outbox` items, and when a slow peer lets it fill, further
+//! messages to that peer are dropped and counted instead of growing memory or closing the
+//! connection: the protocol tolerates lost messages (subscriptions and fetches are retried,
+//! anti-entropy resends what is missing), so the slow peer catches up once it drains.
+
+mod conn;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use replikativ_crdt::ActorId;
+use replikativ_store::Store;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::middleware::{ConnMetrics, Item, MetricsRegistry, MiddlewareFactory, Policy, Remote};
+use crate::proto::{CommandId, ConnId, Input, OpenError, Output, Peer, PeerConfig, StageError};
+
+pub use conn::WsConfig;
+pub(crate) use conn::chain as conn_chain;
+
+/// Reconnection backoff: doubles from `initial` up to `max`, with up to 50 % random jitter.
+#[derive(Clone, Copy, Debug)]
+pub struct Backoff {
+    /// The first delay.
+    pub initial: Duration,
+    /// The largest delay.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(10) }
+    }
+}
+
+/// Configuration of a node.
+#[derive(Clone)]
+pub struct NodeConfig {
+    /// The peer id (used when the store holds none yet).
+    pub peer_id: String,
+    /// Whether the peer extends its subscriptions with its peers' (a server; see the design doc).
+    pub extend: bool,
+    /// Protocol core tuning.
+    pub peer: PeerConfig,
+    /// Websocket limits, keep-alive and idle timeout.
+    pub ws: WsConfig,
+    /// Items a connection's outbox holds before messages to it are dropped (see the module docs).
+    pub outbox: usize,
+    /// Reconnection backoff of outgoing connections.
+    pub reconnect: Backoff,
+    /// Application middleware, in order (nearest the network first), built per connection.
+    pub middleware: Vec<MiddlewareFactory>,
+    /// Access policy for every connection (remote and stage); `None` allows everything.
+    pub policy: Option<Policy>,
+}
+
+impl std::fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeConfig")
+            .field("peer_id", &self.peer_id)
+            .field("extend", &self.extend)
+            .field("peer", &self.peer)
+            .field("ws", &self.ws)
+            .field("outbox", &self.outbox)
+            .field("reconnect", &self.reconnect)
+            .field("middleware", &self.middleware.len())
+            .field("policy", &self.policy.is_some())
+            .finish()
+    }
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            peer_id: String::new(),
+            extend: true,
+            peer: PeerConfig::default(),
+            ws: WsConfig::default(),
+            outbox: 1024,
+            reconnect: Backoff::default(),
+            middleware: Vec::new(),
+            policy: None,
+        }
+    }
+}
+
+/// Why a node could not start or connect.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The store could not be opened as a peer.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// Binding or accepting failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Connecting to a peer failed.
+    #[error("cannot connect to {url}: {reason}")]
+    Connect {
+        /// The URL.
+        url: String,
+        /// The cause.
+        reason: String,
+    },
+    /// The node is shut down.
+    #[error("the node is not running")]
+    Gone,
+}
+
+/// What the core thread receives.
+#[derive(Debug)]
+pub(crate) enum CoreMsg {
+    Input(Input),
+    /// A connection's outbox and who is on the other end.
+    Attach { conn: ConnId, tx: mpsc::Sender<ConnCmd>, remote: Remote },
+    /// A stage command, with the connection to reply on.
+    Command { conn: ConnId, id: CommandId, cmd: crate::proto::Command },
+    Status(oneshot::Sender<Status>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// What a connection task receives from the core.
+#[derive(Debug)]
+pub(crate) enum ConnCmd {
+    Item(Item),
+    Close(String),
+}
+
+/// A node's state as seen from outside.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Status {
+    /// The peer id.
+    pub peer_id: String,
+    /// Open connections: id, remote, and the remote's peer id once it said hello.
+    pub connections: Vec<(ConnId, Remote, Option<String>)>,
+    /// The peer's subscriptions.
+    pub subscriptions: Vec<replikativ_crdt::Address>,
+    /// Addresses with a state.
+    pub addresses: usize,
+    /// Messages dropped because a connection's outbox was full.
+    pub dropped: u64,
+}
+
+pub(crate) struct Shared {
+    pub(crate) core: mpsc::Sender<CoreMsg>,
+    pub(crate) config: NodeConfig,
+    pub(crate) next_conn: AtomicU64,
+    pub(crate) metrics: MetricsRegistry,
+    pub(crate) tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Outgoing connections by URL: their supervisor task.
+    pub(crate) outgoing: Mutex<HashMap<String, JoinHandle<()>>>,
+    pub(crate) shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+/// A running node (cheap to clone).
+#[derive(Clone)]
+pub struct Node {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("peer_id", &self.shared.config.peer_id).finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Node {
+    /// Starts a node on `store` (inside a tokio runtime). `actor` must be fresh for this session.
+    pub fn start(store: Arc<dyn Store>, config: NodeConfig, actor: ActorId) -> Result<Node, NodeError> {
+        let mut peer = Peer::open(store.clone(), &config.peer_id, config.extend, actor, config.peer.clone())?;
+        let mut config = config;
+        config.peer_id = peer.id().to_owned();
+        let (core_tx, core_rx) = mpsc::channel(1024);
+        let (shutdown, _) = tokio::sync::watch::channel(false);
+        let shared = Arc::new(Shared {
+            core: core_tx.clone(),
+            config,
+            next_conn: AtomicU64::new(1),
+            metrics: Arc::new(Mutex::new(BTreeMap::new())),
+            tasks: Mutex::new(Vec::new()),
+            outgoing: Mutex::new(HashMap::new()),
+            shutdown,
+        });
+        let (barrier_tx, barrier_rx) = std::sync::mpsc::channel::<u64>();
+        {
+            let store = store.clone();
+            let core = core_tx.clone();
+            std::thread::Builder::new()
+                .name("replikativ-barrier".into())
+                .spawn(move || barrier_loop(store, barrier_rx, core))
+                .expect("spawn barrier thread");
+        }
+        let runtime = tokio::runtime::Handle::current();
+        let start = peer.start();
+        std::thread::Builder::new()
+            .name(format!("replikativ-core-{}", peer.id()))
+            .spawn(move || {
+                let mut core = Core { conns: BTreeMap::new(), commands: HashMap::new(), barrier: barrier_tx, runtime, tx: core_tx, dropped: 0 };
+                core.dispatch(&peer, start);
+                core.run(&mut peer, core_rx);
+                // Shut down: everything acknowledged is durable already; flush the rest.
+                if let Err(e) = store.sync() {
+                    tracing::error!(error = %e, "final barrier failed");
+                }
+            })
+            .expect("spawn core thread");
+        Ok(Node { shared })
+    }
+
+    /// The peer id.
+    pub fn peer_id(&self) -> &str {
+        &self.shared.config.peer_id
+    }
+
+    /// Listens for websocket connections on `addr` (e.g. `127.0.0.1:0`); returns the bound address.
+    pub async fn listen(&self, addr: &str) -> Result<SocketAddr, NodeError> {
+        conn::listen(self.shared.clone(), addr).await
+    }
+
+    /// Connects to a peer at a `ws://` URL. Fails if the first connection cannot be made; once
+    /// made, the connection is re-established with backoff whenever it drops, until
+    /// [`Node::disconnect`].
+    pub async fn connect(&self, url: &str) -> Result<(), NodeError> {
+        conn::connect(self.shared.clone(), url).await
+    }
+
+    /// Stops reconnecting to `url` and closes its connection. Returns whether it was connected.
+    pub fn disconnect(&self, url: &str) -> bool {
+        match self.shared.outgoing.lock().expect("poisoned").remove(url) {
+            Some(task) => {
+                task.abort();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The node's status.
+    pub async fn status(&self) -> Result<Status, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.shared.core.send(CoreMsg::Status(tx)).await.map_err(|_| NodeError::Gone)?;
+        rx.await.map_err(|_| NodeError::Gone)
+    }
+
+    /// Per-connection counters (messages, bytes, publications, fetches, errors).
+    pub fn metrics(&self) -> BTreeMap<ConnId, crate::middleware::MetricsSnapshot> {
+        self.shared.metrics.lock().expect("poisoned").iter().map(|(c, m)| (*c, m.snapshot())).collect()
+    }
+
+    /// Shuts down gracefully: stops accepting and reconnecting, closes every connection with a
+    /// reason, lets the core finish what it is doing, runs a final barrier and stops.
+    pub async fn shutdown(&self) {
+        let _ = self.shared.shutdown.send(true);
+        for (_, task) in self.shared.outgoing.lock().expect("poisoned").drain() {
+            task.abort();
+        }
+        let (tx, rx) = oneshot::channel();
+        if self.shared.core.send(CoreMsg::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.shared.tasks.lock().expect("poisoned"));
+        for task in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+    }
+
+    pub(crate) fn register_metrics(&self, conn: ConnId) -> Arc<ConnMetrics> {
+        register_metrics(&self.shared, conn)
+    }
+}
+
+pub(crate) fn register_metrics(shared: &Shared, conn: ConnId) -> Arc<ConnMetrics> {
+    let m = Arc::new(ConnMetrics::default());
+    shared.metrics.lock().expect("poisoned").insert(conn, m.clone());
+    m
+}
+
+/// Runs barriers: many requests queued meanwhile share one `sync`.
+fn barrier_loop(store: Arc<dyn Store>, rx: std::sync::mpsc::Receiver<u64>, core: mpsc::Sender<CoreMsg>) {
+    while let Ok(mut epoch) = rx.recv() {
+        while let Ok(later) = rx.try_recv() {
+            epoch = epoch.max(later);
+        }
+        let input = match store.sync() {
+            Ok(()) => Input::Synced { epoch },
+            Err(e) => Input::SyncFailed { epoch, error: e.to_string() },
+        };
+        if core.blocking_send(CoreMsg::Input(input)).is_err() {
+            return;
+        }
+    }
+}
+
+struct Core {
+    conns: BTreeMap<ConnId, (mpsc::Sender<ConnCmd>, Remote)>,
+    /// Which connection (stage) sent each pending command.
+    commands: HashMap<CommandId, ConnId>,
+    barrier: std::sync::mpsc::Sender<u64>,
+    runtime: tokio::runtime::Handle,
+    tx: mpsc::Sender<CoreMsg>,
+    dropped: u64,
+}
+
+impl Core {
+    fn run(&mut self, peer: &mut Peer, mut rx: mpsc::Receiver<CoreMsg>) {
+        while let Some(msg) = rx.blocking_recv() {
+            match msg {
+                CoreMsg::Input(input) => {
+                    if let Input::Closed { conn } = &input {
+                        self.conns.remove(conn);
+                    }
+                    let out = peer.handle(input, now_ms());
+                    self.dispatch(peer, out);
+                }
+                CoreMsg::Attach { conn, tx, remote } => {
+                    self.conns.insert(conn, (tx, remote));
+                }
+                CoreMsg::Command { conn, id, cmd } => {
+                    self.commands.insert(id, conn);
+                    let out = peer.handle(Input::Command { id, cmd }, now_ms());
+                    self.dispatch(peer, out);
+                }
+                CoreMsg::Status(reply) => {
+                    let connections = self
+                        .conns
+                        .iter()
+                        .map(|(c, (_, remote))| {
+                            let id = peer.connections().find(|(pc, _)| pc == c).map(|(_, id)| id.to_owned());
+                            (*c, remote.clone(), id)
+                        })
+                        .collect();
+                    let _ = reply.send(Status {
+                        peer_id: peer.id().to_owned(),
+                        connections,
+                        subscriptions: peer.subscriptions().iter().cloned().collect(),
+                        addresses: peer.addresses().count(),
+                        dropped: self.dropped,
+                    });
+                }
+                CoreMsg::Shutdown(done) => {
+                    for (tx, _) in self.conns.values() {
+                        let _ = tx.try_send(ConnCmd::Close("the node is shutting down".into()));
+                    }
+                    let _ = done.send(());
+                    return;
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, conn: ConnId, cmd: ConnCmd) {
+        let Some((tx, _)) = self.conns.get(&conn) else { return };
+        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(cmd) {
+            self.dropped += 1;
+            tracing::warn!(conn, "outbox full: message dropped (the peer catches up by anti-entropy)");
+        }
+    }
+
+    fn dispatch(&mut self, _peer: &Peer, outputs: Vec<Output>) {
+        for output in outputs {
+            match output {
+                Output::Send { conn, msg } => self.send(conn, ConnCmd::Item(Item::Message(msg))),
+                Output::Close { conn, reason } => self.send(conn, ConnCmd::Close(reason)),
+                Output::Sync { epoch } => {
+                    let _ = self.barrier.send(epoch);
+                }
+                Output::Schedule { after, timer } => {
+                    let tx = self.tx.clone();
+                    self.runtime.spawn(async move {
+                        tokio::time::sleep(after).await;
+                        let _ = tx.send(CoreMsg::Input(Input::Timer(timer))).await;
+                    });
+                }
+                Output::Reply { id, result } => {
+                    if let Some(conn) = self.commands.remove(&id)
+                        && let Some((tx, _)) = self.conns.get(&conn)
+                    {
+                        // Replies must not be lost, and the core must not wait for the stage (which
+                        // may be waiting for the core): deliver from a task when the outbox is full.
+                        if let Err(mpsc::error::TrySendError::Full(cmd)) = tx.try_send(ConnCmd::Item(Item::Reply { id, result })) {
+                            let tx = tx.clone();
+                            self.runtime.spawn(async move {
+                                let _ = tx.send(cmd).await;
+                            });
+                        }
+                    }
+                }
+                Output::Event(event) => {
+                    let stages: Vec<ConnId> =
+                        self.conns.iter().filter(|(_, (_, r))| *r == Remote::Stage).map(|(c, _)| *c).collect();
+                    for conn in stages {
+                        self.send(conn, ConnCmd::Item(Item::Event(event.clone())));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl From<NodeError> for StageError {
+    fn from(e: NodeError) -> Self {
+        match e {
+            NodeError::Gone => StageError::NodeGone,
+            other => StageError::Store(other.to_string()),
+        }
+    }
+}

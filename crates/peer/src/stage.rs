@@ -1,0 +1,487 @@
+//! The stage: the application's async handle on a node.
+//!
+//! A stage is an in-process connection to its node, running through the same middleware chain as
+//! remote peers: its commands enter the protocol core like remote publications and take the same
+//! path (store, barrier, relay). Writes resolve once durable.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use replikativ_peer::stage::Stage;
+//! use replikativ_crdt::{Transaction, Value};
+//!
+//! let alice = Stage::builder(Arc::new(replikativ_store::MemoryStore::new()))
+//!     .user("mail:alice@example.org")
+//!     .spawn()
+//!     .await?;
+//! let bob = Stage::builder(Arc::new(replikativ_store::MemoryStore::new()))
+//!     .user("mail:bob@example.org")
+//!     .spawn()
+//!     .await?;
+//! let addr = alice.node().listen("127.0.0.1:0").await?;
+//!
+//! let list = alice.create_ormap(None).await?;
+//! let mut changes = bob.changes(&list);
+//! bob.subscribe([list.clone()]).await?;
+//! bob.node().connect(&format!("ws://{addr}")).await?;
+//!
+//! alice.assoc(&list, "milk".into(), vec![Transaction::new("add", 2)]).await?;
+//! // Wait (bounded) until bob sees it.
+//! while !matches!(bob.get(&list, &Value::from("milk")).await, Ok(v) if !v.is_empty()) {
+//!     tokio::time::timeout(std::time::Duration::from_secs(10), changes.recv()).await??;
+//! }
+//! let values = bob.get(&list, &"milk".into()).await?;
+//! assert_eq!(values[0].transactions[0].params, Value::from(2));
+//! # alice.shutdown().await; bob.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use replikativ_crdt::{
+    ActorId, Address, Cdvcs, Commit, ContentId, CrdtKind, GSet, LwwRegister, OrMap, Transaction, Value,
+};
+use replikativ_store::Store;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::middleware::{Item, MiddlewareFactory, Policy, Remote};
+use crate::node::{ConnCmd, CoreMsg, Node, NodeConfig, NodeError};
+use crate::proto::{Command, CrdtState, Event, PeerConfig, Reply, StageError};
+
+/// Builds a [`Stage`] (and its node).
+pub struct StageBuilder {
+    store: Arc<dyn Store>,
+    user: String,
+    config: NodeConfig,
+    actor: Option<ActorId>,
+}
+
+impl std::fmt::Debug for StageBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StageBuilder").field("user", &self.user).field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl StageBuilder {
+    /// The user the stage writes as (author of its commits), e.g. `mail:alice@example.org`.
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.user = user.into();
+        self
+    }
+
+    /// The peer id (kept in the store; only used when the store has none yet).
+    pub fn peer_id(mut self, id: impl Into<String>) -> Self {
+        self.config.peer_id = id.into();
+        self
+    }
+
+    /// Whether the peer takes on its peers' subscriptions (a server; default) or only forwards
+    /// the overlap with its own (a client).
+    pub fn extend(mut self, extend: bool) -> Self {
+        self.config.extend = extend;
+        self
+    }
+
+    /// The whole node configuration.
+    pub fn config(mut self, config: NodeConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Protocol core tuning.
+    pub fn peer_config(mut self, peer: PeerConfig) -> Self {
+        self.config.peer = peer;
+        self
+    }
+
+    /// Adds a middleware (built per connection; first added is nearest the network).
+    pub fn middleware(mut self, factory: MiddlewareFactory) -> Self {
+        self.config.middleware.push(factory);
+        self
+    }
+
+    /// Sets the access policy for every connection.
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.config.policy = Some(policy);
+        self
+    }
+
+    /// The actor id of this session (default: a random one; must never be shared by two live
+    /// stages).
+    pub fn actor(mut self, actor: ActorId) -> Self {
+        self.actor = Some(actor);
+        self
+    }
+
+    /// Starts the node and attaches the stage to it.
+    pub async fn spawn(self) -> Result<Stage, NodeError> {
+        let actor = self.actor.unwrap_or_else(|| ActorId::from(Uuid::new_v4()));
+        let mut config = self.config;
+        if config.peer_id.is_empty() {
+            config.peer_id = format!("peer-{}", &Uuid::new_v4().simple().to_string()[..8]);
+        }
+        let node = Node::start(self.store, config, actor)?;
+        Stage::attach(node, self.user).await
+    }
+}
+
+struct Inner {
+    node: Node,
+    user: String,
+    /// Commands into the stage connection.
+    to_conn: mpsc::Sender<Item>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Result<Reply, StageError>>>>,
+    events: broadcast::Sender<Event>,
+    next_id: AtomicU64,
+}
+
+/// The application's handle on a node (cheap to clone). See the module docs.
+#[derive(Clone)]
+pub struct Stage {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stage").field("user", &self.inner.user).field("node", &self.inner.node).finish()
+    }
+}
+
+/// A commit record with its transactions' params resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CommitValue {
+    /// The commit id.
+    pub id: ContentId,
+    /// Parents (CDVCS).
+    pub parents: Vec<ContentId>,
+    /// The transactions.
+    pub transactions: Vec<Transaction>,
+    /// Who.
+    pub author: String,
+    /// When (ms since the epoch).
+    pub ts: u64,
+}
+
+impl Stage {
+    /// A builder for a stage on `store`.
+    pub fn builder(store: Arc<dyn Store>) -> StageBuilder {
+        StageBuilder { store, user: "anonymous".into(), config: NodeConfig::default(), actor: None }
+    }
+
+    /// Attaches a stage for `user` to a running node.
+    pub async fn attach(node: Node, user: impl Into<String>) -> Result<Stage, NodeError> {
+        let shared = node.shared.clone();
+        let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+        let metrics = node.register_metrics(conn);
+        let mut chain = crate::node::conn_chain(&shared, conn, &Remote::Stage, metrics);
+        let (core_tx, mut from_core) = mpsc::channel::<ConnCmd>(shared.config.outbox);
+        let (to_conn, mut from_stage) = mpsc::channel::<Item>(1024);
+        let (events, _) = broadcast::channel(4096);
+        shared
+            .core
+            .send(CoreMsg::Attach { conn, tx: core_tx, remote: Remote::Stage })
+            .await
+            .map_err(|_| NodeError::Gone)?;
+        let inner = Arc::new(Inner {
+            node,
+            user: user.into(),
+            to_conn,
+            pending: Mutex::new(HashMap::new()),
+            events,
+            next_id: AtomicU64::new(1),
+        });
+        let weak = Arc::downgrade(&inner);
+        let core = shared.core.clone();
+        tokio::spawn(async move {
+            let deliver = |item: Item| {
+                let Some(inner) = weak.upgrade() else { return };
+                match item {
+                    Item::Reply { id, result } => {
+                        if let Some(tx) = inner.pending.lock().expect("poisoned").remove(&id) {
+                            let _ = tx.send(result);
+                        }
+                    }
+                    Item::Event(event) => {
+                        let _ = inner.events.send(event);
+                    }
+                    _ => {}
+                }
+            };
+            loop {
+                tokio::select! {
+                    item = from_stage.recv() => {
+                        let Some(item) = item else { break };
+                        let (up, down) = chain.inbound(item);
+                        for item in up {
+                            if let Item::Command { id, cmd } = item
+                                && core.send(CoreMsg::Command { conn, id, cmd }).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                        down.into_iter().for_each(&deliver);
+                    }
+                    cmd = from_core.recv() => {
+                        match cmd {
+                            None | Some(ConnCmd::Close(_)) => break,
+                            Some(ConnCmd::Item(item)) => {
+                                let (down, _) = chain.outbound(item);
+                                down.into_iter().for_each(&deliver);
+                            }
+                        }
+                    }
+                }
+            }
+            // The node is gone: fail whatever still waits.
+            if let Some(inner) = weak.upgrade() {
+                for (_, tx) in inner.pending.lock().expect("poisoned").drain() {
+                    let _ = tx.send(Err(StageError::NodeGone));
+                }
+            }
+        });
+        Ok(Stage { inner })
+    }
+
+    /// The node the stage runs on.
+    pub fn node(&self) -> &Node {
+        &self.inner.node
+    }
+
+    /// The user the stage writes as.
+    pub fn user(&self) -> &str {
+        &self.inner.user
+    }
+
+    async fn run(&self, cmd: Command) -> Result<Reply, StageError> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.inner.pending.lock().expect("poisoned").insert(id, tx);
+        if self.inner.to_conn.send(Item::Command { id, cmd }).await.is_err() {
+            self.inner.pending.lock().expect("poisoned").remove(&id);
+            return Err(StageError::NodeGone);
+        }
+        rx.await.map_err(|_| StageError::NodeGone)?
+    }
+
+    async fn create(&self, kind: CrdtKind, id: Option<Uuid>) -> Result<Address, StageError> {
+        let address = Address::new(self.inner.user.clone(), id.unwrap_or_else(Uuid::new_v4))
+            .map_err(|e| StageError::Store(e.to_string()))?;
+        self.run(Command::Create { address: address.clone(), kind, author: self.inner.user.clone() }).await?;
+        Ok(address)
+    }
+
+    /// Creates an OR-Map under this stage's user (with the given id, or a fresh one).
+    pub async fn create_ormap(&self, id: Option<Uuid>) -> Result<Address, StageError> {
+        self.create(CrdtKind::Ormap, id).await
+    }
+
+    /// Creates a CDVCS (its root commit is authored by this stage's user).
+    pub async fn create_cdvcs(&self, id: Option<Uuid>) -> Result<Address, StageError> {
+        self.create(CrdtKind::Cdvcs, id).await
+    }
+
+    /// Creates an LWW register.
+    pub async fn create_lww(&self, id: Option<Uuid>) -> Result<Address, StageError> {
+        self.create(CrdtKind::Lww, id).await
+    }
+
+    /// Creates a G-Set.
+    pub async fn create_gset(&self, id: Option<Uuid>) -> Result<Address, StageError> {
+        self.create(CrdtKind::Gset, id).await
+    }
+
+    /// Subscribes to addresses: their data arrives from connected peers (replikativ's checkout).
+    pub async fn subscribe(&self, addresses: impl IntoIterator<Item = Address>) -> Result<(), StageError> {
+        let addresses: BTreeSet<Address> = addresses.into_iter().collect();
+        self.run(Command::Subscribe { addresses }).await.map(|_| ())
+    }
+
+    /// The state at an address.
+    pub async fn state(&self, address: &Address) -> Result<Option<CrdtState>, StageError> {
+        match self.run(Command::Read { address: address.clone() }).await? {
+            Reply::State(state) => Ok(state.map(|s| *s)),
+            _ => Ok(None),
+        }
+    }
+
+    async fn typed<T>(&self, address: &Address, kind: CrdtKind, pick: impl FnOnce(CrdtState) -> Option<T>) -> Result<T, StageError> {
+        let state = self.state(address).await?.ok_or_else(|| StageError::NotFound(address.clone()))?;
+        let found = state.kind();
+        pick(state).ok_or(StageError::WrongKind { address: address.clone(), expected: kind, found })
+    }
+
+    /// The OR-Map at an address.
+    pub async fn ormap(&self, address: &Address) -> Result<OrMap, StageError> {
+        self.typed(address, CrdtKind::Ormap, |s| if let CrdtState::Ormap(m) = s { Some(m) } else { None }).await
+    }
+
+    /// The CDVCS at an address.
+    pub async fn cdvcs(&self, address: &Address) -> Result<Cdvcs, StageError> {
+        self.typed(address, CrdtKind::Cdvcs, |s| if let CrdtState::Cdvcs(c) = s { Some(c) } else { None }).await
+    }
+
+    /// Commit records with their params, by id.
+    pub async fn commits(&self, ids: &[ContentId]) -> Result<Vec<CommitValue>, StageError> {
+        let Reply::Values(values) = self.run(Command::Values { ids: ids.to_vec() }).await? else {
+            return Ok(Vec::new());
+        };
+        let mut commits = Vec::with_capacity(values.len());
+        let mut params_ids = Vec::new();
+        let mut records = Vec::new();
+        for (id, value) in values {
+            let value = value.ok_or(StageError::MissingValue(id))?;
+            let commit = Commit::from_value(&value).map_err(|e| StageError::Store(e.to_string()))?;
+            params_ids.extend(commit.transactions.iter().map(|t| t.params));
+            records.push((id, commit));
+        }
+        let Reply::Values(params) = self.run(Command::Values { ids: params_ids }).await? else {
+            return Ok(Vec::new());
+        };
+        let params: BTreeMap<ContentId, Option<Value>> = params.into_iter().collect();
+        for (id, commit) in records {
+            let mut transactions = Vec::with_capacity(commit.transactions.len());
+            for tx in commit.transactions {
+                let p = params.get(&tx.params).cloned().flatten().ok_or(StageError::MissingValue(tx.params))?;
+                transactions.push(Transaction { function: tx.function, params: p });
+            }
+            commits.push(CommitValue { id, parents: commit.parents, transactions, author: commit.author, ts: commit.ts });
+        }
+        Ok(commits)
+    }
+
+    /// OR-Map: adds a value under a key (concurrent values of one key all stay live).
+    pub async fn assoc(&self, address: &Address, key: Value, txs: Vec<Transaction>) -> Result<ContentId, StageError> {
+        match self.run(Command::Assoc { address: address.clone(), key, txs, author: self.inner.user.clone() }).await? {
+            Reply::Commit(id) => Ok(id),
+            _ => Err(StageError::Store("unexpected reply".into())),
+        }
+    }
+
+    /// OR-Map: removes every value of a key this replica has seen, recording `revert`.
+    pub async fn dissoc(&self, address: &Address, key: Value, revert: Vec<Transaction>) -> Result<(), StageError> {
+        self.run(Command::Dissoc { address: address.clone(), key, revert, author: self.inner.user.clone() }).await.map(|_| ())
+    }
+
+    /// OR-Map: the live values of a key (their commits with transactions).
+    pub async fn get(&self, address: &Address, key: &Value) -> Result<Vec<CommitValue>, StageError> {
+        let ids = self.ormap(address).await?.get(key);
+        self.commits(&ids).await
+    }
+
+    /// OR-Map: keys with several live values.
+    pub async fn conflicts(&self, address: &Address) -> Result<BTreeMap<Value, Vec<ContentId>>, StageError> {
+        Ok(self.ormap(address).await?.conflicts())
+    }
+
+    /// CDVCS: commits transactions on the single head; returns the commit id.
+    pub async fn transact(&self, address: &Address, txs: Vec<Transaction>) -> Result<ContentId, StageError> {
+        match self.run(Command::Transact { address: address.clone(), txs, author: self.inner.user.clone() }).await? {
+            Reply::Commit(id) => Ok(id),
+            _ => Err(StageError::Store("unexpected reply".into())),
+        }
+    }
+
+    /// CDVCS: the heads.
+    pub async fn heads(&self, address: &Address) -> Result<BTreeSet<ContentId>, StageError> {
+        Ok(self.cdvcs(address).await?.heads().clone())
+    }
+
+    /// CDVCS: the linearized history with transactions (every replica agrees on the order).
+    pub async fn log(&self, address: &Address) -> Result<Vec<CommitValue>, StageError> {
+        let ids = self.cdvcs(address).await?.linearize();
+        self.commits(&ids).await
+    }
+
+    /// CDVCS: merges exactly the current heads in the given order; returns the merge commit.
+    pub async fn merge(&self, address: &Address, heads: Vec<ContentId>, correcting: Vec<Transaction>) -> Result<ContentId, StageError> {
+        let cmd = Command::Merge { address: address.clone(), heads, correcting, author: self.inner.user.clone() };
+        match self.run(cmd).await? {
+            Reply::Commit(id) => Ok(id),
+            _ => Err(StageError::Store("unexpected reply".into())),
+        }
+    }
+
+    /// CDVCS: pulls `from` into `into` (a fast-forward unless `allow_induced_conflict`).
+    pub async fn pull(&self, from: &Address, into: &Address, allow_induced_conflict: bool) -> Result<(), StageError> {
+        let cmd = Command::Pull { from: from.clone(), into: into.clone(), tip: None, allow_induced_conflict };
+        self.run(cmd).await.map(|_| ())
+    }
+
+    /// CDVCS: forks `from` to this stage's user (same id); returns the new address.
+    pub async fn fork(&self, from: &Address) -> Result<Address, StageError> {
+        let into = Address::new(self.inner.user.clone(), from.id).map_err(|e| StageError::Store(e.to_string()))?;
+        self.run(Command::Fork { from: from.clone(), into: into.clone() }).await?;
+        Ok(into)
+    }
+
+    /// LWW register: writes a value.
+    pub async fn set(&self, address: &Address, value: Value) -> Result<(), StageError> {
+        self.run(Command::LwwSet { address: address.clone(), value }).await.map(|_| ())
+    }
+
+    /// LWW register: the current value.
+    pub async fn register(&self, address: &Address) -> Result<Value, StageError> {
+        let r: LwwRegister =
+            self.typed(address, CrdtKind::Lww, |s| if let CrdtState::Lww(r) = s { Some(r) } else { None }).await?;
+        Ok(r.get().clone())
+    }
+
+    /// G-Set: adds an element.
+    pub async fn add(&self, address: &Address, element: Value) -> Result<(), StageError> {
+        self.run(Command::GsetAdd { address: address.clone(), element }).await.map(|_| ())
+    }
+
+    /// G-Set: the elements.
+    pub async fn elements(&self, address: &Address) -> Result<BTreeSet<Value>, StageError> {
+        let s: GSet = self.typed(address, CrdtKind::Gset, |s| if let CrdtState::Gset(g) = s { Some(g) } else { None }).await?;
+        Ok(s.elements().clone())
+    }
+
+    /// Change events of one address (from this stage and from peers). Events sent while the
+    /// receiver lags far behind are skipped (`recv` reports how many); read the state again then.
+    pub fn changes(&self, address: &Address) -> Changes {
+        Changes { rx: self.inner.events.subscribe(), address: address.clone() }
+    }
+
+    /// Shuts the node down gracefully.
+    pub async fn shutdown(&self) {
+        self.inner.node.shutdown().await;
+    }
+}
+
+/// A stream of change events of one address (see [`Stage::changes`]).
+#[derive(Debug)]
+pub struct Changes {
+    rx: broadcast::Receiver<Event>,
+    address: Address,
+}
+
+/// Why [`Changes::recv`] returned no event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChangesError {
+    /// The receiver fell behind and this many events were skipped.
+    #[error("{0} change events were skipped; read the state again")]
+    Lagged(u64),
+    /// The node stopped.
+    #[error("the node stopped")]
+    Closed,
+}
+
+impl Changes {
+    /// The next change of the address.
+    pub async fn recv(&mut self) -> Result<Event, ChangesError> {
+        loop {
+            match self.rx.recv().await {
+                Ok(event) if event.address == self.address => return Ok(event),
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(n)) => return Err(ChangesError::Lagged(n)),
+                Err(broadcast::error::RecvError::Closed) => return Err(ChangesError::Closed),
+            }
+        }
+    }
+}

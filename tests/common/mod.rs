@@ -1,0 +1,151 @@
+//! Helpers shared by the multi-peer tests: stages on real stores in temporary directories, real
+//! websockets on 127.0.0.1 with OS-assigned ports, and bounded waiting.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use replikativ::peer::node::{Backoff, NodeConfig, WsConfig};
+use replikativ::peer::proto::PeerConfig;
+use replikativ::peer::stage::Stage;
+use replikativ::store::{FileStore, MemoryStore, SledStore, Store};
+
+/// Which backend a test peer stores in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Memory,
+    File,
+    Sled,
+}
+
+pub fn open_store(backend: Backend, dir: &Path) -> Arc<dyn Store> {
+    match backend {
+        Backend::Memory => Arc::new(MemoryStore::new()),
+        Backend::File => Arc::new(FileStore::open(dir).expect("file store opens")),
+        Backend::Sled => Arc::new(SledStore::open(dir).expect("sled store opens")),
+    }
+}
+
+/// Fast timers for tests: anti-entropy every 300 ms, quick reconnects.
+pub fn config(peer_id: &str) -> NodeConfig {
+    NodeConfig {
+        peer_id: peer_id.into(),
+        peer: PeerConfig { anti_entropy: Some(Duration::from_millis(300)), ..PeerConfig::default() },
+        ws: WsConfig {
+            ping_interval: Duration::from_millis(500),
+            idle_timeout: Duration::from_secs(5),
+            ..WsConfig::default()
+        },
+        reconnect: Backoff { initial: Duration::from_millis(50), max: Duration::from_millis(400) },
+        ..NodeConfig::default()
+    }
+}
+
+/// A peer: its stage, its store directory and its listen address.
+pub struct TestPeer {
+    pub stage: Stage,
+    pub addr: SocketAddr,
+    pub dir: Arc<tempfile::TempDir>,
+    pub backend: Backend,
+    pub name: String,
+}
+
+impl TestPeer {
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+}
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Runs a future under the test timeout.
+pub async fn bounded<T>(what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, f).await.unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+pub async fn spawn_peer(name: &str, backend: Backend) -> TestPeer {
+    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    spawn_in(name, backend, dir).await
+}
+
+/// Starts a peer on the store in `dir` (reopening whatever is there).
+pub async fn spawn_in(name: &str, backend: Backend, dir: Arc<tempfile::TempDir>) -> TestPeer {
+    spawn_with(name, backend, dir, config(name)).await
+}
+
+/// Starts a peer with a custom node configuration.
+pub async fn spawn_with(
+    name: &str,
+    backend: Backend,
+    dir: Arc<tempfile::TempDir>,
+    config: NodeConfig,
+) -> TestPeer {
+    let store = open_store(backend, dir.path());
+    let stage = bounded(
+        "spawn",
+        Stage::builder(store).user(format!("mail:{name}@example.org")).config(config).spawn(),
+    )
+    .await
+    .expect("stage starts");
+    let addr = bounded("listen", stage.node().listen("127.0.0.1:0")).await.expect("listens");
+    TestPeer { stage, addr, dir, backend, name: name.into() }
+}
+
+/// Connects `from` to `to`.
+pub async fn link(from: &TestPeer, to: &TestPeer) {
+    bounded("connect", from.stage.node().connect(&to.url())).await.expect("connects");
+}
+
+/// Polls `check` every 20 ms until it holds, failing after [`WAIT`].
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if tokio::time::timeout(WAIT, check()).await.unwrap_or(false) {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A middleware that, while closed, drops the publications a peer sends (as a partition would):
+/// what it drops reaches the others later by anti-entropy.
+#[derive(Debug)]
+pub struct Gate {
+    pub open: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl replikativ::peer::middleware::Middleware for Gate {
+    fn outbound(
+        &mut self,
+        item: replikativ::peer::middleware::Item,
+        emit: &mut replikativ::peer::middleware::Emit,
+    ) {
+        use replikativ::peer::middleware::Item;
+        use replikativ::peer::proto::Message;
+        let closed = !self.open.load(std::sync::atomic::Ordering::SeqCst);
+        if closed && matches!(item, Item::Message(Message::Publish(_))) {
+            return;
+        }
+        emit.down(item);
+    }
+}
+
+/// A node configuration with a [`Gate`] on every connection; returns the gate's switch.
+pub fn gated(name: &str) -> (NodeConfig, Arc<std::sync::atomic::AtomicBool>) {
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let mut cfg = config(name);
+    let switch = open.clone();
+    cfg.middleware.push(Arc::new(move |_, _| Box::new(Gate { open: switch.clone() })));
+    (cfg, open)
+}

@@ -10,10 +10,10 @@ pub mod middleware;
 #[cfg(feature = "runtime")]
 pub mod node;
 pub mod proto;
-#[cfg(feature = "runtime")]
-pub mod stage;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod sim;
+#[cfg(feature = "runtime")]
+pub mod stage;
 
 pub use replikativ_crdt as crdt;
 pub use replikativ_store as store;

@@ -146,7 +146,14 @@ impl Chain {
     }
 
     /// Delivers `item` travelling in `dir` at position `pos` (between layer `pos - 1` and `pos`).
-    fn run(&mut self, pos: usize, dir: Direction, item: Item, to_core: &mut Vec<Item>, to_remote: &mut Vec<Item>) {
+    fn run(
+        &mut self,
+        pos: usize,
+        dir: Direction,
+        item: Item,
+        to_core: &mut Vec<Item>,
+        to_remote: &mut Vec<Item>,
+    ) {
         let (layer, next_up, next_down) = match dir {
             Direction::Up if pos == self.layers.len() => return to_core.push(item),
             Direction::Up => (pos, pos + 1, pos),

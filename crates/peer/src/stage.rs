@@ -62,7 +62,10 @@ pub struct StageBuilder {
 
 impl std::fmt::Debug for StageBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StageBuilder").field("user", &self.user).field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("StageBuilder")
+            .field("user", &self.user)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -308,7 +311,12 @@ impl Stage {
         }
     }
 
-    async fn typed<T>(&self, address: &Address, kind: CrdtKind, pick: impl FnOnce(CrdtState) -> Option<T>) -> Result<T, StageError> {
+    async fn typed<T>(
+        &self,
+        address: &Address,
+        kind: CrdtKind,
+        pick: impl FnOnce(CrdtState) -> Option<T>,
+    ) -> Result<T, StageError> {
         let state = self.state(address).await?.ok_or_else(|| StageError::NotFound(address.clone()))?;
         let found = state.kind();
         pick(state).ok_or(StageError::WrongKind { address: address.clone(), expected: kind, found })
@@ -316,12 +324,14 @@ impl Stage {
 
     /// The OR-Map at an address.
     pub async fn ormap(&self, address: &Address) -> Result<OrMap, StageError> {
-        self.typed(address, CrdtKind::Ormap, |s| if let CrdtState::Ormap(m) = s { Some(m) } else { None }).await
+        self.typed(address, CrdtKind::Ormap, |s| if let CrdtState::Ormap(m) = s { Some(m) } else { None })
+            .await
     }
 
     /// The CDVCS at an address.
     pub async fn cdvcs(&self, address: &Address) -> Result<Cdvcs, StageError> {
-        self.typed(address, CrdtKind::Cdvcs, |s| if let CrdtState::Cdvcs(c) = s { Some(c) } else { None }).await
+        self.typed(address, CrdtKind::Cdvcs, |s| if let CrdtState::Cdvcs(c) = s { Some(c) } else { None })
+            .await
     }
 
     /// Commit records with their params, by id.
@@ -345,25 +355,47 @@ impl Stage {
         for (id, commit) in records {
             let mut transactions = Vec::with_capacity(commit.transactions.len());
             for tx in commit.transactions {
-                let p = params.get(&tx.params).cloned().flatten().ok_or(StageError::MissingValue(tx.params))?;
+                let p =
+                    params.get(&tx.params).cloned().flatten().ok_or(StageError::MissingValue(tx.params))?;
                 transactions.push(Transaction { function: tx.function, params: p });
             }
-            commits.push(CommitValue { id, parents: commit.parents, transactions, author: commit.author, ts: commit.ts });
+            commits.push(CommitValue {
+                id,
+                parents: commit.parents,
+                transactions,
+                author: commit.author,
+                ts: commit.ts,
+            });
         }
         Ok(commits)
     }
 
     /// OR-Map: adds a value under a key (concurrent values of one key all stay live).
-    pub async fn assoc(&self, address: &Address, key: Value, txs: Vec<Transaction>) -> Result<ContentId, StageError> {
-        match self.run(Command::Assoc { address: address.clone(), key, txs, author: self.inner.user.clone() }).await? {
+    pub async fn assoc(
+        &self,
+        address: &Address,
+        key: Value,
+        txs: Vec<Transaction>,
+    ) -> Result<ContentId, StageError> {
+        match self
+            .run(Command::Assoc { address: address.clone(), key, txs, author: self.inner.user.clone() })
+            .await?
+        {
             Reply::Commit(id) => Ok(id),
             _ => Err(StageError::Store("unexpected reply".into())),
         }
     }
 
     /// OR-Map: removes every value of a key this replica has seen, recording `revert`.
-    pub async fn dissoc(&self, address: &Address, key: Value, revert: Vec<Transaction>) -> Result<(), StageError> {
-        self.run(Command::Dissoc { address: address.clone(), key, revert, author: self.inner.user.clone() }).await.map(|_| ())
+    pub async fn dissoc(
+        &self,
+        address: &Address,
+        key: Value,
+        revert: Vec<Transaction>,
+    ) -> Result<(), StageError> {
+        self.run(Command::Dissoc { address: address.clone(), key, revert, author: self.inner.user.clone() })
+            .await
+            .map(|_| ())
     }
 
     /// OR-Map: the live values of a key (their commits with transactions).
@@ -379,7 +411,10 @@ impl Stage {
 
     /// CDVCS: commits transactions on the single head; returns the commit id.
     pub async fn transact(&self, address: &Address, txs: Vec<Transaction>) -> Result<ContentId, StageError> {
-        match self.run(Command::Transact { address: address.clone(), txs, author: self.inner.user.clone() }).await? {
+        match self
+            .run(Command::Transact { address: address.clone(), txs, author: self.inner.user.clone() })
+            .await?
+        {
             Reply::Commit(id) => Ok(id),
             _ => Err(StageError::Store("unexpected reply".into())),
         }
@@ -397,8 +432,14 @@ impl Stage {
     }
 
     /// CDVCS: merges exactly the current heads in the given order; returns the merge commit.
-    pub async fn merge(&self, address: &Address, heads: Vec<ContentId>, correcting: Vec<Transaction>) -> Result<ContentId, StageError> {
-        let cmd = Command::Merge { address: address.clone(), heads, correcting, author: self.inner.user.clone() };
+    pub async fn merge(
+        &self,
+        address: &Address,
+        heads: Vec<ContentId>,
+        correcting: Vec<Transaction>,
+    ) -> Result<ContentId, StageError> {
+        let cmd =
+            Command::Merge { address: address.clone(), heads, correcting, author: self.inner.user.clone() };
         match self.run(cmd).await? {
             Reply::Commit(id) => Ok(id),
             _ => Err(StageError::Store("unexpected reply".into())),
@@ -406,14 +447,20 @@ impl Stage {
     }
 
     /// CDVCS: pulls `from` into `into` (a fast-forward unless `allow_induced_conflict`).
-    pub async fn pull(&self, from: &Address, into: &Address, allow_induced_conflict: bool) -> Result<(), StageError> {
+    pub async fn pull(
+        &self,
+        from: &Address,
+        into: &Address,
+        allow_induced_conflict: bool,
+    ) -> Result<(), StageError> {
         let cmd = Command::Pull { from: from.clone(), into: into.clone(), tip: None, allow_induced_conflict };
         self.run(cmd).await.map(|_| ())
     }
 
     /// CDVCS: forks `from` to this stage's user (same id); returns the new address.
     pub async fn fork(&self, from: &Address) -> Result<Address, StageError> {
-        let into = Address::new(self.inner.user.clone(), from.id).map_err(|e| StageError::Store(e.to_string()))?;
+        let into =
+            Address::new(self.inner.user.clone(), from.id).map_err(|e| StageError::Store(e.to_string()))?;
         self.run(Command::Fork { from: from.clone(), into: into.clone() }).await?;
         Ok(into)
     }
@@ -425,8 +472,9 @@ impl Stage {
 
     /// LWW register: the current value.
     pub async fn register(&self, address: &Address) -> Result<Value, StageError> {
-        let r: LwwRegister =
-            self.typed(address, CrdtKind::Lww, |s| if let CrdtState::Lww(r) = s { Some(r) } else { None }).await?;
+        let r: LwwRegister = self
+            .typed(address, CrdtKind::Lww, |s| if let CrdtState::Lww(r) = s { Some(r) } else { None })
+            .await?;
         Ok(r.get().clone())
     }
 
@@ -437,7 +485,9 @@ impl Stage {
 
     /// G-Set: the elements.
     pub async fn elements(&self, address: &Address) -> Result<BTreeSet<Value>, StageError> {
-        let s: GSet = self.typed(address, CrdtKind::Gset, |s| if let CrdtState::Gset(g) = s { Some(g) } else { None }).await?;
+        let s: GSet = self
+            .typed(address, CrdtKind::Gset, |s| if let CrdtState::Gset(g) = s { Some(g) } else { None })
+            .await?;
         Ok(s.elements().clone())
     }
 

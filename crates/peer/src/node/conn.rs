@@ -61,7 +61,8 @@ impl WsConfig {
 /// The chain of a connection: metrics and trace nearest the network, then the application's
 /// middleware, then access control nearest the core.
 pub(crate) fn chain(shared: &Shared, conn: ConnId, remote: &Remote, metrics: Arc<ConnMetrics>) -> Chain {
-    let mut layers: Vec<Box<dyn Middleware>> = vec![Box::new(Metrics::new(metrics)), Box::new(Trace::new(conn))];
+    let mut layers: Vec<Box<dyn Middleware>> =
+        vec![Box::new(Metrics::new(metrics)), Box::new(Trace::new(conn))];
     layers.extend(shared.config.middleware.iter().map(|f| f(conn, remote)));
     if let Some(policy) = &shared.config.policy {
         layers.push(Box::new(AccessControl::new(remote.clone(), policy.clone())));
@@ -70,9 +71,11 @@ pub(crate) fn chain(shared: &Shared, conn: ConnId, remote: &Remote, metrics: Arc
 }
 
 pub(crate) async fn listen(shared: Arc<Shared>, addr: &str) -> Result<std::net::SocketAddr, NodeError> {
-    let listener =
-        TcpListener::bind(addr).await.map_err(|source| NodeError::Listen { addr: addr.to_owned(), source })?;
-    let local = listener.local_addr().map_err(|source| NodeError::Listen { addr: addr.to_owned(), source })?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| NodeError::Listen { addr: addr.to_owned(), source })?;
+    let local =
+        listener.local_addr().map_err(|source| NodeError::Listen { addr: addr.to_owned(), source })?;
     let mut shutdown = shared.shutdown.subscribe();
     let task_shared = shared.clone();
     let task = tokio::spawn(async move {
@@ -127,14 +130,24 @@ pub(crate) async fn connect(shared: Arc<Shared>, url: &str) -> Result<(), NodeEr
             }
             // Jitter from the attempt number and the clock: no RNG needed for spreading retries.
             attempt += 1;
-            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-            let jitter = delay.mul_f64(((nanos as u64 ^ attempt.wrapping_mul(0x9e37_79b9)) % 500) as f64 / 1000.0);
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            let jitter =
+                delay.mul_f64(((nanos as u64 ^ attempt.wrapping_mul(0x9e37_79b9)) % 500) as f64 / 1000.0);
             tokio::select! {
                 _ = tokio::time::sleep(delay + jitter) => {}
                 _ = shutdown.changed() => return,
             }
             delay = (delay * 2).min(backoff.max);
-            match tokio_tungstenite::connect_async_with_config(url_owned.as_str(), Some(shared.config.ws.tungstenite()), true).await {
+            match tokio_tungstenite::connect_async_with_config(
+                url_owned.as_str(),
+                Some(shared.config.ws.tungstenite()),
+                true,
+            )
+            .await
+            {
                 Ok((new_ws, _)) => ws = Some(new_ws),
                 Err(e) => tracing::info!(url = %url_owned, error = %e, ?delay, "reconnect failed"),
             }
@@ -156,8 +169,12 @@ fn close_frame(reason: &str) -> WsMessage {
 }
 
 /// Runs one websocket connection until it closes.
-async fn run<S>(shared: Arc<Shared>, ws: tokio_tungstenite::WebSocketStream<S>, remote: Remote, direction: Direction)
-where
+async fn run<S>(
+    shared: Arc<Shared>,
+    ws: tokio_tungstenite::WebSocketStream<S>,
+    remote: Remote,
+    direction: Direction,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);

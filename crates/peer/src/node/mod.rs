@@ -134,9 +134,17 @@ pub enum NodeError {
 pub(crate) enum CoreMsg {
     Input(Input),
     /// A connection's outbox and who is on the other end.
-    Attach { conn: ConnId, tx: mpsc::Sender<ConnCmd>, remote: Remote },
+    Attach {
+        conn: ConnId,
+        tx: mpsc::Sender<ConnCmd>,
+        remote: Remote,
+    },
     /// A stage command, with the connection to reply on.
-    Command { conn: ConnId, id: CommandId, cmd: crate::proto::Command },
+    Command {
+        conn: ConnId,
+        id: CommandId,
+        cmd: crate::proto::Command,
+    },
     Status(oneshot::Sender<Status>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -221,7 +229,14 @@ impl Node {
         std::thread::Builder::new()
             .name(format!("replikativ-core-{}", peer.id()))
             .spawn(move || {
-                let mut core = Core { conns: BTreeMap::new(), commands: HashMap::new(), barrier: barrier_tx, runtime, tx: core_tx, dropped: 0 };
+                let mut core = Core {
+                    conns: BTreeMap::new(),
+                    commands: HashMap::new(),
+                    barrier: barrier_tx,
+                    runtime,
+                    tx: core_tx,
+                    dropped: 0,
+                };
                 core.dispatch(&peer, start);
                 core.run(&mut peer, core_rx);
                 // Shut down: everything acknowledged is durable already; flush the rest.
@@ -403,7 +418,9 @@ impl Core {
                     {
                         // Replies must not be lost, and the core must not wait for the stage (which
                         // may be waiting for the core): deliver from a task when the outbox is full.
-                        if let Err(mpsc::error::TrySendError::Full(cmd)) = tx.try_send(ConnCmd::Item(Item::Reply { id, result })) {
+                        if let Err(mpsc::error::TrySendError::Full(cmd)) =
+                            tx.try_send(ConnCmd::Item(Item::Reply { id, result }))
+                        {
                             let tx = tx.clone();
                             self.runtime.spawn(async move {
                                 let _ = tx.send(cmd).await;
@@ -412,8 +429,12 @@ impl Core {
                     }
                 }
                 Output::Event(event) => {
-                    let stages: Vec<ConnId> =
-                        self.conns.iter().filter(|(_, (_, r))| *r == Remote::Stage).map(|(c, _)| *c).collect();
+                    let stages: Vec<ConnId> = self
+                        .conns
+                        .iter()
+                        .filter(|(_, (_, r))| *r == Remote::Stage)
+                        .map(|(c, _)| *c)
+                        .collect();
                     for conn in stages {
                         self.send(conn, ConnCmd::Item(Item::Event(event.clone())));
                     }

@@ -273,7 +273,9 @@ impl Peer {
                 self.local(&address, AnyOp::Gset(op), HashMap::new());
                 Reply::Done
             }
-            Command::Read { address } => Reply::State(self.crdts.get(&address).map(|r| Box::new(r.state.clone()))),
+            Command::Read { address } => {
+                Reply::State(self.crdts.get(&address).map(|r| Box::new(r.state.clone())))
+            }
             Command::Values { ids } => {
                 let mut values = Vec::with_capacity(ids.len());
                 for id in ids {

@@ -8,6 +8,7 @@
 //! What goes on the wire is specified in `docs/design.md` (§ Protocol).
 
 mod command;
+pub mod hooks;
 pub mod message;
 mod publish;
 pub mod state;
@@ -208,6 +209,8 @@ pub struct PeerConfig {
     pub fetch_reply_limit: usize,
     /// Interval of anti-entropy summaries (`None`: only on connect and subscribe).
     pub anti_entropy: Option<Duration>,
+    /// Pull hooks run by this peer.
+    pub hooks: Vec<hooks::PullHook>,
 }
 
 impl Default for PeerConfig {
@@ -218,6 +221,7 @@ impl Default for PeerConfig {
             inline_limit: 1 << 20,
             fetch_reply_limit: 4 << 20,
             anti_entropy: Some(Duration::from_secs(10)),
+            hooks: Vec::new(),
         }
     }
 }

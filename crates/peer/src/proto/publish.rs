@@ -256,6 +256,9 @@ impl Peer {
         }
         let event = Event { address: address.clone(), op: op.clone(), local: origin == Origin::Local };
         self.after_barrier(Output::Event(event));
+        if matches!(op, AnyOp::Cdvcs(_)) && !self.config.hooks.is_empty() {
+            self.run_hooks(address);
+        }
     }
 
     fn persist(

@@ -22,7 +22,7 @@
 //!
 //! * [`MemoryStore`]: a `BTreeMap` behind locks; for tests and ephemeral peers. Not durable.
 //! * [`FileStore`]: the embedded default. An append-only log of checksummed records in segment files, an
-//!   in-memory index, compaction, blobs as separate files. Format and crash contract: `docs/design-store.md`.
+//!   in-memory index, compaction, blobs as separate files. Format and crash contract: `docs/design.md` §7.
 //! * [`SledStore`]: sled 0.34.7 with our own checksums and a real `fsync` in the barrier.
 //!
 //! Opening a directory that another handle or process holds fails with [`StoreError::Locked`].

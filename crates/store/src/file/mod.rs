@@ -128,7 +128,7 @@ struct State {
 /// The embedded, crash-safe default backend: a log-structured store of checksummed records.
 ///
 /// * **Layout**: `<dir>/LOCK` (the directory lock), `<dir>/NNNNNNNNNN.seg` (append-only segment files),
-///   `<dir>/blobs/` (one file per blob). The record format is in `docs/design-store.md`.
+///   `<dir>/blobs/` (one file per blob). The record format is in `docs/design.md` §7.
 /// * **Writes** append one record per operation or batch (one `pwrite`); a batch is one record, so it is
 ///   all-or-nothing. Writes are durable after the next [`Store::sync`], which `fdatasync`s the active
 ///   segment (group commit). Closed segments, segment creation and compaction are synced when they happen.

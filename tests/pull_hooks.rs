@@ -41,7 +41,10 @@ async fn server_pulls_fast_forwards_into_the_central_cdvcs() {
     let a_log = bounded("create", a.stage.create_cdvcs(Some(x))).await.unwrap();
     let a1 = bounded("commit", a.stage.transact(&a_log, vec![Transaction::new("add", "a1")])).await.unwrap();
     bounded("subscribe", b.stage.subscribe([central.clone()])).await.unwrap();
-    eventually("central has a1", || async { b.stage.heads(&central).await.map(|h| h == BTreeSet::from([a1])).unwrap_or(false) }).await;
+    eventually("central has a1", || async {
+        b.stage.heads(&central).await.map(|h| h == BTreeSet::from([a1])).unwrap_or(false)
+    })
+    .await;
 
     // B forks the central CDVCS and commits on it: a fast-forward, pulled.
     let b_log = bounded("fork", b.stage.fork(&central)).await.unwrap();
@@ -54,7 +57,9 @@ async fn server_pulls_fast_forwards_into_the_central_cdvcs() {
     // A commits on its own history, which lacks b1: not a fast-forward, refused.
     let a2 = bounded("commit", a.stage.transact(&a_log, vec![Transaction::new("add", "a2")])).await.unwrap();
     // B's forbidden commit: a fast-forward, but the integrity check refuses it.
-    let bad = bounded("commit", b.stage.transact(&b_log, vec![Transaction::new("add", "forbidden")])).await.unwrap();
+    let bad = bounded("commit", b.stage.transact(&b_log, vec![Transaction::new("add", "forbidden")]))
+        .await
+        .unwrap();
     bounded("subscribe", server.stage.subscribe([a_log.clone(), b_log.clone()])).await.unwrap();
     eventually("the server has both new commits", || async {
         server.stage.heads(&a_log).await.map(|h| h.contains(&a2)).unwrap_or(false)

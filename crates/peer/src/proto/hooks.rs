@@ -75,7 +75,9 @@ impl Peer {
             .config
             .hooks
             .iter()
-            .filter(|h| h.crdt_id == address.id && h.from.matches(&address.user) && h.into.user != address.user)
+            .filter(|h| {
+                h.crdt_id == address.id && h.from.matches(&address.user) && h.into.user != address.user
+            })
             .cloned()
             .collect();
         for hook in hooks {
@@ -109,7 +111,10 @@ impl Peer {
         let fresh = !self.crdts.contains_key(&hook.into);
         self.crdts.insert(
             hook.into.clone(),
-            Replica { state: CrdtState::Cdvcs(central), since_snapshot: if fresh { u64::MAX } else { self.crdts[&hook.into].since_snapshot } },
+            Replica {
+                state: CrdtState::Cdvcs(central),
+                since_snapshot: if fresh { u64::MAX } else { self.crdts[&hook.into].since_snapshot },
+            },
         );
         if fresh {
             self.extend_subscriptions(&BTreeSet::from([hook.into.clone()]), None);

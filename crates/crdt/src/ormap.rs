@@ -115,6 +115,11 @@ impl OrMap {
         self.keys().count()
     }
 
+    /// Number of tags recorded (adds and removals), live or not: the size of the state.
+    pub fn tag_count(&self) -> usize {
+        self.adds.values().chain(self.removals.values()).map(BTreeMap::len).sum()
+    }
+
     /// Whether no key has a live value.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

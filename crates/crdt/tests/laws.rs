@@ -304,7 +304,8 @@ fn values_too_deep_to_decode_are_refused_everywhere() {
 #[test]
 fn values_cross_msgpack_bit_exactly_inside_ops() {
     // Beyond 64 bits, NaN, bytes, non-string keys: an op carrying them keeps every content id.
-    let key = Value::map([(Value::Int(i128::MIN), Value::Float(f64::NAN)), (Value::Bytes(vec![0, 1]), Value::Nil)]);
+    let key =
+        Value::map([(Value::Int(i128::MIN), Value::Float(f64::NAN)), (Value::Bytes(vec![0, 1]), Value::Nil)]);
     let mut m = OrMap::default();
     m.assoc(key.clone(), vec![Transaction::new("set", Value::Int(i128::MAX))], actor(0), "a", 1).unwrap();
     let bytes = rmp_serde::to_vec_named(&m).unwrap();

@@ -310,7 +310,11 @@ impl CommitGraph {
                 has_complete_child.extend(self.parent_indices(i).iter().copied());
             }
         }
-        self.order.iter().filter(|&&i| complete(i) && !has_complete_child.contains(&i)).map(|&i| self.id_of(i)).collect()
+        self.order
+            .iter()
+            .filter(|&&i| complete(i) && !has_complete_child.contains(&i))
+            .map(|&i| self.id_of(i))
+            .collect()
     }
 
     /// The present commits reachable from `heads` but not from any present commit of `exclude`
@@ -326,13 +330,14 @@ impl CommitGraph {
         let key = |g: u32| if g == UNKNOWN { u32::MAX } else { g };
         let mut flags: HashMap<u32, u8> = HashMap::new();
         let mut queue: BinaryHeap<(u32, Reverse<u32>)> = BinaryHeap::new();
-        let push = |i: u32, f: u8, flags: &mut HashMap<u32, u8>, queue: &mut BinaryHeap<(u32, Reverse<u32>)>| {
-            let e = flags.entry(i).or_default();
-            if *e & f != f {
-                *e |= f;
-                queue.push((key(self.gen_of(i)), Reverse(i)));
-            }
-        };
+        let push =
+            |i: u32, f: u8, flags: &mut HashMap<u32, u8>, queue: &mut BinaryHeap<(u32, Reverse<u32>)>| {
+                let e = flags.entry(i).or_default();
+                if *e & f != f {
+                    *e |= f;
+                    queue.push((key(self.gen_of(i)), Reverse(i)));
+                }
+            };
         for id in exclude {
             if let Some(i) = self.present_index(id) {
                 push(i, HAVE, &mut flags, &mut queue);

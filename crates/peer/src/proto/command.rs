@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use replikativ_crdt::{Address, Cdvcs, ContentId, CrdtKind, Staged, Transaction, Value};
+use replikativ_crdt::{Address, Cdvcs, Commit, ContentId, CrdtKind, Staged, Transaction, Value};
 
 use super::message::AnyOp;
 use super::publish::Origin;
@@ -130,9 +130,13 @@ pub enum Reply {
     Values(Vec<(ContentId, Option<Value>)>),
 }
 
-fn bytes_of(values: BTreeMap<ContentId, Value>) -> HashMap<ContentId, Vec<u8>> {
-    values.into_iter().map(|(id, v)| (id, v.encode())).collect()
+/// New values of a local op as canonical encodings, and its commit records parsed.
+fn bytes_of(values: BTreeMap<ContentId, Value>) -> Known {
+    let commits = values.iter().filter_map(|(id, v)| Commit::from_value(v).ok().map(|c| (*id, c))).collect();
+    (values.into_iter().map(|(id, v)| (id, v.encode())).collect(), commits)
 }
+
+type Known = (HashMap<ContentId, Vec<u8>>, HashMap<ContentId, Commit>);
 
 impl Peer {
     pub(crate) fn command(&mut self, id: CommandId, cmd: Command) {
@@ -157,8 +161,8 @@ impl Peer {
         Ok(&mut replica.state)
     }
 
-    fn local(&mut self, address: &Address, op: AnyOp, values: HashMap<ContentId, Vec<u8>>) {
-        self.record_applied(address, &op, &values, Origin::Local);
+    fn local(&mut self, address: &Address, op: AnyOp, (values, commits): Known) {
+        self.record_applied(address, &op, &values, &commits, Origin::Local);
     }
 
     fn run(&mut self, cmd: Command) -> Result<Reply, StageError> {
@@ -177,10 +181,11 @@ impl Peer {
                     other => {
                         let state = CrdtState::empty(other);
                         let op = state.state_op();
-                        (state, op, HashMap::new())
+                        (state, op, Known::default())
                     }
                 };
-                self.crdts.insert(address.clone(), Replica { state, since_snapshot: u64::MAX });
+                self.crdts
+                    .insert(address.clone(), Replica { state, since_snapshot: u64::MAX, snapshot_after: 0 });
                 self.extend_subscriptions(&BTreeSet::from([address.clone()]), None);
                 self.local(&address, op, values);
                 Reply::Done
@@ -238,13 +243,17 @@ impl Peer {
                 if !self.crdts.contains_key(&into) {
                     self.crdts.insert(
                         into.clone(),
-                        Replica { state: CrdtState::Cdvcs(Cdvcs::default()), since_snapshot: u64::MAX },
+                        Replica {
+                            state: CrdtState::Cdvcs(Cdvcs::default()),
+                            since_snapshot: u64::MAX,
+                            snapshot_after: 0,
+                        },
                     );
                     self.extend_subscriptions(&BTreeSet::from([into.clone()]), None);
                 }
                 let CrdtState::Cdvcs(c) = self.replica_mut(&into, CrdtKind::Cdvcs)? else { unreachable!() };
                 let staged = c.pull(&remote, tip, allow_induced_conflict)?;
-                self.local(&into, AnyOp::Cdvcs(staged.op), HashMap::new());
+                self.local(&into, AnyOp::Cdvcs(staged.op), Known::default());
                 Reply::Commit(tip)
             }
             Command::Fork { from, into } => {
@@ -255,22 +264,22 @@ impl Peer {
                 let (fork, op) = c.fork();
                 self.crdts.insert(
                     into.clone(),
-                    Replica { state: CrdtState::Cdvcs(fork), since_snapshot: u64::MAX },
+                    Replica { state: CrdtState::Cdvcs(fork), since_snapshot: u64::MAX, snapshot_after: 0 },
                 );
                 self.extend_subscriptions(&BTreeSet::from([into.clone()]), None);
-                self.local(&into, AnyOp::Cdvcs(op), HashMap::new());
+                self.local(&into, AnyOp::Cdvcs(op), Known::default());
                 Reply::Done
             }
             Command::LwwSet { address, value } => {
                 let CrdtState::Lww(r) = self.replica_mut(&address, CrdtKind::Lww)? else { unreachable!() };
                 let op = r.set(value, now, actor)?;
-                self.local(&address, AnyOp::Lww(op), HashMap::new());
+                self.local(&address, AnyOp::Lww(op), Known::default());
                 Reply::Done
             }
             Command::GsetAdd { address, element } => {
                 let CrdtState::Gset(s) = self.replica_mut(&address, CrdtKind::Gset)? else { unreachable!() };
                 let op = s.add(element)?;
-                self.local(&address, AnyOp::Gset(op), HashMap::new());
+                self.local(&address, AnyOp::Gset(op), Known::default());
                 Reply::Done
             }
             Command::Read { address } => {

@@ -114,12 +114,19 @@ impl Peer {
             Replica {
                 state: CrdtState::Cdvcs(central),
                 since_snapshot: if fresh { u64::MAX } else { self.crdts[&hook.into].since_snapshot },
+                snapshot_after: if fresh { 0 } else { self.crdts[&hook.into].snapshot_after },
             },
         );
         if fresh {
             self.extend_subscriptions(&BTreeSet::from([hook.into.clone()]), None);
         }
-        self.record_applied(&hook.into, &AnyOp::Cdvcs(staged.op), &Default::default(), Origin::Local);
+        self.record_applied(
+            &hook.into,
+            &AnyOp::Cdvcs(staged.op),
+            &Default::default(),
+            &Default::default(),
+            Origin::Local,
+        );
         Ok(())
     }
 }

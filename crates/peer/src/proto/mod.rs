@@ -252,6 +252,8 @@ pub(crate) struct Pending {
     pub(crate) op: AnyOp,
     /// Verified values received for it (canonical encodings), not yet stored.
     pub(crate) values: HashMap<ContentId, Vec<u8>>,
+    /// Commit records among `values` (or in the store) the op names, parsed once.
+    pub(crate) commits: HashMap<ContentId, replikativ_crdt::Commit>,
 }
 
 /// Per-connection state.
@@ -311,8 +313,10 @@ pub struct Peer {
 #[derive(Debug)]
 pub(crate) struct Replica {
     pub(crate) state: CrdtState,
-    /// Ops appended to the log since the last snapshot.
+    /// Ops appended to the log since the last snapshot (`u64::MAX`: never snapshotted).
     pub(crate) since_snapshot: u64,
+    /// The state's size at the last snapshot: the next waits for at least this many ops.
+    pub(crate) snapshot_after: u64,
 }
 
 impl Peer {
@@ -361,7 +365,8 @@ impl Peer {
                     since_snapshot += 1;
                 }
             }
-            crdts.insert(address, Replica { state, since_snapshot });
+            let snapshot_after = state.size();
+            crdts.insert(address, Replica { state, since_snapshot, snapshot_after });
         }
         Ok(Peer {
             record,

@@ -51,7 +51,13 @@ impl Peer {
         if c.queue.len() >= limit {
             return self.close(conn, format!("publication flood: more than {limit} publications waiting"));
         }
-        c.queue.push_back(Pending { id: p.id, address: p.address, op: p.op, values });
+        c.queue.push_back(Pending {
+            id: p.id,
+            address: p.address,
+            op: p.op,
+            values,
+            commits: HashMap::new(),
+        });
         if c.fetching.is_none() {
             self.process_queue(conn);
         }
@@ -65,10 +71,12 @@ impl Peer {
                 return;
             }
             let Some(head) = c.queue.front() else { return };
-            let need = match self.missing_values(head) {
-                Ok(need) => need,
+            let (need, parsed) = match self.missing_values(head) {
+                Ok(r) => r,
                 Err(reason) => return self.close(conn, reason),
             };
+            let head = self.conns.get_mut(&conn).expect("present").queue.front_mut().expect("head");
+            head.commits.extend(parsed);
             if !need.is_empty() {
                 let ids: Vec<ContentId> = need.into_iter().take(MAX_FETCH_IDS).collect();
                 let id = self.next_id();
@@ -83,30 +91,78 @@ impl Peer {
         }
     }
 
-    /// Ids of the values a publication still needs: its commit records, then their params.
-    fn missing_values(&self, p: &Pending) -> Result<BTreeSet<ContentId>, String> {
+    /// Ids of the values a publication still needs (its commit records, then their params), and
+    /// the commit records newly parsed from its values.
+    #[allow(clippy::type_complexity)]
+    fn missing_values(&self, p: &Pending) -> Result<(BTreeSet<ContentId>, Vec<(ContentId, Commit)>), String> {
         let mut need = BTreeSet::new();
+        let mut parsed = Vec::new();
         for cid in commit_ids(&p.op) {
-            let record = match p.values.get(&cid) {
-                Some(bytes) => Some(bytes.clone()),
-                None if self.has_value(&cid) => None, // stored commits have their params stored
-                None => {
+            let commit = match (p.commits.get(&cid), p.values.get(&cid)) {
+                (Some(commit), _) => commit,
+                (None, Some(bytes)) => {
+                    let value =
+                        Value::decode(bytes).map_err(|e| format!("commit {cid} does not decode: {e}"))?;
+                    let commit = Commit::from_value(&value).map_err(|e| format!("commit {cid}: {e}"))?;
+                    parsed.push((cid, commit));
+                    &parsed.last().expect("pushed").1
+                }
+                // Stored commits have their params stored.
+                (None, None) if self.has_value(&cid) => continue,
+                (None, None) => {
                     need.insert(cid);
-                    None
+                    continue;
                 }
             };
-            if let Some(bytes) = record {
-                let value =
-                    Value::decode(&bytes).map_err(|e| format!("commit {cid} does not decode: {e}"))?;
-                let commit = Commit::from_value(&value).map_err(|e| format!("commit {cid}: {e}"))?;
-                for tx in &commit.transactions {
-                    if !p.values.contains_key(&tx.params) && !self.has_value(&tx.params) {
-                        need.insert(tx.params);
-                    }
+            for tx in &commit.transactions {
+                if !p.values.contains_key(&tx.params) && !self.has_value(&tx.params) {
+                    need.insert(tx.params);
                 }
             }
         }
-        Ok(need)
+        Ok((need, parsed))
+    }
+
+    /// Checks that the commit records an op names belong to its datatype and, for a CDVCS, that
+    /// every new graph entry has the parents its record names (the record's id covers them).
+    fn check_records(&self, p: &Pending) -> Result<(), String> {
+        let kind = p.op.kind();
+        let record = |cid: &ContentId| -> Result<Option<Commit>, String> {
+            if let Some(c) = p.commits.get(cid) {
+                return Ok(Some(c.clone()));
+            }
+            match self.store.get(&value_key(cid)) {
+                Ok(Some(bytes)) => {
+                    let value = Value::decode(&bytes).map_err(|e| format!("stored commit {cid}: {e}"))?;
+                    Commit::from_value(&value).map(Some).map_err(|e| format!("stored commit {cid}: {e}"))
+                }
+                _ => Ok(None),
+            }
+        };
+        for (cid, commit) in &p.commits {
+            if commit.crdt != kind {
+                return Err(format!("commit {cid} is a {:?} commit, named by a {kind:?} op", commit.crdt));
+            }
+        }
+        if let AnyOp::Cdvcs(op) = &p.op {
+            let known = |id: &ContentId| match self.crdts.get(&p.address).map(|r| &r.state) {
+                Some(CrdtState::Cdvcs(c)) => c.graph().contains(id),
+                _ => false,
+            };
+            for entry in op.commits.iter().filter(|e| !known(&e.id)) {
+                match record(&entry.id)? {
+                    Some(c) if c.parents == entry.parents && c.crdt == kind => {}
+                    Some(_) => {
+                        return Err(format!(
+                            "graph entry of commit {} names other parents than its commit record",
+                            entry.id
+                        ));
+                    }
+                    None => return Err(format!("commit record {} is missing", entry.id)),
+                }
+            }
+        }
+        Ok(())
     }
 
     fn has_value(&self, id: &ContentId) -> bool {
@@ -196,11 +252,15 @@ impl Peer {
     }
 
     fn apply_remote(&mut self, conn: ConnId, p: Pending) {
+        if let Err(reason) = self.check_records(&p) {
+            return self.close(conn, format!("invalid op for {}: {reason}", p.address));
+        }
         let fresh = !self.crdts.contains_key(&p.address);
-        let replica = self
-            .crdts
-            .entry(p.address.clone())
-            .or_insert_with(|| Replica { state: CrdtState::empty(p.op.kind()), since_snapshot: u64::MAX });
+        let replica = self.crdts.entry(p.address.clone()).or_insert_with(|| Replica {
+            state: CrdtState::empty(p.op.kind()),
+            since_snapshot: u64::MAX,
+            snapshot_after: 0,
+        });
         let result = replica.state.apply(&p.op);
         let incomplete = replica.state.is_incomplete();
         match result {
@@ -214,7 +274,7 @@ impl Peer {
                 self.after_barrier(Output::Send { conn, msg: Message::PublishAck { id: p.id } });
                 // A new address is recorded even if the op changed nothing (an empty state).
                 if changed || fresh {
-                    self.record_applied(&p.address, &p.op, &p.values, Origin::Remote(conn));
+                    self.record_applied(&p.address, &p.op, &p.values, &p.commits, Origin::Remote(conn));
                 }
                 if incomplete {
                     // History is missing under what arrived: ask the sender for it now.
@@ -235,12 +295,13 @@ impl Peer {
         address: &Address,
         op: &AnyOp,
         values: &HashMap<ContentId, Vec<u8>>,
+        commits: &HashMap<ContentId, Commit>,
         origin: Origin,
     ) {
-        if let Err(e) = self.persist(address, op, values) {
+        if let Err(e) = self.persist(address, op, values, commits) {
             tracing::error!(peer = %self.record.id, %address, error = %e, "cannot store an applied op");
         }
-        let relay_values = self.inline_values(op, values);
+        let relay_values = self.inline_values(op, values, commits);
         let targets: Vec<ConnId> = self
             .conns
             .iter()
@@ -266,14 +327,13 @@ impl Peer {
         address: &Address,
         op: &AnyOp,
         values: &HashMap<ContentId, Vec<u8>>,
+        commits: &HashMap<ContentId, Commit>,
     ) -> Result<(), StageError> {
         let mut batch = replikativ_store::Batch::new();
         for cid in commit_ids(op) {
             if let Some(bytes) = values.get(&cid) {
-                if let Ok(commit) =
-                    Value::decode(bytes).map_err(|_| ()).and_then(|v| Commit::from_value(&v).map_err(|_| ()))
-                {
-                    for tx in commit.transactions {
+                if let Some(commit) = commit_of(&cid, bytes, commits) {
+                    for tx in &commit.transactions {
                         if let Some(p) = values.get(&tx.params) {
                             batch.push_put(value_key(&tx.params), p.clone());
                         }
@@ -288,13 +348,18 @@ impl Peer {
         let log = state::log_name(address);
         let every = self.config.snapshot_every;
         let replica = self.crdts.get_mut(address).expect("applied state exists");
-        if replica.since_snapshot == u64::MAX || replica.since_snapshot + 1 >= every {
+        // Snapshots cost the size of the state: taking one only after as many logged ops as the
+        // state has entries keeps their cost per op constant, however large the state grows.
+        if replica.since_snapshot == u64::MAX
+            || replica.since_snapshot + 1 >= every.max(replica.snapshot_after)
+        {
             let next = self.store.log_bounds(&log)?.next;
             let snapshot = Snapshot { state: replica.state.clone(), log_from: next };
             self.store
                 .put(&state::crdt_key(address), &rmp_serde::to_vec_named(&snapshot).expect("encodes"))?;
             self.store.log_prune(&log, next)?;
             replica.since_snapshot = 0;
+            replica.snapshot_after = replica.state.size();
         } else {
             self.store.log_append(&log, &rmp_serde::to_vec_named(op).expect("encodes"))?;
             replica.since_snapshot += 1;
@@ -304,7 +369,12 @@ impl Peer {
     }
 
     /// The values to send with an op: its commit records and their params, up to the inline limit.
-    fn inline_values(&self, op: &AnyOp, known: &HashMap<ContentId, Vec<u8>>) -> Vec<ByteBuf> {
+    fn inline_values(
+        &self,
+        op: &AnyOp,
+        known: &HashMap<ContentId, Vec<u8>>,
+        commits: &HashMap<ContentId, Commit>,
+    ) -> Vec<ByteBuf> {
         let mut out = Vec::new();
         let mut budget = self.config.inline_limit;
         let fetch = |cid: &ContentId| -> Option<Vec<u8>> {
@@ -312,10 +382,9 @@ impl Peer {
         };
         for cid in commit_ids(op) {
             let Some(bytes) = fetch(&cid) else { continue };
-            let mut group = vec![bytes.clone()];
-            if let Ok(commit) =
-                Value::decode(&bytes).map_err(|_| ()).and_then(|v| Commit::from_value(&v).map_err(|_| ()))
-            {
+            let commit = commit_of(&cid, &bytes, commits);
+            let mut group = vec![bytes];
+            if let Some(commit) = commit {
                 group.extend(commit.transactions.iter().filter_map(|tx| fetch(&tx.params)));
             }
             let size: usize = group.iter().map(Vec::len).sum();
@@ -330,8 +399,23 @@ impl Peer {
 
     /// Publishes an op to one connection (catch-up), with inline values.
     pub(crate) fn publish_to(&mut self, conn: ConnId, address: &Address, op: AnyOp, inline: bool) {
-        let values = if inline { self.inline_values(&op, &HashMap::new()) } else { Vec::new() };
+        let values =
+            if inline { self.inline_values(&op, &HashMap::new(), &HashMap::new()) } else { Vec::new() };
         let id = self.next_id();
         self.send(conn, Message::Publish(Publish { id, address: address.clone(), op, values }));
+    }
+}
+
+/// A commit record: parsed already, or decoded from its bytes.
+fn commit_of<'a>(
+    cid: &ContentId,
+    bytes: &[u8],
+    commits: &'a HashMap<ContentId, Commit>,
+) -> Option<std::borrow::Cow<'a, Commit>> {
+    match commits.get(cid) {
+        Some(c) => Some(std::borrow::Cow::Borrowed(c)),
+        None => {
+            Value::decode(bytes).ok().and_then(|v| Commit::from_value(&v).ok()).map(std::borrow::Cow::Owned)
+        }
     }
 }

@@ -139,6 +139,17 @@ impl CrdtState {
         }
     }
 
+    /// Number of entries (OR-Map tags, CDVCS commits, G-Set elements; 1 for a register): what a
+    /// snapshot costs.
+    pub fn size(&self) -> u64 {
+        match self {
+            CrdtState::Ormap(m) => m.tag_count() as u64,
+            CrdtState::Cdvcs(c) => c.graph().len() as u64,
+            CrdtState::Lww(_) => 1,
+            CrdtState::Gset(g) => g.elements().len() as u64,
+        }
+    }
+
     /// A CDVCS that still misses parents of commits it has (it needs catch-up).
     pub fn is_incomplete(&self) -> bool {
         matches!(self, CrdtState::Cdvcs(c) if !c.graph().is_complete())

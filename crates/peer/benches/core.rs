@@ -1,0 +1,177 @@
+//! Throughput of the protocol core: ops per second from one peer's stage into another peer's state.
+//!
+//! Two connected peers, no faults, no IO: peer A executes N stage commands (OR-Map `Assoc`, or
+//! CDVCS `Transact`), frames are encoded, handed to the other peer and decoded in a loop, every
+//! `Output::Sync` is answered at once (in-memory stores), and the clock stops when B has applied
+//! every op. Each case runs several times; the median is reported.
+//!
+//! `cargo bench -p replikativ-peer --bench core` (environment: `CORE_BENCH_N=10000,100000`,
+//! `CORE_BENCH_REPS=5`, `CORE_BENCH_SNAPSHOT_EVERY=1024`, the peers' `snapshot_every`).
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use replikativ_peer::crdt::{ActorId, Address, CrdtKind, Transaction, Value};
+use replikativ_peer::proto::{Command, Direction, Input, Output, Peer, PeerConfig};
+use replikativ_peer::store::{MemoryStore, Store};
+use uuid::Uuid;
+
+const CONN: u64 = 1;
+
+struct Side {
+    peer: Peer,
+    store: Arc<MemoryStore>,
+    inbox: VecDeque<Input>,
+}
+
+struct Pair {
+    sides: [Side; 2],
+    now: u64,
+    /// Ops from the network that changed B's state.
+    b_applied: u64,
+    /// Stage commands of A answered (successfully).
+    a_replies: u64,
+}
+
+impl Pair {
+    fn new() -> Pair {
+        let open = |id: &str, extend: bool, actor: u128| {
+            let store = Arc::new(MemoryStore::new());
+            let mut config = PeerConfig { anti_entropy: None, ..PeerConfig::default() };
+            if let Some(every) = std::env::var("CORE_BENCH_SNAPSHOT_EVERY").ok().and_then(|s| s.parse().ok())
+            {
+                config.snapshot_every = every;
+            }
+            let peer =
+                Peer::open(store.clone(), id, extend, ActorId::from_u128(actor), config).expect("opens");
+            Side { peer, store, inbox: VecDeque::new() }
+        };
+        Pair { sides: [open("a", true, 1), open("b", false, 2)], now: 1_000, b_applied: 0, a_replies: 0 }
+    }
+
+    /// Handles one input at `side` and routes what it produces.
+    fn step(&mut self, side: usize, input: Input) {
+        self.now += 1;
+        let mut pending = vec![input];
+        while let Some(input) = pending.pop() {
+            for output in self.sides[side].peer.handle(input, self.now) {
+                match output {
+                    Output::Send { msg, .. } => self.sides[1 - side]
+                        .inbox
+                        .push_back(Input::Received { conn: CONN, frame: msg.encode() }),
+                    // The barrier is answered at once, before the next input.
+                    Output::Sync { epoch } => {
+                        self.sides[side].store.sync().expect("sync");
+                        pending.push(Input::Synced { epoch });
+                    }
+                    Output::Event(e) if side == 1 && !e.local => self.b_applied += 1,
+                    Output::Reply { result, .. } if side == 0 => {
+                        result.expect("the command succeeds");
+                        self.a_replies += 1;
+                    }
+                    Output::Close { reason, .. } => panic!("peer {side} closed the connection: {reason}"),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Delivers inputs, one per peer in turn, until both inboxes are empty.
+    fn pump(&mut self) {
+        loop {
+            let mut idle = true;
+            for side in 0..2 {
+                if let Some(input) = self.sides[side].inbox.pop_front() {
+                    idle = false;
+                    self.step(side, input);
+                }
+            }
+            if idle {
+                return;
+            }
+        }
+    }
+}
+
+/// One run: returns the time from the first command to B having all `n` ops.
+fn run(kind: CrdtKind, n: u64) -> Duration {
+    let mut pair = Pair::new();
+    let address = Address::new("mail:bench@example.org", Uuid::from_u128(1)).expect("valid");
+    pair.sides[0].inbox.push_back(Input::Command {
+        id: 1,
+        cmd: Command::Create { address: address.clone(), kind, author: "bench".into() },
+    });
+    pair.sides[1].inbox.push_back(Input::Command {
+        id: 1,
+        cmd: Command::Subscribe { addresses: BTreeSet::from([address.clone()]) },
+    });
+    pair.pump();
+    pair.sides[0].inbox.push_back(Input::Connected { conn: CONN, direction: Direction::Inbound });
+    pair.sides[1].inbox.push_back(Input::Connected { conn: CONN, direction: Direction::Outbound });
+    pair.pump();
+    assert!(pair.sides[1].peer.state(&address).is_some(), "B has the initial state");
+    pair.b_applied = 0;
+    pair.a_replies = 0;
+
+    let start = Instant::now();
+    for i in 0..n {
+        let cmd = match kind {
+            CrdtKind::Ormap => Command::Assoc {
+                address: address.clone(),
+                key: Value::Int(i.into()),
+                txs: vec![Transaction::new("set", Value::Int(i.into()))],
+                author: "bench".into(),
+            },
+            CrdtKind::Cdvcs => Command::Transact {
+                address: address.clone(),
+                txs: vec![Transaction::new("add", Value::Int(i.into()))],
+                author: "bench".into(),
+            },
+            other => unimplemented!("{other:?}"),
+        };
+        pair.step(0, Input::Command { id: i + 2, cmd });
+        // Let the network catch up now and then (as a peer would between stage commands).
+        if i % 64 == 63 {
+            pair.pump();
+        }
+    }
+    pair.pump();
+    let elapsed = start.elapsed();
+    assert_eq!(pair.a_replies, n, "every command was answered");
+    assert_eq!(pair.b_applied, n, "B applied every op");
+    assert_eq!(pair.sides[0].peer.state(&address), pair.sides[1].peer.state(&address), "A and B agree");
+    elapsed
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let m = xs.len() / 2;
+    if xs.len() % 2 == 1 { xs[m] } else { (xs[m - 1] + xs[m]) / 2.0 }
+}
+
+fn main() {
+    let env = |k: &str| std::env::var(k).ok();
+    let ns: Vec<u64> = env("CORE_BENCH_N")
+        .map(|s| s.split(',').map(|n| n.trim().parse().expect("CORE_BENCH_N: numbers")).collect())
+        .unwrap_or_else(|| vec![10_000, 100_000]);
+    let reps: Option<usize> = env("CORE_BENCH_REPS").map(|s| s.parse().expect("CORE_BENCH_REPS: a number"));
+    println!(
+        "{:<16} {:>8} {:>5} {:>14} {:>12} {:>14} {:>14}",
+        "case", "ops", "reps", "median ops/s", "median", "min ops/s", "max ops/s"
+    );
+    for (name, kind) in [("ormap-assoc", CrdtKind::Ormap), ("cdvcs-transact", CrdtKind::Cdvcs)] {
+        for &n in &ns {
+            let reps = reps.unwrap_or(if n >= 100_000 { 3 } else { 7 });
+            let times: Vec<f64> = (0..reps).map(|_| run(kind, n).as_secs_f64()).collect();
+            let rates: Vec<f64> = times.iter().map(|t| n as f64 / t).collect();
+            let lo = rates.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = rates.iter().copied().fold(0.0, f64::max);
+            println!(
+                "{name:<16} {n:>8} {reps:>5} {:>14.0} {:>10.1}ms {lo:>14.0} {hi:>14.0}",
+                median(rates),
+                median(times) * 1e3
+            );
+        }
+    }
+}

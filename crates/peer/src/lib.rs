@@ -4,7 +4,7 @@
 //! The protocol core ([`proto::Peer`]) is sans-IO: events in, effects out, time and the actor id
 //! passed in, the store called directly. It builds without tokio
 //! (`cargo check -p replikativ-peer --no-default-features`), so the same code runs in the
-//! deterministic simulation ([`sim`], feature `test-utils`) and in the node.
+//! deterministic simulation (module `sim`, feature `test-utils`) and in the node.
 
 pub mod middleware;
 #[cfg(feature = "runtime")]

@@ -18,7 +18,9 @@ async fn server_pulls_fast_forwards_into_the_central_cdvcs() {
     // Refuse commits carrying the params "forbidden".
     let integrity = Arc::new(|_: &Address, ids: &[replikativ::crdt::ContentId], store: &dyn Store| {
         ids.iter().all(|id| {
-            let Ok(Some(bytes)) = store.get(format!("v/{id}").as_bytes()) else { return false };
+            let Ok(Some(bytes)) = store.get(&replikativ::peer::proto::state::value_key(id)) else {
+                return false;
+            };
             let commit = Commit::from_value(&Value::decode(&bytes).unwrap()).unwrap();
             commit.transactions.iter().all(|tx| tx.params != Value::from("forbidden").content_id())
         })

@@ -223,10 +223,14 @@ fn assert_both_hold_everything(pair: &Pair, x: &Address) {
     assert_eq!(c.graph().len(), 2);
     for store in &pair.stores {
         for id in c.linearize() {
-            let bytes = store.get(format!("v/{id}").as_bytes()).unwrap().expect("commit stored");
+            let bytes =
+                store.get(&replikativ_peer::proto::state::value_key(&id)).unwrap().expect("commit stored");
             let commit = replikativ_crdt::Commit::from_value(&Value::decode(&bytes).unwrap()).unwrap();
             for tx in commit.transactions {
-                assert!(store.get(format!("v/{}", tx.params).as_bytes()).unwrap().is_some(), "params stored");
+                assert!(
+                    store.get(&replikativ_peer::proto::state::value_key(&tx.params)).unwrap().is_some(),
+                    "params stored"
+                );
             }
         }
         assert!(store.get(b"peer/config").unwrap().is_some());

@@ -7,7 +7,7 @@
 //! | `peer/config` | msgpack `PeerRecord`: peer id, `extend`, subscriptions |
 //! | `crdt/<uuid>/<user>` | msgpack `Snapshot`: kind, state, and the op-log position it covers |
 //! | log `ops/<uuid>/<user>` | msgpack [`AnyOp`] per applied op since the snapshot |
-//! | `v/<content id hex>` | canonical encoding of a value (commit records, params) |
+//! | `v/<32 id bytes>` | canonical encoding of a value (commit records, params) |
 //!
 //! An applied op is appended to the address's op log; every `snapshot_every` ops the state is
 //! written whole and the log pruned. Loading replays the log on the snapshot; ops are idempotent,
@@ -213,8 +213,12 @@ pub(crate) fn log_name(a: &Address) -> Vec<u8> {
     format!("ops/{}/{}", a.id, a.user).into_bytes()
 }
 
-pub(crate) fn value_key(id: &ContentId) -> Vec<u8> {
-    format!("v/{id}").into_bytes()
+/// The store key of a content-addressed value: `v/` and the 32 id bytes.
+pub fn value_key(id: &ContentId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(34);
+    key.extend_from_slice(b"v/");
+    key.extend_from_slice(id.as_bytes());
+    key
 }
 
 /// The address a `crdt/<uuid>/<user>` key names.

@@ -395,10 +395,23 @@ impl CommitGraph {
     }
 
     fn linearize_from(&self, start: u32, seen: &mut HashSet<u32>, out: &mut Vec<ContentId>) {
+        self.postorder(start, seen, |p| self.parents[p as usize].is_some(), out);
+    }
+
+    /// Depth-first post-order from `start` over parents (in their order) that `follow` admits and
+    /// `seen` does not hold yet: every commit after its admitted ancestors. Iterative, so a
+    /// million-commit chain does not overflow the stack.
+    fn postorder(
+        &self,
+        start: u32,
+        seen: &mut HashSet<u32>,
+        follow: impl Fn(u32) -> bool,
+        out: &mut Vec<ContentId>,
+    ) {
         if !seen.insert(start) {
             return;
         }
-        // Iterative DFS: (commit, index of the next parent to visit).
+        // (commit, index of the next parent to visit)
         let mut stack: Vec<(u32, usize)> = vec![(start, 0)];
         while let Some(top) = stack.last_mut() {
             let (i, next) = *top;
@@ -406,7 +419,7 @@ impl CommitGraph {
             if next < parents.len() {
                 top.1 += 1;
                 let p = parents[next];
-                if self.parents[p as usize].is_some() && seen.insert(p) {
+                if follow(p) && seen.insert(p) {
                     stack.push((p, 0));
                 }
             } else {
@@ -452,29 +465,12 @@ impl CommitGraph {
                 }
             }
         }
-        // Parents before children: a depth-first post-order restricted to the commits found.
+        // Parents before children: a post-order restricted to the commits found.
         let in_found: HashSet<u32> = found.iter().copied().collect();
         let mut ordered = Vec::with_capacity(found.len());
         let mut done = HashSet::new();
         for &start in &found {
-            if !done.insert(start) {
-                continue;
-            }
-            let mut stack: Vec<(u32, usize)> = vec![(start, 0)];
-            while let Some(top) = stack.last_mut() {
-                let (i, next) = *top;
-                let parents = self.parent_indices(i);
-                if next < parents.len() {
-                    top.1 += 1;
-                    let p = parents[next];
-                    if in_found.contains(&p) && done.insert(p) {
-                        stack.push((p, 0));
-                    }
-                } else {
-                    ordered.push(self.id_of(i));
-                    stack.pop();
-                }
-            }
+            self.postorder(start, &mut done, |p| in_found.contains(&p), &mut ordered);
         }
         Ok((ordered, boundary))
     }

@@ -173,6 +173,7 @@ pub struct Status {
 
 pub(crate) struct Shared {
     pub(crate) core: mpsc::Sender<CoreMsg>,
+    pub(crate) store: Arc<dyn Store>,
     pub(crate) config: NodeConfig,
     pub(crate) next_conn: AtomicU64,
     pub(crate) metrics: MetricsRegistry,
@@ -208,6 +209,7 @@ impl Node {
         let (shutdown, _) = tokio::sync::watch::channel(false);
         let shared = Arc::new(Shared {
             core: core_tx.clone(),
+            store: store.clone(),
             config,
             next_conn: AtomicU64::new(1),
             metrics: Arc::new(Mutex::new(BTreeMap::new())),
@@ -246,6 +248,12 @@ impl Node {
             })
             .expect("spawn core thread");
         Ok(Node { shared })
+    }
+
+    /// The node's store (applications may keep their own keys in it, outside the peer's
+    /// prefixes `peer/`, `crdt/`, `ops/` and `v/`).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.shared.store
     }
 
     /// The peer id.

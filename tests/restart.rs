@@ -18,6 +18,7 @@ async fn shut_down_peer_restarts_from_its_store_and_catches_up() {
     let map = bounded("create", a.stage.create_ormap(None)).await.unwrap();
     let log = bounded("create", a.stage.create_cdvcs(None)).await.unwrap();
     bounded("subscribe", b.stage.subscribe([map.clone(), log.clone()])).await.unwrap();
+    eventually("b has the map", || async { b.stage.ormap(&map).await.is_ok() }).await;
     // B writes (acknowledged = durable at B) and A sees it.
     for i in 0..20 {
         bounded("assoc", b.stage.assoc(&map, Value::from(format!("b{i}")), vec![Transaction::new("set", i)]))

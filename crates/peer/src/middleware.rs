@@ -354,6 +354,7 @@ fn command_access(cmd: &Command) -> Vec<Access<'_>> {
     match cmd {
         Command::Create { address, .. } => vec![Access::Subscribe(address), Access::Publish(address)],
         Command::Subscribe { addresses } => addresses.iter().map(Access::Subscribe).collect(),
+        Command::Unsubscribe { .. } => vec![],
         Command::Assoc { address, .. }
         | Command::Dissoc { address, .. }
         | Command::Transact { address, .. }

@@ -303,6 +303,19 @@ impl Stage {
         self.run(Command::Subscribe { addresses }).await.map(|_| ())
     }
 
+    /// Subscribes to a CDVCS (or any address) of another user to read it (replikativ's `checkout!`):
+    /// the same as [`Stage::subscribe`] with one address.
+    pub async fn checkout(&self, address: &Address) -> Result<(), StageError> {
+        self.subscribe([address.clone()]).await
+    }
+
+    /// Unsubscribes from addresses: peers stop sending their changes here. What is stored stays
+    /// readable.
+    pub async fn unsubscribe(&self, addresses: impl IntoIterator<Item = Address>) -> Result<(), StageError> {
+        let addresses: BTreeSet<Address> = addresses.into_iter().collect();
+        self.run(Command::Unsubscribe { addresses }).await.map(|_| ())
+    }
+
     /// The state at an address.
     pub async fn state(&self, address: &Address) -> Result<Option<CrdtState>, StageError> {
         match self.run(Command::Read { address: address.clone() }).await? {

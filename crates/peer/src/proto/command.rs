@@ -29,6 +29,12 @@ pub enum Command {
         /// The addresses.
         addresses: BTreeSet<Address>,
     },
+    /// Unsubscribes from addresses: peers stop sending their publications here (the stored state
+    /// stays).
+    Unsubscribe {
+        /// The addresses.
+        addresses: BTreeSet<Address>,
+    },
     /// OR-Map: adds a value under a key.
     Assoc {
         /// The OR-Map.
@@ -192,6 +198,10 @@ impl Peer {
             }
             Command::Subscribe { addresses } => {
                 self.extend_subscriptions(&addresses, None);
+                Reply::Done
+            }
+            Command::Unsubscribe { addresses } => {
+                self.remove_subscriptions(&addresses);
                 Reply::Done
             }
             Command::Assoc { address, key, txs, author } => {

@@ -89,6 +89,25 @@ impl Peer {
         true
     }
 
+    /// Removes subscriptions and tells every connection that was sent them.
+    pub(crate) fn remove_subscriptions(&mut self, addresses: &BTreeSet<Address>) {
+        let before = self.record.subscriptions.len();
+        self.record.subscriptions.retain(|a| !addresses.contains(a));
+        if self.record.subscriptions.len() != before {
+            self.save_record();
+        }
+        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        for conn in conns {
+            let c = self.conns.get_mut(&conn).expect("present");
+            let Some(sent) = c.sent.as_mut() else { continue };
+            let dropped: BTreeSet<Address> = sent.intersection(addresses).cloned().collect();
+            if !dropped.is_empty() {
+                sent.retain(|a| !dropped.contains(a));
+                self.send(conn, Message::Unsubscribe { addresses: dropped });
+            }
+        }
+    }
+
     pub(crate) fn on_subscribe(&mut self, conn: ConnId, sub: Subscribe) {
         let c = self.conns.get_mut(&conn).expect("caller checked");
         let redundant = c.subscribed && c.interest == sub.addresses && c.remote_extend == sub.extend;

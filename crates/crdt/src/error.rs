@@ -44,7 +44,7 @@ pub enum ValidationError {
 }
 
 /// A local operation the current state does not allow.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum OpError {
     /// Commit needs exactly one head; merge first.

@@ -6,6 +6,8 @@
 //! (`cargo check -p replikativ-peer --no-default-features`), so the same code runs in the
 //! deterministic simulation (module `sim`, feature `test-utils`) and in the node.
 
+#[cfg(feature = "runtime")]
+pub mod client;
 pub mod middleware;
 #[cfg(feature = "runtime")]
 pub mod node;

@@ -396,6 +396,44 @@ impl Middleware for AccessControl {
     }
 }
 
+/// Tag of the custom messages that carry a remote stage command: msgpack `(id, Command)`.
+pub const COMMAND_TAG: &str = "replikativ/command";
+/// Tag of the custom messages that carry its reply: msgpack `(id, Result<Reply, StageError>)`.
+pub const REPLY_TAG: &str = "replikativ/reply";
+
+/// Lets a remote client run stage commands on the node over its connection: custom messages tagged
+/// [`COMMAND_TAG`] become commands (which then pass access control like a stage's), and their
+/// replies go back tagged [`REPLY_TAG`]. Enabled by `NodeConfig::remote_commands`; the command
+/// line's data commands use it.
+#[derive(Debug, Default)]
+pub struct RemoteStage;
+
+impl Middleware for RemoteStage {
+    fn inbound(&mut self, item: Item, emit: &mut Emit) {
+        match item {
+            Item::Message(Message::Custom { tag, data }) if tag == COMMAND_TAG => {
+                match rmp_serde::from_slice::<(CommandId, Command)>(&data) {
+                    Ok((id, cmd)) => emit.up(Item::Command { id, cmd }),
+                    Err(e) => {
+                        emit.down(Item::Message(Message::Error { reason: format!("malformed command: {e}") }))
+                    }
+                }
+            }
+            other => emit.up(other),
+        }
+    }
+
+    fn outbound(&mut self, item: Item, emit: &mut Emit) {
+        match item {
+            Item::Reply { id, result } => {
+                let data = rmp_serde::to_vec_named(&(id, result)).expect("replies encode");
+                emit.down(Item::Message(Message::Custom { tag: REPLY_TAG.into(), data: data.into() }));
+            }
+            other => emit.down(other),
+        }
+    }
+}
+
 /// Per-connection metrics of a node, by connection.
 pub type MetricsRegistry = Arc<std::sync::Mutex<BTreeMap<ConnId, Arc<ConnMetrics>>>>;
 

@@ -38,7 +38,7 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use replikativ_crdt::{
@@ -139,7 +139,6 @@ struct Inner {
     to_conn: mpsc::Sender<Item>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Result<Reply, StageError>>>>,
     events: broadcast::Sender<Event>,
-    next_id: AtomicU64,
 }
 
 /// The application's handle on a node (cheap to clone). See the module docs.
@@ -189,14 +188,8 @@ impl Stage {
             .send(CoreMsg::Attach { conn, tx: core_tx, remote: Remote::Stage })
             .await
             .map_err(|_| NodeError::Gone)?;
-        let inner = Arc::new(Inner {
-            node,
-            user: user.into(),
-            to_conn,
-            pending: Mutex::new(HashMap::new()),
-            events,
-            next_id: AtomicU64::new(1),
-        });
+        let inner =
+            Arc::new(Inner { node, user: user.into(), to_conn, pending: Mutex::new(HashMap::new()), events });
         let weak = Arc::downgrade(&inner);
         let core = shared.core.clone();
         tokio::spawn(async move {
@@ -259,8 +252,13 @@ impl Stage {
         &self.inner.user
     }
 
+    /// Runs any command (the typed methods below are built on this).
+    pub async fn command(&self, cmd: Command) -> Result<Reply, StageError> {
+        self.run(cmd).await
+    }
+
     async fn run(&self, cmd: Command) -> Result<Reply, StageError> {
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.inner.node.shared.next_command.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.inner.pending.lock().expect("poisoned").insert(id, tx);
         if self.inner.to_conn.send(Item::Command { id, cmd }).await.is_err() {

@@ -64,6 +64,9 @@ pub(crate) fn chain(shared: &Shared, conn: ConnId, remote: &Remote, metrics: Arc
     let mut layers: Vec<Box<dyn Middleware>> =
         vec![Box::new(Metrics::new(metrics)), Box::new(Trace::new(conn))];
     layers.extend(shared.config.middleware.iter().map(|f| f(conn, remote)));
+    if shared.config.remote_commands && *remote != Remote::Stage {
+        layers.push(Box::new(crate::middleware::RemoteStage));
+    }
     if let Some(policy) = &shared.config.policy {
         layers.push(Box::new(AccessControl::new(remote.clone(), policy.clone())));
     }
@@ -192,6 +195,8 @@ async fn run<S>(
     let mut ping = tokio::time::interval(ws_config.ping_interval);
     ping.tick().await;
     let mut last_heard = tokio::time::Instant::now();
+    // Remote commands in flight: node-wide id -> the client's id.
+    let mut commands: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
     let reason: String = 'conn: loop {
         tokio::select! {
             frame = stream.next() => {
@@ -233,9 +238,17 @@ async fn run<S>(
                 };
                 let (up, down) = chain.inbound(Item::Message(msg));
                 for item in up {
-                    if let Item::Message(msg) = item
-                        && core.send(CoreMsg::Input(Input::Message { conn, msg })).await.is_err()
-                    {
+                    let sent = match item {
+                        Item::Message(msg) => core.send(CoreMsg::Input(Input::Message { conn, msg })).await,
+                        // A remote command: give it a node-wide id, answer with the client's.
+                        Item::Command { id: theirs, cmd } => {
+                            let id = shared.next_command.fetch_add(1, Ordering::Relaxed);
+                            commands.insert(id, theirs);
+                            core.send(CoreMsg::Command { conn, id, cmd }).await
+                        }
+                        _ => Ok(()),
+                    };
+                    if sent.is_err() {
                         break 'conn "the node stopped".into();
                     }
                 }
@@ -255,6 +268,10 @@ async fn run<S>(
                     Some(ConnCmd::Close(reason)) => {
                         let _ = sink.send(close_frame(&reason)).await;
                         break 'conn reason;
+                    }
+                    Some(ConnCmd::Item(Item::Reply { id, result })) => {
+                        let Some(theirs) = commands.remove(&id) else { continue };
+                        Item::Reply { id: theirs, result }
                     }
                     Some(ConnCmd::Item(item)) => item,
                 };

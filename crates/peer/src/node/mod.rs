@@ -68,6 +68,10 @@ pub struct NodeConfig {
     pub middleware: Vec<MiddlewareFactory>,
     /// Access policy for every connection (remote and stage); `None` allows everything.
     pub policy: Option<Policy>,
+    /// Whether remote connections may run stage commands ([`crate::middleware::RemoteStage`]):
+    /// what the command line's data commands use. Anyone who can connect can then read and write
+    /// as any user, within the access policy; off by default.
+    pub remote_commands: bool,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -81,6 +85,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("reconnect", &self.reconnect)
             .field("middleware", &self.middleware.len())
             .field("policy", &self.policy.is_some())
+            .field("remote_commands", &self.remote_commands)
             .finish()
     }
 }
@@ -96,6 +101,7 @@ impl Default for NodeConfig {
             reconnect: Backoff::default(),
             middleware: Vec::new(),
             policy: None,
+            remote_commands: false,
         }
     }
 }
@@ -176,6 +182,8 @@ pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) config: NodeConfig,
     pub(crate) next_conn: AtomicU64,
+    /// Command ids, unique in the node (stages and remote clients share the core).
+    pub(crate) next_command: AtomicU64,
     pub(crate) metrics: MetricsRegistry,
     pub(crate) tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Outgoing connections by URL: their supervisor task.
@@ -212,6 +220,7 @@ impl Node {
             store: store.clone(),
             config,
             next_conn: AtomicU64::new(1),
+            next_command: AtomicU64::new(1),
             metrics: Arc::new(Mutex::new(BTreeMap::new())),
             tasks: Mutex::new(Vec::new()),
             outgoing: Mutex::new(HashMap::new()),

@@ -10,8 +10,9 @@ use super::publish::Origin;
 use super::state::{CrdtState, value_key};
 use super::{CommandId, Output, Peer, Replica, StageError};
 
-/// A stage command.
-#[derive(Clone, Debug, PartialEq)]
+/// A stage command. Serializable, so a remote client can send it to a node (see
+/// [`crate::middleware::RemoteStage`]).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum Command {
     /// Creates a datatype at an address (and subscribes to it). A CDVCS gets its root commit by
@@ -120,10 +121,12 @@ pub enum Command {
         /// Their ids.
         ids: Vec<ContentId>,
     },
+    /// The peer's status.
+    Status,
 }
 
 /// A successful command's result.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum Reply {
     /// Done (durably, for writes).
@@ -134,6 +137,8 @@ pub enum Reply {
     State(Option<Box<CrdtState>>),
     /// Values by id (`None`: not in the store).
     Values(Vec<(ContentId, Option<Value>)>),
+    /// The peer's status.
+    Status(super::PeerStatus),
 }
 
 /// New values of a local op as canonical encodings, and its commit records parsed.
@@ -146,7 +151,7 @@ type Known = (HashMap<ContentId, Vec<u8>>, HashMap<ContentId, Commit>);
 
 impl Peer {
     pub(crate) fn command(&mut self, id: CommandId, cmd: Command) {
-        let read = matches!(cmd, Command::Read { .. } | Command::Values { .. });
+        let read = matches!(cmd, Command::Read { .. } | Command::Values { .. } | Command::Status);
         match self.run(cmd) {
             // Reads wrote nothing: they answer at once.
             Ok(reply) if read => self.out.push(Output::Reply { id, result: Ok(reply) }),
@@ -303,6 +308,13 @@ impl Peer {
                 }
                 Reply::Values(values)
             }
+            Command::Status => Reply::Status(super::PeerStatus {
+                peer_id: self.record.id.clone(),
+                extend: self.record.extend,
+                connections: self.connections().map(|(_, id)| id.to_owned()).collect(),
+                subscriptions: self.record.subscriptions.iter().cloned().collect(),
+                addresses: self.crdts.len(),
+            }),
         })
     }
 }

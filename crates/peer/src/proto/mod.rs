@@ -153,8 +153,23 @@ pub struct Event {
     pub local: bool,
 }
 
+/// What a peer reports about itself.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PeerStatus {
+    /// The peer id.
+    pub peer_id: String,
+    /// Whether it extends its subscriptions (a server).
+    pub extend: bool,
+    /// Peer ids of the open connections (hello exchanged).
+    pub connections: Vec<String>,
+    /// Its subscriptions.
+    pub subscriptions: Vec<Address>,
+    /// Addresses it holds a state for.
+    pub addresses: usize,
+}
+
 /// Why a stage command failed.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum StageError {
     /// No datatype at the address (not created, not subscribed, or nothing arrived yet).

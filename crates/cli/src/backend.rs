@@ -1,0 +1,95 @@
+//! Where data commands run: on a running node (`--peer`, through its remote-command middleware), or
+//! directly on a local store that no node holds.
+
+use std::sync::Arc;
+
+use replikativ_crdt::{ActorId, ContentId};
+use replikativ_peer::client::{ClientError, RemoteClient};
+use replikativ_peer::proto::{Command, Reply, StageError};
+use replikativ_peer::stage::{CommitValue, Stage};
+use replikativ_store::Store;
+
+use crate::{EXIT_DATA, EXIT_UNREACHABLE, Failure};
+
+pub(crate) enum Backend {
+    Remote(Box<RemoteClient>),
+    Local { stage: Stage, store: Arc<dyn Store> },
+}
+
+impl Backend {
+    pub(crate) async fn remote(url: &str) -> Result<Backend, Failure> {
+        RemoteClient::connect(url, "replikativ-cli")
+            .await
+            .map(|c| Backend::Remote(Box::new(c)))
+            .map_err(|e| Failure(EXIT_UNREACHABLE, e.to_string()))
+    }
+
+    pub(crate) async fn local(store: Arc<dyn Store>) -> Result<Backend, Failure> {
+        let stage = Stage::builder(store.clone())
+            .actor(ActorId::from(uuid::Uuid::new_v4()))
+            .spawn()
+            .await
+            .map_err(|e| Failure(EXIT_DATA, format!("cannot start a peer on the store: {e}")))?;
+        Ok(Backend::Local { stage, store })
+    }
+
+    /// Runs a command; command errors are data errors.
+    pub(crate) async fn call(&mut self, cmd: Command) -> Result<Reply, Failure> {
+        let result = match self {
+            Backend::Remote(client) => client.call(cmd).await.map_err(|e: ClientError| match e {
+                ClientError::Connect { .. } => Failure(EXIT_UNREACHABLE, e.to_string()),
+                other => Failure(EXIT_UNREACHABLE, other.to_string()),
+            })?,
+            Backend::Local { stage, .. } => stage.command(cmd).await,
+        };
+        result.map_err(|e: StageError| Failure(EXIT_DATA, e.to_string()))
+    }
+
+    /// Commit records with their transactions' params, by id.
+    pub(crate) async fn commits(&mut self, ids: Vec<ContentId>) -> Result<Vec<CommitValue>, Failure> {
+        let Reply::Values(records) = self.call(Command::Values { ids }).await? else {
+            return Err(Failure(EXIT_DATA, "unexpected reply".into()));
+        };
+        let mut commits = Vec::new();
+        let mut params_ids = Vec::new();
+        for (id, value) in records {
+            let value =
+                value.ok_or_else(|| Failure(EXIT_DATA, format!("commit {id} is not in the store")))?;
+            let commit =
+                replikativ_crdt::Commit::from_value(&value).map_err(|e| Failure(EXIT_DATA, e.to_string()))?;
+            params_ids.extend(commit.transactions.iter().map(|t| t.params));
+            commits.push((id, commit));
+        }
+        let Reply::Values(params) = self.call(Command::Values { ids: params_ids }).await? else {
+            return Err(Failure(EXIT_DATA, "unexpected reply".into()));
+        };
+        let params: std::collections::BTreeMap<_, _> = params.into_iter().collect();
+        commits
+            .into_iter()
+            .map(|(id, c)| {
+                let transactions = c
+                    .transactions
+                    .into_iter()
+                    .map(|t| {
+                        let p = params.get(&t.params).cloned().flatten().ok_or_else(|| {
+                            Failure(EXIT_DATA, format!("params {} are not in the store", t.params))
+                        })?;
+                        Ok(replikativ_crdt::Transaction { function: t.function, params: p })
+                    })
+                    .collect::<Result<Vec<_>, Failure>>()?;
+                Ok(CommitValue { id, parents: c.parents, transactions, author: c.author, ts: c.ts })
+            })
+            .collect()
+    }
+
+    pub(crate) async fn close(self) -> Result<(), Failure> {
+        match self {
+            Backend::Remote(client) => client.close().await,
+            Backend::Local { stage, store } => {
+                stage.shutdown().await;
+                store.close().map_err(|e| Failure(EXIT_DATA, format!("closing the store failed: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+}

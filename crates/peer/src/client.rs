@@ -1,0 +1,106 @@
+//! A remote stage client: runs stage commands on a node over a websocket (the node must enable
+//! `NodeConfig::remote_commands`). The command line's data commands use it.
+//!
+//! The client says hello like a peer, never subscribes, and sends commands as custom messages
+//! (see [`crate::middleware::RemoteStage`]); each reply comes after the node made the command's
+//! writes durable.
+
+use futures::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use crate::middleware::{COMMAND_TAG, REPLY_TAG};
+use crate::proto::{Command, Hello, Message, PROTOCOL_VERSION, Reply, StageError};
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Why a remote call failed (apart from the command's own error).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The node could not be reached.
+    #[error("cannot connect to {url}: {reason}")]
+    Connect {
+        /// The URL.
+        url: String,
+        /// The cause.
+        reason: String,
+    },
+    /// The node closed the connection.
+    #[error("the node closed the connection: {0}")]
+    Closed(String),
+    /// The node answered with something that is not a reply.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+/// A connection to a node that runs stage commands there.
+pub struct RemoteClient {
+    ws: Ws,
+    next_id: u64,
+}
+
+impl std::fmt::Debug for RemoteClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteClient").field("next_id", &self.next_id).finish_non_exhaustive()
+    }
+}
+
+impl RemoteClient {
+    /// Connects to the node at `url` (`ws://host:port`) as `client_id`.
+    pub async fn connect(url: &str, client_id: &str) -> Result<RemoteClient, ClientError> {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .map_err(|e| ClientError::Connect { url: url.to_owned(), reason: e.to_string() })?;
+        let hello = Message::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            peer_id: client_id.to_owned(),
+            features: vec![],
+        });
+        ws.send(WsMessage::Binary(hello.encode().into()))
+            .await
+            .map_err(|e| ClientError::Connect { url: url.to_owned(), reason: e.to_string() })?;
+        Ok(RemoteClient { ws, next_id: 1 })
+    }
+
+    /// Runs a command on the node.
+    pub async fn call(&mut self, cmd: Command) -> Result<Result<Reply, StageError>, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let data = rmp_serde::to_vec_named(&(id, cmd)).expect("commands encode");
+        let msg = Message::Custom { tag: COMMAND_TAG.into(), data: data.into() };
+        self.ws
+            .send(WsMessage::Binary(msg.encode().into()))
+            .await
+            .map_err(|e| ClientError::Closed(e.to_string()))?;
+        loop {
+            let frame = match self.ws.next().await {
+                None => return Err(ClientError::Closed("connection ended".into())),
+                Some(Err(e)) => return Err(ClientError::Closed(e.to_string())),
+                Some(Ok(WsMessage::Binary(bytes))) => bytes,
+                Some(Ok(WsMessage::Close(frame))) => {
+                    return Err(ClientError::Closed(frame.map(|f| f.reason.to_string()).unwrap_or_default()));
+                }
+                Some(Ok(_)) => continue,
+            };
+            match Message::decode(&frame) {
+                Ok(Message::Custom { tag, data }) if tag == REPLY_TAG => {
+                    let (rid, result): (u64, Result<Reply, StageError>) =
+                        rmp_serde::from_slice(&data).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                    if rid == id {
+                        return Ok(result);
+                    }
+                }
+                Ok(Message::Close { reason }) => return Err(ClientError::Closed(reason)),
+                Ok(Message::Error { reason }) => return Err(ClientError::Protocol(reason)),
+                // Hello, acknowledgements, anything else the node sends a peer: not for us.
+                Ok(_) => {}
+                Err(e) => return Err(ClientError::Protocol(e.to_string())),
+            }
+        }
+    }
+
+    /// Closes the connection.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}

@@ -366,6 +366,11 @@ async fn run(command: Top) -> Result<(), Failure> {
             } else {
                 println!("peer id:       {}", status.peer_id);
                 println!("role:          {}", if status.extend { "server" } else { "client" });
+                println!("listening on:  {}", status.listen.join(", "));
+                match status.store_bytes {
+                    Some(bytes) => println!("store size:    {bytes} bytes"),
+                    None => println!("store size:    (in memory)"),
+                }
                 println!("connections:   {}", status.connections.join(", "));
                 println!("subscriptions: {}", status.subscriptions.len());
                 for a in &status.subscriptions {
@@ -420,7 +425,7 @@ async fn state(b: &mut Backend, address: &Address) -> Result<CrdtState, Failure>
 }
 
 fn wrong(address: &Address, want: &str) -> Failure {
-    Failure(EXIT_DATA, format!("{address} is not a {want}"))
+    Failure(EXIT_DATA, format!("{address} does not hold a {want}"))
 }
 
 async fn ormap(cmd: OrmapCmd) -> Result<(), Failure> {
@@ -709,10 +714,21 @@ async fn watch(address: &str, target: &Target) -> Result<(), Failure> {
     let mut changes = stage.changes(&address);
     stage.subscribe([address.clone()]).await.map_err(|e| Failure(EXIT_DATA, e.to_string()))?;
     stage.node().connect(&url).await.map_err(|e| Failure(EXIT_UNREACHABLE, e.to_string()))?;
+    // A spinner while the address catches up, only when a person is watching stderr.
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_message(format!("catching up {address}"));
+        bar.enable_steady_tick(std::time::Duration::from_millis(100));
+        bar
+    });
+    let mut progress = progress;
     loop {
         tokio::select! {
             event = changes.recv() => match event {
                 Ok(event) => {
+                    if let Some(bar) = progress.take() {
+                        bar.finish_and_clear();
+                    }
                     let op = serde_json::to_value(&event.op).unwrap_or_else(|_| serde_json::json!(format!("{:?}", event.op)));
                     println!("{}", serde_json::json!({ "address": event.address.to_string(), "op": op }));
                 }

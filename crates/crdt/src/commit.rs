@@ -47,6 +47,17 @@ impl CrdtKind {
     }
 }
 
+impl std::fmt::Display for CrdtKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CrdtKind::Ormap => "OR-Map",
+            CrdtKind::Cdvcs => "CDVCS",
+            CrdtKind::Lww => "LWW register",
+            CrdtKind::Gset => "G-Set",
+        })
+    }
+}
+
 /// One transaction: a function name for the application's reducers and its parameters.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
 pub struct Transaction {

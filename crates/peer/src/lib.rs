@@ -12,6 +12,8 @@ pub mod middleware;
 #[cfg(feature = "runtime")]
 pub mod node;
 pub mod proto;
+#[cfg(feature = "runtime")]
+pub mod realize;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod sim;
 #[cfg(feature = "runtime")]

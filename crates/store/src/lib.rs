@@ -287,4 +287,9 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// The size limits of this backend.
     fn limits(&self) -> Limits;
+
+    /// Bytes the store occupies on disk, if it keeps data on disk and can tell.
+    fn size_on_disk(&self) -> Option<u64> {
+        None
+    }
 }

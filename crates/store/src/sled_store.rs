@@ -198,6 +198,10 @@ impl Engine for SledStore {
 impl Store for SledStore {
     engine_store_methods!();
 
+    fn size_on_disk(&self) -> Option<u64> {
+        self.db.read().ok()?.as_ref()?.size_on_disk().ok()
+    }
+
     fn put_blob(&self, name: &[u8], data: &mut dyn Read) -> Result<u64> {
         engine::check_blob_name(&self.engine_limits(), name)?;
         self.with_db(|_| Ok(()))?;

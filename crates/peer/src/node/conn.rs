@@ -79,6 +79,7 @@ pub(crate) async fn listen(shared: Arc<Shared>, addr: &str) -> Result<std::net::
         .map_err(|source| NodeError::Listen { addr: addr.to_owned(), source })?;
     let local =
         listener.local_addr().map_err(|source| NodeError::Listen { addr: addr.to_owned(), source })?;
+    shared.listening.lock().expect("poisoned").push(format!("ws://{local}"));
     let mut shutdown = shared.shutdown.subscribe();
     let task_shared = shared.clone();
     let task = tokio::spawn(async move {

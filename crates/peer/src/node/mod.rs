@@ -189,6 +189,8 @@ pub(crate) struct Shared {
     /// Outgoing connections by URL: their supervisor task.
     pub(crate) outgoing: Mutex<HashMap<String, JoinHandle<()>>>,
     pub(crate) shutdown: tokio::sync::watch::Sender<bool>,
+    /// Addresses the node listens on.
+    pub(crate) listening: Arc<Mutex<Vec<String>>>,
 }
 
 /// A running node (cheap to clone).
@@ -225,6 +227,7 @@ impl Node {
             tasks: Mutex::new(Vec::new()),
             outgoing: Mutex::new(HashMap::new()),
             shutdown,
+            listening: Arc::new(Mutex::new(Vec::new())),
         });
         let (barrier_tx, barrier_rx) = std::sync::mpsc::channel::<u64>();
         {
@@ -236,6 +239,7 @@ impl Node {
                 .expect("spawn barrier thread");
         }
         let runtime = tokio::runtime::Handle::current();
+        let listening = shared.listening.clone();
         let start = peer.start();
         std::thread::Builder::new()
             .name(format!("replikativ-core-{}", peer.id()))
@@ -247,6 +251,7 @@ impl Node {
                     runtime,
                     tx: core_tx,
                     dropped: 0,
+                    listening,
                 };
                 core.dispatch(&peer, start);
                 core.run(&mut peer, core_rx);
@@ -357,6 +362,7 @@ struct Core {
     runtime: tokio::runtime::Handle,
     tx: mpsc::Sender<CoreMsg>,
     dropped: u64,
+    listening: Arc<Mutex<Vec<String>>>,
 }
 
 impl Core {
@@ -429,7 +435,10 @@ impl Core {
                         let _ = tx.send(CoreMsg::Input(Input::Timer(timer))).await;
                     });
                 }
-                Output::Reply { id, result } => {
+                Output::Reply { id, mut result } => {
+                    if let Ok(crate::proto::Reply::Status(status)) = &mut result {
+                        status.listen = self.listening.lock().expect("poisoned").clone();
+                    }
                     if let Some(conn) = self.commands.remove(&id)
                         && let Some((tx, _)) = self.conns.get(&conn)
                     {

@@ -314,6 +314,8 @@ impl Peer {
                 connections: self.connections().map(|(_, id)| id.to_owned()).collect(),
                 subscriptions: self.record.subscriptions.iter().cloned().collect(),
                 addresses: self.crdts.len(),
+                listen: Vec::new(),
+                store_bytes: self.store.size_on_disk(),
             }),
         })
     }

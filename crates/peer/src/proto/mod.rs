@@ -166,6 +166,10 @@ pub struct PeerStatus {
     pub subscriptions: Vec<Address>,
     /// Addresses it holds a state for.
     pub addresses: usize,
+    /// Addresses it listens on (filled in by the node).
+    pub listen: Vec<String>,
+    /// Bytes its store occupies on disk, if the store can tell.
+    pub store_bytes: Option<u64>,
 }
 
 /// Why a stage command failed.
@@ -176,7 +180,7 @@ pub enum StageError {
     #[error("no replicated datatype at {0}")]
     NotFound(Address),
     /// The address holds another kind.
-    #[error("{address} is a {found:?}, not a {expected:?}")]
+    #[error("{address} holds a {found}, not a {expected}")]
     WrongKind {
         /// Where.
         address: Address,

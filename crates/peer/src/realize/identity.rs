@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
-use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 
 use replikativ_crdt::{ContentId, Transaction, Value};
@@ -123,8 +122,12 @@ pub trait Identity: Send + 'static {
     /// Applies `units` in order and records each; with `reset`, first resets the state (a CDVCS
     /// rebuild; the units' records then replace the log). On an error, the failing unit is not
     /// recorded.
-    fn apply(&mut self, reducers: &Reducers<Self::State>, reset: bool, units: &[Unit])
-    -> Result<(), RealizeError>;
+    fn apply(
+        &mut self,
+        reducers: &Reducers<Self::State>,
+        reset: bool,
+        units: &[Unit],
+    ) -> Result<(), RealizeError>;
 
     /// Called after each realized state: a durability barrier for durable identities.
     fn flush(&mut self) -> Result<(), RealizeError> {
@@ -160,7 +163,10 @@ impl<S: Default> Default for MemoryIdentity<S> {
 impl<S> MemoryIdentity<S> {
     /// An identity starting at `state` with nothing applied.
     pub fn new(state: S) -> Self {
-        MemoryIdentity { state: Arc::new(Mutex::new(state)), log: Arc::new(Mutex::new(AppliedLog::default())) }
+        MemoryIdentity {
+            state: Arc::new(Mutex::new(state)),
+            log: Arc::new(Mutex::new(AppliedLog::default())),
+        }
     }
 
     /// The shared state.
@@ -251,7 +257,9 @@ impl Keys {
                 batch.push_put(self.key(b"cdvcs"), rmp_serde::to_vec(log).expect("a log encodes"))
             }
             Record::Entries(keys) => keys.iter().for_each(|k| batch.push_put(self.entry(k), Vec::new())),
-            Record::Lww(id) => batch.push_put(self.key(b"lww"), rmp_serde::to_vec(id).expect("an id encodes")),
+            Record::Lww(id) => {
+                batch.push_put(self.key(b"lww"), rmp_serde::to_vec(id).expect("an id encodes"))
+            }
         }
     }
 }
@@ -319,7 +327,10 @@ impl<S: Serialize + DeserializeOwned + Default + Send + 'static> StoreIdentity<S
 
     fn persist(&self, state: &S, units: &[Unit]) -> Result<(), RealizeError> {
         let mut batch = Batch::new();
-        batch.push_put(self.keys.state(), rmp_serde::to_vec_named(state).map_err(|e| RealizeError::Codec(e.to_string()))?);
+        batch.push_put(
+            self.keys.state(),
+            rmp_serde::to_vec_named(state).map_err(|e| RealizeError::Codec(e.to_string()))?,
+        );
         for u in units {
             self.keys.record(&mut batch, &u.record);
         }
@@ -347,7 +358,8 @@ impl<S: Serialize + DeserializeOwned + Default + Send + 'static> Identity for St
                 if let Err(e) = reducers.apply_unit(&mut state, unit) {
                     // Back to what the store holds (or the fresh state), redo the units before the
                     // failing one and record them: the failing unit is not recorded.
-                    *state = if fresh && k > 0 { S::default() } else { Self::read(&*self.store, &self.keys)? };
+                    *state =
+                        if fresh && k > 0 { S::default() } else { Self::read(&*self.store, &self.keys)? };
                     if k > 0 {
                         for u in &chunk[..k] {
                             reducers.apply_unit(&mut state, u)?;
@@ -388,7 +400,6 @@ pub struct SinkIdentity<K> {
     sink: K,
     store: Arc<dyn Store>,
     keys: Keys,
-    _marker: PhantomData<()>,
 }
 
 impl<K: fmt::Debug> fmt::Debug for SinkIdentity<K> {
@@ -400,7 +411,7 @@ impl<K: fmt::Debug> fmt::Debug for SinkIdentity<K> {
 impl<K: Sink> SinkIdentity<K> {
     /// The sink `sink` with its applied-log under `name` in `store`.
     pub fn new(sink: K, store: Arc<dyn Store>, name: &str) -> Self {
-        SinkIdentity { sink, store, keys: Keys::new(name), _marker: PhantomData }
+        SinkIdentity { sink, store, keys: Keys::new(name) }
     }
 }
 

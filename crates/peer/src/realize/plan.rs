@@ -247,7 +247,11 @@ pub fn plan_ormap(state: &OrMap, applied: &BTreeSet<Vec<u8>>) -> OrMapPlan {
             keys_of[i].push(key.clone());
         } else {
             replayed.insert(e.commit, units.len());
-            units.push(PlannedUnit { id: e.commit, commits: vec![e.commit], record: Record::Entries(vec![]) });
+            units.push(PlannedUnit {
+                id: e.commit,
+                commits: vec![e.commit],
+                record: Record::Entries(vec![]),
+            });
             keys_of.push(vec![key.clone()]);
         }
     }
@@ -260,8 +264,8 @@ pub fn plan_ormap(state: &OrMap, applied: &BTreeSet<Vec<u8>>) -> OrMapPlan {
         }
         let mut commits = vec![e.commit];
         for live in state.get(&e.key) {
-            if !replayed.contains_key(&live) {
-                replayed.insert(live, units.len());
+            if let std::collections::btree_map::Entry::Vacant(slot) = replayed.entry(live) {
+                slot.insert(units.len());
                 commits.push(live);
             }
         }
@@ -269,7 +273,11 @@ pub fn plan_ormap(state: &OrMap, applied: &BTreeSet<Vec<u8>>) -> OrMapPlan {
         keys_of.push(vec![key.clone()]);
     }
     if !silent.is_empty() {
-        units.push(PlannedUnit { id: ContentId::from_bytes([0; 32]), commits: vec![], record: Record::Entries(vec![]) });
+        units.push(PlannedUnit {
+            id: ContentId::from_bytes([0; 32]),
+            commits: vec![],
+            record: Record::Entries(vec![]),
+        });
         keys_of.push(silent);
     }
     for (unit, keys) in units.iter_mut().zip(keys_of) {
@@ -335,7 +343,10 @@ mod tests {
     fn ormap_plans_follow_realization_order() {
         // The original's three commit-history cases (1 = [:a "bar"], 2 = [:a "baz"], 3 = [:a "2"],
         // 11 = [:r "bar"]).
-        let op = OrMapOp { adds: vec![entry("foo", 1, 1), entry("foo", 2, 2)], removals: vec![entry("foo", 1, 11)] };
+        let op = OrMapOp {
+            adds: vec![entry("foo", 1, 1), entry("foo", 2, 2)],
+            removals: vec![entry("foo", 1, 11)],
+        };
         let mut m = OrMap::default();
         m.apply(&op).unwrap();
         let plan = plan_ormap(&m, &BTreeSet::new());

@@ -632,6 +632,10 @@ impl Engine for FileStore {
 impl Store for FileStore {
     engine_store_methods!();
 
+    fn size_on_disk(&self) -> Option<u64> {
+        Some(self.stats().total_bytes)
+    }
+
     fn put_blob(&self, name: &[u8], data: &mut dyn Read) -> Result<u64> {
         engine::check_blob_name(&self.engine_limits(), name)?;
         FileStore::check_open(&read(&self.state))?;

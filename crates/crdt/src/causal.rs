@@ -10,8 +10,35 @@ use serde::{Deserialize, Serialize};
 /// Dots and clocks are unique only if no two replicas ever write under one actor id at the same
 /// time, so an actor id must never be shared by two processes; the peer derives a fresh one for
 /// every stage session. Sixteen bytes (a UUID's worth); displayed as 32 hex digits.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct ActorId(#[serde(with = "serde_bytes")] [u8; 16]);
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ActorId([u8; 16]);
+
+/// Hex in human-readable formats (JSON), 16 raw bytes otherwise.
+impl Serialize for ActorId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.serialize_str(&self.to_string())
+        } else {
+            serde_bytes::Bytes::new(&self.0).serialize(serializer)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ActorId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if deserializer.is_human_readable() {
+            let s = String::deserialize(deserializer)?;
+            s.parse().map_err(serde::de::Error::custom)
+        } else {
+            let bytes = serde_bytes::ByteBuf::deserialize(deserializer)?;
+            let bytes: [u8; 16] = bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| serde::de::Error::invalid_length(bytes.len(), &"16 bytes"))?;
+            Ok(ActorId(bytes))
+        }
+    }
+}
 
 impl ActorId {
     /// The actor with these bytes.
@@ -132,6 +159,17 @@ mod tests {
         let t1 = Hlc::next(None, 5, ActorId::from_u128(1));
         let t2 = Hlc::next(None, 5, ActorId::from_u128(2));
         assert!(t1 < t2);
+    }
+
+    #[test]
+    fn actor_id_is_hex_in_json_and_bytes_in_msgpack() {
+        let a = ActorId::from_u128(0xabc);
+        let json = serde_json::to_string(&a).unwrap();
+        assert_eq!(json, format!("\"{a}\""));
+        assert_eq!(serde_json::from_str::<ActorId>(&json).unwrap(), a);
+        let mp = rmp_serde::to_vec(&a).unwrap();
+        assert_eq!(mp.len(), 18, "bin8 header + 16 bytes");
+        assert_eq!(rmp_serde::from_slice::<ActorId>(&mp).unwrap(), a);
     }
 
     #[test]

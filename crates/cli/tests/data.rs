@@ -204,3 +204,70 @@ fn bad_arguments_give_one_sentence_and_distinct_exit_codes() {
     let usage = run(&["ormap", "assoc"]);
     assert_eq!(usage.status.code(), Some(2), "missing arguments are usage errors");
 }
+
+/// Every data command: a malformed address is a usage error, an unreachable peer exit 3, a store
+/// held by a running node exit 4; every command taking JSON refuses invalid JSON with exit 2.
+#[test]
+fn every_data_command_reports_its_bad_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("file:{}", dir.path().display());
+    let good = "alice/7d274663-9396-4247-910b-409ae35fe98d";
+    // (command words, trailing arguments after the address)
+    let with_address: &[(&[&str], &[&str])] = &[
+        (&["ormap", "assoc"], &["k", r#"[["set", 1]]"#]),
+        (&["ormap", "dissoc"], &["k"]),
+        (&["ormap", "get"], &["k"]),
+        (&["ormap", "keys"], &[]),
+        (&["cdvcs", "commit"], &[r#"[["add", 1]]"#]),
+        (&["cdvcs", "log"], &[]),
+        (&["cdvcs", "heads"], &[]),
+        (&["cdvcs", "merge"], &[]),
+        (&["cdvcs", "fork"], &[]),
+        (&["cdvcs", "pull"], &[good]),
+        (&["lww", "set"], &["1"]),
+        (&["lww", "get"], &[]),
+        (&["gset", "add"], &["1"]),
+        (&["gset", "list"], &[]),
+        (&["watch"], &[]),
+    ];
+    for (words, rest) in with_address {
+        let mut args: Vec<&str> = words.to_vec();
+        args.push("no-uuid-here");
+        args.extend_from_slice(rest);
+        args.extend(["--store", &store]);
+        fails(&args, 2, "is not of the form USER/UUID");
+        let mut args: Vec<&str> = words.to_vec();
+        args.push(good);
+        args.extend_from_slice(rest);
+        args.extend(["--peer", "ws://127.0.0.1:1"]);
+        fails(&args, 3, "cannot connect to ws://127.0.0.1:1");
+    }
+    for words in
+        [&["ormap", "create"][..], &["cdvcs", "create"], &["lww", "create"], &["gset", "create"], &["status"]]
+    {
+        let mut args: Vec<&str> = words.to_vec();
+        args.extend(["--peer", "ws://127.0.0.1:1"]);
+        fails(&args, 3, "cannot connect");
+    }
+    let json_args: &[&[&str]] = &[
+        &["ormap", "assoc", good, "k", "[["],
+        &["ormap", "dissoc", good, "k", "[["],
+        &["cdvcs", "commit", good, "[["],
+        &["lww", "set", good, "{"],
+        &["gset", "add", good, "{"],
+    ];
+    for args in json_args {
+        let mut args: Vec<&str> = args.to_vec();
+        args.extend(["--store", &store]);
+        fails(&args, 2, "not valid JSON");
+    }
+    // A store held by a running node.
+    let _node = serve(&store, None);
+    for (words, rest) in with_address.iter().filter(|(w, _)| w[0] != "watch") {
+        let mut args: Vec<&str> = words.to_vec();
+        args.push(good);
+        args.extend_from_slice(rest);
+        args.extend(["--store", &store]);
+        fails(&args, 4, "use --peer");
+    }
+}

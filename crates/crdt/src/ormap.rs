@@ -154,10 +154,12 @@ impl OrMap {
     /// The commits to replay, in order, to realize an (already applied) op on top of the state
     /// before it (replikativ's OR-Map `commit-history`):
     ///
-    /// 1. each add of the op that the op does not also remove;
+    /// 1. each add of the op that is live (the op does not also remove it, and no removal of it
+    ///    arrived earlier);
     /// 2. for each removal of the op whose add is not in the op: the removal commit (its revert
-    ///    transactions), then every value still live under that key that step 1 or an earlier
-    ///    removal did not already replay, so the key ends up showing a live value again.
+    ///    transactions, once even when one dissoc removed several values), then every value still
+    ///    live under that key that step 1 or an earlier removal did not already replay, so the key
+    ///    ends up showing a live value again.
     pub fn realization_order(&self, op: &OrMapOp) -> Vec<ContentId> {
         let op_adds = tagged(&op.adds);
         let op_removals = tagged(&op.removals);
@@ -165,7 +167,11 @@ impl OrMap {
         let mut replayed = BTreeSet::new();
         for (key, dots) in &op_adds {
             for (dot, commit) in dots {
-                if !op_removals.get(key).is_some_and(|r| r.contains_key(dot)) && replayed.insert(*commit) {
+                // An add removed in the same op, or already removed in the state (its removal
+                // arrived first), is never live: nothing to replay.
+                let removed = op_removals.get(key).is_some_and(|r| r.contains_key(dot))
+                    || self.removals.get(key).is_some_and(|r| r.contains_key(dot));
+                if !removed && replayed.insert(*commit) {
                     out.push(*commit);
                 }
             }
@@ -174,6 +180,10 @@ impl OrMap {
             for (dot, removal) in dots {
                 if op_adds.get(key).is_some_and(|a| a.contains_key(dot)) {
                     continue; // added and removed in one op: never applied, nothing to revert
+                }
+                // One dissoc of several values names one removal commit: revert it once.
+                if !replayed.insert(*removal) {
+                    continue;
                 }
                 out.push(*removal);
                 for live in self.get(key) {
@@ -387,6 +397,25 @@ mod tests {
         let op3 = OrMapOp { adds: vec![entry("foo2", 3, 3)], removals: vec![entry("foo", 1, 11)] };
         m3.apply(&op3).unwrap();
         assert_eq!(m3.realization_order(&op3), vec![cid(3), cid(11), cid(2)]);
+    }
+
+    #[test]
+    fn realization_replays_a_dissoc_once_and_skips_adds_removed_before_they_arrived() {
+        let (a, b) = (ActorId::from_u128(1), ActorId::from_u128(2));
+        let mut m = OrMap::default();
+        let k = Value::from("k");
+        m.assoc(k.clone(), vec![Transaction::new("set", 1)], a, "a", 1).unwrap();
+        m.assoc(k.clone(), vec![Transaction::new("set", 2)], b, "b", 1).unwrap();
+        let rm = m.dissoc(&k, vec![Transaction::new("unset", Value::Nil)], "a", 2).unwrap();
+        assert_eq!(rm.op.removals.len(), 2);
+        assert_eq!(m.realization_order(&rm.op), vec![rm.op.removals[0].commit]);
+        // A removal that arrives before its add: the add is never replayed.
+        let (_, op) = test_map();
+        let mut late = OrMap::default();
+        late.apply(&OrMapOp { adds: vec![], removals: op.removals.clone() }).unwrap();
+        let adds = OrMapOp { adds: op.adds.clone(), removals: vec![] };
+        late.apply(&adds).unwrap();
+        assert_eq!(late.realization_order(&adds), vec![cid(2)]);
     }
 
     #[test]

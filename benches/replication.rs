@@ -1,0 +1,640 @@
+//! End-to-end replication benchmarks over real websockets on 127.0.0.1 (client and server nodes in
+//! one process, sharing the machine's cores):
+//!
+//! 1. throughput: N OR-Map assocs on A (128 in flight), time until B has every one, with MemoryStore
+//!    and FileStore; against a raw tokio-tungstenite stream of N binary frames of the size of A's
+//!    publish frames (one flush per frame, and `feed` with a flush every 64 frames);
+//! 2. commit-to-visible latency of M sequential CDVCS commits, one hop (A to B) and two hops (A to B
+//!    to C), from the `transact` call until the commit shows in B's (C's) change stream;
+//! 3. catch-up: A makes K CDVCS commits while B is offline, then B connects: time to converge and
+//!    bytes on B's connection (in + out) against the bytes of the commits' content (canonical
+//!    encodings of the commit records and params).
+//!
+//! Each case runs several times and the median (with min and max) is printed.
+//!
+//! `cargo bench --bench replication` (N = 100 000, M = 1000, K = 10 000, 3 runs);
+//! `REPLIKATIV_BENCH_QUICK=1` shrinks the sizes (N = 5000, M = 200, K = 1000);
+//! `REPLIKATIV_BENCH_RUNS=5` sets the number of runs.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use replikativ::crdt::{Address, Commit, ContentId, CrdtKind, Transaction, Value};
+use replikativ::peer::middleware::{Emit, Item, Middleware, Remote};
+use replikativ::peer::node::NodeConfig;
+use replikativ::peer::proto::{AnyOp, Message};
+use replikativ::peer::stage::{ChangesError, Stage};
+use replikativ::store::{FileStore, MemoryStore, Store};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// Bound of every wait: a benchmark that stalls fails instead of hanging.
+const LIMIT: Duration = Duration::from_secs(300);
+
+/// How long B may lag behind A's last acknowledgement in the throughput case before the run counts
+/// as stalled (reported, left out of the median).
+const STALL: Duration = Duration::from_secs(60);
+
+/// Assocs in flight in the throughput case.
+const IN_FLIGHT: usize = 128;
+
+async fn bounded<T>(what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(LIMIT, f).await.unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    Memory,
+    File,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Memory => "MemoryStore",
+            Backend::File => "FileStore",
+        }
+    }
+
+    fn open(self, dir: &Path) -> Arc<dyn Store> {
+        match self {
+            Backend::Memory => Arc::new(MemoryStore::new()),
+            Backend::File => Arc::new(FileStore::open(dir).expect("file store opens")),
+        }
+    }
+}
+
+/// Measures the publish frames a node sends to remote peers: how many, and the encoded size of
+/// the first [`FrameSizer::SAMPLE`] of them.
+#[derive(Debug, Default)]
+struct FrameStats {
+    frames: AtomicU64,
+    sampled: AtomicU64,
+    sampled_bytes: AtomicU64,
+}
+
+impl FrameStats {
+    fn mean(&self) -> usize {
+        let n = self.sampled.load(Ordering::Relaxed).max(1);
+        (self.sampled_bytes.load(Ordering::Relaxed) / n) as usize
+    }
+}
+
+#[derive(Debug)]
+struct FrameSizer {
+    stats: Arc<FrameStats>,
+}
+
+impl FrameSizer {
+    const SAMPLE: u64 = 2000;
+}
+
+impl Middleware for FrameSizer {
+    fn outbound(&mut self, item: Item, emit: &mut Emit) {
+        if let Item::Message(m @ Message::Publish(_)) = &item {
+            let s = &self.stats;
+            s.frames.fetch_add(1, Ordering::Relaxed);
+            if s.sampled.load(Ordering::Relaxed) < Self::SAMPLE {
+                s.sampled.fetch_add(1, Ordering::Relaxed);
+                s.sampled_bytes.fetch_add(m.encode().len() as u64, Ordering::Relaxed);
+            }
+        }
+        emit.down(item);
+    }
+}
+
+struct Peer {
+    stage: Stage,
+    _dir: tempfile::TempDir,
+}
+
+async fn spawn(name: &str, backend: Backend, stats: Option<Arc<FrameStats>>) -> Peer {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = NodeConfig { peer_id: name.into(), ..NodeConfig::default() };
+    if let Some(stats) = stats {
+        config.middleware.push(Arc::new(move |_, remote| {
+            let stats = if *remote == Remote::Stage { Arc::default() } else { stats.clone() };
+            Box::new(FrameSizer { stats })
+        }));
+    }
+    let stage = bounded(
+        "spawn",
+        Stage::builder(backend.open(dir.path()))
+            .user(format!("mail:{name}@example.org"))
+            .config(config)
+            .spawn(),
+    )
+    .await
+    .expect("stage starts");
+    Peer { stage, _dir: dir }
+}
+
+async fn link(from: &Peer, to: &Peer) {
+    let addr = bounded("listen", to.stage.node().listen("127.0.0.1:0")).await.expect("listens");
+    bounded("connect", from.stage.node().connect(&format!("ws://{addr}"))).await.expect("connects");
+}
+
+/// What both nodes report while B waits for data (printed when a run stalls).
+async fn diagnose(a: &Peer, b: &Peer, map: &Address) -> String {
+    let len = |p: &Peer| {
+        let (stage, map) = (p.stage.clone(), map.clone());
+        async move { stage.ormap(&map).await.map(|m| m.len()).unwrap_or(0) }
+    };
+    let status = |p: &Peer| {
+        let node = p.stage.node().clone();
+        async move { node.status().await.map(|s| (s.connections, s.dropped)) }
+    };
+    format!(
+        "A has {} keys, B has {}; A status {:?}, metrics {:?}; B status {:?}, metrics {:?}",
+        len(a).await,
+        len(b).await,
+        status(a).await,
+        a.stage.node().metrics(),
+        status(b).await,
+        b.stage.node().metrics()
+    )
+}
+
+async fn dropped(p: &Peer) -> u64 {
+    bounded("status", p.stage.node().status()).await.map(|s| s.dropped).unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Throughput
+
+struct Throughput {
+    /// From the first assoc until B has them all (`None`: B did not within [`STALL`] after A
+    /// acknowledged them all).
+    visible: Option<Duration>,
+    /// From the first assoc until A acknowledged them all.
+    acked: Duration,
+    frames: u64,
+    frame_size: usize,
+    /// Messages dropped by A's and B's nodes (full outboxes).
+    dropped: (u64, u64),
+}
+
+async fn throughput(backend: Backend, n: usize) -> Throughput {
+    let stats = Arc::new(FrameStats::default());
+    let a = spawn("a", backend, Some(stats.clone())).await;
+    let b = spawn("b", backend, None).await;
+    let map = bounded("create", a.stage.create_ormap(None)).await.unwrap();
+    bounded("subscribe", b.stage.subscribe([map.clone()])).await.unwrap();
+    link(&b, &a).await;
+    bounded("b gets the map", async {
+        while b.stage.ormap(&map).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+
+    // B counts the keys it has seen in its change stream (re-reading the state if it lags).
+    let done = Arc::new(Notify::new());
+    let counter = {
+        let (stage, map, done) = (b.stage.clone(), map.clone(), done.clone());
+        let mut changes = b.stage.changes(&map);
+        tokio::spawn(async move {
+            let mut keys: BTreeSet<Value> = BTreeSet::new();
+            while keys.len() < n {
+                // Events the node drops (a full stage outbox) are not reported to the receiver: when
+                // the stream goes quiet, read the state.
+                match tokio::time::timeout(Duration::from_millis(50), changes.recv()).await {
+                    Ok(Ok(event)) => {
+                        if let AnyOp::Ormap(op) = event.op {
+                            keys.extend(op.adds.into_iter().map(|e| e.key));
+                        }
+                    }
+                    Ok(Err(ChangesError::Lagged(_))) | Err(_) => {
+                        if let Ok(m) = stage.ormap(&map).await {
+                            keys.extend(m.keys().cloned());
+                        }
+                    }
+                    Ok(Err(_)) => return,
+                }
+            }
+            done.notify_one();
+        })
+    };
+
+    let start = Instant::now();
+    let mut tasks: JoinSet<Result<ContentId, replikativ::peer::proto::StageError>> = JoinSet::new();
+    for i in 0..n {
+        if tasks.len() >= IN_FLIGHT {
+            bounded("assoc", tasks.join_next()).await.unwrap().unwrap().expect("assoc");
+        }
+        let (stage, map) = (a.stage.clone(), map.clone());
+        tasks.spawn(async move {
+            stage.assoc(&map, Value::from(format!("k{i:07}")), vec![Transaction::new("set", i as i64)]).await
+        });
+    }
+    while let Some(r) = bounded("assoc", tasks.join_next()).await {
+        r.unwrap().expect("assoc");
+    }
+    let acked = start.elapsed();
+    let mut waiting = std::pin::pin!(done.notified());
+    let mut stalled = Duration::ZERO;
+    let visible = loop {
+        match tokio::time::timeout(Duration::from_secs(10), waiting.as_mut()).await {
+            Ok(()) => break Some(start.elapsed()),
+            Err(_) => {
+                stalled += Duration::from_secs(10);
+                eprintln!("stalled for {stalled:?}: {}", diagnose(&a, &b, &map).await);
+                if stalled >= STALL {
+                    break None;
+                }
+            }
+        }
+    };
+    counter.abort();
+    let result = Throughput {
+        visible,
+        acked,
+        frames: stats.frames.load(Ordering::Relaxed),
+        frame_size: stats.mean(),
+        dropped: (dropped(&a).await, dropped(&b).await),
+    };
+    bounded("shutdown", b.stage.shutdown()).await;
+    bounded("shutdown", a.stage.shutdown()).await;
+    result
+}
+
+/// A raw tokio-tungstenite stream of `n` binary frames of `size` bytes over loopback; returns the
+/// time until the receiver has read them all.
+async fn raw_stream(n: usize, size: usize, batch: bool) -> Duration {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let receiver = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+        let mut got = 0;
+        while got < n {
+            match ws.next().await {
+                Some(Ok(WsMessage::Binary(b))) => {
+                    assert_eq!(b.len(), size);
+                    got += 1;
+                }
+                Some(Ok(_)) => {}
+                other => panic!("raw stream ended early: {other:?}"),
+            }
+        }
+        Instant::now()
+    });
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async_with_config(format!("ws://{addr}"), None, true).await.unwrap();
+    let payload: tokio_tungstenite::tungstenite::Bytes =
+        (0..size).map(|i| i as u8).collect::<Vec<u8>>().into();
+    let start = Instant::now();
+    for i in 0..n {
+        let frame = WsMessage::Binary(payload.clone());
+        if batch {
+            ws.feed(frame).await.unwrap();
+            if i % 64 == 63 {
+                ws.flush().await.unwrap();
+            }
+        } else {
+            ws.send(frame).await.unwrap();
+        }
+    }
+    ws.flush().await.unwrap();
+    let end = bounded("raw receiver", receiver).await.unwrap();
+    let _ = ws.close(None).await;
+    end - start
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Latency
+
+/// When each CDVCS commit first showed in a stage's change stream.
+#[derive(Default)]
+struct Seen {
+    at: Mutex<HashMap<ContentId, Instant>>,
+    notify: Notify,
+}
+
+fn record(stage: &Stage, address: &Address) -> Arc<Seen> {
+    let seen = Arc::new(Seen::default());
+    let mut changes = stage.changes(address);
+    let s = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            match changes.recv().await {
+                Ok(event) => {
+                    let now = Instant::now();
+                    if let AnyOp::Cdvcs(op) = event.op {
+                        let mut at = s.at.lock().unwrap();
+                        for c in op.commits {
+                            at.entry(c.id).or_insert(now);
+                        }
+                    }
+                    s.notify.notify_waiters();
+                }
+                Err(ChangesError::Lagged(_)) => continue,
+                Err(_) => return,
+            }
+        }
+    });
+    seen
+}
+
+async fn seen_at(seen: &Seen, id: ContentId) -> Instant {
+    loop {
+        let notified = seen.notify.notified();
+        if let Some(at) = seen.at.lock().unwrap().get(&id) {
+            return *at;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
+    }
+}
+
+/// Per commit: (one hop, two hops).
+async fn latency(backend: Backend, m: usize) -> Vec<(Duration, Duration)> {
+    let a = spawn("a", backend, None).await;
+    let b = spawn("b", backend, None).await;
+    let c = spawn("c", backend, None).await;
+    let log = bounded("create", a.stage.create_cdvcs(None)).await.unwrap();
+    for p in [&b, &c] {
+        bounded("subscribe", p.stage.subscribe([log.clone()])).await.unwrap();
+    }
+    link(&b, &a).await;
+    link(&c, &b).await;
+    bounded("c gets the log", async {
+        while c.stage.cdvcs(&log).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let (on_b, on_c) = (record(&b.stage, &log), record(&c.stage, &log));
+    let mut out = Vec::with_capacity(m);
+    for i in 0..m {
+        let start = Instant::now();
+        let id = bounded("transact", a.stage.transact(&log, vec![Transaction::new("add", i as i64)]))
+            .await
+            .expect("transact");
+        let at_b = bounded("visible on b", seen_at(&on_b, id)).await;
+        let at_c = bounded("visible on c", seen_at(&on_c, id)).await;
+        out.push((at_b - start, at_c - start));
+    }
+    for p in [c, b, a] {
+        bounded("shutdown", p.stage.shutdown()).await;
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Catch-up
+
+struct CatchUp {
+    converge: Duration,
+    wire: u64,
+    content: u64,
+    commits: usize,
+}
+
+async fn catch_up(backend: Backend, k: usize) -> CatchUp {
+    let a = spawn("a", backend, None).await;
+    let log = bounded("create", a.stage.create_cdvcs(None)).await.unwrap();
+    // Sequential commits on the single head: a linear history of k commits after the root.
+    for i in 0..k {
+        bounded("transact", a.stage.transact(&log, vec![Transaction::new("add", i as i64)]))
+            .await
+            .expect("transact");
+    }
+    let target = bounded("heads", a.stage.heads(&log)).await.unwrap();
+
+    // The content: canonical encodings of every commit record and every distinct params value.
+    let history = bounded("log", a.stage.log(&log)).await.unwrap();
+    assert_eq!(history.len(), k + 1);
+    let mut content = 0u64;
+    let mut params = BTreeMap::new();
+    for cv in &history {
+        let commit = Commit {
+            crdt: CrdtKind::Cdvcs,
+            parents: cv.parents.clone(),
+            transactions: cv.transactions.iter().map(Transaction::to_ref).collect(),
+            author: cv.author.clone(),
+            ts: cv.ts,
+        };
+        let record = commit.to_value();
+        assert_eq!(record.content_id(), cv.id, "the commit record is recomputed exactly");
+        content += record.encode().len() as u64;
+        for t in &cv.transactions {
+            params.insert(t.params.content_id(), t.params.encode().len() as u64);
+        }
+    }
+    content += params.values().sum::<u64>();
+
+    let b = spawn("b", backend, None).await;
+    bounded("subscribe", b.stage.subscribe([log.clone()])).await.unwrap();
+    let start = Instant::now();
+    link(&b, &a).await;
+    bounded("b converges", async {
+        loop {
+            if b.stage.heads(&log).await.is_ok_and(|h| h == target) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    let converge = start.elapsed();
+    let wire = b.stage.node().metrics().values().map(|m| m.bytes_in + m.bytes_out).sum();
+    let commits = bounded("b's graph", b.stage.cdvcs(&log)).await.unwrap().graph().len();
+    bounded("shutdown", b.stage.shutdown()).await;
+    bounded("shutdown", a.stage.shutdown()).await;
+    CatchUp { converge, wire, content, commits }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn median<T: Copy + Ord>(v: &[T]) -> T {
+    let mut v = v.to_vec();
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+fn env_usize(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+async fn run() {
+    let quick = std::env::var("REPLIKATIV_BENCH_QUICK").is_ok_and(|v| v == "1");
+    let runs = env_usize("REPLIKATIV_BENCH_RUNS").unwrap_or(3).max(1);
+    let (n, m, k) = if quick { (5_000, 200, 1_000) } else { (100_000, 1_000, 10_000) };
+    let n = env_usize("REPLIKATIV_BENCH_N").unwrap_or(n);
+    // A filter on the sections to run: "1", "2", "3" or a combination ("13"); the store: "memory"
+    // or "file".
+    let only = std::env::var("REPLIKATIV_BENCH_ONLY").unwrap_or_default();
+    let section = |s: char| only.chars().all(|c| !c.is_ascii_digit()) || only.contains(s);
+    let backends: Vec<Backend> = [Backend::Memory, Backend::File]
+        .into_iter()
+        .filter(|b| {
+            !only.contains("memory") && !only.contains("file") || only.contains(&b.name()[..4].to_lowercase())
+        })
+        .collect();
+    println!(
+        "replication benchmarks: N={n} assocs, M={m} commits, K={k} catch-up commits; median of {runs} runs{}",
+        if quick { " (quick)" } else { "" }
+    );
+
+    if section('1') {
+        section_throughput(n, runs, &backends).await;
+    }
+    if section('2') {
+        section_latency(m, runs, &backends).await;
+    }
+    if section('3') {
+        section_catch_up(k, runs, &backends).await;
+    }
+}
+
+async fn section_throughput(n: usize, runs: usize, backends: &[Backend]) {
+    println!("\n1. throughput: {n} OR-Map assocs on A ({IN_FLIGHT} in flight) until B has them all");
+    println!("{:<44} {:>12} {:>12} {:>12} {:>12}", "case", "median", "min", "max", "ops/s");
+    let mut node_rates = Vec::new();
+    let mut frame_size = 0;
+    for &backend in backends {
+        let mut visible = Vec::new();
+        let mut acked = Vec::new();
+        let mut notes = Vec::new();
+        let mut stalled = 0;
+        for _ in 0..runs {
+            let t = throughput(backend, n).await;
+            match t.visible {
+                Some(v) => visible.push(v),
+                None => stalled += 1,
+            }
+            acked.push(t.acked);
+            frame_size = frame_size.max(t.frame_size);
+            notes.push((t.frames, t.frame_size, t.dropped));
+        }
+        if stalled > 0 {
+            println!(
+                "    {stalled} of {runs} runs STALLED: B lacked ops {STALL:?} after A acknowledged all (see stderr)"
+            );
+        }
+        if visible.is_empty() {
+            continue;
+        }
+        let med = median(&visible);
+        let (lo, hi) = (*visible.iter().min().unwrap(), *visible.iter().max().unwrap());
+        let name = format!("node A->B, {} (visible on B)", backend.name());
+        println!("{name:<44} {:>12} {:>12} {:>12} {:>12.0}", ms(med), ms(lo), ms(hi), rate(n, med));
+        let ma = median(&acked);
+        let name = format!("  (acknowledged on A, {})", backend.name());
+        println!("{name:<44} {:>12} {:>12} {:>12} {:>12.0}", ms(ma), "", "", rate(n, ma));
+        for (frames, size, dropped) in notes {
+            println!(
+                "    publish frames sent: {frames}, mean publish frame {size} B, messages dropped (A, B): {dropped:?}"
+            );
+        }
+        node_rates.push((backend, rate(n, med)));
+    }
+    let mut raw_rates = Vec::new();
+    for (batch, name) in [(false, "flush per frame"), (true, "feed + flush every 64")] {
+        let mut times = Vec::new();
+        for _ in 0..runs {
+            times.push(raw_stream(n, frame_size, batch).await);
+        }
+        let med = median(&times);
+        let (lo, hi) = (*times.iter().min().unwrap(), *times.iter().max().unwrap());
+        let name = format!("raw ws {n} x {frame_size} B, {name}");
+        println!("{name:<44} {:>12} {:>12} {:>12} {:>12.0}", ms(med), ms(lo), ms(hi), rate(n, med));
+        raw_rates.push((name, rate(n, med)));
+    }
+    for (backend, node) in &node_rates {
+        for (name, raw) in &raw_rates {
+            println!("ratio node ({}) / {name}: {:.4}", backend.name(), node / raw);
+        }
+    }
+}
+
+async fn section_latency(m: usize, runs: usize, backends: &[Backend]) {
+    println!("\n2. commit-to-visible latency: {m} sequential CDVCS commits on A, line A-B-C");
+    println!("{:<44} {:>12} {:>12} {:>12}", "case", "p50", "p99", "max");
+    for &backend in backends {
+        let mut p = [[Vec::new(), Vec::new(), Vec::new()], [Vec::new(), Vec::new(), Vec::new()]];
+        for _ in 0..runs {
+            let samples = latency(backend, m).await;
+            for (hop, pick) in
+                [|s: &(Duration, Duration)| s.0, |s: &(Duration, Duration)| s.1].into_iter().enumerate()
+            {
+                let mut v: Vec<Duration> = samples.iter().map(pick).collect();
+                v.sort();
+                p[hop][0].push(percentile(&v, 0.5));
+                p[hop][1].push(percentile(&v, 0.99));
+                p[hop][2].push(*v.last().unwrap());
+            }
+        }
+        for (hop, name) in ["one hop (A->B)", "two hops (A->B->C)"].into_iter().enumerate() {
+            let name = format!("{name}, {}", backend.name());
+            println!(
+                "{name:<44} {:>12} {:>12} {:>12}",
+                us(median(&p[hop][0])),
+                us(median(&p[hop][1])),
+                us(median(&p[hop][2]))
+            );
+        }
+    }
+}
+
+async fn section_catch_up(k: usize, runs: usize, backends: &[Backend]) {
+    println!("\n3. catch-up: B offline while A makes {k} CDVCS commits, then B connects");
+    println!(
+        "{:<44} {:>12} {:>12} {:>12} {:>14} {:>14} {:>8}",
+        "case", "median", "min", "max", "wire bytes", "content bytes", "ratio"
+    );
+    for &backend in backends {
+        let mut times = Vec::new();
+        let mut wire = Vec::new();
+        let mut content = 0;
+        for _ in 0..runs {
+            let c = catch_up(backend, k).await;
+            assert_eq!(c.commits, k + 1, "B has the whole history");
+            times.push(c.converge);
+            wire.push(c.wire);
+            content = c.content;
+        }
+        let med = median(&times);
+        let (lo, hi) = (*times.iter().min().unwrap(), *times.iter().max().unwrap());
+        let w = median(&wire);
+        let name = format!("catch-up {k} commits, {}", backend.name());
+        println!(
+            "{name:<44} {:>12} {:>12} {:>12} {:>14} {:>14} {:>8.2}",
+            ms(med),
+            ms(lo),
+            ms(hi),
+            w,
+            content,
+            w as f64 / content as f64
+        );
+    }
+}
+
+fn main() {
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    runtime.block_on(run());
+}

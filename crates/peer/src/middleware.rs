@@ -449,6 +449,7 @@ mod tests {
             address: address.clone(),
             op: crate::proto::AnyOp::Gset(GSetOp { elements: [Value::from(1)].into_iter().collect() }),
             values: vec![],
+            catch_up: false,
         }))
     }
 

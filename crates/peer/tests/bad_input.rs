@@ -308,6 +308,7 @@ impl World {
             address: self.x.clone(),
             op: AnyOp::Ormap(op),
             values: inline(&values),
+            catch_up: false,
         });
         assert_eq!(self.send(conn, &late), vec![], "a closed connection gets no answers");
         assert_eq!(self.snapshot(), before, "a frame on a closed connection changed P");
@@ -385,6 +386,7 @@ fn truncated_frame_closes_the_connection() {
         address: w.x.clone(),
         op: AnyOp::Ormap(op),
         values: inline(&values),
+        catch_up: false,
     })
     .encode();
     let cut = frame[..frame.len() / 2].to_vec();
@@ -426,6 +428,7 @@ fn unknown_kind_is_refused_with_an_error_and_the_connection_keeps_working() {
             address: x.clone(),
             op: AnyOp::Ormap(op),
             values: inline(&values),
+            catch_up: false,
         }),
     );
     assert!(seen.contains(&Seen::Msg(Message::PublishAck { id: 6 })), "publication acknowledged: {seen:?}");
@@ -451,6 +454,7 @@ fn frame_of_another_protocol_version_closes_naming_both_versions() {
             address: w.x.clone(),
             op: AnyOp::Ormap(op),
             values: inline(&values),
+            catch_up: false,
         }),
         other,
     );
@@ -504,7 +508,13 @@ fn fetched_value_whose_hash_does_not_match_closes_the_connection() {
     // The op travels without its values: P fetches the commit record.
     let seen = w.send(
         FAKE,
-        &Message::Publish(Publish { id: 1, address: w.x.clone(), op: AnyOp::Ormap(op), values: vec![] }),
+        &Message::Publish(Publish {
+            id: 1,
+            address: w.x.clone(),
+            op: AnyOp::Ormap(op),
+            values: vec![],
+            catch_up: false,
+        }),
     );
     let fetch_id = match seen.as_slice() {
         [Seen::Msg(Message::Fetch { id, ids })] => {
@@ -540,6 +550,7 @@ fn op_for_an_unsubscribed_address_is_refused_and_the_connection_kept() {
             address: z.clone(),
             op: AnyOp::Ormap(op),
             values: inline(&values),
+            catch_up: false,
         }),
     );
     match seen.as_slice() {
@@ -562,6 +573,7 @@ fn op_for_an_unsubscribed_address_is_refused_and_the_connection_kept() {
             address: w.x.clone(),
             op: AnyOp::Ormap(op),
             values: inline(&values),
+            catch_up: false,
         }),
     );
     assert_eq!(seen, vec![Seen::Msg(Message::PublishAck { id: 32 })]);
@@ -586,6 +598,7 @@ fn ormap_op_reusing_a_dot_for_another_commit_closes_the_connection() {
             address: x.clone(),
             op: AnyOp::Ormap(op),
             values: inline(&values),
+            catch_up: false,
         }),
     );
     assert!(!seen.iter().any(|s| matches!(s, Seen::Msg(Message::Fetch { .. }))), "everything was inline");
@@ -619,6 +632,7 @@ fn cdvcs_commit_known_with_other_parents_closes_the_connection() {
             address: wa.clone(),
             op: AnyOp::Cdvcs(op),
             values: inline(&root.values),
+            catch_up: false,
         }),
     );
     assert!(!seen.iter().any(|s| matches!(s, Seen::Msg(Message::Fetch { .. }))), "everything was inline");
@@ -633,7 +647,10 @@ fn op_of_the_wrong_kind_for_an_address_closes_the_connection() {
     let before = w.snapshot();
     let x = w.x.clone();
     let op = AnyOp::Gset(GSetOp { elements: BTreeSet::from([Value::from("intruder")]) });
-    let seen = w.send(FAKE, &Message::Publish(Publish { id: 1, address: x.clone(), op, values: vec![] }));
+    let seen = w.send(
+        FAKE,
+        &Message::Publish(Publish { id: 1, address: x.clone(), op, values: vec![], catch_up: false }),
+    );
     w.assert_closed(FAKE, &seen, &["Gset", "Ormap", &x.to_string()]);
     assert_eq!(w.snapshot(), before);
     w.assert_healthy();
@@ -671,6 +688,7 @@ fn publication_flood_closes_the_connection() {
                 address: x.clone(),
                 op: AnyOp::Ormap(op),
                 values: vec![],
+                catch_up: false,
             }),
         );
         fetches += seen.iter().filter(|s| matches!(s, Seen::Msg(Message::Fetch { .. }))).count();
@@ -703,6 +721,7 @@ fn the_fake_remote_can_do_good_things_too() {
             address: w.x.clone(),
             op: AnyOp::Ormap(op),
             values: inline(&values),
+            catch_up: false,
         }),
     );
     assert_eq!(seen, vec![Seen::Msg(Message::PublishAck { id: 1 })]);
@@ -741,6 +760,7 @@ fn cdvcs_entry_whose_parents_contradict_its_commit_record_closes_the_connection(
             address: wa.clone(),
             op: AnyOp::Cdvcs(op),
             values: inline(&staged.values),
+            catch_up: false,
         }),
     );
     w.assert_closed(FAKE, &seen, &["parents"]);

@@ -43,7 +43,7 @@ fn commit_record() -> ByteBuf {
 }
 
 fn publish(id: u64, n: u128, op: AnyOp, values: Vec<ByteBuf>) -> Message {
-    Message::Publish(Publish { id, address: address(n), op, values })
+    Message::Publish(Publish { id, address: address(n), op, values, catch_up: false })
 }
 
 /// The vectors, by name. Every message kind, every op kind and every summary variant is here

@@ -173,6 +173,11 @@ fn close_frame(reason: &str) -> WsMessage {
 }
 
 /// Runs one websocket connection until it closes.
+///
+/// Reading and writing are separate tasks, so a connection whose writes wait for the remote (a full
+/// TCP window) keeps reading: two peers sending to each other at full speed can never block each
+/// other. The middleware chain is shared between the two (a mutex held only while items pass
+/// through it).
 async fn run<S>(
     shared: Arc<Shared>,
     ws: tokio_tungstenite::WebSocketStream<S>,
@@ -183,100 +188,191 @@ async fn run<S>(
 {
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let metrics = register_metrics(&shared, conn);
-    let mut chain = chain(&shared, conn, &remote, metrics.clone());
-    let (tx, mut rx) = mpsc::channel::<ConnCmd>(shared.config.outbox);
+    let chain = Arc::new(std::sync::Mutex::new(chain(&shared, conn, &remote, metrics.clone())));
+    let (tx, rx) = mpsc::channel::<ConnCmd>(shared.config.outbox);
     let core = shared.core.clone();
-    if core.send(CoreMsg::Attach { conn, tx, remote: remote.clone() }).await.is_err()
+    if core.send(CoreMsg::Attach { conn, tx: tx.clone(), remote: remote.clone() }).await.is_err()
         || core.send(CoreMsg::Input(Input::Connected { conn, direction })).await.is_err()
     {
         return;
     }
-    let (mut sink, mut stream) = ws.split();
-    let ws_config = shared.config.ws;
-    let mut ping = tokio::time::interval(ws_config.ping_interval);
-    ping.tick().await;
-    let mut last_heard = tokio::time::Instant::now();
+    let (sink, stream) = ws.split();
+    // Frames the reader must send itself (answers injected by the chain, close reasons) go to the
+    // writer on their own small channel, so they never wait behind the core's outbox.
+    let (wire_tx, wire_rx) = mpsc::channel::<WsMessage>(64);
     // Remote commands in flight: node-wide id -> the client's id.
-    let mut commands: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
-    let reason: String = 'conn: loop {
-        tokio::select! {
-            frame = stream.next() => {
-                last_heard = tokio::time::Instant::now();
-                let bytes = match frame {
-                    None => break 'conn "the remote closed the connection".into(),
-                    Some(Err(e)) => {
-                        // E.g. a frame over the size limit: tell the remote before dropping it.
-                        let reason = format!("bad frame: {e}");
-                        let _ = sink.send(close_frame(&reason)).await;
-                        break 'conn reason;
-                    }
-                    Some(Ok(WsMessage::Binary(bytes))) => bytes,
-                    Some(Ok(WsMessage::Close(frame))) => {
-                        break 'conn format!("closed by the remote: {}", frame.map(|f| f.reason.to_string()).unwrap_or_default());
-                    }
-                    Some(Ok(WsMessage::Text(_))) => {
-                        let reason = "text frames are not part of the protocol".to_owned();
-                        let _ = sink.send(close_frame(&reason)).await;
-                        break 'conn reason;
-                    }
-                    Some(Ok(_)) => continue, // ping / pong
-                };
-                metrics.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                let msg = match Message::decode(&bytes) {
-                    Ok(msg) => msg,
-                    Err(FrameError::UnknownKind(kind)) => {
-                        let err = Message::Error { reason: format!("unknown message kind {kind:?}; ignored") };
-                        let _ = sink.send(WsMessage::Binary(err.encode().into())).await;
-                        continue;
-                    }
-                    Err(e) => {
-                        let reason = e.to_string();
-                        let close = Message::Close { reason: reason.clone() };
-                        let _ = sink.send(WsMessage::Binary(close.encode().into())).await;
-                        let _ = sink.send(close_frame(&reason)).await;
-                        break 'conn reason;
-                    }
-                };
-                let (up, down) = chain.inbound(Item::Message(msg));
-                for item in up {
-                    let sent = match item {
-                        Item::Message(msg) => core.send(CoreMsg::Input(Input::Message { conn, msg })).await,
-                        // A remote command: give it a node-wide id, answer with the client's.
-                        Item::Command { id: theirs, cmd } => {
-                            let id = shared.next_command.fetch_add(1, Ordering::Relaxed);
-                            commands.insert(id, theirs);
-                            core.send(CoreMsg::Command { conn, id, cmd }).await
-                        }
-                        _ => Ok(()),
-                    };
-                    if sent.is_err() {
-                        break 'conn "the node stopped".into();
-                    }
+    let commands = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<u64, u64>::new()));
+    let mut writer = tokio::spawn(write_loop(
+        shared.clone(),
+        conn,
+        sink,
+        rx,
+        wire_rx,
+        chain.clone(),
+        commands.clone(),
+        metrics.clone(),
+    ));
+    let mut reader = tokio::spawn(read_loop(shared.clone(), conn, stream, wire_tx, chain, commands, metrics));
+    // Whichever side ends first ends the connection (the writer flushes a close frame first).
+    let reason = tokio::select! {
+        r = &mut reader => {
+            let reason = r.unwrap_or_else(|e| format!("reader failed: {e}"));
+            // Let the writer send what the reader queued (e.g. a close frame), then stop it.
+            drop(tx);
+            if tokio::time::timeout(std::time::Duration::from_millis(200), &mut writer).await.is_err() {
+                writer.abort();
+            }
+            reason
+        }
+        w = &mut writer => {
+            reader.abort();
+            w.unwrap_or_else(|e| format!("writer failed: {e}"))
+        }
+    };
+    tracing::info!(conn, ?remote, %reason, "connection closed");
+    let _ = core.send(CoreMsg::Input(Input::Closed { conn })).await;
+    shared.metrics.lock().expect("poisoned").remove(&conn);
+}
+
+type Chained = Arc<std::sync::Mutex<Chain>>;
+type Commands = Arc<std::sync::Mutex<std::collections::HashMap<u64, u64>>>;
+
+/// Reads frames, runs them through the chain and hands them to the core. Returns why it stopped.
+async fn read_loop<R>(
+    shared: Arc<Shared>,
+    conn: ConnId,
+    mut stream: R,
+    wire: mpsc::Sender<WsMessage>,
+    chain: Chained,
+    commands: Commands,
+    metrics: Arc<ConnMetrics>,
+) -> String
+where
+    R: futures::Stream<Item = Result<WsMessage, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    let core = shared.core.clone();
+    let idle = shared.config.ws.idle_timeout;
+    loop {
+        let frame = match tokio::time::timeout(idle, stream.next()).await {
+            Err(_) => {
+                let reason = "idle timeout".to_owned();
+                let _ = wire.send(close_frame(&reason)).await;
+                return reason;
+            }
+            Ok(frame) => frame,
+        };
+        let bytes = match frame {
+            None => return "the remote closed the connection".into(),
+            Some(Err(e)) => {
+                // E.g. a frame over the size limit: tell the remote before dropping it.
+                let reason = format!("bad frame: {e}");
+                let _ = wire.send(close_frame(&reason)).await;
+                return reason;
+            }
+            Some(Ok(WsMessage::Binary(bytes))) => bytes,
+            Some(Ok(WsMessage::Close(frame))) => {
+                return format!(
+                    "closed by the remote: {}",
+                    frame.map(|f| f.reason.to_string()).unwrap_or_default()
+                );
+            }
+            Some(Ok(WsMessage::Text(_))) => {
+                let reason = "text frames are not part of the protocol".to_owned();
+                let _ = wire.send(close_frame(&reason)).await;
+                return reason;
+            }
+            Some(Ok(_)) => continue, // ping / pong
+        };
+        metrics.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        let msg = match Message::decode(&bytes) {
+            Ok(msg) => msg,
+            Err(FrameError::UnknownKind(kind)) => {
+                let err = Message::Error { reason: format!("unknown message kind {kind:?}; ignored") };
+                let _ = wire.send(WsMessage::Binary(err.encode().into())).await;
+                continue;
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                let close = Message::Close { reason: reason.clone() };
+                let _ = wire.send(WsMessage::Binary(close.encode().into())).await;
+                let _ = wire.send(close_frame(&reason)).await;
+                return reason;
+            }
+        };
+        let (up, down) = chain.lock().expect("poisoned").inbound(Item::Message(msg));
+        for item in up {
+            let sent = match item {
+                Item::Message(msg) => core.send(CoreMsg::Input(Input::Message { conn, msg })).await,
+                // A remote command: give it a node-wide id, answer with the client's.
+                Item::Command { id: theirs, cmd } => {
+                    let id = shared.next_command.fetch_add(1, Ordering::Relaxed);
+                    commands.lock().expect("poisoned").insert(id, theirs);
+                    core.send(CoreMsg::Command { conn, id, cmd }).await
                 }
-                for item in down {
-                    if let Item::Message(m) = item {
-                        let bytes = m.encode();
-                        metrics.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                        if sink.send(WsMessage::Binary(bytes.into())).await.is_err() {
-                            break 'conn "write failed".into();
-                        }
-                    }
+                _ => Ok(()),
+            };
+            if sent.is_err() {
+                return "the node stopped".into();
+            }
+        }
+        for item in down {
+            if let Item::Message(m) = item
+                && wire.send(WsMessage::Binary(m.encode().into())).await.is_err()
+            {
+                return "the writer stopped".into();
+            }
+        }
+    }
+}
+
+/// Drains the outbox (through the chain) and the reader's frames into the socket, feeding frames
+/// and flushing when nothing more is queued; sends keep-alive pings. Returns why it stopped.
+#[allow(clippy::too_many_arguments)]
+async fn write_loop<W>(
+    shared: Arc<Shared>,
+    conn: ConnId,
+    mut sink: W,
+    mut rx: mpsc::Receiver<ConnCmd>,
+    mut wire: mpsc::Receiver<WsMessage>,
+    chain: Chained,
+    commands: Commands,
+    metrics: Arc<ConnMetrics>,
+) -> String
+where
+    W: futures::Sink<WsMessage, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+{
+    let core = shared.core.clone();
+    let mut ping = tokio::time::interval(shared.config.ws.ping_interval);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            frame = wire.recv() => {
+                let Some(frame) = frame else { return "the reader stopped".into() };
+                let closing = matches!(frame, WsMessage::Close(_));
+                if let WsMessage::Binary(b) = &frame {
+                    metrics.bytes_out.fetch_add(b.len() as u64, Ordering::Relaxed);
+                }
+                if sink.send(frame).await.is_err() {
+                    return "write failed".into();
+                }
+                if closing {
+                    return "closed".into();
                 }
             }
             cmd = rx.recv() => {
                 let item = match cmd {
-                    None => break 'conn "the node stopped".into(),
+                    None => return "the node stopped".into(),
                     Some(ConnCmd::Close(reason)) => {
                         let _ = sink.send(close_frame(&reason)).await;
-                        break 'conn reason;
+                        return reason;
                     }
                     Some(ConnCmd::Item(Item::Reply { id, result })) => {
-                        let Some(theirs) = commands.remove(&id) else { continue };
+                        let Some(theirs) = commands.lock().expect("poisoned").remove(&id) else { continue };
                         Item::Reply { id: theirs, result }
                     }
                     Some(ConnCmd::Item(item)) => item,
                 };
-                let (down, up) = chain.outbound(item);
+                let (down, up) = chain.lock().expect("poisoned").outbound(item);
                 for item in up {
                     if let Item::Message(msg) = item {
                         let _ = core.send(CoreMsg::Input(Input::Message { conn, msg })).await;
@@ -287,28 +383,20 @@ async fn run<S>(
                         let bytes = m.encode();
                         metrics.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                         if sink.feed(WsMessage::Binary(bytes.into())).await.is_err() {
-                            break 'conn "write failed".into();
+                            return "write failed".into();
                         }
                     }
                 }
                 // Batch: flush when nothing more is queued right now.
                 if rx.is_empty() && sink.flush().await.is_err() {
-                    break 'conn "write failed".into();
+                    return "write failed".into();
                 }
             }
             _ = ping.tick() => {
-                if last_heard.elapsed() > ws_config.idle_timeout {
-                    let reason = "idle timeout".to_owned();
-                    let _ = sink.send(close_frame(&reason)).await;
-                    break 'conn reason;
-                }
                 if sink.send(WsMessage::Ping(Vec::new().into())).await.is_err() {
-                    break 'conn "write failed".into();
+                    return "write failed".into();
                 }
             }
         }
-    };
-    tracing::info!(conn, ?remote, %reason, "connection closed");
-    let _ = core.send(CoreMsg::Input(Input::Closed { conn })).await;
-    shared.metrics.lock().expect("poisoned").remove(&conn);
+    }
 }

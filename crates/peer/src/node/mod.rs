@@ -60,7 +60,8 @@ pub struct NodeConfig {
     pub peer: PeerConfig,
     /// Websocket limits, keep-alive and idle timeout.
     pub ws: WsConfig,
-    /// Items a connection's outbox holds before messages to it are dropped (see the module docs).
+    /// Items a connection's outbox holds before messages to it are dropped (see the module docs;
+    /// 8192 by default: a few MiB per connection at most).
     pub outbox: usize,
     /// Reconnection backoff of outgoing connections.
     pub reconnect: Backoff,
@@ -97,7 +98,7 @@ impl Default for NodeConfig {
             extend: true,
             peer: PeerConfig::default(),
             ws: WsConfig::default(),
-            outbox: 1024,
+            outbox: 8192,
             reconnect: Backoff::default(),
             middleware: Vec::new(),
             policy: None,
@@ -252,6 +253,7 @@ impl Node {
                     tx: core_tx,
                     dropped: 0,
                     listening,
+                    lagging: Default::default(),
                 };
                 core.dispatch(&peer, start);
                 core.run(&mut peer, core_rx);
@@ -356,6 +358,8 @@ fn barrier_loop(store: Arc<dyn Store>, rx: std::sync::mpsc::Receiver<u64>, core:
 
 struct Core {
     conns: BTreeMap<ConnId, (mpsc::Sender<ConnCmd>, Remote)>,
+    /// Connections that lost messages to a full outbox: resynchronized once it drains to half.
+    lagging: std::collections::BTreeSet<ConnId>,
     /// Which connection (stage) sent each pending command.
     commands: HashMap<CommandId, ConnId>,
     barrier: std::sync::mpsc::Sender<u64>,
@@ -368,6 +372,7 @@ struct Core {
 impl Core {
     fn run(&mut self, peer: &mut Peer, mut rx: mpsc::Receiver<CoreMsg>) {
         while let Some(msg) = rx.blocking_recv() {
+            self.resync_drained(peer);
             match msg {
                 CoreMsg::Input(input) => {
                     if let Input::Closed { conn } = &input {
@@ -412,11 +417,36 @@ impl Core {
         }
     }
 
+    /// Resynchronizes lagging connections whose outbox drained to half its capacity.
+    fn resync_drained(&mut self, peer: &mut Peer) {
+        if self.lagging.is_empty() {
+            return;
+        }
+        let drained: Vec<ConnId> = self
+            .lagging
+            .iter()
+            .copied()
+            .filter(|c| self.conns.get(c).is_none_or(|(tx, _)| tx.capacity() * 2 >= tx.max_capacity()))
+            .collect();
+        for conn in drained {
+            self.lagging.remove(&conn);
+            if self.conns.contains_key(&conn) {
+                let out = peer.handle(Input::Resync { conn }, now_ms());
+                self.dispatch(peer, out);
+            }
+        }
+    }
+
     fn send(&mut self, conn: ConnId, cmd: ConnCmd) {
         let Some((tx, _)) = self.conns.get(&conn) else { return };
         if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(cmd) {
             self.dropped += 1;
-            tracing::warn!(conn, "outbox full: message dropped (the peer catches up by anti-entropy)");
+            if self.lagging.insert(conn) {
+                tracing::warn!(
+                    conn,
+                    "outbox full: messages dropped until it drains (then the peer is resynchronized)"
+                );
+            }
         }
     }
 

@@ -89,6 +89,10 @@ pub struct Publish {
     /// Values the receiver cannot have yet (the op's new commit records and params), as canonical
     /// encodings; the receiver fetches whatever else it lacks.
     pub values: Vec<ByteBuf>,
+    /// A catch-up answer to the receiver's `sync` (not a live change): the receiver does not echo
+    /// it back. Absent on the wire when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub catch_up: bool,
 }
 
 /// Every message of the protocol.

@@ -99,6 +99,12 @@ pub enum Input {
     },
     /// A scheduled timer fired.
     Timer(Timer),
+    /// Messages to this connection were dropped (its outbox was full): send it summaries now so
+    /// it asks for what it missed, instead of waiting for the next anti-entropy tick.
+    Resync {
+        /// The connection.
+        conn: ConnId,
+    },
 }
 
 /// What the peer asks its driver to do.
@@ -273,6 +279,8 @@ pub(crate) struct Pending {
     pub(crate) values: HashMap<ContentId, Vec<u8>>,
     /// Commit records among `values` (or in the store) the op names, parsed once.
     pub(crate) commits: HashMap<ContentId, replikativ_crdt::Commit>,
+    /// Whether it is a catch-up answer (not echoed).
+    pub(crate) catch_up: bool,
 }
 
 /// Per-connection state.
@@ -444,6 +452,7 @@ impl Peer {
             Input::Connected { conn, direction } => self.connected(conn, direction),
             Input::Received { conn, frame } => self.received(conn, &frame),
             Input::Message { conn, msg } => self.message(conn, msg),
+            Input::Resync { conn } => self.resync(conn),
             Input::Closed { conn } => {
                 self.conns.remove(&conn);
             }

@@ -20,7 +20,10 @@ use super::{ConnId, Event, Output, Peer, Pending, Replica, StageError};
 /// Where an op came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Origin {
+    /// A live publication from a connection (echoed back to it).
     Remote(ConnId),
+    /// A catch-up answer from a connection (not echoed: it answers this peer's own summary).
+    CatchUp(ConnId),
     Local,
 }
 
@@ -57,6 +60,7 @@ impl Peer {
             op: p.op,
             values,
             commits: HashMap::new(),
+            catch_up: p.catch_up,
         });
         if c.fetching.is_none() {
             self.process_queue(conn);
@@ -274,7 +278,8 @@ impl Peer {
                 self.after_barrier(Output::Send { conn, msg: Message::PublishAck { id: p.id } });
                 // A new address is recorded even if the op changed nothing (an empty state).
                 if changed || fresh {
-                    self.record_applied(&p.address, &p.op, &p.values, &p.commits, Origin::Remote(conn));
+                    let origin = if p.catch_up { Origin::CatchUp(conn) } else { Origin::Remote(conn) };
+                    self.record_applied(&p.address, &p.op, &p.values, &p.commits, origin);
                 }
                 if incomplete {
                     // History is missing under what arrived: ask the sender for it now.
@@ -309,10 +314,21 @@ impl Peer {
             .map(|(id, _)| *id)
             .collect();
         for conn in targets {
+            // A catch-up answer is not sent back to the peer that answered.
+            if origin == Origin::CatchUp(conn) {
+                continue;
+            }
             let id = self.next_id();
-            // The origin gets the op back without values (it has them): replikativ's echo.
+            // The origin of a live publication gets it back without values (it has them):
+            // replikativ's echo.
             let values = if origin == Origin::Remote(conn) { Vec::new() } else { relay_values.clone() };
-            let msg = Message::Publish(Publish { id, address: address.clone(), op: op.clone(), values });
+            let msg = Message::Publish(Publish {
+                id,
+                address: address.clone(),
+                op: op.clone(),
+                values,
+                catch_up: false,
+            });
             self.after_barrier(Output::Send { conn, msg });
         }
         let event = Event { address: address.clone(), op: op.clone(), local: origin == Origin::Local };
@@ -397,12 +413,62 @@ impl Peer {
         out
     }
 
-    /// Publishes an op to one connection (catch-up), with inline values.
-    pub(crate) fn publish_to(&mut self, conn: ConnId, address: &Address, op: AnyOp, inline: bool) {
-        let values =
-            if inline { self.inline_values(&op, &HashMap::new(), &HashMap::new()) } else { Vec::new() };
-        let id = self.next_id();
-        self.send(conn, Message::Publish(Publish { id, address: address.clone(), op, values }));
+    /// Answers a summary with a catch-up op: split into publications whose values travel inline
+    /// within the inline limit (so catch-up needs no fetch round trips), each marked `catch_up` so
+    /// it is not echoed back.
+    pub(crate) fn publish_catch_up(&mut self, conn: ConnId, address: &Address, op: AnyOp) {
+        let parts = match op {
+            // Commits come parents first; each part's commits have their parents in earlier parts
+            // or at the receiver already.
+            AnyOp::Cdvcs(op) => {
+                let mut parts = Vec::new();
+                let mut current = Vec::new();
+                let mut size = 0;
+                for entry in op.commits {
+                    let entry_size = self.value_size(&entry.id);
+                    if !current.is_empty() && size + entry_size > self.config.inline_limit {
+                        parts.push(std::mem::take(&mut current));
+                        size = 0;
+                    }
+                    size += entry_size;
+                    current.push(entry);
+                }
+                parts.push(current);
+                parts
+                    .into_iter()
+                    .map(|commits| {
+                        AnyOp::Cdvcs(replikativ_crdt::CdvcsOp {
+                            method: op.method,
+                            commits,
+                            heads: op.heads.clone(),
+                        })
+                    })
+                    .collect()
+            }
+            other => vec![other],
+        };
+        for op in parts {
+            let values = self.inline_values(&op, &HashMap::new(), &HashMap::new());
+            let id = self.next_id();
+            self.send(
+                conn,
+                Message::Publish(Publish { id, address: address.clone(), op, values, catch_up: true }),
+            );
+        }
+    }
+
+    /// Bytes of a stored commit record and its params (what inlining it costs).
+    fn value_size(&self, id: &ContentId) -> usize {
+        let Ok(Some(bytes)) = self.store.get(&value_key(id)) else { return 0 };
+        let params: usize = commit_of(id, &bytes, &HashMap::new())
+            .map(|c| {
+                c.transactions
+                    .iter()
+                    .map(|t| self.store.get(&value_key(&t.params)).ok().flatten().map_or(0, |b| b.len()))
+                    .sum()
+            })
+            .unwrap_or(0);
+        bytes.len() + params
     }
 }
 

@@ -134,7 +134,7 @@ impl Peer {
                         lacking.push(address.clone());
                     }
                     if let Some(op) = missing {
-                        self.publish_to(conn, &address, op, true);
+                        self.publish_catch_up(conn, &address, op);
                     }
                 }
                 None if summary != Summary::Empty && self.record.subscriptions.contains(&address) => {
@@ -154,18 +154,24 @@ impl Peer {
         let conns: Vec<ConnId> =
             self.conns.iter().filter(|(_, c)| c.remote.is_some()).map(|(c, _)| *c).collect();
         for conn in conns {
-            let c = &self.conns[&conn];
-            let shared: BTreeSet<Address> = c
-                .interest
-                .iter()
-                .chain(c.sent.iter().flatten())
-                .filter(|a| self.crdts.contains_key(*a) || self.record.subscriptions.contains(*a))
-                .cloned()
-                .collect();
-            if !shared.is_empty() {
-                let summaries = self.summaries(shared.iter());
-                self.send(conn, Message::Sync { summaries, reply: false });
-            }
+            self.resync(conn);
+        }
+    }
+
+    /// Sends summaries of every address shared with one connection (anti-entropy for one peer, e.g.
+    /// after messages to it were dropped).
+    pub(crate) fn resync(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get(&conn).filter(|c| c.remote.is_some()) else { return };
+        let shared: BTreeSet<Address> = c
+            .interest
+            .iter()
+            .chain(c.sent.iter().flatten())
+            .filter(|a| self.crdts.contains_key(*a) || self.record.subscriptions.contains(*a))
+            .cloned()
+            .collect();
+        if !shared.is_empty() {
+            let summaries = self.summaries(shared.iter());
+            self.send(conn, Message::Sync { summaries, reply: false });
         }
     }
 }

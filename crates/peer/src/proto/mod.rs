@@ -307,6 +307,10 @@ pub(crate) struct Conn {
     pub(crate) fetch_ticks: u32,
     /// Anti-entropy ticks without the remote's hello (the connection is closed after two).
     pub(crate) hello_ticks: u32,
+    /// Summaries answered with catch-up since the last tick: the same summary arriving again
+    /// (both sides' syncs crossing) is not answered twice. Cleared on every tick, so a lost answer
+    /// is sent again.
+    pub(crate) answered: HashMap<Address, Summary>,
 }
 
 /// Something to do once a barrier has passed.
@@ -538,6 +542,7 @@ impl Peer {
                 fetching: None,
                 fetch_ticks: 0,
                 hello_ticks: 0,
+                answered: HashMap::new(),
             },
         );
         let hello = Hello { version: PROTOCOL_VERSION, peer_id: self.record.id.clone(), features: vec![] };

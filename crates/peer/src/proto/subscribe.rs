@@ -133,7 +133,12 @@ impl Peer {
                     if replica.state.lacks(&summary) || replica.state.is_incomplete() {
                         lacking.push(address.clone());
                     }
-                    if let Some(op) = missing {
+                    let repeated =
+                        self.conns.get(&conn).is_some_and(|c| c.answered.get(&address) == Some(&summary));
+                    if let Some(op) = missing.filter(|_| !repeated) {
+                        if let Some(c) = self.conns.get_mut(&conn) {
+                            c.answered.insert(address.clone(), summary.clone());
+                        }
                         self.publish_catch_up(conn, &address, op);
                     }
                 }
@@ -151,6 +156,9 @@ impl Peer {
 
     /// Sends summaries of every shared address to every open connection.
     pub(crate) fn anti_entropy(&mut self) {
+        for c in self.conns.values_mut() {
+            c.answered.clear();
+        }
         let conns: Vec<ConnId> =
             self.conns.iter().filter(|(_, c)| c.remote.is_some()).map(|(c, _)| *c).collect();
         for conn in conns {

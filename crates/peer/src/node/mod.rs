@@ -371,23 +371,47 @@ struct Core {
 
 impl Core {
     fn run(&mut self, peer: &mut Peer, mut rx: mpsc::Receiver<CoreMsg>) {
-        while let Some(msg) = rx.blocking_recv() {
+        let mut pending: Option<CoreMsg> = None;
+        loop {
+            let msg = match pending.take() {
+                Some(msg) => msg,
+                None => match rx.blocking_recv() {
+                    Some(msg) => msg,
+                    None => return,
+                },
+            };
             self.resync_drained(peer);
             match msg {
-                CoreMsg::Input(input) => {
-                    if let Input::Closed { conn } = &input {
-                        self.conns.remove(conn);
+                CoreMsg::Input(_) | CoreMsg::Command { .. } => {
+                    // Take the inputs queued meanwhile too: they share one barrier request.
+                    let mut batch = Vec::new();
+                    let mut next = Some(msg);
+                    while let Some(msg) = next.take() {
+                        match msg {
+                            CoreMsg::Input(input) => {
+                                if let Input::Closed { conn } = &input {
+                                    self.conns.remove(conn);
+                                }
+                                batch.push(input);
+                            }
+                            CoreMsg::Command { conn, id, cmd } => {
+                                self.commands.insert(id, conn);
+                                batch.push(Input::Command { id, cmd });
+                            }
+                            other => {
+                                pending = Some(other);
+                                break;
+                            }
+                        }
+                        if batch.len() < 256 {
+                            next = rx.try_recv().ok();
+                        }
                     }
-                    let out = peer.handle(input, now_ms());
+                    let out = peer.handle_batch(batch, now_ms());
                     self.dispatch(peer, out);
                 }
                 CoreMsg::Attach { conn, tx, remote } => {
                     self.conns.insert(conn, (tx, remote));
-                }
-                CoreMsg::Command { conn, id, cmd } => {
-                    self.commands.insert(id, conn);
-                    let out = peer.handle(Input::Command { id, cmd }, now_ms());
-                    self.dispatch(peer, out);
                 }
                 CoreMsg::Status(reply) => {
                     let connections = self

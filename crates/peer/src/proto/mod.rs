@@ -450,7 +450,27 @@ impl Peer {
 
     /// Handles one input at wall time `now_ms` and returns what to do.
     pub fn handle(&mut self, input: Input, now_ms: u64) -> Vec<Output> {
+        self.handle_batch([input], now_ms)
+    }
+
+    /// Handles several inputs and returns what to do for all of them: their writes share one
+    /// barrier request (the node feeds the core whatever queued up meanwhile this way).
+    pub fn handle_batch(&mut self, inputs: impl IntoIterator<Item = Input>, now_ms: u64) -> Vec<Output> {
         self.now_ms = now_ms;
+        for input in inputs {
+            self.handle_one(input);
+        }
+        if self.dirty {
+            self.dirty = false;
+            self.out.push(Output::Sync { epoch: self.epoch });
+            self.epoch += 1;
+        }
+        let out = std::mem::take(&mut self.out);
+        tracing::trace!(peer = %self.record.id, ?out, "out");
+        out
+    }
+
+    fn handle_one(&mut self, input: Input) {
         tracing::trace!(peer = %self.record.id, ?input, "in");
         match input {
             Input::Connected { conn, direction } => self.connected(conn, direction),
@@ -480,14 +500,6 @@ impl Peer {
                 }
             }
         }
-        if self.dirty {
-            self.dirty = false;
-            self.out.push(Output::Sync { epoch: self.epoch });
-            self.epoch += 1;
-        }
-        let out = std::mem::take(&mut self.out);
-        tracing::trace!(peer = %self.record.id, ?out, "out");
-        out
     }
 
     fn next_id(&mut self) -> u64 {

@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use replikativ_crdt::{ActorId, ContentId};
 use replikativ_peer::client::{ClientError, RemoteClient};
+use replikativ_peer::proto::CommitValue;
 use replikativ_peer::proto::{Command, Reply, StageError};
-use replikativ_peer::stage::{CommitValue, Stage};
+use replikativ_peer::stage::Stage;
 use replikativ_store::Store;
 
 use crate::{EXIT_DATA, EXIT_UNREACHABLE, Failure};
@@ -47,39 +48,10 @@ impl Backend {
 
     /// Commit records with their transactions' params, by id.
     pub(crate) async fn commits(&mut self, ids: Vec<ContentId>) -> Result<Vec<CommitValue>, Failure> {
-        let Reply::Values(records) = self.call(Command::Values { ids }).await? else {
-            return Err(Failure(EXIT_DATA, "unexpected reply".into()));
-        };
-        let mut commits = Vec::new();
-        let mut params_ids = Vec::new();
-        for (id, value) in records {
-            let value =
-                value.ok_or_else(|| Failure(EXIT_DATA, format!("commit {id} is not in the store")))?;
-            let commit =
-                replikativ_crdt::Commit::from_value(&value).map_err(|e| Failure(EXIT_DATA, e.to_string()))?;
-            params_ids.extend(commit.transactions.iter().map(|t| t.params));
-            commits.push((id, commit));
+        match self.call(Command::Commits { ids }).await? {
+            Reply::Commits(commits) => Ok(commits),
+            _ => Err(Failure(EXIT_DATA, "unexpected reply".into())),
         }
-        let Reply::Values(params) = self.call(Command::Values { ids: params_ids }).await? else {
-            return Err(Failure(EXIT_DATA, "unexpected reply".into()));
-        };
-        let params: std::collections::BTreeMap<_, _> = params.into_iter().collect();
-        commits
-            .into_iter()
-            .map(|(id, c)| {
-                let transactions = c
-                    .transactions
-                    .into_iter()
-                    .map(|t| {
-                        let p = params.get(&t.params).cloned().flatten().ok_or_else(|| {
-                            Failure(EXIT_DATA, format!("params {} are not in the store", t.params))
-                        })?;
-                        Ok(replikativ_crdt::Transaction { function: t.function, params: p })
-                    })
-                    .collect::<Result<Vec<_>, Failure>>()?;
-                Ok(CommitValue { id, parents: c.parents, transactions, author: c.author, ts: c.ts })
-            })
-            .collect()
     }
 
     pub(crate) async fn close(self) -> Result<(), Failure> {

@@ -1,7 +1,7 @@
 //! Turning values, commits and states into JSON and human-readable lines.
 
 use replikativ_crdt::{ContentId, Value};
-use replikativ_peer::stage::CommitValue;
+use replikativ_peer::proto::CommitValue;
 
 /// A value as JSON: maps whose keys are all strings become objects, other maps lists of
 /// `[key, value]` pairs; bytes become `{"$bytes": "<hex>"}`; integers beyond 64 bits strings.

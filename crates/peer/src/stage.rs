@@ -42,7 +42,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use replikativ_crdt::{
-    ActorId, Address, Cdvcs, Commit, ContentId, CrdtKind, GSet, LwwRegister, OrMap, Transaction, Value,
+    ActorId, Address, Cdvcs, ContentId, CrdtKind, GSet, LwwRegister, OrMap, Transaction, Value,
 };
 use replikativ_store::Store;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -50,6 +50,7 @@ use uuid::Uuid;
 
 use crate::middleware::{Item, MiddlewareFactory, Policy, Remote};
 use crate::node::{ConnCmd, CoreMsg, Node, NodeConfig, NodeError};
+pub use crate::proto::CommitValue;
 use crate::proto::{Command, CrdtState, Event, PeerConfig, Reply, StageError};
 
 /// Builds a [`Stage`] (and its node).
@@ -151,21 +152,6 @@ impl std::fmt::Debug for Stage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Stage").field("user", &self.inner.user).field("node", &self.inner.node).finish()
     }
-}
-
-/// A commit record with its transactions' params resolved.
-#[derive(Clone, Debug, PartialEq)]
-pub struct CommitValue {
-    /// The commit id.
-    pub id: ContentId,
-    /// Parents (CDVCS).
-    pub parents: Vec<ContentId>,
-    /// The transactions.
-    pub transactions: Vec<Transaction>,
-    /// Who.
-    pub author: String,
-    /// When (ms since the epoch).
-    pub ts: u64,
 }
 
 impl Stage {
@@ -347,38 +333,10 @@ impl Stage {
 
     /// Commit records with their params, by id.
     pub async fn commits(&self, ids: &[ContentId]) -> Result<Vec<CommitValue>, StageError> {
-        let Reply::Values(values) = self.run(Command::Values { ids: ids.to_vec() }).await? else {
-            return Ok(Vec::new());
-        };
-        let mut commits = Vec::with_capacity(values.len());
-        let mut params_ids = Vec::new();
-        let mut records = Vec::new();
-        for (id, value) in values {
-            let value = value.ok_or(StageError::MissingValue(id))?;
-            let commit = Commit::from_value(&value).map_err(|e| StageError::Store(e.to_string()))?;
-            params_ids.extend(commit.transactions.iter().map(|t| t.params));
-            records.push((id, commit));
+        match self.run(Command::Commits { ids: ids.to_vec() }).await? {
+            Reply::Commits(commits) => Ok(commits),
+            _ => Err(StageError::Store("unexpected reply".into())),
         }
-        let Reply::Values(params) = self.run(Command::Values { ids: params_ids }).await? else {
-            return Ok(Vec::new());
-        };
-        let params: BTreeMap<ContentId, Option<Value>> = params.into_iter().collect();
-        for (id, commit) in records {
-            let mut transactions = Vec::with_capacity(commit.transactions.len());
-            for tx in commit.transactions {
-                let p =
-                    params.get(&tx.params).cloned().flatten().ok_or(StageError::MissingValue(tx.params))?;
-                transactions.push(Transaction { function: tx.function, params: p });
-            }
-            commits.push(CommitValue {
-                id,
-                parents: commit.parents,
-                transactions,
-                author: commit.author,
-                ts: commit.ts,
-            });
-        }
-        Ok(commits)
     }
 
     /// OR-Map: adds a value under a key (concurrent values of one key all stay live).

@@ -121,8 +121,28 @@ pub enum Command {
         /// Their ids.
         ids: Vec<ContentId>,
     },
+    /// Reads commit records with their transactions' params resolved.
+    Commits {
+        /// The commit ids.
+        ids: Vec<ContentId>,
+    },
     /// The peer's status.
     Status,
+}
+
+/// A commit record with its transactions' params resolved.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CommitValue {
+    /// The commit id.
+    pub id: ContentId,
+    /// Parents (CDVCS).
+    pub parents: Vec<ContentId>,
+    /// The transactions.
+    pub transactions: Vec<Transaction>,
+    /// Who.
+    pub author: String,
+    /// When (ms since the epoch).
+    pub ts: u64,
 }
 
 /// A successful command's result.
@@ -137,6 +157,8 @@ pub enum Reply {
     State(Option<Box<CrdtState>>),
     /// Values by id (`None`: not in the store).
     Values(Vec<(ContentId, Option<Value>)>),
+    /// Resolved commits, in the order asked for.
+    Commits(Vec<CommitValue>),
     /// The peer's status.
     Status(super::PeerStatus),
 }
@@ -151,13 +173,43 @@ type Known = (HashMap<ContentId, Vec<u8>>, HashMap<ContentId, Commit>);
 
 impl Peer {
     pub(crate) fn command(&mut self, id: CommandId, cmd: Command) {
-        let read = matches!(cmd, Command::Read { .. } | Command::Values { .. } | Command::Status);
+        let read = matches!(
+            cmd,
+            Command::Read { .. } | Command::Values { .. } | Command::Commits { .. } | Command::Status
+        );
         match self.run(cmd) {
             // Reads wrote nothing: they answer at once.
             Ok(reply) if read => self.out.push(Output::Reply { id, result: Ok(reply) }),
             Ok(reply) => self.after_barrier(Output::Reply { id, result: Ok(reply) }),
             Err(e) => self.out.push(Output::Reply { id, result: Err(e) }),
         }
+    }
+
+    fn stored_value(&self, id: &ContentId) -> Result<Value, StageError> {
+        let bytes = self.store.get(&value_key(id))?.ok_or(StageError::MissingValue(*id))?;
+        Value::decode(&bytes).map_err(|e| StageError::Store(format!("stored value {id}: {e}")))
+    }
+
+    /// Commit records with their params, from the store.
+    fn resolve_commits(&self, ids: &[ContentId]) -> Result<Vec<CommitValue>, StageError> {
+        ids.iter()
+            .map(|id| {
+                let commit = Commit::from_value(&self.stored_value(id)?)
+                    .map_err(|e| StageError::Store(format!("stored commit {id}: {e}")))?;
+                let transactions = commit
+                    .transactions
+                    .into_iter()
+                    .map(|t| Ok(Transaction { function: t.function, params: self.stored_value(&t.params)? }))
+                    .collect::<Result<Vec<_>, StageError>>()?;
+                Ok(CommitValue {
+                    id: *id,
+                    parents: commit.parents,
+                    transactions,
+                    author: commit.author,
+                    ts: commit.ts,
+                })
+            })
+            .collect()
     }
 
     fn replica_mut(&mut self, address: &Address, kind: CrdtKind) -> Result<&mut CrdtState, StageError> {
@@ -308,6 +360,7 @@ impl Peer {
                 }
                 Reply::Values(values)
             }
+            Command::Commits { ids } => Reply::Commits(self.resolve_commits(&ids)?),
             Command::Status => Reply::Status(super::PeerStatus {
                 peer_id: self.record.id.clone(),
                 extend: self.record.extend,

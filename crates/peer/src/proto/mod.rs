@@ -21,7 +21,7 @@ use std::time::Duration;
 use replikativ_crdt::{ActorId, Address, ContentId, OpError};
 use replikativ_store::{Store, StoreError};
 
-pub use command::{Command, Reply};
+pub use command::{Command, CommitValue, Reply};
 pub use message::{AnyOp, FrameError, Hello, Message, PROTOCOL_VERSION, Publish, Subscribe, Summary};
 pub use state::{ApplyError, CrdtState, PeerRecord};
 

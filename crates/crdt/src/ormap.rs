@@ -115,6 +115,13 @@ impl OrMap {
         self.keys().count()
     }
 
+    /// Whether every entry of `op` is recorded here with the same commit (applying it changes
+    /// nothing).
+    pub fn includes(&self, op: &OrMapOp) -> bool {
+        let has = |t: &Tagged, e: &OrEntry| t.get(&e.key).and_then(|d| d.get(&e.dot)) == Some(&e.commit);
+        op.adds.iter().all(|e| has(&self.adds, e)) && op.removals.iter().all(|e| has(&self.removals, e))
+    }
+
     /// Number of tags recorded (adds and removals), live or not: the size of the state.
     pub fn tag_count(&self) -> usize {
         self.adds.values().chain(self.removals.values()).map(BTreeMap::len).sum()

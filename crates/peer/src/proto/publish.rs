@@ -41,6 +41,14 @@ impl Peer {
                 format!("{:?} op for {}, which holds a {:?}", p.op.kind(), p.address, replica.state.kind());
             return self.close(conn, reason);
         }
+        // An op this peer already holds entirely (the echo of its own publication, a duplicate):
+        // nothing to fetch, store or relay, only the acknowledgement once what holds it is durable.
+        // Only when nothing waits ahead of it, so acknowledgements keep their order.
+        let idle = self.conns.get(&conn).is_some_and(|c| c.queue.is_empty() && c.fetching.is_none());
+        if idle && self.crdts.get(&p.address).is_some_and(|r| r.state.includes(&p.op)) {
+            self.after_barrier(Output::Send { conn, msg: Message::PublishAck { id: p.id } });
+            return;
+        }
         let mut values = HashMap::with_capacity(p.values.len());
         for bytes in p.values {
             if let Err(e) = Value::decode(&bytes) {

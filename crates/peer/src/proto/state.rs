@@ -103,6 +103,20 @@ impl CrdtState {
         ContentId::hash_bytes(&rmp_serde::to_vec_named(self).expect("states always encode"))
     }
 
+    /// Whether applying `op` would change nothing (every entry of it is here already). Cheap: no
+    /// values are looked at, so an op that passes is one this replica applied before.
+    pub fn includes(&self, op: &AnyOp) -> bool {
+        match (self, op) {
+            (CrdtState::Cdvcs(c), AnyOp::Cdvcs(o)) => o.commits.iter().all(|e| {
+                c.graph().parents(&e.id).is_some_and(|mut p| p.by_ref().eq(e.parents.iter().copied()))
+            }),
+            (CrdtState::Ormap(m), AnyOp::Ormap(o)) => m.includes(o),
+            (CrdtState::Gset(g), AnyOp::Gset(o)) => o.elements.iter().all(|e| g.contains(e)),
+            (CrdtState::Lww(r), AnyOp::Lww(o)) => r.stamp() == o.stamp.as_ref() && r.get() == &o.value,
+            _ => false,
+        }
+    }
+
     /// What a replica that sent `summary` lacks, as one op (`None` if nothing).
     pub fn missing_for(&self, summary: &Summary) -> Option<AnyOp> {
         match (self, summary) {

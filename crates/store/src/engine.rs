@@ -107,29 +107,54 @@ pub(crate) fn scan_prefix<E: Engine + ?Sized>(e: &E, prefix: &[u8]) -> Result<Ve
 pub(crate) fn apply<E: Engine + ?Sized>(e: &E, batch: &Batch) -> Result<()> {
     let limits = e.engine_limits();
     let mut total = 0usize;
-    let mut ops = Vec::with_capacity(batch.ops.len());
     for op in &batch.ops {
         match op {
             BatchOp::Put { key, value } => {
                 check_key(&limits, key)?;
                 check_value(&limits, value)?;
                 total += key.len() + value.len();
-                ops.push(RawOp::Put(kv_key(key), value.clone()));
             }
             BatchOp::Delete { key } => {
                 check_key(&limits, key)?;
                 total += key.len();
-                ops.push(RawOp::Delete(kv_key(key)));
+            }
+            BatchOp::LogAppend { log, entry } => {
+                check_key(&limits, log)?;
+                check_value(&limits, entry)?;
+                total += log.len() + entry.len();
             }
         }
     }
     if total > limits.max_batch_bytes {
         return Err(StoreError::ValueTooLarge { len: total, max: limits.max_batch_bytes });
     }
-    if ops.is_empty() {
+    if batch.ops.is_empty() {
         return Ok(());
     }
     let _g = e.write_guard()?;
+    let mut ops = Vec::with_capacity(batch.ops.len() + 1);
+    // Log bounds as this batch advances them (several appends to one log in one batch).
+    let mut bounds: std::collections::HashMap<&[u8], LogBounds> = std::collections::HashMap::new();
+    for op in &batch.ops {
+        match op {
+            BatchOp::Put { key, value } => ops.push(RawOp::Put(kv_key(key), value.clone())),
+            BatchOp::Delete { key } => ops.push(RawOp::Delete(kv_key(key))),
+            BatchOp::LogAppend { log, entry } => {
+                let b = match bounds.get_mut(log.as_slice()) {
+                    Some(b) => b,
+                    None => {
+                        let b = decode_bounds(e.raw_get(&log_meta_key(log))?, log)?;
+                        bounds.entry(log.as_slice()).or_insert(b)
+                    }
+                };
+                ops.push(RawOp::Put(log_entry_key(log, b.next), entry.clone()));
+                b.next += 1;
+            }
+        }
+    }
+    for (log, b) in bounds {
+        ops.push(RawOp::Put(log_meta_key(log), encode_bounds(b)));
+    }
     e.raw_apply(ops)
 }
 

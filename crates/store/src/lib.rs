@@ -125,6 +125,14 @@ pub enum BatchOp {
         /// The key.
         key: Vec<u8>,
     },
+    /// Append `entry` to the log `log` (it gets the log's next sequence number when the batch is
+    /// applied), atomically with the rest of the batch.
+    LogAppend {
+        /// The log.
+        log: Vec<u8>,
+        /// The entry.
+        entry: Vec<u8>,
+    },
 }
 
 /// A set of puts and deletes applied all-or-nothing by [`Store::apply`]. Later operations on the same key
@@ -151,6 +159,11 @@ impl Batch {
     pub fn delete(mut self, key: impl Into<Vec<u8>>) -> Self {
         self.push_delete(key);
         self
+    }
+
+    /// Adds a log append (see [`BatchOp::LogAppend`]).
+    pub fn push_log_append(&mut self, log: impl Into<Vec<u8>>, entry: impl Into<Vec<u8>>) {
+        self.ops.push(BatchOp::LogAppend { log: log.into(), entry: entry.into() });
     }
 
     /// Adds a put.

@@ -18,6 +18,8 @@ enum Op {
     Update(Key),
     Exists(Key),
     Batch(Vec<(Key, Option<Vec<u8>>)>),
+    /// A batch of puts and deletes with log appends in it.
+    BatchWithLog(Vec<(Key, Option<Vec<u8>>)>, Vec<(u8, Vec<u8>)>),
     Scan(Key),
     LogAppend(u8, Vec<u8>),
     LogRead(u8, u64, usize),
@@ -45,6 +47,11 @@ fn op() -> impl Strategy<Value = Op> {
         2 => key().prop_map(Op::Update),
         1 => key().prop_map(Op::Exists),
         2 => prop::collection::vec((key(), prop::option::of(value())), 0..6).prop_map(Op::Batch),
+        2 => (
+            prop::collection::vec((key(), prop::option::of(value())), 0..4),
+            prop::collection::vec((0..2u8, value()), 1..4)
+        )
+            .prop_map(|(kv, logs)| Op::BatchWithLog(kv, logs)),
         2 => key().prop_map(Op::Scan),
         3 => (0..2u8, value()).prop_map(|(l, v)| Op::LogAppend(l, v)),
         2 => (0..2u8, 0..12u64, 0..6usize).prop_map(|(l, f, m)| Op::LogRead(l, f, m)),
@@ -153,6 +160,28 @@ fn apply_op(store: &dyn Store, model: &mut Model, op: &Op) {
                 }
             }
             store.apply(&b).expect("batch");
+        }
+        Op::BatchWithLog(ops, appends) => {
+            let mut b = Batch::new();
+            for (k, v) in ops {
+                match v {
+                    Some(v) => {
+                        b.push_put(k.clone(), v.clone());
+                        model.kv.insert(k.clone(), v.clone());
+                    }
+                    None => {
+                        b.push_delete(k.clone());
+                        model.kv.remove(k);
+                    }
+                }
+            }
+            for (l, entry) in appends {
+                b.push_log_append(log_name(*l), entry.clone());
+                let log = model.logs.entry(*l).or_default();
+                log.2.insert(log.1, entry.clone());
+                log.1 += 1;
+            }
+            store.apply(&b).expect("batch with log appends");
         }
         Op::Scan(p) => {
             let expected: Vec<_> = model

@@ -366,9 +366,7 @@ impl Peer {
                 batch.push_put(value_key(&cid), bytes.clone());
             }
         }
-        if !batch.is_empty() {
-            self.store.apply(&batch)?;
-        }
+        // The values and the op's log entry (or a snapshot) go in one atomic batch: one write.
         let log = state::log_name(address);
         let every = self.config.snapshot_every;
         let replica = self.crdts.get_mut(address).expect("applied state exists");
@@ -379,13 +377,14 @@ impl Peer {
         {
             let next = self.store.log_bounds(&log)?.next;
             let snapshot = Snapshot { state: replica.state.clone(), log_from: next };
-            self.store
-                .put(&state::crdt_key(address), &rmp_serde::to_vec_named(&snapshot).expect("encodes"))?;
+            batch.push_put(state::crdt_key(address), rmp_serde::to_vec_named(&snapshot).expect("encodes"));
+            self.store.apply(&batch)?;
             self.store.log_prune(&log, next)?;
             replica.since_snapshot = 0;
             replica.snapshot_after = replica.state.size();
         } else {
-            self.store.log_append(&log, &rmp_serde::to_vec_named(op).expect("encodes"))?;
+            batch.push_log_append(log, rmp_serde::to_vec_named(op).expect("encodes"));
+            self.store.apply(&batch)?;
             replica.since_snapshot += 1;
         }
         self.dirty = true;

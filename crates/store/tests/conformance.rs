@@ -123,6 +123,24 @@ fn check_full_state(store: &dyn Store, model: &Model) {
     }
 }
 
+/// A batch of puts and deletes, applied to the model as it is built.
+fn kv_batch(ops: &[(Key, Option<Vec<u8>>)], model: &mut Model) -> Batch {
+    let mut b = Batch::new();
+    for (k, v) in ops {
+        match v {
+            Some(v) => {
+                b.push_put(k.clone(), v.clone());
+                model.kv.insert(k.clone(), v.clone());
+            }
+            None => {
+                b.push_delete(k.clone());
+                model.kv.remove(k);
+            }
+        }
+    }
+    b
+}
+
 fn apply_op(store: &dyn Store, model: &mut Model, op: &Op) {
     match op {
         Op::Get(k) => assert_eq!(store.get(k).expect("get"), model.kv.get(k).cloned()),
@@ -146,35 +164,11 @@ fn apply_op(store: &dyn Store, model: &mut Model, op: &Op) {
             };
         }
         Op::Batch(ops) => {
-            let mut b = Batch::new();
-            for (k, v) in ops {
-                match v {
-                    Some(v) => {
-                        b.push_put(k.clone(), v.clone());
-                        model.kv.insert(k.clone(), v.clone());
-                    }
-                    None => {
-                        b.push_delete(k.clone());
-                        model.kv.remove(k);
-                    }
-                }
-            }
+            let b = kv_batch(ops, model);
             store.apply(&b).expect("batch");
         }
         Op::BatchWithLog(ops, appends) => {
-            let mut b = Batch::new();
-            for (k, v) in ops {
-                match v {
-                    Some(v) => {
-                        b.push_put(k.clone(), v.clone());
-                        model.kv.insert(k.clone(), v.clone());
-                    }
-                    None => {
-                        b.push_delete(k.clone());
-                        model.kv.remove(k);
-                    }
-                }
-            }
+            let mut b = kv_batch(ops, model);
             for (l, entry) in appends {
                 b.push_log_append(log_name(*l), entry.clone());
                 let log = model.logs.entry(*l).or_default();

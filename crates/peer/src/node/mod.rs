@@ -267,7 +267,7 @@ impl Node {
     }
 
     /// The node's store (applications may keep their own keys in it, outside the peer's
-    /// prefixes `peer/`, `crdt/`, `ops/` and `v/`).
+    /// key prefixes `peer/`, `crdt/` and `v/`, and its logs named `o/...`).
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.shared.store
     }

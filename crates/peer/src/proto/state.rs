@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `peer/config` | msgpack `PeerRecord`: peer id, `extend`, subscriptions |
 //! | `crdt/<uuid>/<user>` | msgpack `Snapshot`: kind, state, and the op-log position it covers |
-//! | log `ops/<uuid>/<user>` | msgpack [`AnyOp`] per applied op since the snapshot |
+//! | log `o/<16 uuid bytes><user>` | msgpack [`AnyOp`] per applied op since the snapshot |
 //! | `v/<32 id bytes>` | canonical encoding of a value (commit records, params) |
 //!
 //! An applied op is appended to the address's op log; every `snapshot_every` ops the state is
@@ -223,8 +223,14 @@ pub(crate) fn crdt_key(a: &Address) -> Vec<u8> {
     format!("{CRDT_PREFIX}{}/{}", a.id, a.user).into_bytes()
 }
 
+/// The op log of an address: `o/`, the 16 uuid bytes, the user (short, so the store compares
+/// little when it orders a log's entries).
 pub(crate) fn log_name(a: &Address) -> Vec<u8> {
-    format!("ops/{}/{}", a.id, a.user).into_bytes()
+    let mut name = Vec::with_capacity(18 + a.user.len());
+    name.extend_from_slice(b"o/");
+    name.extend_from_slice(a.id.as_bytes());
+    name.extend_from_slice(a.user.as_bytes());
+    name
 }
 
 /// The store key of a content-addressed value: `v/` and the 32 id bytes.

@@ -267,7 +267,7 @@ impl World {
             node.peer.addresses().map(|a| (a.clone(), node.peer.state(a).expect("state").digest())).collect();
         let mut logs = BTreeMap::new();
         for a in node.peer.addresses() {
-            let log = format!("ops/{}/{}", a.id, a.user).into_bytes();
+            let log = replikativ_peer::proto::state::log_name(a);
             let entries = node.store.log_read(&log, 0, usize::MAX).expect("log");
             logs.insert(a.clone(), entries.into_iter().map(|e| (e.seq, e.data)).collect());
         }
@@ -732,11 +732,9 @@ fn the_fake_remote_can_do_good_things_too() {
     w.assert_healthy();
 }
 
-/// CORE BUG (reported to the lead, not fixed here): the parents in a CDVCS op's graph entry are
-/// never checked against the parents in the commit record the entry names, so a remote can attach
-/// a real commit anywhere in the graph. Today `P` acknowledges the forged entry, stores it and
-/// relays it to `H` (both then have two heads where honest replicas have one, and the honest
-/// entry is later refused as "known with different parents"). Run with `--ignored`.
+/// The parents in a CDVCS op's graph entry must be the parents in the commit record the entry
+/// names (the record's id covers them); otherwise a remote could attach a real commit anywhere in
+/// the graph, giving heads honest replicas never had. Found by this suite, fixed in the core.
 #[test]
 fn cdvcs_entry_whose_parents_contradict_its_commit_record_closes_the_connection() {
     let mut w = world();

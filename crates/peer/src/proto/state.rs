@@ -225,7 +225,7 @@ pub(crate) fn crdt_key(a: &Address) -> Vec<u8> {
 
 /// The op log of an address: `o/`, the 16 uuid bytes, the user (short, so the store compares
 /// little when it orders a log's entries).
-pub(crate) fn log_name(a: &Address) -> Vec<u8> {
+pub fn log_name(a: &Address) -> Vec<u8> {
     let mut name = Vec::with_capacity(18 + a.user.len());
     name.extend_from_slice(b"o/");
     name.extend_from_slice(a.id.as_bytes());

@@ -314,18 +314,22 @@ impl Peer {
         if let Err(e) = self.persist(address, op, values, commits) {
             tracing::error!(peer = %self.record.id, %address, error = %e, "cannot store an applied op");
         }
-        let relay_values = self.inline_values(op, values, commits);
         let targets: Vec<ConnId> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.remote.is_some() && c.interest.contains(address))
+            .filter(|(id, c)| {
+                c.remote.is_some() && c.interest.contains(address) && origin != Origin::CatchUp(**id)
+            })
             .map(|(id, _)| *id)
             .collect();
+        // Values only go to peers other than the origin (which has them): gather them only then.
+        let relay_values = if targets.iter().any(|c| origin != Origin::Remote(*c)) {
+            self.inline_values(op, values, commits)
+        } else {
+            Vec::new()
+        };
+        // (A catch-up answer is not sent back to the peer that answered: filtered above.)
         for conn in targets {
-            // A catch-up answer is not sent back to the peer that answered.
-            if origin == Origin::CatchUp(conn) {
-                continue;
-            }
             let id = self.next_id();
             // The origin of a live publication gets it back without values (it has them):
             // replikativ's echo.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use replikativ_crdt::{ActorId, Address, ContentId, CrdtKind, Transaction, Value, to_value};
 use replikativ_peer::node::{Node, NodeConfig};
-use replikativ_peer::proto::{Command, CrdtState, Reply};
+use replikativ_peer::proto::{Command, CommitValue, CrdtState, Reply};
 use replikativ_store::{FileStore, MemoryStore, SledStore, Store};
 
 use backend::Backend;
@@ -359,62 +359,111 @@ async fn run(command: Top) -> Result<(), Failure> {
         Top::Gset(cmd) => gset(cmd).await,
         Top::Watch { address, target } => watch(&address, &target).await,
         Top::Status { target } => {
-            let mut b = backend(&target).await?;
-            let Reply::Status(status) = b.call(Command::Status).await? else { unreachable!("status reply") };
-            if target.json {
-                println!("{}", serde_json::to_string(&status).expect("encodes"));
-            } else {
-                println!("peer id:       {}", status.peer_id);
-                println!("role:          {}", if status.extend { "server" } else { "client" });
-                println!("listening on:  {}", status.listen.join(", "));
-                match status.store_bytes {
-                    Some(bytes) => println!("store size:    {bytes} bytes"),
-                    None => println!("store size:    (in memory)"),
-                }
-                println!("connections:   {}", status.connections.join(", "));
-                println!("subscriptions: {}", status.subscriptions.len());
-                for a in &status.subscriptions {
-                    println!("  {a}");
-                }
-                println!("addresses:     {}", status.addresses);
-            }
-            b.close().await
+            with_backend(target, |b, t| Box::pin(async move { status(b, t).await })).await
         }
     }
 }
 
-/// Runs one data command: opens the backend, runs `f`, prints, closes.
-async fn with_backend<F, Fut>(target: &Target, f: F) -> Result<(), Failure>
-where
-    F: FnOnce(Backend) -> Fut,
-    Fut: std::future::Future<Output = (Backend, Result<(), Failure>)>,
-{
-    let b = backend(target).await?;
-    let (b, result) = f(b).await;
+/// Prints the peer's status.
+async fn status(b: &mut Backend, target: &Target) -> Result<(), Failure> {
+    let Reply::Status(status) = b.call(Command::Status).await? else {
+        return Err(Failure(EXIT_DATA, "unexpected reply".into()));
+    };
+    if target.json {
+        println!("{}", serde_json::to_string(&status).expect("encodes"));
+        return Ok(());
+    }
+    println!("peer id:       {}", status.peer_id);
+    println!("role:          {}", if status.extend { "server" } else { "client" });
+    println!("listening on:  {}", status.listen.join(", "));
+    match status.store_bytes {
+        Some(bytes) => println!("store size:    {bytes} bytes"),
+        None => println!("store size:    (in memory)"),
+    }
+    println!("connections:   {}", status.connections.join(", "));
+    println!("subscriptions: {}", status.subscriptions.len());
+    for a in &status.subscriptions {
+        println!("  {a}");
+    }
+    println!("addresses:     {}", status.addresses);
+    Ok(())
+}
+
+/// A data command's work on an open backend.
+type Step<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Failure>> + 'a>>;
+
+/// Runs one data command: opens the backend, runs `f`, closes the backend whatever `f` returned.
+async fn with_backend(
+    target: Target,
+    f: impl for<'a> FnOnce(&'a mut Backend, &'a Target) -> Step<'a>,
+) -> Result<(), Failure> {
+    let mut b = backend(&target).await?;
+    let result = f(&mut b, &target).await;
     let closed = b.close().await;
     result.and(closed)
+}
+
+/// Runs a command that needs no output but success.
+async fn call(target: Target, cmd: Command) -> Result<(), Failure> {
+    with_backend(target, move |b, _| Box::pin(async move { b.call(cmd).await.map(|_| ()) })).await
+}
+
+/// Runs a command that makes a commit and prints its id.
+async fn commit(target: Target, cmd: Command) -> Result<(), Failure> {
+    with_backend(target, move |b, t| {
+        Box::pin(async move {
+            if let Reply::Commit(id) = b.call(cmd).await? {
+                print_value(t, serde_json::json!({ "commit": id.to_string() }), &id.to_string());
+            }
+            Ok(())
+        })
+    })
+    .await
+}
+
+/// Runs a command that creates `address` and prints it.
+async fn made(target: Target, address: Address, cmd: Command) -> Result<(), Failure> {
+    with_backend(target, move |b, t| {
+        Box::pin(async move {
+            b.call(cmd).await?;
+            print_value(t, serde_json::json!({ "address": address.to_string() }), &address.to_string());
+            Ok(())
+        })
+    })
+    .await
 }
 
 async fn create(kind: CrdtKind, c: Create) -> Result<(), Failure> {
     let address = Address::new(c.target.user.clone(), c.id.unwrap_or_else(uuid::Uuid::new_v4))
         .map_err(|e| Failure(EXIT_USAGE, e.to_string()))?;
-    with_backend(&c.target, |mut b| async {
-        let r =
-            b.call(Command::Create { address: address.clone(), kind, author: c.target.user.clone() }).await;
-        if r.is_ok() {
-            print_value(
-                &c.target,
-                serde_json::json!({ "address": address.to_string() }),
-                &address.to_string(),
-            );
-        }
-        (b, r.map(|_| ()))
-    })
-    .await
+    let cmd = Command::Create { address: address.clone(), kind, author: c.target.user.clone() };
+    made(c.target, address, cmd).await
 }
 
 fn print_value(target: &Target, json: serde_json::Value, text: &str) {
     if target.json { println!("{json}") } else { println!("{text}") }
+}
+
+/// Prints items as one JSON array, or one per line.
+fn print_list(target: &Target, items: Vec<serde_json::Value>) {
+    if target.json {
+        println!("{}", serde_json::Value::Array(items));
+    } else {
+        for item in items {
+            println!("{item}");
+        }
+    }
+}
+
+/// Prints commits as one JSON array, or one per line.
+fn print_commits(target: &Target, commits: &[CommitValue]) {
+    if target.json {
+        println!("{}", serde_json::Value::Array(commits.iter().map(output::commit_json).collect()));
+    } else {
+        for c in commits {
+            println!("{}", output::commit_line(c));
+        }
+    }
 }
 
 async fn state(b: &mut Backend, address: &Address) -> Result<CrdtState, Failure> {
@@ -428,19 +477,27 @@ fn wrong(address: &Address, want: &str) -> Failure {
     Failure(EXIT_DATA, format!("{address} does not hold a {want}"))
 }
 
+async fn read_ormap(b: &mut Backend, address: &Address) -> Result<replikativ_crdt::OrMap, Failure> {
+    match state(b, address).await? {
+        CrdtState::Ormap(m) => Ok(m),
+        _ => Err(wrong(address, "OR-Map")),
+    }
+}
+
+async fn read_cdvcs(b: &mut Backend, address: &Address) -> Result<replikativ_crdt::Cdvcs, Failure> {
+    match state(b, address).await? {
+        CrdtState::Cdvcs(c) => Ok(c),
+        _ => Err(wrong(address, "CDVCS")),
+    }
+}
+
 async fn ormap(cmd: OrmapCmd) -> Result<(), Failure> {
     match cmd {
         OrmapCmd::Create(c) => create(CrdtKind::Ormap, c).await,
         OrmapCmd::Assoc { address, key, txs, target } => {
             let (address, key, txs) = (parse_address(&address)?, parse_key(&key), parse_txs(&txs)?);
-            with_backend(&target, |mut b| async {
-                let r = b.call(Command::Assoc { address, key, txs, author: target.user.clone() }).await;
-                if let Ok(Reply::Commit(id)) = &r {
-                    print_value(&target, serde_json::json!({ "commit": id.to_string() }), &id.to_string());
-                }
-                (b, r.map(|_| ()))
-            })
-            .await
+            let author = target.user.clone();
+            commit(target, Command::Assoc { address, key, txs, author }).await
         }
         OrmapCmd::Dissoc { address, key, revert, target } => {
             let address = parse_address(&address)?;
@@ -448,63 +505,27 @@ async fn ormap(cmd: OrmapCmd) -> Result<(), Failure> {
                 Some(r) => parse_txs(&r)?,
                 None => vec![],
             };
-            with_backend(&target, |mut b| async {
-                let r = b
-                    .call(Command::Dissoc {
-                        address,
-                        key: parse_key(&key),
-                        revert,
-                        author: target.user.clone(),
-                    })
-                    .await;
-                (b, r.map(|_| ()))
-            })
-            .await
+            let author = target.user.clone();
+            call(target, Command::Dissoc { address, key: parse_key(&key), revert, author }).await
         }
         OrmapCmd::Get { address, key, target } => {
             let (address, key) = (parse_address(&address)?, parse_key(&key));
-            with_backend(&target, |mut b| async {
-                let r = async {
-                    let CrdtState::Ormap(m) = state(&mut b, &address).await? else {
-                        return Err(wrong(&address, "OR-Map"));
-                    };
-                    let commits = b.commits(m.get(&key)).await?;
-                    if target.json {
-                        println!(
-                            "{}",
-                            serde_json::Value::Array(commits.iter().map(output::commit_json).collect())
-                        );
-                    } else {
-                        for c in &commits {
-                            println!("{}", output::commit_line(c));
-                        }
-                    }
+            with_backend(target, move |b, t| {
+                Box::pin(async move {
+                    let ids = read_ormap(b, &address).await?.get(&key);
+                    print_commits(t, &b.commits(ids).await?);
                     Ok(())
-                }
-                .await;
-                (b, r)
+                })
             })
             .await
         }
         OrmapCmd::Keys { address, target } => {
             let address = parse_address(&address)?;
-            with_backend(&target, |mut b| async {
-                let r = async {
-                    let CrdtState::Ormap(m) = state(&mut b, &address).await? else {
-                        return Err(wrong(&address, "OR-Map"));
-                    };
-                    let keys: Vec<serde_json::Value> = m.keys().map(output::json).collect();
-                    if target.json {
-                        println!("{}", serde_json::Value::Array(keys));
-                    } else {
-                        for k in keys {
-                            println!("{k}");
-                        }
-                    }
+            with_backend(target, move |b, t| {
+                Box::pin(async move {
+                    print_list(t, read_ormap(b, &address).await?.keys().map(output::json).collect());
                     Ok(())
-                }
-                .await;
-                (b, r)
+                })
             })
             .await
         }
@@ -520,115 +541,60 @@ async fn cdvcs(cmd: CdvcsCmd) -> Result<(), Failure> {
         CdvcsCmd::Create(c) => create(CrdtKind::Cdvcs, c).await,
         CdvcsCmd::Commit { address, txs, target } => {
             let (address, txs) = (parse_address(&address)?, parse_txs(&txs)?);
-            with_backend(&target, |mut b| async {
-                let r = b.call(Command::Transact { address, txs, author: target.user.clone() }).await;
-                if let Ok(Reply::Commit(id)) = &r {
-                    print_value(&target, serde_json::json!({ "commit": id.to_string() }), &id.to_string());
-                }
-                (b, r.map(|_| ()))
-            })
-            .await
+            let author = target.user.clone();
+            commit(target, Command::Transact { address, txs, author }).await
         }
         CdvcsCmd::Log { address, target } => {
             let address = parse_address(&address)?;
-            with_backend(&target, |mut b| async {
-                let r = async {
-                    let CrdtState::Cdvcs(c) = state(&mut b, &address).await? else {
-                        return Err(wrong(&address, "CDVCS"));
-                    };
-                    let commits = b.commits(c.linearize()).await?;
-                    if target.json {
-                        println!(
-                            "{}",
-                            serde_json::Value::Array(commits.iter().map(output::commit_json).collect())
-                        );
-                    } else {
-                        for c in &commits {
-                            println!("{}", output::commit_line(c));
-                        }
-                    }
+            with_backend(target, move |b, t| {
+                Box::pin(async move {
+                    let order = read_cdvcs(b, &address).await?.linearize();
+                    print_commits(t, &b.commits(order).await?);
                     Ok(())
-                }
-                .await;
-                (b, r)
+                })
             })
             .await
         }
         CdvcsCmd::Heads { address, target } => {
             let address = parse_address(&address)?;
-            with_backend(&target, |mut b| async {
-                let r = async {
-                    let CrdtState::Cdvcs(c) = state(&mut b, &address).await? else {
-                        return Err(wrong(&address, "CDVCS"));
-                    };
+            with_backend(target, move |b, t| {
+                Box::pin(async move {
+                    let c = read_cdvcs(b, &address).await?;
                     let heads: Vec<String> = c.heads().iter().map(ContentId::to_string).collect();
-                    print_value(&target, serde_json::json!(heads), &heads.join("\n"));
+                    print_value(t, serde_json::json!(heads), &heads.join("\n"));
                     Ok(())
-                }
-                .await;
-                (b, r)
+                })
             })
             .await
         }
         CdvcsCmd::Merge { address, heads, target } => {
             let address = parse_address(&address)?;
             let given = heads.iter().map(|h| parse_id(h)).collect::<Result<Vec<_>, _>>()?;
-            with_backend(&target, |mut b| async {
-                let r = async {
+            with_backend(target, move |b, t| {
+                Box::pin(async move {
                     let heads = if given.is_empty() {
-                        let CrdtState::Cdvcs(c) = state(&mut b, &address).await? else {
-                            return Err(wrong(&address, "CDVCS"));
-                        };
-                        c.heads().iter().copied().collect()
+                        read_cdvcs(b, &address).await?.heads().iter().copied().collect()
                     } else {
                         given
                     };
-                    let reply = b
-                        .call(Command::Merge {
-                            address,
-                            heads,
-                            correcting: vec![],
-                            author: target.user.clone(),
-                        })
-                        .await?;
-                    if let Reply::Commit(id) = reply {
-                        print_value(
-                            &target,
-                            serde_json::json!({ "commit": id.to_string() }),
-                            &id.to_string(),
-                        );
+                    let cmd = Command::Merge { address, heads, correcting: vec![], author: t.user.clone() };
+                    if let Reply::Commit(id) = b.call(cmd).await? {
+                        print_value(t, serde_json::json!({ "commit": id.to_string() }), &id.to_string());
                     }
                     Ok(())
-                }
-                .await;
-                (b, r)
+                })
             })
             .await
         }
         CdvcsCmd::Pull { from, into, allow_induced_conflict, target } => {
             let (from, into) = (parse_address(&from)?, parse_address(&into)?);
-            with_backend(&target, |mut b| async {
-                let r = b.call(Command::Pull { from, into, tip: None, allow_induced_conflict }).await;
-                (b, r.map(|_| ()))
-            })
-            .await
+            call(target, Command::Pull { from, into, tip: None, allow_induced_conflict }).await
         }
         CdvcsCmd::Fork { from, target } => {
             let from = parse_address(&from)?;
             let into =
                 Address::new(target.user.clone(), from.id).map_err(|e| Failure(EXIT_USAGE, e.to_string()))?;
-            with_backend(&target, |mut b| async {
-                let r = b.call(Command::Fork { from, into: into.clone() }).await;
-                if r.is_ok() {
-                    print_value(
-                        &target,
-                        serde_json::json!({ "address": into.to_string() }),
-                        &into.to_string(),
-                    );
-                }
-                (b, r.map(|_| ()))
-            })
-            .await
+            made(target, into.clone(), Command::Fork { from, into }).await
         }
     }
 }
@@ -638,25 +604,19 @@ async fn lww(cmd: LwwCmd) -> Result<(), Failure> {
         LwwCmd::Create(c) => create(CrdtKind::Lww, c).await,
         LwwCmd::Set { address, value, target } => {
             let (address, value) = (parse_address(&address)?, parse_json(&value, "value")?);
-            with_backend(&target, |mut b| async {
-                let r = b.call(Command::LwwSet { address, value }).await;
-                (b, r.map(|_| ()))
-            })
-            .await
+            call(target, Command::LwwSet { address, value }).await
         }
         LwwCmd::Get { address, target } => {
             let address = parse_address(&address)?;
-            with_backend(&target, |mut b| async {
-                let r = async {
-                    let CrdtState::Lww(r) = state(&mut b, &address).await? else {
+            with_backend(target, move |b, t| {
+                Box::pin(async move {
+                    let CrdtState::Lww(r) = state(b, &address).await? else {
                         return Err(wrong(&address, "LWW register"));
                     };
                     let j = output::json(r.get());
-                    print_value(&target, j.clone(), &j.to_string());
+                    print_value(t, j.clone(), &j.to_string());
                     Ok(())
-                }
-                .await;
-                (b, r)
+                })
             })
             .await
         }
@@ -668,31 +628,18 @@ async fn gset(cmd: GsetCmd) -> Result<(), Failure> {
         GsetCmd::Create(c) => create(CrdtKind::Gset, c).await,
         GsetCmd::Add { address, value, target } => {
             let (address, element) = (parse_address(&address)?, parse_json(&value, "value")?);
-            with_backend(&target, |mut b| async {
-                let r = b.call(Command::GsetAdd { address, element }).await;
-                (b, r.map(|_| ()))
-            })
-            .await
+            call(target, Command::GsetAdd { address, element }).await
         }
         GsetCmd::List { address, target } => {
             let address = parse_address(&address)?;
-            with_backend(&target, |mut b| async {
-                let r = async {
-                    let CrdtState::Gset(s) = state(&mut b, &address).await? else {
+            with_backend(target, move |b, t| {
+                Box::pin(async move {
+                    let CrdtState::Gset(s) = state(b, &address).await? else {
                         return Err(wrong(&address, "G-Set"));
                     };
-                    let items: Vec<serde_json::Value> = s.elements().iter().map(output::json).collect();
-                    if target.json {
-                        println!("{}", serde_json::Value::Array(items));
-                    } else {
-                        for i in items {
-                            println!("{i}");
-                        }
-                    }
+                    print_list(t, s.elements().iter().map(output::json).collect());
                     Ok(())
-                }
-                .await;
-                (b, r)
+                })
             })
             .await
         }

@@ -12,10 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Backend, TestPeer, bounded, eventually, spawn_peer};
+use common::{Backend, bounded, eventually, peer_conns, spawn_peer};
 use replikativ::crdt::{Address, ContentId, Transaction, Value};
-use replikativ::peer::middleware::Remote;
-use replikativ::peer::proto::ConnId;
 use replikativ::peer::stage::Stage;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -82,17 +80,6 @@ impl Drop for Proxy {
         self.cut();
         self.accept.abort();
     }
-}
-
-/// Websocket connections of a node: id and the remote's peer id once it said hello.
-async fn peer_conns(peer: &TestPeer) -> Vec<(ConnId, Option<String>)> {
-    let status = bounded("status", peer.stage.node().status()).await.expect("status");
-    status
-        .connections
-        .into_iter()
-        .filter(|(_, remote, _)| matches!(remote, Remote::Peer(_)))
-        .map(|(c, _, id)| (c, id))
-        .collect()
 }
 
 /// Keeps assoc'ing `{prefix}-{i}` every few milliseconds until `stop`; returns what was

@@ -9,10 +9,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Backend, TestPeer, bounded, eventually, link, spawn_peer, spawn_with};
+use common::{Backend, TestPeer, bounded, eventually, link, peer_conns, spawn_peer, spawn_with};
 use futures::{SinkExt, StreamExt};
 use replikativ::crdt::{Address, Transaction, Value};
-use replikativ::peer::middleware::Remote;
 use replikativ::peer::proto::{ConnId, Message};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -33,17 +32,6 @@ struct Setup {
     map: Address,
     /// The healthy client's connection id on its own node (must not change).
     healthy_conn: ConnId,
-}
-
-/// Websocket (remote peer) connections of a node: id and the remote's peer id once it said hello.
-async fn peer_conns(peer: &TestPeer) -> Vec<(ConnId, Option<String>)> {
-    let status = bounded("status", peer.stage.node().status()).await.expect("status");
-    status
-        .connections
-        .into_iter()
-        .filter(|(_, remote, _)| matches!(remote, Remote::Peer(_)))
-        .map(|(c, _, id)| (c, id))
-        .collect()
 }
 
 async fn setup() -> Setup {

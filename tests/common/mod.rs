@@ -149,3 +149,14 @@ pub fn gated(name: &str) -> (NodeConfig, Arc<std::sync::atomic::AtomicBool>) {
     cfg.middleware.push(Arc::new(move |_, _| Box::new(Gate { open: switch.clone() })));
     (cfg, open)
 }
+
+/// Websocket (remote peer) connections of a node: id and the remote's peer id once it said hello.
+pub async fn peer_conns(peer: &TestPeer) -> Vec<(replikativ::peer::proto::ConnId, Option<String>)> {
+    let status = bounded("status", peer.stage.node().status()).await.expect("status");
+    status
+        .connections
+        .into_iter()
+        .filter(|(_, remote, _)| matches!(remote, replikativ::peer::middleware::Remote::Peer(_)))
+        .map(|(c, _, id)| (c, id))
+        .collect()
+}

@@ -404,16 +404,8 @@ impl Peer {
     ) -> Vec<ByteBuf> {
         let mut out = Vec::new();
         let mut budget = self.config.inline_limit;
-        let fetch = |cid: &ContentId| -> Option<Vec<u8>> {
-            known.get(cid).cloned().or_else(|| self.store.get(&value_key(cid)).ok().flatten())
-        };
         for cid in commit_ids(op) {
-            let Some(bytes) = fetch(&cid) else { continue };
-            let commit = commit_of(&cid, &bytes, commits);
-            let mut group = vec![bytes];
-            if let Some(commit) = commit {
-                group.extend(commit.transactions.iter().filter_map(|tx| fetch(&tx.params)));
-            }
+            let group = self.value_group(&cid, known, commits);
             let size: usize = group.iter().map(Vec::len).sum();
             if size > budget {
                 break;
@@ -424,62 +416,73 @@ impl Peer {
         out
     }
 
-    /// Answers a summary with a catch-up op: split into publications whose values travel inline
-    /// within the inline limit (so catch-up needs no fetch round trips), each marked `catch_up` so
-    /// it is not echoed back.
+    /// A commit record and its params (from `known` or the store), as they travel inline; empty
+    /// if the record is not at hand.
+    fn value_group(
+        &self,
+        cid: &ContentId,
+        known: &HashMap<ContentId, Vec<u8>>,
+        commits: &HashMap<ContentId, Commit>,
+    ) -> Vec<Vec<u8>> {
+        let fetch = |id: &ContentId| -> Option<Vec<u8>> {
+            known.get(id).cloned().or_else(|| self.store.get(&value_key(id)).ok().flatten())
+        };
+        let Some(bytes) = fetch(cid) else { return Vec::new() };
+        let params: Vec<Vec<u8>> = commit_of(cid, &bytes, commits)
+            .map(|c| c.transactions.iter().filter_map(|tx| fetch(&tx.params)).collect())
+            .unwrap_or_default();
+        std::iter::once(bytes).chain(params).collect()
+    }
+
+    /// Answers a summary with a catch-up op: split into publications whose values all travel
+    /// inline within the inline limit (so catch-up needs no fetch round trips), each marked
+    /// `catch_up` so it is not echoed back. Each value is read from the store once.
     pub(crate) fn publish_catch_up(&mut self, conn: ConnId, address: &Address, op: AnyOp) {
-        let parts = match op {
+        let none = HashMap::new();
+        let parts: Vec<(AnyOp, Vec<ByteBuf>)> = match op {
             // Commits come parents first; each part's commits have their parents in earlier parts
             // or at the receiver already.
             AnyOp::Cdvcs(op) => {
                 let mut parts = Vec::new();
-                let mut current = Vec::new();
-                let mut size = 0;
+                let (mut commits, mut values, mut size) = (Vec::new(), Vec::new(), 0);
                 for entry in op.commits {
-                    let entry_size = self.value_size(&entry.id);
-                    if !current.is_empty() && size + entry_size > self.config.inline_limit {
-                        parts.push(std::mem::take(&mut current));
+                    let mut group = self.value_group(&entry.id, &none, &HashMap::new());
+                    let mut group_size: usize = group.iter().map(Vec::len).sum();
+                    // Larger than a whole publication may carry: the receiver fetches it.
+                    if group_size > self.config.inline_limit {
+                        group.clear();
+                        group_size = 0;
+                    }
+                    if !commits.is_empty() && size + group_size > self.config.inline_limit {
+                        parts.push((std::mem::take(&mut commits), std::mem::take(&mut values)));
                         size = 0;
                     }
-                    size += entry_size;
-                    current.push(entry);
+                    size += group_size;
+                    commits.push(entry);
+                    values.extend(group.into_iter().map(ByteBuf::from));
                 }
-                parts.push(current);
+                parts.push((commits, values));
                 parts
                     .into_iter()
-                    .map(|commits| {
-                        AnyOp::Cdvcs(replikativ_crdt::CdvcsOp {
-                            method: op.method,
-                            commits,
-                            heads: op.heads.clone(),
-                        })
+                    .map(|(commits, values)| {
+                        let op =
+                            replikativ_crdt::CdvcsOp { method: op.method, commits, heads: op.heads.clone() };
+                        (AnyOp::Cdvcs(op), values)
                     })
                     .collect()
             }
-            other => vec![other],
+            other => {
+                let values = self.inline_values(&other, &none, &HashMap::new());
+                vec![(other, values)]
+            }
         };
-        for op in parts {
-            let values = self.inline_values(&op, &HashMap::new(), &HashMap::new());
+        for (op, values) in parts {
             let id = self.next_id();
             self.send(
                 conn,
                 Message::Publish(Publish { id, address: address.clone(), op, values, catch_up: true }),
             );
         }
-    }
-
-    /// Bytes of a stored commit record and its params (what inlining it costs).
-    fn value_size(&self, id: &ContentId) -> usize {
-        let Ok(Some(bytes)) = self.store.get(&value_key(id)) else { return 0 };
-        let params: usize = commit_of(id, &bytes, &HashMap::new())
-            .map(|c| {
-                c.transactions
-                    .iter()
-                    .map(|t| self.store.get(&value_key(&t.params)).ok().flatten().map_or(0, |b| b.len()))
-                    .sum()
-            })
-            .unwrap_or(0);
-        bytes.len() + params
     }
 }
 

@@ -20,9 +20,7 @@ use std::time::Duration;
 use replikativ_crdt::{ActorId, Address, CrdtKind, Transaction, Value};
 use replikativ_store::{Batch, LogBounds, LogEntry, MemoryStore, Store, UpdateFn, Updated};
 
-use crate::proto::{
-    AnyOp, Command, ConnId, CrdtState, Direction, Input, Message, Output, Peer, PeerConfig, Timer,
-};
+use crate::proto::{AnyOp, Command, ConnId, CrdtState, Direction, Input, Output, Peer, PeerConfig};
 
 /// A memory store whose durable part is what the last `sync` saw; [`SimStore::crash`] goes back to it.
 #[derive(Debug, Default)]
@@ -618,16 +616,6 @@ impl Network {
         Ok(())
     }
 
-    /// Frames currently queued (for tests).
-    pub fn in_flight(&self) -> usize {
-        self.events.values().filter(|e| matches!(e, Event::Deliver { .. })).count()
-    }
-
-    /// Decoded messages of a frame (for tests).
-    pub fn decode(frame: &[u8]) -> Option<Message> {
-        Message::decode(frame).ok()
-    }
-
     /// Number of peers.
     pub fn len(&self) -> usize {
         self.peers.len()
@@ -636,10 +624,5 @@ impl Network {
     /// Whether the network has no peers (never: it needs two).
     pub fn is_empty(&self) -> bool {
         self.peers.is_empty()
-    }
-
-    /// Timer kinds (re-exported for tests).
-    pub fn timer() -> Timer {
-        Timer::AntiEntropy
     }
 }

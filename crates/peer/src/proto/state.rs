@@ -117,14 +117,19 @@ impl CrdtState {
         }
     }
 
-    /// What a replica that sent `summary` lacks, as one op (`None` if nothing).
-    pub fn missing_for(&self, summary: &Summary) -> Option<AnyOp> {
+    /// Compares with a peer's summary: what the peer lacks, as one op (computed only if `answer`),
+    /// and whether the summary names something this replica lacks. A digest is computed once.
+    pub fn compare(&self, summary: &Summary, answer: bool) -> (Option<AnyOp>, bool) {
         match (self, summary) {
             (CrdtState::Cdvcs(c), Summary::Heads(theirs)) => {
+                let lacks = theirs.iter().any(|h| !c.graph().contains(h));
+                if !answer {
+                    return (None, lacks);
+                }
                 let exclude: Vec<ContentId> = theirs.iter().copied().collect();
                 let ids = c.graph().commits_since(c.heads(), &exclude);
                 if ids.is_empty() {
-                    return None;
+                    return (None, lacks);
                 }
                 let commits = ids
                     .into_iter()
@@ -133,23 +138,19 @@ impl CrdtState {
                         parents: c.graph().parents(&id).expect("present").collect(),
                     })
                     .collect();
-                Some(AnyOp::Cdvcs(replikativ_crdt::CdvcsOp {
+                let op = AnyOp::Cdvcs(replikativ_crdt::CdvcsOp {
                     method: replikativ_crdt::cdvcs::CdvcsMethod::Handshake,
                     commits,
                     heads: c.heads().clone(),
-                }))
+                });
+                (Some(op), lacks)
             }
-            (state, Summary::Digest(d)) if *d == state.digest() => None,
-            (state, _) => Some(state.state_op()),
-        }
-    }
-
-    /// Whether `summary` names something this replica does not have.
-    pub fn lacks(&self, summary: &Summary) -> bool {
-        match (self, summary) {
-            (CrdtState::Cdvcs(c), Summary::Heads(theirs)) => theirs.iter().any(|h| !c.graph().contains(h)),
-            (state, Summary::Digest(d)) => *d != state.digest(),
-            _ => false,
+            (state, Summary::Digest(d)) => {
+                let differs = *d != state.digest();
+                (if differs && answer { Some(state.state_op()) } else { None }, differs)
+            }
+            // Empty, or a summary of another kind: send everything, lack nothing.
+            (state, _) => (answer.then(|| state.state_op()), false),
         }
     }
 

@@ -129,8 +129,8 @@ impl Peer {
             let interested = self.conns.get(&conn).is_some_and(|c| c.interest.contains(&address));
             match self.crdts.get(&address) {
                 Some(replica) => {
-                    let missing = if interested { replica.state.missing_for(&summary) } else { None };
-                    if replica.state.lacks(&summary) || replica.state.is_incomplete() {
+                    let (missing, lacks) = replica.state.compare(&summary, interested);
+                    if lacks || replica.state.is_incomplete() {
                         lacking.push(address.clone());
                     }
                     let repeated =

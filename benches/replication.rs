@@ -42,6 +42,9 @@ const STALL: Duration = Duration::from_secs(60);
 
 /// Assocs in flight in the throughput case.
 const IN_FLIGHT: usize = 128;
+fn in_flight() -> usize {
+    env_usize("REPLIKATIV_BENCH_IN_FLIGHT").unwrap_or(IN_FLIGHT)
+}
 
 async fn bounded<T>(what: &str, f: impl Future<Output = T>) -> T {
     tokio::time::timeout(LIMIT, f).await.unwrap_or_else(|_| panic!("timed out: {what}"))
@@ -224,7 +227,7 @@ async fn throughput(backend: Backend, n: usize) -> Throughput {
     let start = Instant::now();
     let mut tasks: JoinSet<Result<ContentId, replikativ::peer::proto::StageError>> = JoinSet::new();
     for i in 0..n {
-        if tasks.len() >= IN_FLIGHT {
+        if tasks.len() >= in_flight() {
             bounded("assoc", tasks.join_next()).await.unwrap().unwrap().expect("assoc");
         }
         let (stage, map) = (a.stage.clone(), map.clone());

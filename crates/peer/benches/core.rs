@@ -50,12 +50,14 @@ impl Pair {
         Pair { sides: [open("a", true, 1), open("b", false, 2)], now: 1_000, b_applied: 0, a_replies: 0 }
     }
 
-    /// Handles one input at `side` and routes what it produces.
-    fn step(&mut self, side: usize, input: Input) {
+    /// Handles a batch of inputs at `side` (as the node does with what queued up meanwhile) and
+    /// routes what it produces.
+    fn step(&mut self, side: usize, inputs: Vec<Input>) {
         self.now += 1;
-        let mut pending = vec![input];
-        while let Some(input) = pending.pop() {
-            for output in self.sides[side].peer.handle(input, self.now) {
+        let mut pending = inputs;
+        while !pending.is_empty() {
+            let batch = std::mem::take(&mut pending);
+            for output in self.sides[side].peer.handle_batch(batch, self.now) {
                 match output {
                     Output::Send { msg, .. } => self.sides[1 - side]
                         .inbox
@@ -65,7 +67,7 @@ impl Pair {
                         self.sides[side].store.sync().expect("sync");
                         pending.push(Input::Synced { epoch });
                     }
-                    Output::Event(e) if side == 1 && !e.local => self.b_applied += 1,
+                    Output::Event(e) if side == 1 && !e.local => self.b_applied += e.op.len() as u64,
                     Output::Reply { result, .. } if side == 0 => {
                         result.expect("the command succeeds");
                         self.a_replies += 1;
@@ -77,14 +79,15 @@ impl Pair {
         }
     }
 
-    /// Delivers inputs, one per peer in turn, until both inboxes are empty.
+    /// Delivers each peer's whole inbox as one batch, in turn, until both inboxes are empty.
     fn pump(&mut self) {
         loop {
             let mut idle = true;
             for side in 0..2 {
-                if let Some(input) = self.sides[side].inbox.pop_front() {
+                let inputs: Vec<Input> = self.sides[side].inbox.drain(..).collect();
+                if !inputs.is_empty() {
                     idle = false;
-                    self.step(side, input);
+                    self.step(side, inputs);
                 }
             }
             if idle {
@@ -115,6 +118,7 @@ fn run(kind: CrdtKind, n: u64) -> Duration {
     pair.a_replies = 0;
 
     let start = Instant::now();
+    let mut commands = Vec::new();
     for i in 0..n {
         let cmd = match kind {
             CrdtKind::Ormap => Command::Assoc {
@@ -130,12 +134,15 @@ fn run(kind: CrdtKind, n: u64) -> Duration {
             },
             other => unimplemented!("{other:?}"),
         };
-        pair.step(0, Input::Command { id: i + 2, cmd });
-        // Let the network catch up now and then (as a peer would between stage commands).
-        if i % 64 == 63 {
+        commands.push(Input::Command { id: i + 2, cmd });
+        // Commands arrive in batches of 64 (as a stage's concurrent commands queue up at the
+        // node's core), and the network catches up between batches.
+        if commands.len() == 64 {
+            pair.step(0, std::mem::take(&mut commands));
             pair.pump();
         }
     }
+    pair.step(0, commands);
     pair.pump();
     let elapsed = start.elapsed();
     assert_eq!(pair.a_replies, n, "every command was answered");

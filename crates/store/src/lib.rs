@@ -305,4 +305,10 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn size_on_disk(&self) -> Option<u64> {
         None
     }
+
+    /// Whether [`Store::sync`] returns at once, without IO (an in-memory store): callers may run
+    /// the barrier inline instead of on a thread of its own.
+    fn sync_is_instant(&self) -> bool {
+        false
+    }
 }

@@ -121,6 +121,10 @@ impl Store for MemoryStore {
         self.check_open()
     }
 
+    fn sync_is_instant(&self) -> bool {
+        true
+    }
+
     fn close(&self) -> Result<()> {
         let _g = lock(&self.writer);
         self.closed.store(true, Ordering::Release);

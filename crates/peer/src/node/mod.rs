@@ -246,6 +246,7 @@ impl Node {
             .name(format!("replikativ-core-{}", peer.id()))
             .spawn(move || {
                 let mut core = Core {
+                    instant: store.sync_is_instant().then(|| store.clone()),
                     conns: BTreeMap::new(),
                     commands: HashMap::new(),
                     barrier: barrier_tx,
@@ -255,7 +256,7 @@ impl Node {
                     listening,
                     lagging: Default::default(),
                 };
-                core.dispatch(&peer, start);
+                core.dispatch(&mut peer, start);
                 core.run(&mut peer, core_rx);
                 // Shut down: everything acknowledged is durable already; flush the rest.
                 if let Err(e) = store.sync() {
@@ -357,6 +358,8 @@ fn barrier_loop(store: Arc<dyn Store>, rx: std::sync::mpsc::Receiver<u64>, core:
 }
 
 struct Core {
+    /// The store, if its barrier costs nothing (in memory): run inline, not on the barrier thread.
+    instant: Option<Arc<dyn Store>>,
     conns: BTreeMap<ConnId, (mpsc::Sender<ConnCmd>, Remote)>,
     /// Connections that lost messages to a full outbox: resynchronized once it drains to half.
     lagging: std::collections::BTreeSet<ConnId>,
@@ -474,50 +477,65 @@ impl Core {
         }
     }
 
-    fn dispatch(&mut self, _peer: &Peer, outputs: Vec<Output>) {
-        for output in outputs {
-            match output {
-                Output::Send { conn, msg } => self.send(conn, ConnCmd::Item(Item::Message(msg))),
-                Output::Close { conn, reason } => self.send(conn, ConnCmd::Close(reason)),
-                Output::Sync { epoch } => {
-                    let _ = self.barrier.send(epoch);
-                }
-                Output::Schedule { after, timer } => {
-                    let tx = self.tx.clone();
-                    self.runtime.spawn(async move {
-                        tokio::time::sleep(after).await;
-                        let _ = tx.send(CoreMsg::Input(Input::Timer(timer))).await;
+    fn dispatch(&mut self, peer: &mut Peer, outputs: Vec<Output>) {
+        let mut outputs = outputs;
+        loop {
+            let mut synced = None;
+            for output in outputs {
+                if let (Output::Sync { epoch }, Some(store)) = (&output, &self.instant) {
+                    synced = Some(match store.sync() {
+                        Ok(()) => Input::Synced { epoch: *epoch },
+                        Err(e) => Input::SyncFailed { epoch: *epoch, error: e.to_string() },
                     });
+                    continue;
                 }
-                Output::Reply { id, mut result } => {
-                    if let Ok(crate::proto::Reply::Status(status)) = &mut result {
-                        status.listen = self.listening.lock().expect("poisoned").clone();
-                    }
-                    if let Some(conn) = self.commands.remove(&id)
-                        && let Some((tx, _)) = self.conns.get(&conn)
+                self.output(output);
+            }
+            match synced {
+                Some(input) => outputs = peer.handle(input, now_ms()),
+                None => return,
+            }
+        }
+    }
+
+    fn output(&mut self, output: Output) {
+        match output {
+            Output::Send { conn, msg } => self.send(conn, ConnCmd::Item(Item::Message(msg))),
+            Output::Close { conn, reason } => self.send(conn, ConnCmd::Close(reason)),
+            Output::Sync { epoch } => {
+                let _ = self.barrier.send(epoch);
+            }
+            Output::Schedule { after, timer } => {
+                let tx = self.tx.clone();
+                self.runtime.spawn(async move {
+                    tokio::time::sleep(after).await;
+                    let _ = tx.send(CoreMsg::Input(Input::Timer(timer))).await;
+                });
+            }
+            Output::Reply { id, mut result } => {
+                if let Ok(crate::proto::Reply::Status(status)) = &mut result {
+                    status.listen = self.listening.lock().expect("poisoned").clone();
+                }
+                if let Some(conn) = self.commands.remove(&id)
+                    && let Some((tx, _)) = self.conns.get(&conn)
+                {
+                    // Replies must not be lost, and the core must not wait for the stage (which
+                    // may be waiting for the core): deliver from a task when the outbox is full.
+                    if let Err(mpsc::error::TrySendError::Full(cmd)) =
+                        tx.try_send(ConnCmd::Item(Item::Reply { id, result }))
                     {
-                        // Replies must not be lost, and the core must not wait for the stage (which
-                        // may be waiting for the core): deliver from a task when the outbox is full.
-                        if let Err(mpsc::error::TrySendError::Full(cmd)) =
-                            tx.try_send(ConnCmd::Item(Item::Reply { id, result }))
-                        {
-                            let tx = tx.clone();
-                            self.runtime.spawn(async move {
-                                let _ = tx.send(cmd).await;
-                            });
-                        }
+                        let tx = tx.clone();
+                        self.runtime.spawn(async move {
+                            let _ = tx.send(cmd).await;
+                        });
                     }
                 }
-                Output::Event(event) => {
-                    let stages: Vec<ConnId> = self
-                        .conns
-                        .iter()
-                        .filter(|(_, (_, r))| *r == Remote::Stage)
-                        .map(|(c, _)| *c)
-                        .collect();
-                    for conn in stages {
-                        self.send(conn, ConnCmd::Item(Item::Event(event.clone())));
-                    }
+            }
+            Output::Event(event) => {
+                let stages: Vec<ConnId> =
+                    self.conns.iter().filter(|(_, (_, r))| *r == Remote::Stage).map(|(c, _)| *c).collect();
+                for conn in stages {
+                    self.send(conn, ConnCmd::Item(Item::Event(event.clone())));
                 }
             }
         }

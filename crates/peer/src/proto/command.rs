@@ -7,7 +7,7 @@ use replikativ_crdt::{Address, Cdvcs, Commit, ContentId, CrdtKind, Staged, Trans
 
 use super::message::AnyOp;
 use super::publish::Origin;
-use super::state::{CrdtState, value_key};
+use super::state::CrdtState;
 use super::{CommandId, Output, Peer, Replica, StageError};
 
 /// A stage command. Serializable, so a remote client can send it to a node (see
@@ -186,7 +186,7 @@ impl Peer {
     }
 
     fn stored_value(&self, id: &ContentId) -> Result<Value, StageError> {
-        let bytes = self.store.get(&value_key(id))?.ok_or(StageError::MissingValue(*id))?;
+        let bytes = self.value_bytes(id)?.ok_or(StageError::MissingValue(*id))?;
         Value::decode(&bytes).map_err(|e| StageError::Store(format!("stored value {id}: {e}")))
     }
 
@@ -355,7 +355,7 @@ impl Peer {
             Command::Values { ids } => {
                 let mut values = Vec::with_capacity(ids.len());
                 for id in ids {
-                    let v = self.store.get(&value_key(&id))?.and_then(|b| Value::decode(&b).ok());
+                    let v = self.value_bytes(&id)?.and_then(|b| Value::decode(&b).ok());
                     values.push((id, v));
                 }
                 Reply::Values(values)

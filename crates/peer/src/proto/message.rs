@@ -39,6 +39,52 @@ impl AnyOp {
             AnyOp::Gset(_) => CrdtKind::Gset,
         }
     }
+
+    /// How many entries the op carries: OR-Map adds and removals, CDVCS graph entries, G-Set
+    /// elements, one LWW write.
+    pub fn len(&self) -> usize {
+        match self {
+            AnyOp::Ormap(op) => op.adds.len() + op.removals.len(),
+            AnyOp::Cdvcs(op) => op.commits.len(),
+            AnyOp::Lww(_) => 1,
+            AnyOp::Gset(op) => op.elements.len(),
+        }
+    }
+
+    /// Whether the op carries no entries (an empty state).
+    pub fn is_empty(&self) -> bool {
+        match self {
+            AnyOp::Lww(op) => op.stamp.is_none(),
+            _ => self.len() == 0,
+        }
+    }
+
+    /// Folds `later` (an op made after this one on the same address) into this op, so that
+    /// applying the result equals applying both in order: OR-Map adds and removals and G-Set
+    /// elements are united, CDVCS graph entries concatenated (parents stay before children; the
+    /// heads are the later op's) and an LWW write keeps the winner. Returns `later` back when the
+    /// two cannot be folded (other kinds, or CDVCS ops of different methods).
+    pub fn absorb(&mut self, later: AnyOp) -> Result<(), AnyOp> {
+        match (self, later) {
+            (AnyOp::Ormap(a), AnyOp::Ormap(b)) => {
+                a.adds.extend(b.adds);
+                a.removals.extend(b.removals);
+            }
+            (AnyOp::Cdvcs(a), AnyOp::Cdvcs(b)) if a.method == b.method => {
+                let known: std::collections::HashSet<ContentId> = a.commits.iter().map(|e| e.id).collect();
+                a.commits.extend(b.commits.into_iter().filter(|e| !known.contains(&e.id)));
+                a.heads = b.heads;
+            }
+            (AnyOp::Lww(a), AnyOp::Lww(b)) => {
+                if (&b.stamp, &b.value) > (&a.stamp, &a.value) {
+                    *a = b;
+                }
+            }
+            (AnyOp::Gset(a), AnyOp::Gset(b)) => a.elements.extend(b.elements),
+            (_, later) => return Err(later),
+        }
+        Ok(())
+    }
 }
 
 /// What a peer knows of one address, so the other side can send only what is missing.

@@ -330,14 +330,34 @@ pub struct Peer {
     pub(crate) conns: BTreeMap<ConnId, Conn>,
     /// Writes since the last barrier request.
     pub(crate) dirty: bool,
+    /// Store writes not yet applied to the store (see `Peer::flush_writes`).
+    pub(crate) writes: state::Writes,
     /// The epoch the next barrier request gets.
     pub(crate) epoch: u64,
     /// Work released when the barrier of its epoch passes.
     pub(crate) deferred: VecDeque<(u64, Deferred)>,
+    /// How many entries have left `deferred` (the position of its front among all ever queued).
+    pub(crate) deferred_base: u64,
+    /// Publications waiting for the current epoch's barrier, per connection and address: later
+    /// ops are folded into them.
+    pub(crate) open_relays: HashMap<(ConnId, Address), OpenRelay>,
+    /// Acknowledgements waiting for the current epoch's barrier, per connection.
+    pub(crate) open_acks: HashMap<ConnId, u64>,
     pub(crate) next_id: u64,
     /// Wall time of the current input, in ms since the epoch.
     pub(crate) now_ms: u64,
     pub(crate) out: Vec<Output>,
+}
+
+/// A relayed publication waiting for the current barrier (see `Peer::relay`).
+#[derive(Debug)]
+pub(crate) struct OpenRelay {
+    /// Its position in `deferred` (counted from the first entry ever queued).
+    pub(crate) at: u64,
+    /// Entries of the ops folded into it.
+    pub(crate) entries: usize,
+    /// Bytes of its inline values.
+    pub(crate) bytes: usize,
 }
 
 /// One address's state and its op-log bookkeeping.
@@ -407,8 +427,12 @@ impl Peer {
             crdts,
             conns: BTreeMap::new(),
             dirty: false,
+            writes: state::Writes::default(),
             epoch: 1,
             deferred: VecDeque::new(),
+            deferred_base: 0,
+            open_relays: HashMap::new(),
+            open_acks: HashMap::new(),
             next_id: 1,
             now_ms: 0,
             out: Vec::new(),
@@ -460,10 +484,13 @@ impl Peer {
         for input in inputs {
             self.handle_one(input);
         }
+        self.flush_writes();
         if self.dirty {
             self.dirty = false;
             self.out.push(Output::Sync { epoch: self.epoch });
             self.epoch += 1;
+            self.open_relays.clear();
+            self.open_acks.clear();
         }
         let out = std::mem::take(&mut self.out);
         tracing::trace!(peer = %self.record.id, ?out, "out");
@@ -485,6 +512,7 @@ impl Peer {
             Input::SyncFailed { epoch, error } => {
                 tracing::error!(peer = %self.record.id, epoch, %error, "barrier failed; dropping acknowledgements");
                 while self.deferred.front().is_some_and(|(e, _)| *e <= epoch) {
+                    self.deferred_base += 1;
                     if let Some((_, Deferred::Output(Output::Reply { id, .. }))) = self.deferred.pop_front() {
                         self.out.push(Output::Reply { id, result: Err(StageError::Store(error.clone())) });
                     }
@@ -529,6 +557,7 @@ impl Peer {
     fn synced(&mut self, epoch: u64) {
         while self.deferred.front().is_some_and(|(e, _)| *e <= epoch) {
             let (_, Deferred::Output(output)) = self.deferred.pop_front().expect("checked");
+            self.deferred_base += 1;
             // Messages to connections that closed meanwhile are dropped.
             if let Output::Send { conn, .. } = &output
                 && !self.conns.contains_key(conn)

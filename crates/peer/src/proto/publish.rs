@@ -14,13 +14,20 @@ use replikativ_crdt::{Address, Commit, ContentId, Value};
 use serde_bytes::ByteBuf;
 
 use super::message::{AnyOp, MAX_FETCH_IDS, Message, Publish};
-use super::state::{self, CrdtState, Snapshot, commit_ids, value_key};
-use super::{ConnId, Event, Output, Peer, Pending, Replica, StageError};
+use super::state::{self, CrdtState, SnapshotRef, commit_ids, value_key};
+use super::{ConnId, Deferred, Event, OpenRelay, Output, Peer, Pending, Replica, StageError};
+
+/// Bytes of pending writes after which they are written without waiting for the end of the batch
+/// (a store batch has a size limit).
+const WRITE_BATCH_BYTES: usize = 8 << 20;
+
+/// Entries folded into one relayed publication at most.
+pub(crate) const MAX_RELAY_ENTRIES: usize = 1024;
 
 /// Where an op came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Origin {
-    /// A live publication from a connection (echoed back to it).
+    /// A live publication from a connection (not sent back to it).
     Remote(ConnId),
     /// A catch-up answer from a connection (not echoed: it answers this peer's own summary).
     CatchUp(ConnId),
@@ -46,7 +53,7 @@ impl Peer {
         // Only when nothing waits ahead of it, so acknowledgements keep their order.
         let idle = self.conns.get(&conn).is_some_and(|c| c.queue.is_empty() && c.fetching.is_none());
         if idle && self.crdts.get(&p.address).is_some_and(|r| r.state.includes(&p.op)) {
-            self.after_barrier(Output::Send { conn, msg: Message::PublishAck { id: p.id } });
+            self.ack(conn, p.id);
             return;
         }
         let mut values = HashMap::with_capacity(p.values.len());
@@ -143,7 +150,7 @@ impl Peer {
             if let Some(c) = p.commits.get(cid) {
                 return Ok(Some(c.clone()));
             }
-            match self.store.get(&value_key(cid)) {
+            match self.value_bytes(cid) {
                 Ok(Some(bytes)) => {
                     let value = Value::decode(&bytes).map_err(|e| format!("stored commit {cid}: {e}"))?;
                     Commit::from_value(&value).map(Some).map_err(|e| format!("stored commit {cid}: {e}"))
@@ -178,7 +185,7 @@ impl Peer {
     }
 
     fn has_value(&self, id: &ContentId) -> bool {
-        self.store.exists(&value_key(id)).unwrap_or(false)
+        self.writes.values.contains_key(id) || self.store.exists(&value_key(id)).unwrap_or(false)
     }
 
     /// Asks again for fetches unanswered for two anti-entropy intervals (their frames were lost).
@@ -209,7 +216,7 @@ impl Peer {
         let mut missing = Vec::new();
         let mut bytes_total = 0;
         for cid in ids {
-            match self.store.get(&value_key(&cid)) {
+            match self.value_bytes(&cid) {
                 Ok(Some(bytes))
                     if bytes_total + bytes.len() <= self.config.fetch_reply_limit || values.is_empty() =>
                 {
@@ -283,7 +290,7 @@ impl Peer {
                 self.close(conn, format!("invalid op for {}: {e}", p.address));
             }
             Ok(changed) => {
-                self.after_barrier(Output::Send { conn, msg: Message::PublishAck { id: p.id } });
+                self.ack(conn, p.id);
                 // A new address is recorded even if the op changed nothing (an empty state).
                 if changed || fresh {
                     let origin = if p.catch_up { Origin::CatchUp(conn) } else { Origin::Remote(conn) };
@@ -314,40 +321,78 @@ impl Peer {
         if let Err(e) = self.persist(address, op, values, commits) {
             tracing::error!(peer = %self.record.id, %address, error = %e, "cannot store an applied op");
         }
+        // Every subscribed connection but the one the op came from (which has it: unlike the
+        // original, no echo) gets it.
         let targets: Vec<ConnId> = self
             .conns
             .iter()
             .filter(|(id, c)| {
-                c.remote.is_some() && c.interest.contains(address) && origin != Origin::CatchUp(**id)
+                c.remote.is_some()
+                    && c.interest.contains(address)
+                    && origin != Origin::CatchUp(**id)
+                    && origin != Origin::Remote(**id)
             })
             .map(|(id, _)| *id)
             .collect();
-        // Values only go to peers other than the origin (which has them): gather them only then.
-        let relay_values = if targets.iter().any(|c| origin != Origin::Remote(*c)) {
-            self.inline_values(op, values, commits)
-        } else {
-            Vec::new()
-        };
-        // (A catch-up answer is not sent back to the peer that answered: filtered above.)
-        for conn in targets {
-            let id = self.next_id();
-            // The origin of a live publication gets it back without values (it has them):
-            // replikativ's echo.
-            let values = if origin == Origin::Remote(conn) { Vec::new() } else { relay_values.clone() };
-            let msg = Message::Publish(Publish {
-                id,
-                address: address.clone(),
-                op: op.clone(),
-                values,
-                catch_up: false,
-            });
-            self.after_barrier(Output::Send { conn, msg });
+        if !targets.is_empty() {
+            let values = self.inline_values(op, values, commits);
+            for conn in targets {
+                self.relay(conn, address, op, &values);
+            }
         }
         let event = Event { address: address.clone(), op: op.clone(), local: origin == Origin::Local };
         self.after_barrier(Output::Event(event));
         if matches!(op, AnyOp::Cdvcs(_)) && !self.config.hooks.is_empty() {
+            // Integrity checks read the store: give them what is pending.
+            self.flush_writes();
             self.run_hooks(address);
         }
+    }
+
+    /// Sends `op` to `conn` after the barrier, folded into the publication of the same address
+    /// already waiting for this barrier if there is one (within [`MAX_RELAY_ENTRIES`] entries and
+    /// the inline limit): under load many ops travel in one frame.
+    fn relay(&mut self, conn: ConnId, address: &Address, op: &AnyOp, values: &[ByteBuf]) {
+        let size: usize = values.iter().map(|v| v.len()).sum();
+        let key = (conn, address.clone());
+        if let Some(open) = self.open_relays.get_mut(&key)
+            && open.entries + op.len() <= MAX_RELAY_ENTRIES
+            && open.bytes + size <= self.config.inline_limit
+            && let Some((_, Deferred::Output(Output::Send { msg: Message::Publish(p), .. }))) =
+                self.deferred.get_mut((open.at - self.deferred_base) as usize)
+            && p.op.absorb(op.clone()).is_ok()
+        {
+            p.values.extend(values.iter().cloned());
+            open.entries += op.len();
+            open.bytes += size;
+            return;
+        }
+        let id = self.next_id();
+        let msg = Message::Publish(Publish {
+            id,
+            address: address.clone(),
+            op: op.clone(),
+            values: values.to_vec(),
+            catch_up: false,
+        });
+        self.after_barrier(Output::Send { conn, msg });
+        let at = self.deferred_base + self.deferred.len() as u64 - 1;
+        self.open_relays.insert(key, OpenRelay { at, entries: op.len(), bytes: size });
+    }
+
+    /// Acknowledges publication `id` of `conn` after the barrier. An acknowledgement covers every
+    /// earlier publication of the connection too (they are handled in order), so one already
+    /// waiting for this barrier is advanced instead of sending another.
+    pub(crate) fn ack(&mut self, conn: ConnId, id: u64) {
+        if let Some(at) = self.open_acks.get(&conn)
+            && let Some((_, Deferred::Output(Output::Send { msg: Message::PublishAck { id: acked }, .. }))) =
+                self.deferred.get_mut((at - self.deferred_base) as usize)
+        {
+            *acked = id;
+            return;
+        }
+        self.after_barrier(Output::Send { conn, msg: Message::PublishAck { id } });
+        self.open_acks.insert(conn, self.deferred_base + self.deferred.len() as u64 - 1);
     }
 
     fn persist(
@@ -357,21 +402,18 @@ impl Peer {
         values: &HashMap<ContentId, Vec<u8>>,
         commits: &HashMap<ContentId, Commit>,
     ) -> Result<(), StageError> {
-        let mut batch = replikativ_store::Batch::new();
         for cid in commit_ids(op) {
             if let Some(bytes) = values.get(&cid) {
                 if let Some(commit) = commit_of(&cid, bytes, commits) {
                     for tx in &commit.transactions {
                         if let Some(p) = values.get(&tx.params) {
-                            batch.push_put(value_key(&tx.params), p.clone());
+                            self.writes.put_value(tx.params, p);
                         }
                     }
                 }
-                batch.push_put(value_key(&cid), bytes.clone());
+                self.writes.put_value(cid, bytes);
             }
         }
-        // The values and the op's log entry (or a snapshot) go in one atomic batch: one write.
-        let log = state::log_name(address);
         let every = self.config.snapshot_every;
         let replica = self.crdts.get_mut(address).expect("applied state exists");
         // Snapshots cost the size of the state: taking one only after as many logged ops as the
@@ -379,20 +421,54 @@ impl Peer {
         if replica.since_snapshot == u64::MAX
             || replica.since_snapshot + 1 >= every.max(replica.snapshot_after)
         {
+            // The snapshot includes every op of this address not yet in the log.
+            let log = state::log_name(address);
             let next = self.store.log_bounds(&log)?.next;
-            let snapshot = Snapshot { state: replica.state.clone(), log_from: next };
-            batch.push_put(state::crdt_key(address), rmp_serde::to_vec_named(&snapshot).expect("encodes"));
-            self.store.apply(&batch)?;
-            self.store.log_prune(&log, next)?;
+            let snapshot = rmp_serde::to_vec_named(&SnapshotRef { state: &replica.state, log_from: next })
+                .expect("encodes");
+            self.writes.snapshot(address, state::crdt_key(address), snapshot, log, next);
             replica.since_snapshot = 0;
             replica.snapshot_after = replica.state.size();
         } else {
-            batch.push_log_append(log, rmp_serde::to_vec_named(op).expect("encodes"));
-            self.store.apply(&batch)?;
+            self.writes.log(address, op);
             replica.since_snapshot += 1;
         }
         self.dirty = true;
+        if self.writes.bytes >= WRITE_BATCH_BYTES {
+            self.flush_writes();
+        }
         Ok(())
+    }
+
+    /// Writes what the ops handled since the last call stored (values, op-log entries, snapshots)
+    /// as one atomic store batch: one write for many ops. Runs before every barrier request, and
+    /// before code that hands the store to others (pull hooks' integrity checks).
+    pub(crate) fn flush_writes(&mut self) {
+        if self.writes.is_empty() {
+            return;
+        }
+        let writes = std::mem::take(&mut self.writes);
+        let (batch, prunes) = writes.into_batch();
+        if let Err(e) = self.store.apply(&batch) {
+            tracing::error!(peer = %self.record.id, error = %e, "cannot store applied ops");
+            return;
+        }
+        for (log, before) in prunes {
+            if let Err(e) = self.store.log_prune(&log, before) {
+                tracing::error!(peer = %self.record.id, error = %e, "cannot prune an op log");
+            }
+        }
+    }
+
+    /// A stored value (or one written by an op not yet flushed to the store).
+    pub(crate) fn value_bytes(
+        &self,
+        id: &ContentId,
+    ) -> Result<Option<Vec<u8>>, replikativ_store::StoreError> {
+        match self.writes.values.get(id) {
+            Some(bytes) => Ok(Some(bytes.clone())),
+            None => self.store.get(&value_key(id)),
+        }
     }
 
     /// The values to send with an op: its commit records and their params, up to the inline limit.
@@ -425,7 +501,7 @@ impl Peer {
         commits: &HashMap<ContentId, Commit>,
     ) -> Vec<Vec<u8>> {
         let fetch = |id: &ContentId| -> Option<Vec<u8>> {
-            known.get(id).cloned().or_else(|| self.store.get(&value_key(id)).ok().flatten())
+            known.get(id).cloned().or_else(|| self.value_bytes(id).ok().flatten())
         };
         let Some(bytes) = fetch(cid) else { return Vec::new() };
         let params: Vec<Vec<u8>> = commit_of(cid, &bytes, commits)

@@ -9,11 +9,14 @@
 //! | log `o/<16 uuid bytes><user>` | msgpack [`AnyOp`] per applied op since the snapshot |
 //! | `v/<32 id bytes>` | canonical encoding of a value (commit records, params) |
 //!
-//! An applied op is appended to the address's op log; every `snapshot_every` ops the state is
-//! written whole and the log pruned. Loading replays the log on the snapshot; ops are idempotent,
-//! so a crash between writing a snapshot and pruning the log only replays some ops twice.
+//! The ops a peer handles in one batch of inputs are written together, as one atomic store batch,
+//! before the barrier that acknowledges them: their values, and per address one op-log entry (the
+//! batch's ops on that address folded into one op: applying it equals applying them in order).
+//! After max(`snapshot_every`, state size) logged ops the state is written whole and the log
+//! pruned. Loading replays the log on the snapshot; ops are idempotent, so a crash between writing
+//! a snapshot and pruning the log only replays some ops twice.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use replikativ_crdt::{Address, Cdvcs, ContentId, Crdt, CrdtKind, GSet, LwwRegister, OrMap, ValidationError};
 use serde::{Deserialize, Serialize};
@@ -215,6 +218,90 @@ pub(crate) struct Snapshot {
     pub(crate) state: CrdtState,
     /// Log entries before this sequence number are in `state`.
     pub(crate) log_from: u64,
+}
+
+/// A snapshot to write, borrowing the state (encodes like [`Snapshot`]).
+#[derive(Serialize)]
+pub(crate) struct SnapshotRef<'a> {
+    pub(crate) state: &'a CrdtState,
+    pub(crate) log_from: u64,
+}
+
+/// Store writes of the ops handled since the last flush, written as one batch (see
+/// `Peer::flush_writes`).
+#[derive(Default, Debug)]
+pub(crate) struct Writes {
+    /// Values by id (commit records, params).
+    pub(crate) values: HashMap<ContentId, Vec<u8>>,
+    /// Ops to append to op logs; ops on one address are folded into one entry where they can be.
+    logs: Vec<(Address, AnyOp)>,
+    /// Index into `logs` of each address's last entry.
+    last_log: HashMap<Address, usize>,
+    /// Snapshots: key, bytes.
+    snapshots: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Op logs to prune after the batch: log name, first sequence number kept.
+    prunes: Vec<(Vec<u8>, u64)>,
+    /// Bytes pending (roughly).
+    pub(crate) bytes: usize,
+}
+
+impl Writes {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.values.is_empty() && self.logs.is_empty() && self.snapshots.is_empty() && self.prunes.is_empty()
+    }
+
+    pub(crate) fn put_value(&mut self, id: ContentId, bytes: &[u8]) {
+        if !self.values.contains_key(&id) {
+            self.bytes += bytes.len() + 34;
+            self.values.insert(id, bytes.to_vec());
+        }
+    }
+
+    pub(crate) fn log(&mut self, address: &Address, op: &AnyOp) {
+        self.bytes += 64;
+        if let Some(&i) = self.last_log.get(address)
+            && self.logs[i].1.absorb(op.clone()).is_ok()
+        {
+            return;
+        }
+        self.last_log.insert(address.clone(), self.logs.len());
+        self.logs.push((address.clone(), op.clone()));
+    }
+
+    /// A snapshot of `address` covering every op logged so far: its pending log entries are
+    /// dropped, and the log is pruned before `log_from` once the batch is written.
+    pub(crate) fn snapshot(
+        &mut self,
+        address: &Address,
+        key: Vec<u8>,
+        bytes: Vec<u8>,
+        log: Vec<u8>,
+        log_from: u64,
+    ) {
+        self.logs.retain(|(a, _)| a != address);
+        self.last_log.clear();
+        for (i, (a, _)) in self.logs.iter().enumerate() {
+            self.last_log.insert(a.clone(), i);
+        }
+        self.bytes += bytes.len();
+        self.snapshots.push((key, bytes));
+        self.prunes.push((log, log_from));
+    }
+
+    /// The store batch, and the prunes to run after it.
+    pub(crate) fn into_batch(self) -> (replikativ_store::Batch, Vec<(Vec<u8>, u64)>) {
+        let mut batch = replikativ_store::Batch::new();
+        for (id, bytes) in self.values {
+            batch.push_put(value_key(&id), bytes);
+        }
+        for (key, bytes) in self.snapshots {
+            batch.push_put(key, bytes);
+        }
+        for (address, op) in self.logs {
+            batch.push_log_append(log_name(&address), rmp_serde::to_vec_named(&op).expect("encodes"));
+        }
+        (batch, self.prunes)
+    }
 }
 
 pub(crate) const CONFIG_KEY: &[u8] = b"peer/config";

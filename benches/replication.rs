@@ -1,9 +1,10 @@
 //! End-to-end replication benchmarks over real websockets on 127.0.0.1 (client and server nodes in
 //! one process, sharing the machine's cores):
 //!
-//! 1. throughput: N OR-Map assocs on A (128 in flight), time until B has every one, with MemoryStore
-//!    and FileStore; against a raw tokio-tungstenite stream of N binary frames of the size of A's
-//!    publish frames (one flush per frame, and `feed` with a flush every 64 frames);
+//! 1. throughput: N OR-Map assocs on A (with 128 and with 1024 in flight), time until B has every
+//!    one, with MemoryStore and FileStore; against raw tokio-tungstenite streams measured in the same
+//!    run: the same number of frames of the same size as A sent to B, and one frame per op of the
+//!    bytes per op A sent (flushed per frame, and fed with a flush every 64 frames);
 //! 2. commit-to-visible latency of M sequential CDVCS commits, one hop (A to B) and two hops (A to B
 //!    to C), from the `transact` call until the commit shows in B's (C's) change stream;
 //! 3. catch-up: A makes K CDVCS commits while B is offline, then B connects: time to converge and
@@ -14,7 +15,8 @@
 //!
 //! `cargo bench --bench replication` (N = 100 000, M = 1000, K = 10 000, 3 runs);
 //! `REPLIKATIV_BENCH_QUICK=1` shrinks the sizes (N = 5000, M = 200, K = 1000);
-//! `REPLIKATIV_BENCH_RUNS=5` sets the number of runs.
+//! `REPLIKATIV_BENCH_RUNS=5` sets the number of runs; `--features bench-system-allocator` runs on
+//! the system allocator instead of mimalloc (the `replikativ` binary's).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -33,6 +35,12 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
+/// The allocator the `replikativ` binary runs with (see docs/design.md);
+/// `--features bench-system-allocator` measures with the system allocator instead.
+#[cfg(not(feature = "bench-system-allocator"))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Bound of every wait: a benchmark that stalls fails instead of hanging.
 const LIMIT: Duration = Duration::from_secs(300);
 
@@ -40,11 +48,8 @@ const LIMIT: Duration = Duration::from_secs(300);
 /// as stalled (reported, left out of the median).
 const STALL: Duration = Duration::from_secs(60);
 
-/// Assocs in flight in the throughput case.
-const IN_FLIGHT: usize = 128;
-fn in_flight() -> usize {
-    env_usize("REPLIKATIV_BENCH_IN_FLIGHT").unwrap_or(IN_FLIGHT)
-}
+/// Assocs in flight in the throughput case (a window per case).
+const IN_FLIGHT: [usize; 2] = [128, 1024];
 
 async fn bounded<T>(what: &str, f: impl Future<Output = T>) -> T {
     tokio::time::timeout(LIMIT, f).await.unwrap_or_else(|_| panic!("timed out: {what}"))
@@ -72,20 +77,10 @@ impl Backend {
     }
 }
 
-/// Measures the publish frames a node sends to remote peers: how many, and the encoded size of
-/// the first [`FrameSizer::SAMPLE`] of them.
+/// Counts the publish frames a node sends to remote peers.
 #[derive(Debug, Default)]
 struct FrameStats {
     frames: AtomicU64,
-    sampled: AtomicU64,
-    sampled_bytes: AtomicU64,
-}
-
-impl FrameStats {
-    fn mean(&self) -> usize {
-        let n = self.sampled.load(Ordering::Relaxed).max(1);
-        (self.sampled_bytes.load(Ordering::Relaxed) / n) as usize
-    }
 }
 
 #[derive(Debug)]
@@ -93,19 +88,10 @@ struct FrameSizer {
     stats: Arc<FrameStats>,
 }
 
-impl FrameSizer {
-    const SAMPLE: u64 = 2000;
-}
-
 impl Middleware for FrameSizer {
     fn outbound(&mut self, item: Item, emit: &mut Emit) {
-        if let Item::Message(m @ Message::Publish(_)) = &item {
-            let s = &self.stats;
-            s.frames.fetch_add(1, Ordering::Relaxed);
-            if s.sampled.load(Ordering::Relaxed) < Self::SAMPLE {
-                s.sampled.fetch_add(1, Ordering::Relaxed);
-                s.sampled_bytes.fetch_add(m.encode().len() as u64, Ordering::Relaxed);
-            }
+        if let Item::Message(Message::Publish(_)) = &item {
+            self.stats.frames.fetch_add(1, Ordering::Relaxed);
         }
         emit.down(item);
     }
@@ -176,13 +162,15 @@ struct Throughput {
     visible: Option<Duration>,
     /// From the first assoc until A acknowledged them all.
     acked: Duration,
+    /// Publish frames A sent to B.
     frames: u64,
-    frame_size: usize,
+    /// Bytes A sent to B (every frame).
+    bytes: u64,
     /// Messages dropped by A's and B's nodes (full outboxes).
     dropped: (u64, u64),
 }
 
-async fn throughput(backend: Backend, n: usize) -> Throughput {
+async fn throughput(backend: Backend, n: usize, window: usize) -> Throughput {
     let stats = Arc::new(FrameStats::default());
     let a = spawn("a", backend, Some(stats.clone())).await;
     let b = spawn("b", backend, None).await;
@@ -227,7 +215,7 @@ async fn throughput(backend: Backend, n: usize) -> Throughput {
     let start = Instant::now();
     let mut tasks: JoinSet<Result<ContentId, replikativ::peer::proto::StageError>> = JoinSet::new();
     for i in 0..n {
-        if tasks.len() >= in_flight() {
+        if tasks.len() >= window {
             bounded("assoc", tasks.join_next()).await.unwrap().unwrap().expect("assoc");
         }
         let (stage, map) = (a.stage.clone(), map.clone());
@@ -258,7 +246,7 @@ async fn throughput(backend: Backend, n: usize) -> Throughput {
         visible,
         acked,
         frames: stats.frames.load(Ordering::Relaxed),
-        frame_size: stats.mean(),
+        bytes: a.stage.node().metrics().values().map(|m| m.bytes_out).sum(),
         dropped: (dropped(&a).await, dropped(&b).await),
     };
     bounded("shutdown", b.stage.shutdown()).await;
@@ -514,62 +502,70 @@ async fn run() {
 }
 
 async fn section_throughput(n: usize, runs: usize, backends: &[Backend]) {
-    println!("\n1. throughput: {n} OR-Map assocs on A ({IN_FLIGHT} in flight) until B has them all");
-    println!("{:<44} {:>12} {:>12} {:>12} {:>12}", "case", "median", "min", "max", "ops/s");
-    let mut node_rates = Vec::new();
-    let mut frame_size = 0;
-    for &backend in backends {
-        let mut visible = Vec::new();
-        let mut acked = Vec::new();
-        let mut notes = Vec::new();
-        let mut stalled = 0;
-        for _ in 0..runs {
-            let t = throughput(backend, n).await;
-            match t.visible {
-                Some(v) => visible.push(v),
-                None => stalled += 1,
-            }
-            acked.push(t.acked);
-            frame_size = frame_size.max(t.frame_size);
-            notes.push((t.frames, t.frame_size, t.dropped));
-        }
-        if stalled > 0 {
-            println!(
-                "    {stalled} of {runs} runs STALLED: B lacked ops {STALL:?} after A acknowledged all (see stderr)"
-            );
-        }
-        if visible.is_empty() {
-            continue;
-        }
-        let med = median(&visible);
-        let (lo, hi) = (*visible.iter().min().unwrap(), *visible.iter().max().unwrap());
-        let name = format!("node A->B, {} (visible on B)", backend.name());
-        println!("{name:<44} {:>12} {:>12} {:>12} {:>12.0}", ms(med), ms(lo), ms(hi), rate(n, med));
-        let ma = median(&acked);
-        let name = format!("  (acknowledged on A, {})", backend.name());
-        println!("{name:<44} {:>12} {:>12} {:>12} {:>12.0}", ms(ma), "", "", rate(n, ma));
-        for (frames, size, dropped) in notes {
-            println!(
-                "    publish frames sent: {frames}, mean publish frame {size} B, messages dropped (A, B): {dropped:?}"
-            );
-        }
-        node_rates.push((backend, rate(n, med)));
-    }
-    let mut raw_rates = Vec::new();
-    for (batch, name) in [(false, "flush per frame"), (true, "feed + flush every 64")] {
-        let mut times = Vec::new();
-        for _ in 0..runs {
-            times.push(raw_stream(n, frame_size, batch).await);
-        }
-        let med = median(&times);
+    println!("\n1. throughput: {n} OR-Map assocs on A (a window of W in flight) until B has them all");
+    println!("{:<48} {:>12} {:>12} {:>12} {:>12}", "case", "median", "min", "max", "ops/s");
+    let row = |name: &str, times: &[Duration], ops: usize| {
+        let med = median(times);
         let (lo, hi) = (*times.iter().min().unwrap(), *times.iter().max().unwrap());
-        let name = format!("raw ws {n} x {frame_size} B, {name}");
-        println!("{name:<44} {:>12} {:>12} {:>12} {:>12.0}", ms(med), ms(lo), ms(hi), rate(n, med));
-        raw_rates.push((name, rate(n, med)));
-    }
-    for (backend, node) in &node_rates {
-        for (name, raw) in &raw_rates {
-            println!("ratio node ({}) / {name}: {:.4}", backend.name(), node / raw);
+        println!("{name:<48} {:>12} {:>12} {:>12} {:>12.0}", ms(med), ms(lo), ms(hi), rate(ops, med));
+        rate(ops, med)
+    };
+    for &backend in backends {
+        for window in IN_FLIGHT {
+            let mut visible = Vec::new();
+            let mut acked = Vec::new();
+            let mut wire = Vec::new();
+            let mut stalled = 0;
+            for _ in 0..runs {
+                let t = throughput(backend, n, window).await;
+                match t.visible {
+                    Some(v) => visible.push(v),
+                    None => stalled += 1,
+                }
+                acked.push(t.acked);
+                wire.push((t.frames, t.bytes, t.dropped));
+            }
+            if stalled > 0 {
+                println!(
+                    "    {stalled} of {runs} runs STALLED: B lacked ops {STALL:?} after A acknowledged all (see stderr)"
+                );
+            }
+            if visible.is_empty() {
+                continue;
+            }
+            let node = row(&format!("node A->B, {}, W={window} (visible on B)", backend.name()), &visible, n);
+            row(&format!("  (acknowledged on A, {}, W={window})", backend.name()), &acked, n);
+            for (frames, bytes, dropped) in &wire {
+                println!(
+                    "    publish frames {frames} ({:.1} ops each), {bytes} B A->B ({:.0} B per op), messages dropped (A, B): {dropped:?}",
+                    n as f64 / *frames.max(&1) as f64,
+                    *bytes as f64 / n as f64
+                );
+            }
+            // Baselines, measured now: the same frames over a raw websocket (the issue's
+            // comparison), and one frame per op as a hand-written app would send them.
+            wire.sort();
+            let (frames, bytes, _) = wire[wire.len() / 2];
+            let frames = frames.max(1) as usize;
+            let per_op = (bytes as usize / n).max(1);
+            let cases = [
+                (
+                    format!("  raw ws, the node's frames: {frames} x {} B", bytes as usize / frames),
+                    frames,
+                    bytes as usize / frames,
+                    false,
+                ),
+                (format!("  raw ws, a frame per op: {n} x {per_op} B"), n, per_op, false),
+                (format!("  raw ws, a frame per op, flush every 64"), n, per_op, true),
+            ];
+            for (name, count, size, batch) in cases {
+                let mut times = Vec::new();
+                for _ in 0..runs {
+                    times.push(raw_stream(count, size, batch).await);
+                }
+                let raw = row(&name, &times, n);
+                println!("    ratio node / this baseline (ops/s): {:.3}", node / raw);
+            }
         }
     }
 }

@@ -5,8 +5,12 @@
 //! `Output::Sync` is answered at once (in-memory stores), and the clock stops when B has applied
 //! every op. Each case runs several times; the median is reported.
 //!
+//! Commands reach A in batches of 64 and each peer handles what queued up for it as one batch, as
+//! the node does. Runs on mimalloc, the allocator of the `replikativ` binary.
+//!
 //! `cargo bench -p replikativ-peer --bench core` (environment: `CORE_BENCH_N=10000,100000`,
-//! `CORE_BENCH_REPS=5`, `CORE_BENCH_SNAPSHOT_EVERY=1024`, the peers' `snapshot_every`).
+//! `CORE_BENCH_REPS=5`, `CORE_BENCH_SNAPSHOT_EVERY=1024`, the peers' `snapshot_every`);
+//! `--features bench-system-allocator` runs it on the system allocator.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -182,3 +186,9 @@ fn main() {
         }
     }
 }
+
+/// The allocator the `replikativ` binary runs with (see docs/design.md);
+/// `--features bench-system-allocator` measures with the system allocator instead.
+#[cfg(not(feature = "bench-system-allocator"))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

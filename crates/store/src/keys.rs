@@ -93,3 +93,111 @@ mod tests {
         assert!(log_entry_key(b"l", 0).starts_with(&log_prefix(b"l")));
     }
 }
+
+/// Bytes a key holds inline (without a heap allocation of its own).
+const INLINE: usize = 62;
+
+/// A key of an in-memory index (the memory store's map, the file store's index). Keys up to
+/// [`INLINE`] bytes, which covers the peer's value and log keys, are stored inside the B-tree node
+/// instead of behind a pointer, so a lookup compares keys without a cache miss per comparison.
+/// Orders like the byte string it holds.
+#[derive(Clone)]
+pub(crate) enum IndexKey {
+    Inline(u8, [u8; INLINE]),
+    Heap(Box<[u8]>),
+}
+
+impl IndexKey {
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self {
+            IndexKey::Inline(len, bytes) => &bytes[..*len as usize],
+            IndexKey::Heap(b) => b,
+        }
+    }
+}
+
+impl From<&[u8]> for IndexKey {
+    fn from(key: &[u8]) -> Self {
+        if key.len() <= INLINE {
+            let mut bytes = [0u8; INLINE];
+            bytes[..key.len()].copy_from_slice(key);
+            IndexKey::Inline(key.len() as u8, bytes)
+        } else {
+            IndexKey::Heap(key.into())
+        }
+    }
+}
+
+impl From<Vec<u8>> for IndexKey {
+    fn from(key: Vec<u8>) -> Self {
+        if key.len() <= INLINE { IndexKey::from(key.as_slice()) } else { IndexKey::Heap(key.into()) }
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for IndexKey {
+    fn borrow(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl std::ops::Deref for IndexKey {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl PartialEq for IndexKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for IndexKey {}
+
+impl PartialOrd for IndexKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for IndexKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_slice().cmp(other.as_slice())
+    }
+}
+
+impl std::fmt::Debug for IndexKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.as_slice())
+    }
+}
+
+#[cfg(test)]
+mod index_key_tests {
+    use super::IndexKey;
+
+    #[test]
+    fn orders_like_its_bytes_inline_or_not() {
+        let keys: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![0],
+            vec![0, 0],
+            vec![1; 62],
+            vec![1; 63],
+            vec![1; 100],
+            vec![2],
+            b"v/abc".to_vec(),
+        ];
+        for a in &keys {
+            for b in &keys {
+                let (ka, kb) = (IndexKey::from(a.clone()), IndexKey::from(b.as_slice()));
+                assert_eq!(ka.cmp(&kb), a.cmp(b), "{a:?} vs {b:?}");
+                assert_eq!(ka == kb, a == b);
+                assert_eq!(ka.as_slice(), a.as_slice());
+            }
+        }
+        assert!(matches!(IndexKey::from(vec![1; 62]), IndexKey::Inline(62, _)));
+        assert!(matches!(IndexKey::from(vec![1; 63]), IndexKey::Heap(_)));
+    }
+}

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::engine::{self, Engine, RawOp, engine_store_methods, lock, read, write};
 use crate::error::{Result, StoreError};
+use crate::keys::IndexKey;
 use crate::{Limits, Store};
 
 /// A store that keeps everything in memory: for tests, simulations and ephemeral peers.
@@ -16,7 +17,7 @@ use crate::{Limits, Store};
 /// [`FileStore`](crate::FileStore), so code tested against it behaves the same on disk.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    map: RwLock<BTreeMap<Vec<u8>, Vec<u8>>>,
+    map: RwLock<BTreeMap<IndexKey, Vec<u8>>>,
     blobs: RwLock<HashMap<Vec<u8>, Arc<[u8]>>>,
     writer: Mutex<()>,
     closed: AtomicBool,
@@ -62,7 +63,7 @@ impl Engine for MemoryStore {
         Ok(map
             .range::<[u8], _>((std::ops::Bound::Included(start), std::ops::Bound::Excluded(end)))
             .take(max)
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.to_vec(), v.clone()))
             .collect())
     }
 
@@ -71,13 +72,19 @@ impl Engine for MemoryStore {
         for op in ops {
             match op {
                 RawOp::Put(k, v) => {
-                    map.insert(k, v);
+                    map.insert(IndexKey::from(k), v);
                 }
                 RawOp::Delete(k) => {
-                    map.remove(&k);
+                    map.remove(k.as_slice());
                 }
                 RawOp::DeleteRange(start, end) => {
-                    let doomed: Vec<Vec<u8>> = map.range(start..end).map(|(k, _)| k.clone()).collect();
+                    let doomed: Vec<IndexKey> = map
+                        .range::<[u8], _>((
+                            std::ops::Bound::Included(&start[..]),
+                            std::ops::Bound::Excluded(&end[..]),
+                        ))
+                        .map(|(k, _)| k.clone())
+                        .collect();
                     for k in doomed {
                         map.remove(&k);
                     }

@@ -18,7 +18,7 @@ use crate::blob::BlobDir;
 use crate::engine::{self, Engine, RawOp, engine_store_methods, lock, read, write};
 use crate::error::{Result, StoreError};
 use crate::group_commit::GroupCommit;
-use crate::keys::TAG_KV;
+use crate::keys::{IndexKey, TAG_KV};
 use crate::lock::{DirLock, ensure_dir, sync_dir};
 use crate::{Limits, Store};
 
@@ -114,7 +114,7 @@ struct Segment {
 
 #[derive(Debug)]
 struct State {
-    index: BTreeMap<Box<[u8]>, Loc>,
+    index: BTreeMap<IndexKey, Loc>,
     segments: BTreeMap<u32, Segment>,
     active: u32,
     live_bytes: u64,
@@ -192,7 +192,7 @@ impl State {
         if start >= end {
             return;
         }
-        let doomed: Vec<Box<[u8]>> = self
+        let doomed: Vec<IndexKey> = self
             .index
             .range::<[u8], _>((Bound::Included(start), Bound::Excluded(end)))
             .map(|(k, _)| k.clone())
@@ -339,7 +339,7 @@ impl FileStore {
         let mut buf = Vec::with_capacity(1 << 20);
         let mut pending: Vec<(usize, u32)> = Vec::new(); // (value offset in buf, len)
         format::begin_record(&mut buf);
-        let keys: Vec<(Box<[u8]>, Loc)> = st.index.iter().map(|(k, l)| (k.clone(), *l)).collect();
+        let keys: Vec<(IndexKey, Loc)> = st.index.iter().map(|(k, l)| (k.clone(), *l)).collect();
         for (key, loc) in &keys {
             let value = st.read_value(key, *loc)?;
             let off = format::push_entry(&mut buf, KIND_PUT, key, &value);

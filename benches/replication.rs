@@ -556,7 +556,7 @@ async fn section_throughput(n: usize, runs: usize, backends: &[Backend]) {
                     false,
                 ),
                 (format!("  raw ws, a frame per op: {n} x {per_op} B"), n, per_op, false),
-                (format!("  raw ws, a frame per op, flush every 64"), n, per_op, true),
+                ("  raw ws, a frame per op, flush every 64".to_string(), n, per_op, true),
             ];
             for (name, count, size, batch) in cases {
                 let mut times = Vec::new();

@@ -357,6 +357,10 @@ fn barrier_loop(store: Arc<dyn Store>, rx: std::sync::mpsc::Receiver<u64>, core:
     }
 }
 
+/// Inputs the core handles as one batch at most: big enough to share a barrier among many ops,
+/// small enough that replies flow back while the next batch is handled.
+const MAX_BATCH: usize = 32;
+
 struct Core {
     /// The store, if its barrier costs nothing (in memory): run inline, not on the barrier thread.
     instant: Option<Arc<dyn Store>>,
@@ -406,7 +410,7 @@ impl Core {
                                 break;
                             }
                         }
-                        if batch.len() < 256 {
+                        if batch.len() < MAX_BATCH {
                             next = rx.try_recv().ok();
                         }
                     }

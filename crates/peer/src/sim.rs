@@ -250,6 +250,8 @@ const ANTI_ENTROPY_MS: u64 = 200;
 fn peer_config() -> PeerConfig {
     PeerConfig {
         snapshot_every: 8,
+        // Small enough that OR-Maps and G-Sets use both summary forms.
+        bucketed_above: 12,
         anti_entropy: Some(Duration::from_millis(ANTI_ENTROPY_MS)),
         ..PeerConfig::default()
     }

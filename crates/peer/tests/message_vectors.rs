@@ -112,6 +112,13 @@ fn vectors() -> Vec<(&'static str, Message)> {
             Message::Sync { summaries: vec![(address(1), Summary::Digest(cid(9)))], reply: true },
         ),
         ("sync-empty", Message::Sync { summaries: vec![(address(4), Summary::Empty)], reply: false }),
+        (
+            "sync-buckets",
+            Message::Sync {
+                summaries: vec![(address(5), Summary::Buckets(ByteBuf::from((0..32).collect::<Vec<u8>>())))],
+                reply: false,
+            },
+        ),
         ("error", Message::Error { reason: "unknown message kind \"frobnicate\"; ignored".into() }),
         ("close", Message::Close { reason: "publication flood".into() }),
         ("custom", Message::Custom { tag: "chat".into(), data: ByteBuf::from(vec![0, 1, 2, 0xff]) }),
@@ -181,7 +188,7 @@ fn every_message_encodes_to_its_vector_and_decodes_back() {
             Some(hex) => {
                 failures.push(format!("{name}: encodes to {} but the vector is {hex}", to_hex(&frame)))
             }
-            None => failures.push(format!("{name}: no vector")),
+            None => failures.push(format!("{name}: no vector (it encodes to {})", to_hex(&frame))),
         }
         assert_eq!(Message::decode(&frame), Ok(msg.clone()), "{name} does not decode back");
         let expected = file.get(name).map(|h| {
@@ -238,13 +245,14 @@ fn vectors_cover_every_kind() {
                     Summary::Heads(_) => "heads",
                     Summary::Digest(_) => "digest",
                     Summary::Empty => "empty",
+                    Summary::Buckets(_) => "buckets",
                 }));
             }
             _ => {}
         }
     }
     assert_eq!(ops, BTreeSet::from(["ormap", "cdvcs", "lww", "gset"]));
-    assert_eq!(summaries, BTreeSet::from(["heads", "digest", "empty"]));
+    assert_eq!(summaries, BTreeSet::from(["heads", "digest", "empty", "buckets"]));
 }
 
 /// Kinds whose bodies the decoder parses, plus one it does not know.

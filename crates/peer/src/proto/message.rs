@@ -95,6 +95,10 @@ pub enum Summary {
     Heads(BTreeSet<ContentId>),
     /// A digest of the whole state of another datatype: on a mismatch the state is sent.
     Digest(ContentId),
+    /// Digests of the entries of a large OR-Map or G-Set in [`state::BUCKETS`](super::state::BUCKETS)
+    /// buckets by key ([`state::BUCKET_DIGEST`](super::state::BUCKET_DIGEST) bytes each,
+    /// concatenated): on a mismatch only the entries of the differing buckets are sent.
+    Buckets(ByteBuf),
     /// The sender has nothing at the address yet.
     Empty,
 }

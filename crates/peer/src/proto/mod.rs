@@ -234,6 +234,9 @@ pub struct PeerConfig {
     pub fetch_reply_limit: usize,
     /// Interval of anti-entropy summaries (`None`: only on connect and subscribe).
     pub anti_entropy: Option<Duration>,
+    /// OR-Maps and G-Sets of more entries than this summarize themselves by bucket digests, so
+    /// catch-up sends only the differing buckets (see `Summary::Buckets`).
+    pub bucketed_above: u64,
     /// Pull hooks run by this peer.
     pub hooks: Vec<hooks::PullHook>,
 }
@@ -246,6 +249,7 @@ impl Default for PeerConfig {
             inline_limit: 1 << 20,
             fetch_reply_limit: 4 << 20,
             anti_entropy: Some(Duration::from_secs(10)),
+            bucketed_above: state::BUCKETED_ABOVE,
             hooks: Vec::new(),
         }
     }

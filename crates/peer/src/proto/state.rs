@@ -16,10 +16,13 @@
 //! pruned. Loading replays the log on the snapshot; ops are idempotent, so a crash between writing
 //! a snapshot and pruning the log only replays some ops twice.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use replikativ_crdt::{Address, Cdvcs, ContentId, Crdt, CrdtKind, GSet, LwwRegister, OrMap, ValidationError};
+use replikativ_crdt::{
+    Address, Cdvcs, ContentId, Crdt, CrdtKind, GSet, LwwRegister, OrMap, ValidationError, Value,
+};
 use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
 
 use super::message::{AnyOp, Summary};
 
@@ -92,12 +95,100 @@ impl CrdtState {
         }
     }
 
-    /// The summary this replica sends in anti-entropy: heads for a CDVCS, else a digest.
+    /// The summary this replica sends in anti-entropy: heads for a CDVCS, bucket digests for an
+    /// OR-Map or G-Set of more than [`BUCKETED_ABOVE`] entries, else a digest of the state.
     pub fn summary(&self) -> Summary {
+        self.summary_bucketed_above(BUCKETED_ABOVE)
+    }
+
+    /// [`CrdtState::summary`] with another size from which OR-Maps and G-Sets are bucketed.
+    pub fn summary_bucketed_above(&self, bucketed_above: u64) -> Summary {
         match self {
             CrdtState::Cdvcs(c) => Summary::Heads(c.graph().complete_frontier()),
+            other if other.size() > bucketed_above => match other.bucket_digests() {
+                Some(digests) => Summary::Buckets(ByteBuf::from(digests)),
+                None => Summary::Digest(other.digest()),
+            },
             other => Summary::Digest(other.digest()),
         }
+    }
+
+    /// The bucket digests of an OR-Map or G-Set (see [`Summary::Buckets`]).
+    fn bucket_digests(&self) -> Option<Vec<u8>> {
+        let mut hashers: Vec<blake3::Hasher> = match self {
+            CrdtState::Ormap(_) | CrdtState::Gset(_) => vec![blake3::Hasher::new(); BUCKETS],
+            _ => return None,
+        };
+        self.for_each_entry(|bucket, bytes| {
+            hashers[bucket].update(bytes);
+        });
+        let mut out = Vec::with_capacity(BUCKETS * BUCKET_DIGEST);
+        for h in hashers {
+            out.extend_from_slice(&h.finalize().as_bytes()[..BUCKET_DIGEST]);
+        }
+        Some(out)
+    }
+
+    /// Calls `f` with the bucket and a canonical byte string of every entry of an OR-Map (adds, then
+    /// removals) or G-Set, in a fixed order. The bucket is the first byte of the content id of the
+    /// entry's key (element), so all entries of a key share one.
+    fn for_each_entry(&self, mut f: impl FnMut(usize, &[u8])) {
+        let bucket_of = |key: &Value| -> (usize, Vec<u8>) {
+            let encoded = key.encode();
+            (ContentId::hash_bytes(&encoded).as_bytes()[0] as usize, encoded)
+        };
+        match self {
+            CrdtState::Ormap(m) => {
+                let op = m.state_op();
+                for (tag, entries) in [(0u8, &op.adds), (1u8, &op.removals)] {
+                    let mut current: Option<(&Value, usize, Vec<u8>)> = None;
+                    let mut buf = Vec::new();
+                    for e in entries {
+                        if current.as_ref().is_none_or(|(k, _, _)| *k != &e.key) {
+                            let (bucket, encoded) = bucket_of(&e.key);
+                            current = Some((&e.key, bucket, encoded));
+                        }
+                        let (_, bucket, encoded) = current.as_ref().expect("set above");
+                        buf.clear();
+                        buf.push(tag);
+                        buf.extend_from_slice(encoded);
+                        buf.extend_from_slice(e.dot.actor.as_bytes());
+                        buf.extend_from_slice(&e.dot.counter.to_be_bytes());
+                        buf.extend_from_slice(e.commit.as_bytes());
+                        f(*bucket, &buf);
+                    }
+                }
+            }
+            CrdtState::Gset(g) => {
+                for element in g.elements() {
+                    let (bucket, encoded) = bucket_of(element);
+                    f(bucket, &encoded);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The part of the state in the given buckets, as one op (`None` if it has no entries there).
+    fn buckets_op(&self, wanted: &[bool]) -> Option<AnyOp> {
+        let in_wanted = |key: &Value| wanted[ContentId::hash_bytes(&key.encode()).as_bytes()[0] as usize];
+        let op = match self {
+            CrdtState::Ormap(m) => {
+                let mut op = m.state_op();
+                let mut keep = BTreeMap::new();
+                let mut filter = |entries: &mut Vec<replikativ_crdt::OrEntry>| {
+                    entries.retain(|e| *keep.entry(e.key.clone()).or_insert_with(|| in_wanted(&e.key)))
+                };
+                filter(&mut op.adds);
+                filter(&mut op.removals);
+                AnyOp::Ormap(op)
+            }
+            CrdtState::Gset(g) => AnyOp::Gset(replikativ_crdt::GSetOp {
+                elements: g.elements().iter().filter(|e| in_wanted(e)).cloned().collect(),
+            }),
+            _ => return None,
+        };
+        (!op.is_empty()).then_some(op)
     }
 
     /// A digest of the whole state: blake3 of its msgpack encoding (deterministic: every
@@ -151,6 +242,18 @@ impl CrdtState {
             (state, Summary::Digest(d)) => {
                 let differs = *d != state.digest();
                 (if differs && answer { Some(state.state_op()) } else { None }, differs)
+            }
+            (state @ (CrdtState::Ormap(_) | CrdtState::Gset(_)), Summary::Buckets(theirs))
+                if theirs.len() == BUCKETS * BUCKET_DIGEST =>
+            {
+                let ours = state.bucket_digests().expect("an OR-Map or G-Set");
+                let differing: Vec<bool> = ours
+                    .chunks(BUCKET_DIGEST)
+                    .zip(theirs.chunks(BUCKET_DIGEST))
+                    .map(|(a, b)| a != b)
+                    .collect();
+                let differs = differing.iter().any(|d| *d);
+                (if differs && answer { state.buckets_op(&differing) } else { None }, differs)
             }
             // Empty, or a summary of another kind: send everything, lack nothing.
             (state, _) => (answer.then(|| state.state_op()), false),
@@ -219,6 +322,13 @@ pub(crate) struct Snapshot {
     /// Log entries before this sequence number are in `state`.
     pub(crate) log_from: u64,
 }
+
+/// OR-Maps and G-Sets of more entries than this summarize themselves by bucket digests.
+pub const BUCKETED_ABOVE: u64 = 1024;
+/// Buckets of a bucketed summary.
+pub const BUCKETS: usize = 256;
+/// Bytes of one bucket's digest (a prefix of the blake3 of its entries).
+pub const BUCKET_DIGEST: usize = 16;
 
 /// A snapshot to write, borrowing the state (encodes like [`Snapshot`]).
 #[derive(Serialize)]

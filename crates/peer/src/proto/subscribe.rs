@@ -66,7 +66,14 @@ impl Peer {
     /// Summaries of addresses (an address without state is summarized as `Empty`).
     fn summaries<'a>(&self, addresses: impl Iterator<Item = &'a Address>) -> Vec<(Address, Summary)> {
         addresses
-            .map(|a| (a.clone(), self.crdts.get(a).map_or(Summary::Empty, |r| r.state.summary())))
+            .map(|a| {
+                (
+                    a.clone(),
+                    self.crdts.get(a).map_or(Summary::Empty, |r| {
+                        r.state.summary_bucketed_above(self.config.bucketed_above)
+                    }),
+                )
+            })
             .collect()
     }
 

@@ -1,0 +1,113 @@
+//! Catch-up of large OR-Maps and G-Sets by bucket digests: a summary carries a digest per bucket of
+//! keys, and the answer holds only the entries of the buckets that differ, not the whole state.
+
+use replikativ_crdt::{ActorId, GSet, OrMap, Transaction, Value};
+use replikativ_peer::proto::state::{BUCKET_DIGEST, BUCKETED_ABOVE, BUCKETS};
+use replikativ_peer::proto::{CrdtState, Summary};
+
+fn ormap(keys: std::ops::Range<u32>, actor: u128) -> OrMap {
+    let mut m = OrMap::default();
+    for i in keys {
+        m.assoc(
+            Value::from(format!("k{i}")),
+            vec![Transaction::new("set", i as i64)],
+            ActorId::from_u128(actor),
+            "a",
+            1,
+        )
+        .unwrap();
+    }
+    m
+}
+
+/// Applies what each side's answer to the other's summary holds; returns the entries sent.
+fn exchange(a: &mut CrdtState, b: &mut CrdtState) -> usize {
+    let (to_a, b_lacks) = b.compare(&a.summary(), true);
+    let (to_b, a_lacks) = a.compare(&b.summary(), true);
+    assert!(!a_lacks || to_a.is_some(), "A lacks something, so B's answer holds it");
+    assert!(!b_lacks || to_b.is_some(), "B lacks something, so A's answer holds it");
+    let mut sent = 0;
+    for (op, target) in [(to_a, &mut *a), (to_b, &mut *b)] {
+        if let Some(op) = op {
+            sent += op.len();
+            target.apply(&op).unwrap();
+        }
+    }
+    sent
+}
+
+#[test]
+fn small_states_send_a_digest_large_ones_bucket_digests() {
+    let small = CrdtState::Ormap(ormap(0..10, 1));
+    assert!(matches!(small.summary(), Summary::Digest(_)));
+    let large = CrdtState::Ormap(ormap(0..BUCKETED_ABOVE as u32 + 1, 1));
+    match large.summary() {
+        Summary::Buckets(b) => assert_eq!(b.len(), BUCKETS * BUCKET_DIGEST),
+        other => panic!("expected buckets, got {other:?}"),
+    }
+    let equal = CrdtState::Ormap(ormap(0..BUCKETED_ABOVE as u32 + 1, 1));
+    assert_eq!(equal.compare(&large.summary(), true), (None, false), "equal states: nothing to send");
+}
+
+#[test]
+fn ormap_catch_up_sends_only_the_differing_buckets() {
+    let base = ormap(0..4000, 1);
+    let mut a = base.clone();
+    let mut b = base;
+    // B adds three keys and removes one; A adds two other keys.
+    for i in 0..3 {
+        b.assoc(
+            Value::from(format!("b{i}")),
+            vec![Transaction::new("set", i)],
+            ActorId::from_u128(2),
+            "b",
+            2,
+        )
+        .unwrap();
+    }
+    b.dissoc(&Value::from("k7"), vec![], "b", 3).unwrap();
+    for i in 0..2 {
+        a.assoc(
+            Value::from(format!("a{i}")),
+            vec![Transaction::new("set", i)],
+            ActorId::from_u128(3),
+            "a",
+            2,
+        )
+        .unwrap();
+    }
+    let (mut a, mut b) = (CrdtState::Ormap(a), CrdtState::Ormap(b));
+    let size = a.size() as usize;
+    let sent = exchange(&mut a, &mut b);
+    assert_eq!(a, b, "converged");
+    let CrdtState::Ormap(m) = &a else { unreachable!() };
+    assert!(m.get(&Value::from("b2")).len() == 1 && m.get(&Value::from("a1")).len() == 1);
+    assert!(m.get(&Value::from("k7")).is_empty(), "the removal arrived");
+    // 6 changed keys touch at most 6 of 256 buckets of ~16 keys each (and each side sends its own
+    // entries of those buckets): far below the 4000-entry state.
+    assert!(sent > 0 && sent < 6 * 2 * 40, "sent {sent} entries of a {size}-entry state");
+}
+
+#[test]
+fn gset_catch_up_sends_only_the_differing_buckets() {
+    let mut a = GSet::default();
+    for i in 0..3000 {
+        a.add(Value::from(i)).unwrap();
+    }
+    let mut b = a.clone();
+    b.add(Value::from("only in b")).unwrap();
+    a.add(Value::from("only in a")).unwrap();
+    let (mut a, mut b) = (CrdtState::Gset(a), CrdtState::Gset(b));
+    let sent = exchange(&mut a, &mut b);
+    assert_eq!(a, b);
+    assert!(sent > 0 && sent < 2 * 40, "sent {sent} elements of 3000");
+}
+
+#[test]
+fn a_bucket_summary_of_the_wrong_length_gets_the_whole_state() {
+    let a = CrdtState::Ormap(ormap(0..2000, 1));
+    let bogus = Summary::Buckets(serde_bytes::ByteBuf::from(vec![0u8; 17]));
+    let (op, lacks) = a.compare(&bogus, true);
+    assert!(!lacks);
+    assert_eq!(op.map(|o| o.len()), Some(2000));
+}

@@ -398,9 +398,20 @@ impl Peer {
             let what = String::from_utf8_lossy(&key).into_owned();
             let address = state::address_of_key(&key)
                 .ok_or_else(|| OpenError::Corrupt { what: what.clone(), reason: "bad key".into() })?;
-            let snapshot: Snapshot = rmp_serde::from_slice(&bytes)
-                .map_err(|e| OpenError::Corrupt { what: what.clone(), reason: e.to_string() })?;
-            let mut state = snapshot.state;
+            let corrupt = |reason: String| OpenError::Corrupt { what: what.clone(), reason };
+            let mut snapshot: Snapshot = rmp_serde::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+            if snapshot.chunks > 0 {
+                // A large snapshot: its chunks, concatenated, are the whole record.
+                let mut record = Vec::new();
+                for i in 0..snapshot.chunks {
+                    let part = store
+                        .get(&state::chunk_key(&address, snapshot.log_from, i))?
+                        .ok_or_else(|| corrupt(format!("chunk {i} of {} is missing", snapshot.chunks)))?;
+                    record.extend_from_slice(&part);
+                }
+                snapshot = rmp_serde::from_slice(&record).map_err(|e| corrupt(e.to_string()))?;
+            }
+            let mut state = snapshot.state.ok_or_else(|| corrupt("a snapshot without a state".into()))?;
             let log = state::log_name(&address);
             let mut from = snapshot.log_from;
             let mut since_snapshot = 0;

@@ -421,14 +421,9 @@ impl Peer {
         if replica.since_snapshot == u64::MAX
             || replica.since_snapshot + 1 >= every.max(replica.snapshot_after)
         {
-            // The snapshot includes every op of this address not yet in the log.
-            let log = state::log_name(address);
-            let next = self.store.log_bounds(&log)?.next;
-            let snapshot = rmp_serde::to_vec_named(&SnapshotRef { state: &replica.state, log_from: next })
-                .expect("encodes");
-            self.writes.snapshot(address, state::crdt_key(address), snapshot, log, next);
             replica.since_snapshot = 0;
             replica.snapshot_after = replica.state.size();
+            self.writes.snapshot(address, replica.snapshot_after);
         } else {
             self.writes.log(address, op);
             replica.since_snapshot += 1;
@@ -443,21 +438,104 @@ impl Peer {
     /// Writes what the ops handled since the last call stored (values, op-log entries, snapshots)
     /// as one atomic store batch: one write for many ops. Runs before every barrier request, and
     /// before code that hands the store to others (pull hooks' integrity checks).
+    ///
+    /// A snapshot larger than one store value is written in chunks first, under keys of its own
+    /// generation, and referenced by the batch; chunks of older generations are deleted after it.
+    /// An op-log entry larger than one store value becomes a snapshot. If the store refuses the
+    /// writes, nothing waiting for this barrier is acknowledged (see `fail_epoch`).
     pub(crate) fn flush_writes(&mut self) {
         if self.writes.is_empty() {
             return;
         }
-        let writes = std::mem::take(&mut self.writes);
-        let (batch, prunes) = writes.into_batch();
-        if let Err(e) = self.store.apply(&batch) {
-            tracing::error!(peer = %self.record.id, error = %e, "cannot store applied ops");
-            return;
+        if let Err(e) = self.try_flush_writes() {
+            self.fail_epoch(format!("cannot store applied ops: {e}"));
         }
-        for (log, before) in prunes {
-            if let Err(e) = self.store.log_prune(&log, before) {
-                tracing::error!(peer = %self.record.id, error = %e, "cannot prune an op log");
+    }
+
+    fn try_flush_writes(&mut self) -> Result<(), replikativ_store::StoreError> {
+        let writes = std::mem::take(&mut self.writes);
+        let limits = self.store.limits();
+        let chunk = limits.max_value_len.min(state::MAX_CHUNK);
+        let mut batch = replikativ_store::Batch::new();
+        for (id, bytes) in writes.values {
+            batch.push_put(value_key(&id), bytes);
+        }
+        let mut snapshots = writes.snapshots;
+        let mut logs = Vec::with_capacity(writes.logs.len());
+        for (address, op) in writes.logs {
+            let bytes = rmp_serde::to_vec_named(&op).expect("ops encode");
+            if bytes.len() > chunk {
+                snapshots.insert(address);
+            } else {
+                logs.push((address, bytes));
             }
         }
+        let mut written = Vec::new();
+        for address in snapshots {
+            let Some(replica) = self.crdts.get_mut(&address) else { continue };
+            replica.since_snapshot = 0;
+            replica.snapshot_after = replica.state.size();
+            let log = state::log_name(&address);
+            let log_from = self.store.log_bounds(&log)?.next;
+            let record =
+                rmp_serde::to_vec_named(&SnapshotRef { state: &replica.state, log_from }).expect("encodes");
+            let header = if record.len() <= chunk {
+                record
+            } else {
+                // Chunks first, in batches within the store's batch limit; the batch below
+                // references them, so a crash before it leaves only unreferenced chunks.
+                let mut chunks = replikativ_store::Batch::new();
+                let mut pending = 0;
+                let mut n = 0u32;
+                for part in record.chunks(chunk) {
+                    if pending + part.len() > limits.max_batch_bytes / 2 {
+                        self.store.apply(&std::mem::take(&mut chunks))?;
+                        pending = 0;
+                    }
+                    pending += part.len();
+                    chunks.push_put(state::chunk_key(&address, log_from, n), part.to_vec());
+                    n += 1;
+                }
+                self.store.apply(&chunks)?;
+                rmp_serde::to_vec_named(&state::Snapshot { state: None, log_from, chunks: n })
+                    .expect("encodes")
+            };
+            batch.push_put(state::crdt_key(&address), header);
+            written.push((address, log, log_from));
+        }
+        for (address, bytes) in logs {
+            if !written.iter().any(|(a, _, _)| *a == address) {
+                batch.push_log_append(state::log_name(&address), bytes);
+            }
+        }
+        self.store.apply(&batch)?;
+        for (address, log, log_from) in written {
+            // Chunks of other generations are no longer referenced.
+            let prefix = state::chunk_prefix(&address);
+            let mut stale = replikativ_store::Batch::new();
+            for (key, _) in self.store.scan_prefix(&prefix)? {
+                if key.get(prefix.len()..prefix.len() + 8) != Some(&log_from.to_be_bytes()[..]) {
+                    stale.push_delete(key);
+                }
+            }
+            self.store.apply(&stale)?;
+            self.store.log_prune(&log, log_from)?;
+        }
+        Ok(())
+    }
+
+    /// The writes of the current epoch failed: nothing waiting for its barrier is sent; stage
+    /// commands get the error. (The ops stay applied in memory; the store keeps what it had.)
+    pub(crate) fn fail_epoch(&mut self, error: String) {
+        tracing::error!(peer = %self.record.id, %error, "store write failed; not acknowledging");
+        while self.deferred.back().is_some_and(|(e, _)| *e == self.epoch) {
+            let (_, Deferred::Output(output)) = self.deferred.pop_back().expect("checked");
+            if let Output::Reply { id, .. } = output {
+                self.out.push(Output::Reply { id, result: Err(StageError::Store(error.clone())) });
+            }
+        }
+        self.open_relays.clear();
+        self.open_acks.clear();
     }
 
     /// A stored value (or one written by an op not yet flushed to the store).

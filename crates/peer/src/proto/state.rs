@@ -5,7 +5,8 @@
 //! | key | value |
 //! |---|---|
 //! | `peer/config` | msgpack `PeerRecord`: peer id, `extend`, subscriptions |
-//! | `crdt/<uuid>/<user>` | msgpack `Snapshot`: kind, state, and the op-log position it covers |
+//! | `crdt/<uuid>/<user>` | msgpack `Snapshot`: kind, state, and the op-log position it covers (or, for a large state, the number of chunks holding it) |
+//! | `s/<16 uuid bytes><user len><user><log_from><i>` | chunk `i` of a large snapshot |
 //! | log `o/<16 uuid bytes><user>` | msgpack [`AnyOp`] per applied op since the snapshot |
 //! | `v/<32 id bytes>` | canonical encoding of a value (commit records, params) |
 //!
@@ -315,12 +316,44 @@ pub struct PeerRecord {
     pub subscriptions: BTreeSet<Address>,
 }
 
-/// A stored state and the op-log position it includes.
+/// A stored state and the op-log position it includes. A snapshot too large for one store value
+/// is stored in chunks (see [`chunk_key`]): its record then holds only `log_from` and `chunks`, and
+/// the chunks, concatenated, are the encoding of the whole record.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct Snapshot {
-    pub(crate) state: CrdtState,
+    #[serde(default)]
+    pub(crate) state: Option<CrdtState>,
     /// Log entries before this sequence number are in `state`.
     pub(crate) log_from: u64,
+    /// Chunks holding the record (0: `state` is here).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(crate) chunks: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Largest chunk of a snapshot (or the store's value limit, if smaller).
+pub(crate) const MAX_CHUNK: usize = 1 << 20;
+
+/// Keys of a snapshot's chunks: `s/`, the 16 uuid bytes, the user's length (u16 BE) and bytes,
+/// then the snapshot's `log_from` (u64 BE: the generation) and the chunk number (u32 BE).
+pub(crate) fn chunk_prefix(a: &Address) -> Vec<u8> {
+    let mut k = Vec::with_capacity(20 + a.user.len() + 12);
+    k.extend_from_slice(b"s/");
+    k.extend_from_slice(a.id.as_bytes());
+    k.extend_from_slice(&(a.user.len() as u16).to_be_bytes());
+    k.extend_from_slice(a.user.as_bytes());
+    k
+}
+
+/// The key of chunk `i` of the snapshot of `a` that starts its log at `log_from`.
+pub(crate) fn chunk_key(a: &Address, log_from: u64, i: u32) -> Vec<u8> {
+    let mut k = chunk_prefix(a);
+    k.extend_from_slice(&log_from.to_be_bytes());
+    k.extend_from_slice(&i.to_be_bytes());
+    k
 }
 
 /// OR-Maps and G-Sets of more entries than this summarize themselves by bucket digests.
@@ -344,20 +377,18 @@ pub(crate) struct Writes {
     /// Values by id (commit records, params).
     pub(crate) values: HashMap<ContentId, Vec<u8>>,
     /// Ops to append to op logs; ops on one address are folded into one entry where they can be.
-    logs: Vec<(Address, AnyOp)>,
+    pub(crate) logs: Vec<(Address, AnyOp)>,
     /// Index into `logs` of each address's last entry.
     last_log: HashMap<Address, usize>,
-    /// Snapshots: key, bytes.
-    snapshots: Vec<(Vec<u8>, Vec<u8>)>,
-    /// Op logs to prune after the batch: log name, first sequence number kept.
-    prunes: Vec<(Vec<u8>, u64)>,
+    /// Addresses to snapshot (their state covers their pending ops).
+    pub(crate) snapshots: BTreeSet<Address>,
     /// Bytes pending (roughly).
     pub(crate) bytes: usize,
 }
 
 impl Writes {
     pub(crate) fn is_empty(&self) -> bool {
-        self.values.is_empty() && self.logs.is_empty() && self.snapshots.is_empty() && self.prunes.is_empty()
+        self.values.is_empty() && self.logs.is_empty() && self.snapshots.is_empty()
     }
 
     pub(crate) fn put_value(&mut self, id: ContentId, bytes: &[u8]) {
@@ -378,39 +409,16 @@ impl Writes {
         self.logs.push((address.clone(), op.clone()));
     }
 
-    /// A snapshot of `address` covering every op logged so far: its pending log entries are
-    /// dropped, and the log is pruned before `log_from` once the batch is written.
-    pub(crate) fn snapshot(
-        &mut self,
-        address: &Address,
-        key: Vec<u8>,
-        bytes: Vec<u8>,
-        log: Vec<u8>,
-        log_from: u64,
-    ) {
+    /// Snapshots `address` when the writes are flushed: its pending log entries are dropped (the
+    /// state covers them).
+    pub(crate) fn snapshot(&mut self, address: &Address, size: u64) {
         self.logs.retain(|(a, _)| a != address);
         self.last_log.clear();
         for (i, (a, _)) in self.logs.iter().enumerate() {
             self.last_log.insert(a.clone(), i);
         }
-        self.bytes += bytes.len();
-        self.snapshots.push((key, bytes));
-        self.prunes.push((log, log_from));
-    }
-
-    /// The store batch, and the prunes to run after it.
-    pub(crate) fn into_batch(self) -> (replikativ_store::Batch, Vec<(Vec<u8>, u64)>) {
-        let mut batch = replikativ_store::Batch::new();
-        for (id, bytes) in self.values {
-            batch.push_put(value_key(&id), bytes);
-        }
-        for (key, bytes) in self.snapshots {
-            batch.push_put(key, bytes);
-        }
-        for (address, op) in self.logs {
-            batch.push_log_append(log_name(&address), rmp_serde::to_vec_named(&op).expect("encodes"));
-        }
-        (batch, self.prunes)
+        self.bytes += 64 * size as usize;
+        self.snapshots.insert(address.clone());
     }
 }
 

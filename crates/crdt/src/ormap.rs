@@ -349,9 +349,40 @@ impl Crdt for OrMap {
     }
 }
 
+/// Serializes like `state_op()` (an [`OrMapOp`] of every entry), straight from the maps: a snapshot
+/// of a large map copies no entry.
 impl Serialize for OrMap {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.state_op().serialize(serializer)
+        /// Encodes like [`OrEntry`].
+        #[derive(Serialize)]
+        struct EntryRef<'a> {
+            key: &'a Value,
+            dot: &'a Dot,
+            commit: &'a ContentId,
+        }
+        struct Entries<'a>(&'a Tagged);
+        impl Serialize for Entries<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let len = self.0.values().map(BTreeMap::len).sum();
+                let mut seq = serializer.serialize_seq(Some(len))?;
+                for (key, dots) in self.0 {
+                    for (dot, commit) in dots {
+                        serde::ser::SerializeSeq::serialize_element(
+                            &mut seq,
+                            &EntryRef { key, dot, commit },
+                        )?;
+                    }
+                }
+                serde::ser::SerializeSeq::end(seq)
+            }
+        }
+        /// Encodes like [`OrMapOp`].
+        #[derive(Serialize)]
+        struct OpRef<'a> {
+            adds: Entries<'a>,
+            removals: Entries<'a>,
+        }
+        OpRef { adds: Entries(&self.adds), removals: Entries(&self.removals) }.serialize(serializer)
     }
 }
 
@@ -380,6 +411,26 @@ mod tests {
 
     fn entry(key: &str, d: u64, c: u8) -> OrEntry {
         OrEntry { key: key.into(), dot: dot(d), commit: cid(c) }
+    }
+
+    #[test]
+    fn a_map_encodes_exactly_like_its_state_op() {
+        let mut m = OrMap::default();
+        let op = OrMapOp {
+            adds: vec![entry("a", 1, 1), entry("b", 2, 2), entry("b", 3, 3), entry("c", 4, 4)],
+            removals: vec![entry("b", 2, 12)],
+        };
+        m.apply(&op).unwrap();
+        let direct = rmp_serde::to_vec_named(&m).unwrap();
+        assert_eq!(direct, rmp_serde::to_vec_named(&m.state_op()).unwrap());
+        assert_eq!(rmp_serde::to_vec(&m).unwrap(), rmp_serde::to_vec(&m.state_op()).unwrap());
+        assert_eq!(serde_json::to_string(&m).unwrap(), serde_json::to_string(&m.state_op()).unwrap());
+        assert_eq!(rmp_serde::from_slice::<OrMap>(&direct).unwrap(), m);
+        let empty = OrMap::default();
+        assert_eq!(
+            rmp_serde::to_vec_named(&empty).unwrap(),
+            rmp_serde::to_vec_named(&empty.state_op()).unwrap()
+        );
     }
 
     // The original's test map, with commits standing in as ids:

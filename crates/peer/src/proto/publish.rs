@@ -477,8 +477,12 @@ impl Peer {
             replica.snapshot_after = replica.state.size();
             let log = state::log_name(&address);
             let log_from = self.store.log_bounds(&log)?.next;
-            let record =
-                rmp_serde::to_vec_named(&SnapshotRef { state: &replica.state, log_from }).expect("encodes");
+            // Sized for ~128 bytes per entry up front: growing a buffer of megabytes by doubling
+            // copies it again and again.
+            let mut record =
+                Vec::with_capacity((replica.snapshot_after as usize).saturating_mul(128).min(64 << 20));
+            rmp_serde::encode::write_named(&mut record, &SnapshotRef { state: &replica.state, log_from })
+                .expect("encodes");
             let header = if record.len() <= chunk {
                 record
             } else {

@@ -105,6 +105,11 @@ pub(crate) fn scan_prefix<E: Engine + ?Sized>(e: &E, prefix: &[u8]) -> Result<Ve
 }
 
 pub(crate) fn apply<E: Engine + ?Sized>(e: &E, batch: &Batch) -> Result<()> {
+    apply_owned(e, batch.clone())
+}
+
+/// [`apply`], moving the batch's values into the store instead of copying them.
+pub(crate) fn apply_owned<E: Engine + ?Sized>(e: &E, batch: Batch) -> Result<()> {
     let limits = e.engine_limits();
     let mut total = 0usize;
     for op in &batch.ops {
@@ -134,26 +139,31 @@ pub(crate) fn apply<E: Engine + ?Sized>(e: &E, batch: &Batch) -> Result<()> {
     let _g = e.write_guard()?;
     let mut ops = Vec::with_capacity(batch.ops.len() + 1);
     // Log bounds as this batch advances them (several appends to one log in one batch).
-    let mut bounds: std::collections::HashMap<&[u8], LogBounds> = std::collections::HashMap::new();
-    for op in &batch.ops {
+    let mut bounds: std::collections::HashMap<Vec<u8>, LogBounds> = std::collections::HashMap::new();
+    for op in batch.ops {
         match op {
-            BatchOp::Put { key, value } => ops.push(RawOp::Put(kv_key(key), value.clone())),
-            BatchOp::Delete { key } => ops.push(RawOp::Delete(kv_key(key))),
+            BatchOp::Put { key, value } => ops.push(RawOp::Put(kv_key(&key), value)),
+            BatchOp::Delete { key } => ops.push(RawOp::Delete(kv_key(&key))),
             BatchOp::LogAppend { log, entry } => {
-                let b = match bounds.get_mut(log.as_slice()) {
-                    Some(b) => b,
+                let key = match bounds.get_mut(log.as_slice()) {
+                    Some(b) => {
+                        b.next += 1;
+                        log_entry_key(&log, b.next - 1)
+                    }
                     None => {
-                        let b = decode_bounds(e.raw_get(&log_meta_key(log))?, log)?;
-                        bounds.entry(log.as_slice()).or_insert(b)
+                        let mut b = decode_bounds(e.raw_get(&log_meta_key(&log))?, &log)?;
+                        let key = log_entry_key(&log, b.next);
+                        b.next += 1;
+                        bounds.insert(log, b);
+                        key
                     }
                 };
-                ops.push(RawOp::Put(log_entry_key(log, b.next), entry.clone()));
-                b.next += 1;
+                ops.push(RawOp::Put(key, entry));
             }
         }
     }
     for (log, b) in bounds {
-        ops.push(RawOp::Put(log_meta_key(log), encode_bounds(b)));
+        ops.push(RawOp::Put(log_meta_key(&log), encode_bounds(b)));
     }
     e.raw_apply(ops)
 }
@@ -275,6 +285,9 @@ macro_rules! engine_store_methods {
         }
         fn apply(&self, batch: &$crate::Batch) -> $crate::Result<()> {
             $crate::engine::apply(self, batch)
+        }
+        fn apply_owned(&self, batch: $crate::Batch) -> $crate::Result<()> {
+            $crate::engine::apply_owned(self, batch)
         }
         fn log_append(&self, log: &[u8], entry: &[u8]) -> $crate::Result<u64> {
             $crate::engine::log_append(self, log, entry)

@@ -264,6 +264,12 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Applies all operations of `batch` atomically: after a crash either all or none are visible.
     fn apply(&self, batch: &Batch) -> Result<()>;
 
+    /// [`Store::apply`], taking the batch: backends that keep values in memory move them instead of
+    /// copying.
+    fn apply_owned(&self, batch: Batch) -> Result<()> {
+        self.apply(&batch)
+    }
+
     /// Stores a blob under `name`, streaming it from `data`; replaces an existing blob atomically. Returns the
     /// number of bytes written. Durable when it returns.
     fn put_blob(&self, name: &[u8], data: &mut dyn Read) -> Result<u64>;

@@ -224,8 +224,8 @@ impl Peer {
         Ok(&mut replica.state)
     }
 
-    fn local(&mut self, address: &Address, op: AnyOp, (values, commits): Known) {
-        self.record_applied(address, &op, &values, &commits, Origin::Local);
+    fn local(&mut self, address: &Address, op: AnyOp, (values, commits): Known) -> Result<(), StageError> {
+        self.record_applied(address, &op, values, &commits, Origin::Local)
     }
 
     fn run(&mut self, cmd: Command) -> Result<Reply, StageError> {
@@ -250,7 +250,7 @@ impl Peer {
                 self.crdts
                     .insert(address.clone(), Replica { state, since_snapshot: u64::MAX, snapshot_after: 0 });
                 self.extend_subscriptions(&BTreeSet::from([address.clone()]), None);
-                self.local(&address, op, values);
+                self.local(&address, op, values)?;
                 Reply::Done
             }
             Command::Subscribe { addresses } => {
@@ -267,7 +267,7 @@ impl Peer {
                 };
                 let staged = m.assoc(key, txs, actor, &author, now)?;
                 let commit = staged.op.adds[0].commit;
-                self.local(&address, AnyOp::Ormap(staged.op), bytes_of(staged.values));
+                self.local(&address, AnyOp::Ormap(staged.op), bytes_of(staged.values))?;
                 Reply::Commit(commit)
             }
             Command::Dissoc { address, key, revert, author } => {
@@ -276,7 +276,7 @@ impl Peer {
                 };
                 let staged = m.dissoc(&key, revert, &author, now)?;
                 let commit = staged.op.removals[0].commit;
-                self.local(&address, AnyOp::Ormap(staged.op), bytes_of(staged.values));
+                self.local(&address, AnyOp::Ormap(staged.op), bytes_of(staged.values))?;
                 Reply::Commit(commit)
             }
             Command::Transact { address, txs, author } => {
@@ -285,7 +285,7 @@ impl Peer {
                 };
                 let staged = c.transact(&author, now, txs)?;
                 let commit = staged.op.commits.last().expect("a commit").id;
-                self.local(&address, AnyOp::Cdvcs(staged.op), bytes_of(staged.values));
+                self.local(&address, AnyOp::Cdvcs(staged.op), bytes_of(staged.values))?;
                 Reply::Commit(commit)
             }
             Command::Merge { address, heads, correcting, author } => {
@@ -294,7 +294,7 @@ impl Peer {
                 };
                 let staged = c.merge(&author, now, &heads, None, correcting)?;
                 let commit = staged.op.commits.last().expect("a merge commit").id;
-                self.local(&address, AnyOp::Cdvcs(staged.op), bytes_of(staged.values));
+                self.local(&address, AnyOp::Cdvcs(staged.op), bytes_of(staged.values))?;
                 Reply::Commit(commit)
             }
             Command::Pull { from, into, tip, allow_induced_conflict } => {
@@ -320,7 +320,7 @@ impl Peer {
                 }
                 let CrdtState::Cdvcs(c) = self.replica_mut(&into, CrdtKind::Cdvcs)? else { unreachable!() };
                 let staged = c.pull(&remote, tip, allow_induced_conflict)?;
-                self.local(&into, AnyOp::Cdvcs(staged.op), Known::default());
+                self.local(&into, AnyOp::Cdvcs(staged.op), Known::default())?;
                 Reply::Commit(tip)
             }
             Command::Fork { from, into } => {
@@ -334,19 +334,19 @@ impl Peer {
                     Replica { state: CrdtState::Cdvcs(fork), since_snapshot: u64::MAX, snapshot_after: 0 },
                 );
                 self.extend_subscriptions(&BTreeSet::from([into.clone()]), None);
-                self.local(&into, AnyOp::Cdvcs(op), Known::default());
+                self.local(&into, AnyOp::Cdvcs(op), Known::default())?;
                 Reply::Done
             }
             Command::LwwSet { address, value } => {
                 let CrdtState::Lww(r) = self.replica_mut(&address, CrdtKind::Lww)? else { unreachable!() };
                 let op = r.set(value, now, actor)?;
-                self.local(&address, AnyOp::Lww(op), Known::default());
+                self.local(&address, AnyOp::Lww(op), Known::default())?;
                 Reply::Done
             }
             Command::GsetAdd { address, element } => {
                 let CrdtState::Gset(s) = self.replica_mut(&address, CrdtKind::Gset)? else { unreachable!() };
                 let op = s.add(element)?;
-                self.local(&address, AnyOp::Gset(op), Known::default());
+                self.local(&address, AnyOp::Gset(op), Known::default())?;
                 Reply::Done
             }
             Command::Read { address } => {

@@ -123,10 +123,10 @@ impl Peer {
         self.record_applied(
             &hook.into,
             &AnyOp::Cdvcs(staged.op),
-            &Default::default(),
+            Default::default(),
             &Default::default(),
             Origin::Local,
-        );
-        Ok(())
+        )
+        .map_err(|e| e.to_string())
     }
 }

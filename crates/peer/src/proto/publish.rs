@@ -290,11 +290,14 @@ impl Peer {
                 self.close(conn, format!("invalid op for {}: {e}", p.address));
             }
             Ok(changed) => {
-                self.ack(conn, p.id);
                 // A new address is recorded even if the op changed nothing (an empty state).
-                if changed || fresh {
+                let stored = !(changed || fresh) || {
                     let origin = if p.catch_up { Origin::CatchUp(conn) } else { Origin::Remote(conn) };
-                    self.record_applied(&p.address, &p.op, &p.values, &p.commits, origin);
+                    self.record_applied(&p.address, &p.op, p.values, &p.commits, origin).is_ok()
+                };
+                // (An op whose writes failed is not acknowledged.)
+                if stored {
+                    self.ack(conn, p.id);
                 }
                 if incomplete {
                     // History is missing under what arrived: ask the sender for it now.
@@ -314,13 +317,10 @@ impl Peer {
         &mut self,
         address: &Address,
         op: &AnyOp,
-        values: &HashMap<ContentId, Vec<u8>>,
+        values: HashMap<ContentId, Vec<u8>>,
         commits: &HashMap<ContentId, Commit>,
         origin: Origin,
-    ) {
-        if let Err(e) = self.persist(address, op, values, commits) {
-            tracing::error!(peer = %self.record.id, %address, error = %e, "cannot store an applied op");
-        }
+    ) -> Result<(), StageError> {
         // Every subscribed connection but the one the op came from (which has it: unlike the
         // original, no echo) gets it.
         let targets: Vec<ConnId> = self
@@ -334,25 +334,31 @@ impl Peer {
             })
             .map(|(id, _)| *id)
             .collect();
-        if !targets.is_empty() {
-            let values = self.inline_values(op, values, commits);
-            for conn in targets {
-                self.relay(conn, address, op, &values);
-            }
+        let mut relay_values =
+            if targets.is_empty() { Vec::new() } else { self.inline_values(op, &values, commits) };
+        // A failed write is neither relayed nor reported (nor acknowledged: see `fail_epoch`).
+        self.persist(address, op, values, commits)?;
+        for (i, conn) in targets.iter().enumerate() {
+            // The last target takes the values; the others get copies.
+            let values =
+                if i + 1 == targets.len() { std::mem::take(&mut relay_values) } else { relay_values.clone() };
+            self.relay(*conn, address, op, values);
         }
         let event = Event { address: address.clone(), op: op.clone(), local: origin == Origin::Local };
         self.after_barrier(Output::Event(event));
         if matches!(op, AnyOp::Cdvcs(_)) && !self.config.hooks.is_empty() {
             // Integrity checks read the store: give them what is pending.
-            self.flush_writes();
-            self.run_hooks(address);
+            if self.flush_writes() {
+                self.run_hooks(address);
+            }
         }
+        Ok(())
     }
 
     /// Sends `op` to `conn` after the barrier, folded into the publication of the same address
     /// already waiting for this barrier if there is one (within [`MAX_RELAY_ENTRIES`] entries and
     /// the inline limit): under load many ops travel in one frame.
-    fn relay(&mut self, conn: ConnId, address: &Address, op: &AnyOp, values: &[ByteBuf]) {
+    fn relay(&mut self, conn: ConnId, address: &Address, op: &AnyOp, values: Vec<ByteBuf>) {
         let size: usize = values.iter().map(|v| v.len()).sum();
         let key = (conn, address.clone());
         if let Some(open) = self.open_relays.get_mut(&key)
@@ -362,7 +368,7 @@ impl Peer {
                 self.deferred.get_mut((open.at - self.deferred_base) as usize)
             && p.op.absorb(op.clone()).is_ok()
         {
-            p.values.extend(values.iter().cloned());
+            p.values.extend(values);
             open.entries += op.len();
             open.bytes += size;
             return;
@@ -372,7 +378,7 @@ impl Peer {
             id,
             address: address.clone(),
             op: op.clone(),
-            values: values.to_vec(),
+            values,
             catch_up: false,
         });
         self.after_barrier(Output::Send { conn, msg });
@@ -399,19 +405,23 @@ impl Peer {
         &mut self,
         address: &Address,
         op: &AnyOp,
-        values: &HashMap<ContentId, Vec<u8>>,
+        mut values: HashMap<ContentId, Vec<u8>>,
         commits: &HashMap<ContentId, Commit>,
     ) -> Result<(), StageError> {
+        // The op's commit records and their params (other values that travelled along are not
+        // kept), moved into the pending writes.
+        let mut keep = Vec::new();
         for cid in commit_ids(op) {
             if let Some(bytes) = values.get(&cid) {
                 if let Some(commit) = commit_of(&cid, bytes, commits) {
-                    for tx in &commit.transactions {
-                        if let Some(p) = values.get(&tx.params) {
-                            self.writes.put_value(tx.params, p);
-                        }
-                    }
+                    keep.extend(commit.transactions.iter().map(|tx| tx.params));
                 }
-                self.writes.put_value(cid, bytes);
+                keep.push(cid);
+            }
+        }
+        for id in keep {
+            if let Some(bytes) = values.remove(&id) {
+                self.writes.put_value(id, bytes);
             }
         }
         let every = self.config.snapshot_every;
@@ -429,8 +439,8 @@ impl Peer {
             replica.since_snapshot += 1;
         }
         self.dirty = true;
-        if self.writes.bytes >= WRITE_BATCH_BYTES {
-            self.flush_writes();
+        if self.writes.bytes >= WRITE_BATCH_BYTES && !self.flush_writes() {
+            return Err(StageError::Store("cannot store applied ops (see the log)".into()));
         }
         Ok(())
     }
@@ -443,12 +453,17 @@ impl Peer {
     /// generation, and referenced by the batch; chunks of older generations are deleted after it.
     /// An op-log entry larger than one store value becomes a snapshot. If the store refuses the
     /// writes, nothing waiting for this barrier is acknowledged (see `fail_epoch`).
-    pub(crate) fn flush_writes(&mut self) {
+    /// Returns whether the writes (if any) succeeded.
+    pub(crate) fn flush_writes(&mut self) -> bool {
         if self.writes.is_empty() {
-            return;
+            return true;
         }
-        if let Err(e) = self.try_flush_writes() {
-            self.fail_epoch(format!("cannot store applied ops: {e}"));
+        match self.try_flush_writes() {
+            Ok(()) => true,
+            Err(e) => {
+                self.fail_epoch(format!("cannot store applied ops: {e}"));
+                false
+            }
         }
     }
 
@@ -493,14 +508,14 @@ impl Peer {
                 let mut n = 0u32;
                 for part in record.chunks(chunk) {
                     if pending + part.len() > limits.max_batch_bytes / 2 {
-                        self.store.apply(&std::mem::take(&mut chunks))?;
+                        self.store.apply_owned(std::mem::take(&mut chunks))?;
                         pending = 0;
                     }
                     pending += part.len();
                     chunks.push_put(state::chunk_key(&address, log_from, n), part.to_vec());
                     n += 1;
                 }
-                self.store.apply(&chunks)?;
+                self.store.apply_owned(chunks)?;
                 rmp_serde::to_vec_named(&state::Snapshot { state: None, log_from, chunks: n })
                     .expect("encodes")
             };
@@ -512,7 +527,7 @@ impl Peer {
                 batch.push_log_append(state::log_name(&address), bytes);
             }
         }
-        self.store.apply(&batch)?;
+        self.store.apply_owned(batch)?;
         for (address, log, log_from) in written {
             // Chunks of other generations are no longer referenced.
             let prefix = state::chunk_prefix(&address);

@@ -391,10 +391,10 @@ impl Writes {
         self.values.is_empty() && self.logs.is_empty() && self.snapshots.is_empty()
     }
 
-    pub(crate) fn put_value(&mut self, id: ContentId, bytes: &[u8]) {
-        if !self.values.contains_key(&id) {
+    pub(crate) fn put_value(&mut self, id: ContentId, bytes: Vec<u8>) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.values.entry(id) {
             self.bytes += bytes.len() + 34;
-            self.values.insert(id, bytes.to_vec());
+            slot.insert(bytes);
         }
     }
 

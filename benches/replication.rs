@@ -15,7 +15,8 @@
 //!
 //! `cargo bench --bench replication` (N = 100 000, M = 1000, K = 10 000, 3 runs);
 //! `REPLIKATIV_BENCH_QUICK=1` shrinks the sizes (N = 5000, M = 200, K = 1000);
-//! `REPLIKATIV_BENCH_RUNS=5` sets the number of runs; `--features bench-system-allocator` runs on
+//! `REPLIKATIV_BENCH_RUNS=5` sets the number of runs, `REPLIKATIV_BENCH_WINDOWS=128,512` the windows
+//! of the throughput case; `--features bench-system-allocator` runs on
 //! the system allocator instead of mimalloc (the `replikativ` binary's).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -511,7 +512,11 @@ async fn section_throughput(n: usize, runs: usize, backends: &[Backend]) {
         rate(ops, med)
     };
     for &backend in backends {
-        for window in IN_FLIGHT {
+        let windows: Vec<usize> = std::env::var("REPLIKATIV_BENCH_WINDOWS")
+            .ok()
+            .map(|w| w.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+            .unwrap_or_else(|| IN_FLIGHT.to_vec());
+        for window in windows {
             let mut visible = Vec::new();
             let mut acked = Vec::new();
             let mut wire = Vec::new();

@@ -56,13 +56,26 @@ impl Peer {
             self.ack(conn, p.id);
             return;
         }
+        // Every inline value must decode; the op's commit records are parsed right away (once).
+        let records: std::collections::HashSet<ContentId> = commit_ids(&p.op).into_iter().collect();
         let mut values = HashMap::with_capacity(p.values.len());
+        let mut commits = HashMap::new();
         for bytes in p.values {
-            if let Err(e) = Value::decode(&bytes) {
-                return self
-                    .close(conn, format!("inline value in publication {} does not decode: {e}", p.id));
+            let value = match Value::decode(&bytes) {
+                Ok(v) => v,
+                Err(e) => {
+                    return self
+                        .close(conn, format!("inline value in publication {} does not decode: {e}", p.id));
+                }
+            };
+            let id = ContentId::hash_bytes(&bytes);
+            // (A record that does not parse is reported when the publication is processed.)
+            if records.contains(&id)
+                && let Ok(commit) = Commit::from_value(&value)
+            {
+                commits.insert(id, commit);
             }
-            values.insert(ContentId::hash_bytes(&bytes), bytes.into_vec());
+            values.insert(id, bytes.into_vec());
         }
         let limit = self.config.max_queued_publications;
         let c = self.conns.get_mut(&conn).expect("caller checked");
@@ -74,7 +87,7 @@ impl Peer {
             address: p.address,
             op: p.op,
             values,
-            commits: HashMap::new(),
+            commits,
             catch_up: p.catch_up,
         });
         if c.fetching.is_none() {
@@ -468,16 +481,19 @@ impl Peer {
     }
 
     fn try_flush_writes(&mut self) -> Result<(), replikativ_store::StoreError> {
-        let writes = std::mem::take(&mut self.writes);
+        // Drained, not replaced: the maps keep their capacity from batch to batch.
         let limits = self.store.limits();
         let chunk = limits.max_value_len.min(state::MAX_CHUNK);
         let mut batch = replikativ_store::Batch::new();
-        for (id, bytes) in writes.values {
+        batch.ops.reserve(self.writes.values.len() + self.writes.logs.len() + 1);
+        for (id, bytes) in self.writes.values.drain() {
             batch.push_put(value_key(&id), bytes);
         }
-        let mut snapshots = writes.snapshots;
-        let mut logs = Vec::with_capacity(writes.logs.len());
-        for (address, op) in writes.logs {
+        let mut snapshots = std::mem::take(&mut self.writes.snapshots);
+        let mut logs = Vec::with_capacity(self.writes.logs.len());
+        self.writes.clear_logs();
+        self.writes.bytes = 0;
+        for (address, op) in std::mem::take(&mut self.writes.logs) {
             let bytes = rmp_serde::to_vec_named(&op).expect("ops encode");
             if bytes.len() > chunk {
                 snapshots.insert(address);

@@ -391,6 +391,11 @@ impl Writes {
         self.values.is_empty() && self.logs.is_empty() && self.snapshots.is_empty()
     }
 
+    /// Forgets which log entry each address has (the entries are being written).
+    pub(crate) fn clear_logs(&mut self) {
+        self.last_log.clear();
+    }
+
     pub(crate) fn put_value(&mut self, id: ContentId, bytes: Vec<u8>) {
         if let std::collections::hash_map::Entry::Vacant(slot) = self.values.entry(id) {
             self.bytes += bytes.len() + 34;

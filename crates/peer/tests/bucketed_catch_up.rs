@@ -111,3 +111,57 @@ fn a_bucket_summary_of_the_wrong_length_gets_the_whole_state() {
     assert!(!lacks);
     assert_eq!(op.map(|o| o.len()), Some(2000));
 }
+
+/// What a peer holding a 10-entry OR-Map (bucketed above 2 entries) sends in its `sync` to a remote
+/// whose hello announces `features`.
+fn summary_sent_to(features: Vec<String>) -> Summary {
+    use replikativ_crdt::{Address, CrdtKind};
+    use replikativ_peer::proto::{
+        Command, Direction, Hello, Input, Message, Output, PROTOCOL_VERSION, Peer, PeerConfig, Subscribe,
+    };
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+
+    let store: Arc<dyn replikativ_store::Store> = Arc::new(replikativ_store::MemoryStore::new());
+    let config = PeerConfig { bucketed_above: 2, anti_entropy: None, ..PeerConfig::default() };
+    let mut peer = Peer::open(store.clone(), "p", true, ActorId::from_u128(1), config).unwrap();
+    let x = Address::new("mail:a@example.org", uuid::Uuid::from_u128(1)).unwrap();
+    let mut inputs = vec![Input::Command {
+        id: 1,
+        cmd: Command::Create { address: x.clone(), kind: CrdtKind::Ormap, author: "a".into() },
+    }];
+    for i in 0..10 {
+        inputs.push(Input::Command {
+            id: 2 + i,
+            cmd: Command::Assoc {
+                address: x.clone(),
+                key: Value::from(i),
+                txs: vec![Transaction::new("set", i as i64)],
+                author: "a".into(),
+            },
+        });
+    }
+    for o in peer.handle_batch(inputs, 1) {
+        if let Output::Sync { epoch } = o {
+            store.sync().unwrap();
+            peer.handle(Input::Synced { epoch }, 1);
+        }
+    }
+    peer.handle(Input::Connected { conn: 9, direction: Direction::Inbound }, 1);
+    let hello = Message::Hello(Hello { version: PROTOCOL_VERSION, peer_id: "r".into(), features });
+    peer.handle(Input::Received { conn: 9, frame: hello.encode() }, 1);
+    let sub = Message::Subscribe(Subscribe { id: 1, addresses: BTreeSet::from([x.clone()]), extend: false });
+    let out = peer.handle(Input::Received { conn: 9, frame: sub.encode() }, 1);
+    out.into_iter()
+        .find_map(|o| match o {
+            Output::Send { msg: Message::Sync { mut summaries, .. }, .. } => summaries.pop().map(|(_, s)| s),
+            _ => None,
+        })
+        .expect("a sync with the map's summary")
+}
+
+#[test]
+fn bucket_summaries_go_only_to_peers_that_announce_them() {
+    assert!(matches!(summary_sent_to(vec!["buckets".into()]), Summary::Buckets(_)));
+    assert!(matches!(summary_sent_to(vec![]), Summary::Digest(_)), "an older peer gets a digest");
+}

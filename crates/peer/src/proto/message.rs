@@ -110,7 +110,7 @@ pub struct Hello {
     pub version: u16,
     /// The sender's peer id.
     pub peer_id: String,
-    /// Optional features the sender supports (none are defined yet).
+    /// Optional features the sender supports: `buckets` (it understands `Summary::Buckets`).
     pub features: Vec<String>,
 }
 

@@ -27,6 +27,10 @@ pub use state::{ApplyError, CrdtState, PeerRecord};
 
 use state::{CONFIG_KEY, CRDT_PREFIX, Snapshot};
 
+/// The hello feature a peer announces when it understands bucketed summaries (`Summary::Buckets`);
+/// peers that do not announce it are sent digests.
+pub const FEATURE_BUCKETS: &str = "buckets";
+
 /// A connection, numbered by the driver.
 pub type ConnId = u64;
 
@@ -601,7 +605,11 @@ impl Peer {
                 answered: HashMap::new(),
             },
         );
-        let hello = Hello { version: PROTOCOL_VERSION, peer_id: self.record.id.clone(), features: vec![] };
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            peer_id: self.record.id.clone(),
+            features: vec![FEATURE_BUCKETS.to_owned()],
+        };
         self.send(conn, Message::Hello(hello));
     }
 

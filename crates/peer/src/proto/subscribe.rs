@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use replikativ_crdt::Address;
 
 use super::message::{Message, Subscribe, Summary};
-use super::{ConnId, Peer};
+use super::{ConnId, FEATURE_BUCKETS, Peer};
 
 impl Peer {
     /// What this peer subscribes to, as told to `conn`.
@@ -48,7 +48,7 @@ impl Peer {
         c.unacked_sub = Some(id);
         let extend = self.record.extend;
         self.send(conn, Message::Subscribe(Subscribe { id, addresses, extend }));
-        let summaries = self.summaries(new.iter());
+        let summaries = self.summaries(conn, new.iter());
         if !summaries.is_empty() {
             self.send(conn, Message::Sync { summaries, reply: false });
         }
@@ -64,14 +64,24 @@ impl Peer {
     }
 
     /// Summaries of addresses (an address without state is summarized as `Empty`).
-    fn summaries<'a>(&self, addresses: impl Iterator<Item = &'a Address>) -> Vec<(Address, Summary)> {
+    /// Summaries for `conn`: bucketed ones only if its hello announced [`FEATURE_BUCKETS`] (a peer
+    /// that does not know the variant gets digests).
+    fn summaries<'a>(
+        &self,
+        conn: ConnId,
+        addresses: impl Iterator<Item = &'a Address>,
+    ) -> Vec<(Address, Summary)> {
+        let buckets = self
+            .conns
+            .get(&conn)
+            .and_then(|c| c.remote.as_ref())
+            .is_some_and(|h| h.features.iter().any(|f| f == FEATURE_BUCKETS));
+        let above = if buckets { self.config.bucketed_above } else { u64::MAX };
         addresses
             .map(|a| {
                 (
                     a.clone(),
-                    self.crdts.get(a).map_or(Summary::Empty, |r| {
-                        r.state.summary_bucketed_above(self.config.bucketed_above)
-                    }),
+                    self.crdts.get(a).map_or(Summary::Empty, |r| r.state.summary_bucketed_above(above)),
                 )
             })
             .collect()
@@ -156,7 +166,7 @@ impl Peer {
             }
         }
         if !reply && !lacking.is_empty() {
-            let summaries = self.summaries(lacking.iter());
+            let summaries = self.summaries(conn, lacking.iter());
             self.send(conn, Message::Sync { summaries, reply: true });
         }
     }
@@ -185,7 +195,7 @@ impl Peer {
             .cloned()
             .collect();
         if !shared.is_empty() {
-            let summaries = self.summaries(shared.iter());
+            let summaries = self.summaries(conn, shared.iter());
             self.send(conn, Message::Sync { summaries, reply: false });
         }
     }

@@ -79,6 +79,17 @@ fn fill_and_reopen(open: impl Fn() -> Arc<dyn Store>, keys: u32, value_len: usiz
         .map(|(k, _)| k[prefix_len..prefix_len + 8].to_vec())
         .collect();
     assert_eq!(generations.len(), usize::from(chunked), "chunk generations: {generations:?}");
+    // A chunk no record names (as a crash between writing chunks and their record leaves one).
+    let mut orphan = store.scan_prefix(b"s/").unwrap().first().map(|(k, _)| k.clone()).unwrap_or_else(|| {
+        let mut k = b"s/".to_vec();
+        k.extend_from_slice(x.id.as_bytes());
+        k.extend_from_slice(&(x.user.len() as u16).to_be_bytes());
+        k.extend_from_slice(x.user.as_bytes());
+        k.extend_from_slice(&[0; 12]);
+        k
+    });
+    orphan[prefix_len..prefix_len + 8].copy_from_slice(&u64::MAX.to_be_bytes());
+    store.put(&orphan, b"left by a crash").unwrap();
     drop(peer);
     store.close().unwrap();
     drop(store);
@@ -89,6 +100,8 @@ fn fill_and_reopen(open: impl Fn() -> Arc<dyn Store>, keys: u32, value_len: usiz
     let CrdtState::Ormap(n) = after else { panic!("an OR-Map") };
     assert_eq!(n.len(), keys as usize, "the reopened peer has every acknowledged op");
     assert!(after == &before, "and the same state");
+    assert_eq!(store.get(&orphan).unwrap(), None, "the unreferenced chunk was removed on open");
+    assert_eq!(store.scan_prefix(b"s/").unwrap().len() > 0, chunked, "the referenced chunks stay");
     assert_eq!(peer.subscriptions(), &BTreeSet::from([x.clone()]));
     store.close().unwrap();
 }

@@ -247,8 +247,7 @@ impl Peer {
                         (state, op, Known::default())
                     }
                 };
-                self.crdts
-                    .insert(address.clone(), Replica { state, since_snapshot: u64::MAX, snapshot_after: 0 });
+                self.crdts.insert(address.clone(), Replica::new(state));
                 self.extend_subscriptions(&BTreeSet::from([address.clone()]), None);
                 self.local(&address, op, values)?;
                 Reply::Done
@@ -308,14 +307,7 @@ impl Peer {
                     })?,
                 };
                 if !self.crdts.contains_key(&into) {
-                    self.crdts.insert(
-                        into.clone(),
-                        Replica {
-                            state: CrdtState::Cdvcs(Cdvcs::default()),
-                            since_snapshot: u64::MAX,
-                            snapshot_after: 0,
-                        },
-                    );
+                    self.crdts.insert(into.clone(), Replica::new(CrdtState::Cdvcs(Cdvcs::default())));
                     self.extend_subscriptions(&BTreeSet::from([into.clone()]), None);
                 }
                 let CrdtState::Cdvcs(c) = self.replica_mut(&into, CrdtKind::Cdvcs)? else { unreachable!() };
@@ -329,10 +321,7 @@ impl Peer {
                 }
                 let CrdtState::Cdvcs(c) = self.replica_mut(&from, CrdtKind::Cdvcs)? else { unreachable!() };
                 let (fork, op) = c.fork();
-                self.crdts.insert(
-                    into.clone(),
-                    Replica { state: CrdtState::Cdvcs(fork), since_snapshot: u64::MAX, snapshot_after: 0 },
-                );
+                self.crdts.insert(into.clone(), Replica::new(CrdtState::Cdvcs(fork)));
                 self.extend_subscriptions(&BTreeSet::from([into.clone()]), None);
                 self.local(&into, AnyOp::Cdvcs(op), Known::default())?;
                 Reply::Done

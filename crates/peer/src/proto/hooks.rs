@@ -109,14 +109,12 @@ impl Peer {
             return Err("the integrity check refused the commits".into());
         }
         let fresh = !self.crdts.contains_key(&hook.into);
-        self.crdts.insert(
-            hook.into.clone(),
-            Replica {
-                state: CrdtState::Cdvcs(central),
-                since_snapshot: if fresh { u64::MAX } else { self.crdts[&hook.into].since_snapshot },
-                snapshot_after: if fresh { 0 } else { self.crdts[&hook.into].snapshot_after },
-            },
-        );
+        match self.crdts.get_mut(&hook.into) {
+            Some(replica) => replica.state = CrdtState::Cdvcs(central),
+            None => {
+                self.crdts.insert(hook.into.clone(), Replica::new(CrdtState::Cdvcs(central)));
+            }
+        }
         if fresh {
             self.extend_subscriptions(&BTreeSet::from([hook.into.clone()]), None);
         }

@@ -376,6 +376,16 @@ pub(crate) struct Replica {
     pub(crate) since_snapshot: u64,
     /// The state's size at the last snapshot: the next waits for at least this many ops.
     pub(crate) snapshot_after: u64,
+    /// The chunks the stored snapshot occupies, if it is chunked: its generation (`log_from`) and
+    /// their number (deleted when the next snapshot is written).
+    pub(crate) chunks: Option<(u64, u32)>,
+}
+
+impl Replica {
+    /// A replica never snapshotted.
+    pub(crate) fn new(state: CrdtState) -> Replica {
+        Replica { state, since_snapshot: u64::MAX, snapshot_after: 0, chunks: None }
+    }
 }
 
 impl Peer {
@@ -398,18 +408,23 @@ impl Peer {
             }
         };
         let mut crdts = BTreeMap::new();
+        // Chunks of large snapshots, by key: the referenced ones are read from here, the others
+        // (left by a crash between writing chunks and the record naming them) are deleted.
+        let mut chunks: BTreeMap<Vec<u8>, Vec<u8>> =
+            store.scan_prefix(state::CHUNK_PREFIX)?.into_iter().collect();
         for (key, bytes) in store.scan_prefix(CRDT_PREFIX.as_bytes())? {
             let what = String::from_utf8_lossy(&key).into_owned();
             let address = state::address_of_key(&key)
                 .ok_or_else(|| OpenError::Corrupt { what: what.clone(), reason: "bad key".into() })?;
             let corrupt = |reason: String| OpenError::Corrupt { what: what.clone(), reason };
             let mut snapshot: Snapshot = rmp_serde::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+            let stored_chunks = (snapshot.chunks > 0).then_some((snapshot.log_from, snapshot.chunks));
             if snapshot.chunks > 0 {
                 // A large snapshot: its chunks, concatenated, are the whole record.
                 let mut record = Vec::new();
                 for i in 0..snapshot.chunks {
-                    let part = store
-                        .get(&state::chunk_key(&address, snapshot.log_from, i))?
+                    let part = chunks
+                        .remove(&state::chunk_key(&address, snapshot.log_from, i))
                         .ok_or_else(|| corrupt(format!("chunk {i} of {} is missing", snapshot.chunks)))?;
                     record.extend_from_slice(&part);
                 }
@@ -436,7 +451,14 @@ impl Peer {
                 }
             }
             let snapshot_after = state.size();
-            crdts.insert(address, Replica { state, since_snapshot, snapshot_after });
+            crdts.insert(address, Replica { state, since_snapshot, snapshot_after, chunks: stored_chunks });
+        }
+        if !chunks.is_empty() {
+            let mut stale = replikativ_store::Batch::new();
+            for key in chunks.into_keys() {
+                stale.push_delete(key);
+            }
+            store.apply_owned(stale)?;
         }
         Ok(Peer {
             record,

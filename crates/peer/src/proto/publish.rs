@@ -288,11 +288,10 @@ impl Peer {
             return self.close(conn, format!("invalid op for {}: {reason}", p.address));
         }
         let fresh = !self.crdts.contains_key(&p.address);
-        let replica = self.crdts.entry(p.address.clone()).or_insert_with(|| Replica {
-            state: CrdtState::empty(p.op.kind()),
-            since_snapshot: u64::MAX,
-            snapshot_after: 0,
-        });
+        let replica = self
+            .crdts
+            .entry(p.address.clone())
+            .or_insert_with(|| Replica::new(CrdtState::empty(p.op.kind())));
         let result = replica.state.apply(&p.op);
         let incomplete = replica.state.is_incomplete();
         match result {
@@ -514,6 +513,7 @@ impl Peer {
                 Vec::with_capacity((replica.snapshot_after as usize).saturating_mul(128).min(64 << 20));
             rmp_serde::encode::write_named(&mut record, &SnapshotRef { state: &replica.state, log_from })
                 .expect("encodes");
+            let mut n_chunks = 0u32;
             let header = if record.len() <= chunk {
                 record
             } else {
@@ -532,28 +532,31 @@ impl Peer {
                     n += 1;
                 }
                 self.store.apply_owned(chunks)?;
+                n_chunks = n;
                 rmp_serde::to_vec_named(&state::Snapshot { state: None, log_from, chunks: n })
                     .expect("encodes")
             };
             batch.push_put(state::crdt_key(&address), header);
-            written.push((address, log, log_from));
+            written.push((address, log, log_from, n_chunks));
         }
         for (address, bytes) in logs {
-            if !written.iter().any(|(a, _, _)| *a == address) {
+            if !written.iter().any(|(a, ..)| *a == address) {
                 batch.push_log_append(state::log_name(&address), bytes);
             }
         }
         self.store.apply_owned(batch)?;
-        for (address, log, log_from) in written {
-            // Chunks of other generations are no longer referenced.
-            let prefix = state::chunk_prefix(&address);
-            let mut stale = replikativ_store::Batch::new();
-            for (key, _) in self.store.scan_prefix(&prefix)? {
-                if key.get(prefix.len()..prefix.len() + 8) != Some(&log_from.to_be_bytes()[..]) {
-                    stale.push_delete(key);
+        for (address, log, log_from, n) in written {
+            // The previous snapshot's chunks are no longer referenced. (Chunks a crash left
+            // unreferenced are removed when the peer opens.)
+            let replica = self.crdts.get_mut(&address).expect("snapshotted above");
+            let previous = std::mem::replace(&mut replica.chunks, (n > 0).then_some((log_from, n)));
+            if let Some((old, count)) = previous.filter(|(old, _)| *old != log_from) {
+                let mut stale = replikativ_store::Batch::new();
+                for i in 0..count {
+                    stale.push_delete(state::chunk_key(&address, old, i));
                 }
+                self.store.apply_owned(stale)?;
             }
-            self.store.apply(&stale)?;
             self.store.log_prune(&log, log_from)?;
         }
         Ok(())

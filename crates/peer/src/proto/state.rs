@@ -337,11 +337,14 @@ fn is_zero(n: &u32) -> bool {
 /// Largest chunk of a snapshot (or the store's value limit, if smaller).
 pub(crate) const MAX_CHUNK: usize = 1 << 20;
 
+/// The prefix of every snapshot chunk's key.
+pub(crate) const CHUNK_PREFIX: &[u8] = b"s/";
+
 /// Keys of a snapshot's chunks: `s/`, the 16 uuid bytes, the user's length (u16 BE) and bytes,
 /// then the snapshot's `log_from` (u64 BE: the generation) and the chunk number (u32 BE).
 pub(crate) fn chunk_prefix(a: &Address) -> Vec<u8> {
     let mut k = Vec::with_capacity(20 + a.user.len() + 12);
-    k.extend_from_slice(b"s/");
+    k.extend_from_slice(CHUNK_PREFIX);
     k.extend_from_slice(a.id.as_bytes());
     k.extend_from_slice(&(a.user.len() as u16).to_be_bytes());
     k.extend_from_slice(a.user.as_bytes());

@@ -101,7 +101,7 @@ fn fill_and_reopen(open: impl Fn() -> Arc<dyn Store>, keys: u32, value_len: usiz
     assert_eq!(n.len(), keys as usize, "the reopened peer has every acknowledged op");
     assert!(after == &before, "and the same state");
     assert_eq!(store.get(&orphan).unwrap(), None, "the unreferenced chunk was removed on open");
-    assert_eq!(store.scan_prefix(b"s/").unwrap().len() > 0, chunked, "the referenced chunks stay");
+    assert_eq!(!store.scan_prefix(b"s/").unwrap().is_empty(), chunked, "the referenced chunks stay");
     assert_eq!(peer.subscriptions(), &BTreeSet::from([x.clone()]));
     store.close().unwrap();
 }

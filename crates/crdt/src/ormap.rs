@@ -122,6 +122,17 @@ impl OrMap {
         op.adds.iter().all(|e| has(&self.adds, e)) && op.removals.iter().all(|e| has(&self.removals, e))
     }
 
+    /// Every recorded add, live or removed, as (key, tag, commit), by key and tag: the `adds` of
+    /// [`Crdt::state_op`] without copying them.
+    pub fn add_tags(&self) -> impl Iterator<Item = (&Value, &Dot, &ContentId)> + '_ {
+        self.adds.iter().flat_map(|(k, dots)| dots.iter().map(move |(d, c)| (k, d, c)))
+    }
+
+    /// Every recorded removal as (key, tag of the removed add, removal commit), by key and tag.
+    pub fn removal_tags(&self) -> impl Iterator<Item = (&Value, &Dot, &ContentId)> + '_ {
+        self.removals.iter().flat_map(|(k, dots)| dots.iter().map(move |(d, c)| (k, d, c)))
+    }
+
     /// Number of tags recorded (adds and removals), live or not: the size of the state.
     pub fn tag_count(&self) -> usize {
         self.adds.values().chain(self.removals.values()).map(BTreeMap::len).sum()

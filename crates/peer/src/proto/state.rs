@@ -17,10 +17,10 @@
 //! pruned. Loading replays the log on the snapshot; ops are idempotent, so a crash between writing
 //! a snapshot and pruning the log only replays some ops twice.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use replikativ_crdt::{
-    Address, Cdvcs, ContentId, Crdt, CrdtKind, GSet, LwwRegister, OrMap, ValidationError, Value,
+    Address, Cdvcs, ContentId, Crdt, CrdtKind, Dot, GSet, LwwRegister, OrMap, ValidationError, Value,
 };
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -140,22 +140,23 @@ impl CrdtState {
         };
         match self {
             CrdtState::Ormap(m) => {
-                let op = m.state_op();
-                for (tag, entries) in [(0u8, &op.adds), (1u8, &op.removals)] {
+                let mut buf = Vec::new();
+                for (tag, entries) in
+                    [(0u8, m.add_tags().collect::<Vec<_>>()), (1u8, m.removal_tags().collect())]
+                {
                     let mut current: Option<(&Value, usize, Vec<u8>)> = None;
-                    let mut buf = Vec::new();
-                    for e in entries {
-                        if current.as_ref().is_none_or(|(k, _, _)| *k != &e.key) {
-                            let (bucket, encoded) = bucket_of(&e.key);
-                            current = Some((&e.key, bucket, encoded));
+                    for (key, dot, commit) in entries {
+                        if current.as_ref().is_none_or(|(k, _, _)| *k != key) {
+                            let (bucket, encoded) = bucket_of(key);
+                            current = Some((key, bucket, encoded));
                         }
                         let (_, bucket, encoded) = current.as_ref().expect("set above");
                         buf.clear();
                         buf.push(tag);
                         buf.extend_from_slice(encoded);
-                        buf.extend_from_slice(e.dot.actor.as_bytes());
-                        buf.extend_from_slice(&e.dot.counter.to_be_bytes());
-                        buf.extend_from_slice(e.commit.as_bytes());
+                        buf.extend_from_slice(dot.actor.as_bytes());
+                        buf.extend_from_slice(&dot.counter.to_be_bytes());
+                        buf.extend_from_slice(commit.as_bytes());
                         f(*bucket, &buf);
                     }
                 }
@@ -175,14 +176,32 @@ impl CrdtState {
         let in_wanted = |key: &Value| wanted[ContentId::hash_bytes(&key.encode()).as_bytes()[0] as usize];
         let op = match self {
             CrdtState::Ormap(m) => {
-                let mut op = m.state_op();
-                let mut keep = BTreeMap::new();
-                let mut filter = |entries: &mut Vec<replikativ_crdt::OrEntry>| {
-                    entries.retain(|e| *keep.entry(e.key.clone()).or_insert_with(|| in_wanted(&e.key)))
+                // Entries come by key: each key's bucket is computed once.
+                let pick = |tags: &mut dyn Iterator<Item = (&Value, &Dot, &ContentId)>| {
+                    let mut out = Vec::new();
+                    let mut last: Option<(Value, bool)> = None;
+                    for (key, dot, commit) in tags {
+                        let wanted = match &last {
+                            Some((k, w)) if k == key => *w,
+                            _ => {
+                                let w = in_wanted(key);
+                                last = Some((key.clone(), w));
+                                w
+                            }
+                        };
+                        if wanted {
+                            out.push(replikativ_crdt::OrEntry {
+                                key: key.clone(),
+                                dot: *dot,
+                                commit: *commit,
+                            });
+                        }
+                    }
+                    out
                 };
-                filter(&mut op.adds);
-                filter(&mut op.removals);
-                AnyOp::Ormap(op)
+                let adds = pick(&mut m.add_tags());
+                let removals = pick(&mut m.removal_tags());
+                AnyOp::Ormap(replikativ_crdt::OrMapOp { adds, removals })
             }
             CrdtState::Gset(g) => AnyOp::Gset(replikativ_crdt::GSetOp {
                 elements: g.elements().iter().filter(|e| in_wanted(e)).cloned().collect(),

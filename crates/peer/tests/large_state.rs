@@ -13,57 +13,49 @@ fn address() -> Address {
     Address::new("mail:big@example.org", uuid::Uuid::from_u128(7)).unwrap()
 }
 
-/// Runs `inputs` as one batch and every barrier it asks for; panics on a failed command.
-fn run(peer: &mut Peer, store: &Arc<dyn Store>, inputs: Vec<Input>) {
+/// Runs `inputs` as one batch and every barrier it asks for; returns the other outputs.
+fn run_outputs(peer: &mut Peer, store: &Arc<dyn Store>, inputs: Vec<Input>) -> Vec<Output> {
     let mut pending = inputs;
+    let mut outputs = Vec::new();
     while !pending.is_empty() {
-        let batch = std::mem::take(&mut pending);
-        for output in peer.handle_batch(batch, 1_000) {
+        for output in peer.handle_batch(std::mem::take(&mut pending), 1_000) {
             match output {
                 Output::Sync { epoch } => {
                     store.sync().unwrap();
                     pending.push(Input::Synced { epoch });
                 }
-                Output::Reply { result, .. } => {
-                    result.expect("the command succeeds");
-                }
-                _ => {}
+                other => outputs.push(other),
             }
+        }
+    }
+    outputs
+}
+
+/// [`run_outputs`], panicking on a failed command.
+fn run(peer: &mut Peer, store: &Arc<dyn Store>, inputs: Vec<Input>) {
+    for output in run_outputs(peer, store, inputs) {
+        if let Output::Reply { result, .. } = output {
+            result.expect("the command succeeds");
         }
     }
 }
 
-fn fill_and_reopen(open: impl Fn() -> Arc<dyn Store>, keys: u32, value_len: usize, chunked: bool) {
-    let x = address();
-    let store = open();
+/// A peer on `store` that has created the OR-Map at [`address`].
+fn peer_with_map(store: &Arc<dyn Store>) -> Peer {
     let mut peer =
         Peer::open(store.clone(), "p", true, ActorId::from_u128(1), PeerConfig::default()).unwrap();
-    run(
-        &mut peer,
-        &store,
-        vec![Input::Command {
-            id: 1,
-            cmd: Command::Create { address: x.clone(), kind: CrdtKind::Ormap, author: "a".into() },
-        }],
-    );
-    let mut id = 2;
-    let keys_: Vec<u32> = (0..keys).collect();
-    for chunk in keys_.chunks(32) {
-        let inputs = chunk
-            .iter()
-            .map(|i| {
-                id += 1;
-                Input::Command {
-                    id,
-                    cmd: Command::Assoc {
-                        address: x.clone(),
-                        key: Value::from(format!("{i:0width$}", width = value_len)),
-                        txs: vec![Transaction::new("set", *i as i64)],
-                        author: "a".into(),
-                    },
-                }
-            })
-            .collect();
+    let create = Command::Create { address: address(), kind: CrdtKind::Ormap, author: "a".into() };
+    run(&mut peer, store, vec![Input::Command { id: 1, cmd: create }]);
+    peer
+}
+
+/// Assocs `keys` keys of 100 bytes in batches of 32, checks the chunks on disk, reopens.
+fn fill_and_reopen(open: impl Fn() -> Arc<dyn Store>, keys: u32, chunked: bool) {
+    let x = address();
+    let store = open();
+    let mut peer = peer_with_map(&store);
+    for chunk in (0..keys).collect::<Vec<u32>>().chunks(32) {
+        let inputs = chunk.iter().map(|i| Input::Command { id: 2 + *i as u64, cmd: assoc(&x, *i) }).collect();
         run(&mut peer, &store, inputs);
     }
     let before = peer.state(&x).cloned().unwrap();
@@ -111,7 +103,7 @@ fn a_large_ormap_survives_a_reopen_on_sled() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_owned();
     // ~3000 entries of a ~100-byte key: snapshots of ~400 KiB, six times sled's value limit.
-    fill_and_reopen(move || Arc::new(SledStore::open(&path).unwrap()) as Arc<dyn Store>, 3000, 100, true);
+    fill_and_reopen(move || Arc::new(SledStore::open(&path).unwrap()) as Arc<dyn Store>, 3000, true);
 }
 
 #[test]
@@ -119,7 +111,7 @@ fn a_large_ormap_survives_a_reopen_on_the_file_store() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_owned();
     // The file store takes values of 16 MiB: these snapshots fit one value.
-    fill_and_reopen(move || Arc::new(FileStore::open(&path).unwrap()) as Arc<dyn Store>, 3000, 100, false);
+    fill_and_reopen(move || Arc::new(FileStore::open(&path).unwrap()) as Arc<dyn Store>, 3000, false);
 }
 
 /// Two peers on one connection, delivering every frame at once and running every barrier.
@@ -228,41 +220,16 @@ fn writes_the_store_refuses_are_not_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
     let x = address();
-    let mut peer =
-        Peer::open(store.clone(), "p", true, ActorId::from_u128(1), PeerConfig::default()).unwrap();
-    run(
-        &mut peer,
-        &store,
-        vec![Input::Command {
-            id: 1,
-            cmd: Command::Create { address: x.clone(), kind: CrdtKind::Ormap, author: "a".into() },
-        }],
-    );
+    let mut peer = peer_with_map(&store);
     // A params value over sled's 64 KiB value limit: the store refuses the batch.
     let big = Value::Bytes(vec![7; 100 << 10]);
-    let outputs = {
-        let mut all = Vec::new();
-        let mut pending = vec![Input::Command {
-            id: 2,
-            cmd: Command::Assoc {
-                address: x.clone(),
-                key: "big".into(),
-                txs: vec![Transaction::new("set", big)],
-                author: "a".into(),
-            },
-        }];
-        while !pending.is_empty() {
-            for o in peer.handle_batch(std::mem::take(&mut pending), 1_000) {
-                if let Output::Sync { epoch } = o {
-                    store.sync().unwrap();
-                    pending.push(Input::Synced { epoch });
-                } else {
-                    all.push(o);
-                }
-            }
-        }
-        all
+    let cmd = Command::Assoc {
+        address: x.clone(),
+        key: "big".into(),
+        txs: vec![Transaction::new("set", big)],
+        author: "a".into(),
     };
+    let outputs = run_outputs(&mut peer, &store, vec![Input::Command { id: 2, cmd }]);
     let replies: Vec<_> = outputs
         .iter()
         .filter_map(|o| match o {

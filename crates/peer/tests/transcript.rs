@@ -264,17 +264,21 @@ fn assoc(x: &Address, i: i64) -> Command {
     }
 }
 
-#[test]
-fn ops_made_in_one_batch_travel_in_one_publication() {
+/// Connected and subscribed peers (values inline) and an OR-Map the client created, with the
+/// transcript so far taken.
+fn pair_with_ormap() -> (Pair, Address) {
     let mut pair = Pair::new(1 << 20);
     connect_and_subscribe(&mut pair);
     let x = address();
-    publish(
-        &mut pair,
-        1001,
-        Command::Create { address: x.clone(), kind: CrdtKind::Ormap, author: "john".into() },
-    );
+    let create = Command::Create { address: x.clone(), kind: CrdtKind::Ormap, author: "john".into() };
+    publish(&mut pair, 1001, create);
     pair.take();
+    (pair, x)
+}
+
+#[test]
+fn ops_made_in_one_batch_travel_in_one_publication() {
+    let (mut pair, x) = pair_with_ormap();
 
     let commands = (0..10).map(|i| Input::Command { id: 2000 + i as u64, cmd: assoc(&x, i) }).collect();
     pair.batch(CLIENT, commands);
@@ -318,15 +322,7 @@ fn ops_made_in_one_batch_travel_in_one_publication() {
 
 #[test]
 fn publications_handled_in_one_batch_get_one_acknowledgement() {
-    let mut pair = Pair::new(1 << 20);
-    connect_and_subscribe(&mut pair);
-    let x = address();
-    publish(
-        &mut pair,
-        1001,
-        Command::Create { address: x.clone(), kind: CrdtKind::Ormap, author: "john".into() },
-    );
-    pair.take();
+    let (mut pair, x) = pair_with_ormap();
 
     // Three publications from the client, made one at a time, reach the server together.
     let mut frames = Vec::new();

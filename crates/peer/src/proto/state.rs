@@ -136,7 +136,7 @@ impl CrdtState {
     fn for_each_entry(&self, mut f: impl FnMut(usize, &[u8])) {
         let bucket_of = |key: &Value| -> (usize, Vec<u8>) {
             let encoded = key.encode();
-            (ContentId::hash_bytes(&encoded).as_bytes()[0] as usize, encoded)
+            (bucket_of_encoded(&encoded), encoded)
         };
         match self {
             CrdtState::Ormap(m) => {
@@ -173,7 +173,7 @@ impl CrdtState {
 
     /// The part of the state in the given buckets, as one op (`None` if it has no entries there).
     fn buckets_op(&self, wanted: &[bool]) -> Option<AnyOp> {
-        let in_wanted = |key: &Value| wanted[ContentId::hash_bytes(&key.encode()).as_bytes()[0] as usize];
+        let in_wanted = |key: &Value| wanted[bucket_of_encoded(&key.encode())];
         let op = match self {
             CrdtState::Ormap(m) => {
                 // Entries come by key: each key's bucket is computed once.
@@ -384,6 +384,12 @@ pub const BUCKETED_ABOVE: u64 = 1024;
 pub const BUCKETS: usize = 256;
 /// Bytes of one bucket's digest (a prefix of the blake3 of its entries).
 pub const BUCKET_DIGEST: usize = 16;
+
+/// The bucket of a key (an OR-Map key, a G-Set element) given its canonical encoding: the first
+/// byte of its content id.
+fn bucket_of_encoded(encoded: &[u8]) -> usize {
+    ContentId::hash_bytes(encoded).as_bytes()[0] as usize
+}
 
 /// A snapshot to write, borrowing the state (encodes like [`Snapshot`]).
 #[derive(Serialize)]

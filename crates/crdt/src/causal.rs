@@ -88,7 +88,8 @@ impl FromStr for ActorId {
 /// One write of one actor: the actor and its per-actor counter (1, 2, 3, ...).
 ///
 /// Dots tag OR-Map entries: unique without randomness, and a set of them summarizes as a version
-/// vector (the highest counter per actor).
+/// vector (the highest counter per actor). Counters are at most [`MAX_DOT_COUNTER`]: an op with a
+/// larger one is refused, so a forged dot can never push a writer's counter to the end of its range.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Dot {
     /// Who wrote.
@@ -96,6 +97,10 @@ pub struct Dot {
     /// The writer's counter, starting at 1.
     pub counter: u64,
 }
+
+/// The largest dot counter an op may carry: 2^53 - 1 (no writer makes that many writes; it is also
+/// the largest integer JavaScript represents exactly).
+pub const MAX_DOT_COUNTER: u64 = (1 << 53) - 1;
 
 impl Dot {
     /// The dot `(actor, counter)`.
@@ -127,14 +132,16 @@ pub struct Hlc {
 impl Hlc {
     /// The timestamp for a new event by `actor` at wall time `now_ms`, after every timestamp in
     /// `seen` (the latest the replica knows of). Never goes backwards, even when the wall clock does.
-    pub fn next(seen: Option<&Hlc>, now_ms: u64, actor: ActorId) -> Hlc {
+    /// `None` when no timestamp is after `seen` (its wall time and counter are both at their
+    /// maximum: only a forged stamp can be there).
+    pub fn next(seen: Option<&Hlc>, now_ms: u64, actor: ActorId) -> Option<Hlc> {
         match seen {
             Some(last) if last.wall_ms >= now_ms => match last.counter.checked_add(1) {
-                Some(counter) => Hlc { wall_ms: last.wall_ms, counter, actor },
+                Some(counter) => Some(Hlc { wall_ms: last.wall_ms, counter, actor }),
                 // The logical counter ran out within one millisecond: borrow the next millisecond.
-                None => Hlc { wall_ms: last.wall_ms + 1, counter: 0, actor },
+                None => Some(Hlc { wall_ms: last.wall_ms.checked_add(1)?, counter: 0, actor }),
             },
-            _ => Hlc { wall_ms: now_ms, counter: 0, actor },
+            _ => Some(Hlc { wall_ms: now_ms, counter: 0, actor }),
         }
     }
 }
@@ -146,18 +153,29 @@ mod tests {
     #[test]
     fn hlc_is_monotonic_when_the_wall_clock_goes_back() {
         let a = ActorId::from_u128(1);
-        let t1 = Hlc::next(None, 1000, a);
-        let t2 = Hlc::next(Some(&t1), 900, a);
-        let t3 = Hlc::next(Some(&t2), 1000, a);
-        let t4 = Hlc::next(Some(&t3), 1001, a);
+        let t1 = Hlc::next(None, 1000, a).unwrap();
+        let t2 = Hlc::next(Some(&t1), 900, a).unwrap();
+        let t3 = Hlc::next(Some(&t2), 1000, a).unwrap();
+        let t4 = Hlc::next(Some(&t3), 1001, a).unwrap();
         assert!(t1 < t2 && t2 < t3 && t3 < t4);
         assert_eq!((t4.wall_ms, t4.counter), (1001, 0));
     }
 
     #[test]
+    fn hlc_at_the_end_of_its_range_does_not_wrap() {
+        let a = ActorId::from_u128(1);
+        let full = Hlc { wall_ms: u64::MAX, counter: u32::MAX, actor: ActorId::from_bytes([0xff; 16]) };
+        assert_eq!(Hlc::next(Some(&full), 5, a), None, "no stamp is after it: never wrap to an earlier one");
+        let counter_full = Hlc { wall_ms: 7, counter: u32::MAX, actor: a };
+        let next = Hlc::next(Some(&counter_full), 5, a).unwrap();
+        assert!(next > counter_full);
+        assert_eq!((next.wall_ms, next.counter), (8, 0));
+    }
+
+    #[test]
     fn actor_breaks_ties() {
-        let t1 = Hlc::next(None, 5, ActorId::from_u128(1));
-        let t2 = Hlc::next(None, 5, ActorId::from_u128(2));
+        let t1 = Hlc::next(None, 5, ActorId::from_u128(1)).unwrap();
+        let t2 = Hlc::next(None, 5, ActorId::from_u128(2)).unwrap();
         assert!(t1 < t2);
     }
 

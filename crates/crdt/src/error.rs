@@ -101,4 +101,9 @@ pub enum OpError {
     /// Dissoc of a value that is not live under the key.
     #[error("no live value with that tag under the key")]
     NoSuchEntry,
+    /// The writer's clock or counter cannot move past what the replica holds (a stamp or dot at
+    /// the end of its range, which only a forged op can have put there): the write would not take
+    /// effect, so it is refused.
+    #[error("the {0} cannot advance past the largest value the replica holds")]
+    ClockExhausted(String),
 }

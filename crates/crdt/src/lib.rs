@@ -72,8 +72,8 @@ pub mod ormap;
 mod traits;
 pub mod value;
 
-pub use address::{Address, AddressError};
-pub use causal::{ActorId, Dot, Hlc};
+pub use address::{Address, AddressError, MAX_USER_LEN};
+pub use causal::{ActorId, Dot, Hlc, MAX_DOT_COUNTER};
 pub use cdvcs::{Cdvcs, CdvcsOp, CommitGraph};
 pub use commit::{Commit, CrdtKind, Staged, Transaction, TxRef};
 pub use error::{OpError, ValidationError};

@@ -28,13 +28,19 @@ pub struct LwwOp {
 }
 
 impl LwwRegister {
-    /// Writes `value` by `actor` at wall time `now_ms`; returns the op to replicate.
+    /// Writes `value` by `actor` at wall time `now_ms`; returns the op to replicate. The write is
+    /// stamped after the current stamp, so it always takes effect; when no stamp is after the
+    /// current one (a forged stamp at the end of the clock's range) it fails with
+    /// [`OpError::ClockExhausted`] instead of silently losing.
     pub fn set(&mut self, value: Value, now_ms: u64, actor: ActorId) -> Result<LwwOp, OpError> {
         if !value.within_depth_limit() {
             return Err(OpError::TooDeep);
         }
-        let op = LwwOp { value, stamp: Some(Hlc::next(self.stamp.as_ref(), now_ms, actor)) };
-        self.apply(&op).expect("a local write is valid");
+        let stamp = Hlc::next(self.stamp.as_ref(), now_ms, actor)
+            .ok_or_else(|| OpError::ClockExhausted("clock".into()))?;
+        let op = LwwOp { value, stamp: Some(stamp) };
+        let changed = self.apply(&op).expect("a local write is valid");
+        debug_assert!(changed, "a local write is stamped after the current stamp");
         Ok(op)
     }
 
@@ -116,5 +122,21 @@ mod tests {
         assert_eq!(x, y);
         let bad = LwwOp { value: Value::from(1), stamp: None };
         assert!(x.apply(&bad).is_err());
+    }
+
+    /// A forged write at the end of the clock's range must not make later local writes vanish.
+    #[test]
+    fn a_local_write_after_a_maximal_stamp_fails_instead_of_losing() {
+        let forged = LwwOp {
+            value: Value::from("forged"),
+            stamp: Some(Hlc { wall_ms: u64::MAX, counter: u32::MAX, actor: ActorId::from_bytes([0xff; 16]) }),
+        };
+        let mut r = LwwRegister::default();
+        r.apply(&forged).unwrap();
+        assert_eq!(
+            r.set(Value::from("mine"), 1_000, ActorId::from_u128(1)),
+            Err(OpError::ClockExhausted("clock".into()))
+        );
+        assert_eq!(r.get(), &Value::from("forged"));
     }
 }

@@ -122,6 +122,11 @@ impl OrMap {
         op.adds.iter().all(|e| has(&self.adds, e)) && op.removals.iter().all(|e| has(&self.removals, e))
     }
 
+    /// Whether an add of `key` under `dot` is recorded (live or removed).
+    pub fn has_add(&self, key: &Value, dot: &Dot) -> bool {
+        self.adds.get(key).is_some_and(|d| d.contains_key(dot))
+    }
+
     /// Every recorded add, live or removed, as (key, tag, commit), by key and tag: the `adds` of
     /// [`Crdt::state_op`] without copying them.
     pub fn add_tags(&self) -> impl Iterator<Item = (&Value, &Dot, &ContentId)> + '_ {
@@ -214,8 +219,12 @@ impl OrMap {
         out
     }
 
-    fn next_dot(&self, actor: ActorId) -> Dot {
-        Dot::new(actor, self.clock.get(&actor).copied().unwrap_or(0) + 1)
+    fn next_dot(&self, actor: ActorId) -> Result<Dot, OpError> {
+        let counter = self.clock.get(&actor).copied().unwrap_or(0) + 1;
+        if counter > crate::causal::MAX_DOT_COUNTER {
+            return Err(OpError::ClockExhausted("dot counter".into()));
+        }
+        Ok(Dot::new(actor, counter))
     }
 
     /// Adds a value (as transactions in a new commit) under `key` with a fresh tag of `actor`.
@@ -237,7 +246,8 @@ impl OrMap {
         }
         let mut values = BTreeMap::new();
         let commit = make_commit(CrdtKind::Ormap, vec![], &txs, author, ts, &mut values);
-        let op = OrMapOp { adds: vec![OrEntry { key, dot: self.next_dot(actor), commit }], removals: vec![] };
+        let op =
+            OrMapOp { adds: vec![OrEntry { key, dot: self.next_dot(actor)?, commit }], removals: vec![] };
         self.apply(&op).expect("a fresh dot is valid");
         Ok(Staged { op, values })
     }
@@ -297,6 +307,9 @@ impl OrMap {
         }
         let mut seen: BTreeMap<(&Value, Dot), ContentId> = BTreeMap::new();
         for e in entries {
+            if e.dot.counter > crate::causal::MAX_DOT_COUNTER {
+                return Err(ValidationError::BadOp { reason: "a dot counter beyond 2^53 - 1" });
+            }
             let known = existing.get(&e.key).and_then(|d| d.get(&e.dot)).copied();
             let earlier = seen.insert((&e.key, e.dot), e.commit);
             if known.is_some_and(|c| c != e.commit) || earlier.is_some_and(|c| c != e.commit) {
@@ -339,6 +352,10 @@ impl Crdt for OrMap {
         // each with its own removal commit; the join keeps the larger id (see `join_into`).
         if !op.removals.iter().all(|e| e.key.within_depth_limit()) {
             return Err(ValidationError::TooDeep);
+        }
+        // Removal dots enter the version vector too.
+        if op.removals.iter().any(|e| e.dot.counter > crate::causal::MAX_DOT_COUNTER) {
+            return Err(ValidationError::BadOp { reason: "a dot counter beyond 2^53 - 1" });
         }
         Self::check(&self.adds, &op.adds)
     }
@@ -580,5 +597,25 @@ mod tests {
         let (mut m, _) = test_map();
         let s = m.assoc("z".into(), vec![Transaction::new("set", 0)], ActorId::from_u128(7), "a", 0).unwrap();
         assert_eq!(s.op.adds[0].dot.counter, 3);
+    }
+
+    /// A forged dot at the end of the counter's range is refused, so no writer's next dot can
+    /// overflow; at the bound itself, the next local write fails instead of wrapping.
+    #[test]
+    fn dot_counters_beyond_the_bound_are_refused() {
+        let actor = ActorId::from_u128(9);
+        let commit = ContentId::hash_bytes(b"c");
+        let entry = |counter| OrEntry { key: Value::from("k"), dot: Dot::new(actor, counter), commit };
+        let mut m = OrMap::default();
+        for op in [
+            OrMapOp { adds: vec![entry(u64::MAX)], removals: vec![] },
+            OrMapOp { adds: vec![], removals: vec![entry(crate::MAX_DOT_COUNTER + 1)] },
+        ] {
+            assert!(matches!(m.apply(&op), Err(ValidationError::BadOp { .. })), "{op:?}");
+        }
+        assert_eq!(m, OrMap::default());
+        m.apply(&OrMapOp { adds: vec![entry(crate::MAX_DOT_COUNTER)], removals: vec![] }).unwrap();
+        let next = m.assoc("z".into(), vec![Transaction::new("set", 0)], actor, "a", 0);
+        assert!(matches!(next, Err(OpError::ClockExhausted(_))), "{next:?}");
     }
 }

@@ -33,6 +33,9 @@ pub enum ClientError {
     Protocol(String),
 }
 
+/// How long [`RemoteClient::connect`] waits for the websocket handshake.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A connection to a node that runs stage commands there.
 pub struct RemoteClient {
     ws: Ws,
@@ -48,8 +51,13 @@ impl std::fmt::Debug for RemoteClient {
 impl RemoteClient {
     /// Connects to the node at `url` (`ws://host:port`) as `client_id`.
     pub async fn connect(url: &str, client_id: &str) -> Result<RemoteClient, ClientError> {
-        let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        // Bounded: a server that accepts and never answers must not hang the client.
+        let (mut ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(url))
             .await
+            .map_err(|_| ClientError::Connect {
+                url: url.to_owned(),
+                reason: format!("no websocket handshake within {CONNECT_TIMEOUT:?}"),
+            })?
             .map_err(|e| ClientError::Connect { url: url.to_owned(), reason: e.to_string() })?;
         let hello = Message::Hello(Hello {
             version: PROTOCOL_VERSION,
@@ -85,7 +93,7 @@ impl RemoteClient {
             match Message::decode(&frame) {
                 Ok(Message::Custom { tag, data }) if tag == REPLY_TAG => {
                     let (rid, result): (u64, Result<Reply, StageError>) =
-                        rmp_serde::from_slice(&data).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                        crate::proto::message::from_msgpack(&data).map_err(ClientError::Protocol)?;
                     if rid == id {
                         return Ok(result);
                     }

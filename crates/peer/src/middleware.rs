@@ -412,7 +412,7 @@ impl Middleware for RemoteStage {
     fn inbound(&mut self, item: Item, emit: &mut Emit) {
         match item {
             Item::Message(Message::Custom { tag, data }) if tag == COMMAND_TAG => {
-                match rmp_serde::from_slice::<(CommandId, Command)>(&data) {
+                match crate::proto::message::from_msgpack::<(CommandId, Command)>(&data) {
                     Ok((id, cmd)) => emit.up(Item::Command { id, cmd }),
                     Err(e) => {
                         emit.down(Item::Message(Message::Error { reason: format!("malformed command: {e}") }))

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::{ConnCmd, CoreMsg, NodeError, Shared, register_metrics};
 use crate::middleware::{AccessControl, Chain, ConnMetrics, Item, Metrics, Middleware, Remote, Trace};
-use crate::proto::{ConnId, Direction, FrameError, Input, Message};
+use crate::proto::{ConnId, Direction, FrameError, Input, Message, Refusal};
 
 /// Websocket limits and keep-alive.
 #[derive(Clone, Copy, Debug)]
@@ -33,6 +33,12 @@ pub struct WsConfig {
     pub ping_interval: Duration,
     /// A connection silent for this long is closed.
     pub idle_timeout: Duration,
+    /// The websocket handshake (the HTTP upgrade, in and out) must finish within this time, or
+    /// the connection is closed ([`Refusal::HandshakeTimeout`]). 10 s by default.
+    pub handshake_timeout: Duration,
+    /// Bytes an incoming handshake request may have at most ([`Refusal::HandshakeTooLarge`]).
+    /// 16 KiB by default.
+    pub max_handshake_bytes: usize,
 }
 
 impl Default for WsConfig {
@@ -43,6 +49,8 @@ impl Default for WsConfig {
             read_buffer: 16 << 10,
             ping_interval: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
+            max_handshake_bytes: 16 << 10,
         }
     }
 }
@@ -83,25 +91,62 @@ pub(crate) async fn listen(shared: Arc<Shared>, addr: &str) -> Result<std::net::
     let mut shutdown = shared.shutdown.subscribe();
     let task_shared = shared.clone();
     let task = tokio::spawn(async move {
+        let shared = task_shared;
+        let mut backoff = AcceptBackoff::default();
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
                 _ = shutdown.changed() => return,
             };
             let (stream, peer_addr) = match accepted {
-                Ok(a) => a,
+                Ok(a) => {
+                    backoff.reset();
+                    a
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    continue;
+                    // E.g. out of file descriptors: retrying at once would spin. Established
+                    // connections are served meanwhile (they run in their own tasks).
+                    shared.refuse(Refusal::AcceptFailed);
+                    let delay = backoff.failed(&e);
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => continue,
+                        _ = shutdown.changed() => return,
+                    }
                 }
             };
+            // Every incoming connection, from accept to close, holds one of `max_connections`
+            // permits; over the cap it is refused at once.
+            let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+                shared.refuse(Refusal::MaxConnections);
+                refuse_busy(&stream);
+                tracing::debug!(%peer_addr, "connection refused: max_connections reached");
+                continue;
+            };
             let _ = stream.set_nodelay(true);
-            let shared = task_shared.clone();
+            let shared = shared.clone();
             tokio::spawn(async move {
-                let config = shared.config.ws.tungstenite();
-                match tokio_tungstenite::accept_async_with_config(stream, Some(config)).await {
-                    Ok(ws) => run(shared, ws, Remote::Peer(peer_addr.to_string()), Direction::Inbound).await,
-                    Err(e) => tracing::info!(%peer_addr, error = %e, "websocket handshake failed"),
+                let _permit = permit;
+                let ws = &shared.config.ws;
+                let (stream, exceeded) = HandshakeLimit::new(stream, ws.max_handshake_bytes);
+                let handshake = tokio_tungstenite::accept_async_with_config(stream, Some(ws.tungstenite()));
+                match tokio::time::timeout(ws.handshake_timeout, handshake).await {
+                    Ok(Ok(mut ws)) => {
+                        ws.get_mut().lift();
+                        run(shared, ws, Remote::Peer(peer_addr.to_string()), Direction::Inbound).await
+                    }
+                    Ok(Err(e)) => {
+                        let why = if exceeded.load(Ordering::Relaxed) {
+                            Refusal::HandshakeTooLarge
+                        } else {
+                            Refusal::HandshakeFailed
+                        };
+                        shared.refuse(why);
+                        tracing::debug!(%peer_addr, refusal = %why, error = %e, "websocket handshake failed");
+                    }
+                    Err(_) => {
+                        shared.refuse(Refusal::HandshakeTimeout);
+                        tracing::debug!(%peer_addr, "websocket handshake not finished in time; closed");
+                    }
                 }
             });
         }
@@ -110,20 +155,180 @@ pub(crate) async fn listen(shared: Arc<Shared>, addr: &str) -> Result<std::net::
     Ok(local)
 }
 
+/// Tells a client over the connection cap why it is refused (an HTTP 503, written only if the
+/// socket takes it at once: nothing waits for a refused client) and closes the connection.
+fn refuse_busy(stream: &tokio::net::TcpStream) {
+    let _ = stream.try_write(
+        b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\nContent-Length: 21\r\n\r\ntoo many connections\n",
+    );
+}
+
+/// The delay after a failed `accept`: 5 ms doubling to 1 s, reset by a successful one; the
+/// failure is logged at most once per 10 s (with how many were not logged).
+#[derive(Debug)]
+struct AcceptBackoff {
+    delay: Duration,
+    last_log: Option<std::time::Instant>,
+    unlogged: u64,
+}
+
+impl Default for AcceptBackoff {
+    fn default() -> Self {
+        AcceptBackoff { delay: Duration::from_millis(5), last_log: None, unlogged: 0 }
+    }
+}
+
+impl AcceptBackoff {
+    const MAX: Duration = Duration::from_secs(1);
+    const LOG_EVERY: Duration = Duration::from_secs(10);
+
+    fn reset(&mut self) {
+        self.delay = Duration::from_millis(5);
+    }
+
+    fn failed(&mut self, e: &std::io::Error) -> Duration {
+        let now = std::time::Instant::now();
+        if self.last_log.is_none_or(|t| now.duration_since(t) >= Self::LOG_EVERY) {
+            tracing::warn!(error = %e, retry_in = ?self.delay, failures_not_logged = self.unlogged, "accept failed; backing off");
+            self.last_log = Some(now);
+            self.unlogged = 0;
+        } else {
+            self.unlogged += 1;
+        }
+        let delay = self.delay;
+        self.delay = (self.delay * 2).min(Self::MAX);
+        delay
+    }
+}
+
+/// An accepted stream that fails reads past a byte budget until [`HandshakeLimit::lift`] is
+/// called: it bounds what a client may send before its websocket handshake is done.
+#[derive(Debug)]
+pub(crate) struct HandshakeLimit<S> {
+    inner: S,
+    remaining: Option<usize>,
+    exceeded: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<S> HandshakeLimit<S> {
+    fn new(inner: S, budget: usize) -> (Self, Arc<std::sync::atomic::AtomicBool>) {
+        let exceeded = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        (HandshakeLimit { inner, remaining: Some(budget), exceeded: exceeded.clone() }, exceeded)
+    }
+
+    /// Ends the budget (the handshake is done).
+    fn lift(&mut self) {
+        self.remaining = None;
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for HandshakeLimit<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let (Some(remaining), std::task::Poll::Ready(Ok(()))) = (this.remaining.as_mut(), &polled) {
+            let read = buf.filled().len() - before;
+            if read > *remaining {
+                this.exceeded.store(true, Ordering::Relaxed);
+                return std::task::Poll::Ready(Err(std::io::Error::other("handshake request too large")));
+            }
+            *remaining -= read;
+        }
+        polled
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for HandshakeLimit<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
 pub(crate) async fn connect(shared: Arc<Shared>, url: &str) -> Result<(), NodeError> {
-    let config = shared.config.ws.tungstenite();
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
-        .await
+    let ws = dial(&shared, url).await.map_err(|reason| NodeError::Connect { url: url.to_owned(), reason })?;
+    supervise(shared, url, Some(ws));
+    Ok(())
+}
+
+/// One outgoing connection attempt, bounded by the handshake timeout (a server that accepts and
+/// never answers must not hold the supervisor forever).
+async fn dial(shared: &Shared, url: &str) -> Result<Ws, String> {
+    let ws = &shared.config.ws;
+    let attempt = tokio_tungstenite::connect_async_with_config(url, Some(ws.tungstenite()), true);
+    match tokio::time::timeout(ws.handshake_timeout, attempt).await {
+        Ok(Ok((ws, _))) => Ok(ws),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no websocket handshake within {:?}", ws.handshake_timeout)),
+    }
+}
+
+/// Like [`connect`], but returns at once: the first connection is made in the background and
+/// retried with backoff like every later one (a peer that is down at start is normal).
+pub(crate) fn connect_retrying(shared: Arc<Shared>, url: &str) -> Result<(), NodeError> {
+    let request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
         .map_err(|e| NodeError::Connect { url: url.to_owned(), reason: e.to_string() })?;
+    if !matches!(request.uri().scheme_str(), Some("ws")) {
+        return Err(NodeError::Connect {
+            url: url.to_owned(),
+            reason: "only ws:// URLs are supported".into(),
+        });
+    }
+    supervise(shared, url, None);
+    Ok(())
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Keeps the outgoing connection to `url` up: runs it, and re-establishes it with backoff whenever
+/// it drops (or, with no `first` connection, until it is first made), until the node shuts down or
+/// [`super::Node::disconnect`].
+fn supervise(shared: Arc<Shared>, url: &str, first: Option<Ws>) {
     let url_owned = url.to_owned();
     let task_shared = shared.clone();
     let supervisor = tokio::spawn(async move {
         let shared = task_shared;
         let backoff = shared.config.reconnect;
-        let mut ws = Some(ws);
+        let mut ws = first;
         let mut delay = backoff.initial;
         let mut shutdown = shared.shutdown.subscribe();
         let mut attempt: u64 = 0;
+        // Without a first connection, try at once.
+        let mut wait = ws.is_some();
         loop {
             if let Some(ws) = ws.take() {
                 delay = backoff.initial;
@@ -132,35 +337,33 @@ pub(crate) async fn connect(shared: Arc<Shared>, url: &str) -> Result<(), NodeEr
             if *shutdown.borrow() {
                 return;
             }
-            // Jitter from the attempt number and the clock: no RNG needed for spreading retries.
-            attempt += 1;
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(0);
-            let jitter =
-                delay.mul_f64(((nanos as u64 ^ attempt.wrapping_mul(0x9e37_79b9)) % 500) as f64 / 1000.0);
-            tokio::select! {
-                _ = tokio::time::sleep(delay + jitter) => {}
-                _ = shutdown.changed() => return,
+            if wait {
+                // Jitter from the attempt number and the clock: no RNG needed for spreading retries.
+                attempt += 1;
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.subsec_nanos())
+                    .unwrap_or(0);
+                let jitter =
+                    delay.mul_f64(((nanos as u64 ^ attempt.wrapping_mul(0x9e37_79b9)) % 500) as f64 / 1000.0);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay + jitter) => {}
+                    _ = shutdown.changed() => return,
+                }
+                delay = (delay * 2).min(backoff.max);
             }
-            delay = (delay * 2).min(backoff.max);
-            match tokio_tungstenite::connect_async_with_config(
-                url_owned.as_str(),
-                Some(shared.config.ws.tungstenite()),
-                true,
-            )
-            .await
-            {
-                Ok((new_ws, _)) => ws = Some(new_ws),
-                Err(e) => tracing::info!(url = %url_owned, error = %e, ?delay, "reconnect failed"),
+            wait = true;
+            match dial(&shared, &url_owned).await {
+                Ok(new_ws) => ws = Some(new_ws),
+                Err(e) => {
+                    tracing::warn!(url = %url_owned, error = %e, next_attempt_in = ?delay, "connecting failed; retrying")
+                }
             }
         }
     });
     if let Some(old) = shared.outgoing.lock().expect("poisoned").insert(url.to_owned(), supervisor) {
         old.abort();
     }
-    Ok(())
 }
 
 fn close_frame(reason: &str) -> WsMessage {
@@ -255,6 +458,7 @@ where
     loop {
         let frame = match tokio::time::timeout(idle, stream.next()).await {
             Err(_) => {
+                shared.refuse(Refusal::IdleTimeout);
                 let reason = "idle timeout".to_owned();
                 let _ = wire.send(close_frame(&reason)).await;
                 return reason;
@@ -265,6 +469,7 @@ where
             None => return "the remote closed the connection".into(),
             Some(Err(e)) => {
                 // E.g. a frame over the size limit: tell the remote before dropping it.
+                shared.refuse(Refusal::BadWebsocketFrame);
                 let reason = format!("bad frame: {e}");
                 let _ = wire.send(close_frame(&reason)).await;
                 return reason;
@@ -277,6 +482,7 @@ where
                 );
             }
             Some(Ok(WsMessage::Text(_))) => {
+                shared.refuse(Refusal::TextFrame);
                 let reason = "text frames are not part of the protocol".to_owned();
                 let _ = wire.send(close_frame(&reason)).await;
                 return reason;
@@ -287,11 +493,16 @@ where
         let msg = match Message::decode(&bytes) {
             Ok(msg) => msg,
             Err(FrameError::UnknownKind(kind)) => {
+                shared.refuse(Refusal::UnknownKind);
                 let err = Message::Error { reason: format!("unknown message kind {kind:?}; ignored") };
                 let _ = wire.send(WsMessage::Binary(err.encode().into())).await;
                 continue;
             }
             Err(e) => {
+                shared.refuse(match e {
+                    FrameError::UnsupportedVersion(_) => Refusal::UnsupportedVersion,
+                    _ => Refusal::MalformedFrame,
+                });
                 let reason = e.to_string();
                 let close = Message::Close { reason: reason.clone() };
                 let _ = wire.send(WsMessage::Binary(close.encode().into())).await;

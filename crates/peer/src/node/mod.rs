@@ -29,7 +29,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::middleware::{ConnMetrics, Item, MetricsRegistry, MiddlewareFactory, Policy, Remote};
-use crate::proto::{CommandId, ConnId, Input, OpenError, Output, Peer, PeerConfig, StageError};
+use crate::proto::{
+    CommandId, ConnId, Input, OpenError, Output, Peer, PeerConfig, Quarantined, Refusal, Refusals, StageError,
+};
 
 pub use conn::WsConfig;
 pub(crate) use conn::chain as conn_chain;
@@ -69,6 +71,11 @@ pub struct NodeConfig {
     pub middleware: Vec<MiddlewareFactory>,
     /// Access policy for every connection (remote and stage); `None` allows everything.
     pub policy: Option<Policy>,
+    /// Incoming connections open at once at most, from accept to close (the websocket handshake
+    /// included); more are refused at once with an HTTP 503 ([`Refusal::MaxConnections`]).
+    /// `None`: the process's descriptor limit less 64 (for the store and outgoing connections), at
+    /// most 10,000 and at least 16.
+    pub max_connections: Option<usize>,
     /// Whether remote connections may run stage commands ([`crate::middleware::RemoteStage`]):
     /// what the command line's data commands use. Anyone who can connect can then read and write
     /// as any user, within the access policy; off by default.
@@ -87,6 +94,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("middleware", &self.middleware.len())
             .field("policy", &self.policy.is_some())
             .field("remote_commands", &self.remote_commands)
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }
@@ -103,6 +111,7 @@ impl Default for NodeConfig {
             middleware: Vec::new(),
             policy: None,
             remote_commands: false,
+            max_connections: None,
         }
     }
 }
@@ -176,6 +185,12 @@ pub struct Status {
     pub addresses: usize,
     /// Messages dropped because a connection's outbox was full.
     pub dropped: u64,
+    /// What was refused since the node started, by reason (the core's and the transport's).
+    pub refusals: Refusals,
+    /// Stored records that could not be loaded when the peer opened (skipped and moved aside).
+    pub recovery: Vec<Quarantined>,
+    /// The effective cap on incoming connections.
+    pub max_connections: usize,
 }
 
 pub(crate) struct Shared {
@@ -192,6 +207,32 @@ pub(crate) struct Shared {
     pub(crate) shutdown: tokio::sync::watch::Sender<bool>,
     /// Addresses the node listens on.
     pub(crate) listening: Arc<Mutex<Vec<String>>>,
+    /// Permits for incoming connections (`max_connections`).
+    pub(crate) connections: Arc<tokio::sync::Semaphore>,
+    /// What the transport refused, by reason (the core counts its own).
+    pub(crate) refusals: Arc<Mutex<Refusals>>,
+}
+
+impl Shared {
+    /// Counts a refusal of the transport.
+    pub(crate) fn refuse(&self, why: Refusal) {
+        self.refusals.lock().expect("poisoned").count(why);
+    }
+}
+
+/// The process's soft limit of open file descriptors, if it can be read (Linux: `/proc`).
+fn descriptor_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// The default `max_connections` (see [`NodeConfig::max_connections`]).
+fn default_max_connections() -> usize {
+    match descriptor_limit() {
+        Some(n) => (n.saturating_sub(64) as usize).clamp(16, 10_000),
+        None => 1024,
+    }
 }
 
 /// A running node (cheap to clone).
@@ -218,6 +259,8 @@ impl Node {
         config.peer_id = peer.id().to_owned();
         let (core_tx, core_rx) = mpsc::channel(1024);
         let (shutdown, _) = tokio::sync::watch::channel(false);
+        let max_connections = config.max_connections.unwrap_or_else(default_max_connections).max(1);
+        let refusals = Arc::new(Mutex::new(Refusals::default()));
         let shared = Arc::new(Shared {
             core: core_tx.clone(),
             store: store.clone(),
@@ -229,6 +272,8 @@ impl Node {
             outgoing: Mutex::new(HashMap::new()),
             shutdown,
             listening: Arc::new(Mutex::new(Vec::new())),
+            connections: Arc::new(tokio::sync::Semaphore::new(max_connections)),
+            refusals: refusals.clone(),
         });
         let (barrier_tx, barrier_rx) = std::sync::mpsc::channel::<u64>();
         {
@@ -255,6 +300,8 @@ impl Node {
                     dropped: 0,
                     listening,
                     lagging: Default::default(),
+                    refusals,
+                    max_connections,
                 };
                 core.dispatch(&mut peer, start);
                 core.run(&mut peer, core_rx);
@@ -289,6 +336,15 @@ impl Node {
     /// [`Node::disconnect`].
     pub async fn connect(&self, url: &str) -> Result<(), NodeError> {
         conn::connect(self.shared.clone(), url).await
+    }
+
+    /// Connects to a peer at a `ws://` URL in the background: returns at once (an error only for a
+    /// URL that is not `ws://`), and keeps trying with backoff until the connection is made, then
+    /// re-establishes it whenever it drops, until [`Node::disconnect`] or shutdown. Each failed
+    /// attempt is logged at WARN with the delay before the next one. What `serve --connect` uses: a
+    /// peer that is down when this one starts is normal in a peer-to-peer system.
+    pub fn connect_retrying(&self, url: &str) -> Result<(), NodeError> {
+        conn::connect_retrying(self.shared.clone(), url)
     }
 
     /// Stops reconnecting to `url` and closes its connection. Returns whether it was connected.
@@ -375,6 +431,9 @@ struct Core {
     tx: mpsc::Sender<CoreMsg>,
     dropped: u64,
     listening: Arc<Mutex<Vec<String>>>,
+    /// The transport's refusal counters (merged into status with the core's).
+    refusals: Arc<Mutex<Refusals>>,
+    max_connections: usize,
 }
 
 impl Core {
@@ -430,12 +489,17 @@ impl Core {
                             (*c, remote.clone(), id)
                         })
                         .collect();
+                    let mut refusals = self.refusals.lock().expect("poisoned").clone();
+                    refusals.merge(peer.refusals());
                     let _ = reply.send(Status {
                         peer_id: peer.id().to_owned(),
                         connections,
                         subscriptions: peer.subscriptions().iter().cloned().collect(),
                         addresses: peer.addresses().count(),
                         dropped: self.dropped,
+                        refusals,
+                        recovery: peer.recovery().to_vec(),
+                        max_connections: self.max_connections,
                     });
                 }
                 CoreMsg::Shutdown(done) => {
@@ -520,6 +584,9 @@ impl Core {
             Output::Reply { id, mut result } => {
                 if let Ok(crate::proto::Reply::Status(status)) = &mut result {
                     status.listen = self.listening.lock().expect("poisoned").clone();
+                    for (why, n) in self.refusals.lock().expect("poisoned").iter() {
+                        *status.refusals.entry(why.as_str().to_owned()).or_default() += n;
+                    }
                 }
                 if let Some(conn) = self.commands.remove(&id)
                     && let Some((tx, _)) = self.conns.get(&conn)

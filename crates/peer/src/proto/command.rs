@@ -171,8 +171,37 @@ fn bytes_of(values: BTreeMap<ContentId, Value>) -> Known {
 
 type Known = (HashMap<ContentId, Vec<u8>>, HashMap<ContentId, Commit>);
 
+impl Command {
+    /// Every address the command names.
+    pub fn addresses(&self) -> Vec<&Address> {
+        match self {
+            Command::Create { address, .. }
+            | Command::Assoc { address, .. }
+            | Command::Dissoc { address, .. }
+            | Command::Transact { address, .. }
+            | Command::Merge { address, .. }
+            | Command::LwwSet { address, .. }
+            | Command::GsetAdd { address, .. }
+            | Command::Read { address } => vec![address],
+            Command::Subscribe { addresses } | Command::Unsubscribe { addresses } => {
+                addresses.iter().collect()
+            }
+            Command::Pull { from, into, .. } | Command::Fork { from, into } => vec![from, into],
+            Command::Values { .. } | Command::Commits { .. } | Command::Status => Vec::new(),
+        }
+    }
+}
+
 impl Peer {
     pub(crate) fn command(&mut self, id: CommandId, cmd: Command) {
+        // The same check as an address from the wire gets when it is decoded (an address built
+        // with a struct literal skipped it).
+        if let Some(Err(e)) = cmd.addresses().into_iter().map(Address::validate).find(Result::is_err) {
+            self.refusals.count(super::Refusal::InvalidCommand);
+            return self
+                .out
+                .push(Output::Reply { id, result: Err(StageError::InvalidAddress(e.to_string())) });
+        }
         let read = matches!(
             cmd,
             Command::Read { .. } | Command::Values { .. } | Command::Commits { .. } | Command::Status
@@ -358,6 +387,9 @@ impl Peer {
                 addresses: self.crdts.len(),
                 listen: Vec::new(),
                 store_bytes: self.store.size_on_disk(),
+                // The node adds its own counters.
+                refusals: self.refusals.by_name(),
+                recovery: self.recovery.clone(),
             }),
         })
     }

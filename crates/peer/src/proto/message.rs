@@ -349,19 +349,18 @@ impl Message {
         rmp_serde::to_vec_named(&envelope).expect("envelopes always encode")
     }
 
-    /// Decodes one frame.
+    /// Decodes one frame. The envelope and the body must each be exactly one msgpack value:
+    /// trailing bytes after either are [`FrameError::Malformed`] / [`FrameError::BadBody`].
     pub fn decode(frame: &[u8]) -> Result<Message, FrameError> {
-        let envelope: Envelope =
-            rmp_serde::from_slice(frame).map_err(|e| FrameError::Malformed(e.to_string()))?;
+        let envelope: Envelope = from_msgpack(frame).map_err(FrameError::Malformed)?;
         // A hello of any version decodes, so the peer can say which version it refuses.
         if envelope.v != PROTOCOL_VERSION && envelope.kind != "hello" {
             return Err(FrameError::UnsupportedVersion(envelope.v));
         }
         let kind = envelope.kind;
         let bytes = envelope.body.as_slice();
-        fn parse<'a, T: Deserialize<'a>>(kind: &str, bytes: &'a [u8]) -> Result<T, FrameError> {
-            rmp_serde::from_slice(bytes)
-                .map_err(|e| FrameError::BadBody { kind: kind.to_owned(), reason: e.to_string() })
+        fn parse<T: serde::de::DeserializeOwned>(kind: &str, bytes: &[u8]) -> Result<T, FrameError> {
+            from_msgpack(bytes).map_err(|reason| FrameError::BadBody { kind: kind.to_owned(), reason })
         }
         Ok(match kind.as_str() {
             "hello" => Message::Hello(parse(&kind, bytes)?),
@@ -400,6 +399,19 @@ impl Message {
 
     /// The version field of a frame, if the frame has an envelope at all.
     pub fn frame_version(frame: &[u8]) -> Option<u16> {
-        rmp_serde::from_slice::<Envelope>(frame).ok().map(|e| e.v)
+        from_msgpack::<Envelope>(frame).ok().map(|e| e.v)
     }
+}
+
+/// Decodes exactly one msgpack value from `bytes`: bytes after it are an error, not ignored (a
+/// frame or record with a valid prefix and junk after it is refused as a whole). Every decoder of
+/// wire messages and stored records in this crate goes through it.
+pub fn from_msgpack<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(bytes));
+    let value = T::deserialize(&mut de).map_err(|e| e.to_string())?;
+    let used = de.position() as usize;
+    if used != bytes.len() {
+        return Err(format!("{} trailing bytes after the msgpack value", bytes.len() - used));
+    }
+    Ok(value)
 }

@@ -9,8 +9,10 @@
 
 mod command;
 pub mod hooks;
+mod load;
 pub mod message;
 mod publish;
+pub mod refusal;
 pub mod state;
 mod subscribe;
 
@@ -22,10 +24,12 @@ use replikativ_crdt::{ActorId, Address, ContentId, OpError};
 use replikativ_store::{Store, StoreError};
 
 pub use command::{Command, CommitValue, Reply};
+pub use load::{QUARANTINE_PREFIX, Quarantined};
 pub use message::{AnyOp, FrameError, Hello, Message, PROTOCOL_VERSION, Publish, Subscribe, Summary};
+pub use refusal::{Refusal, Refusals};
 pub use state::{ApplyError, CrdtState, PeerRecord};
 
-use state::{CONFIG_KEY, CRDT_PREFIX, Snapshot};
+use state::CONFIG_KEY;
 
 /// The hello feature a peer announces when it understands bucketed summaries (`Summary::Buckets`);
 /// peers that do not announce it are sent digests.
@@ -180,6 +184,13 @@ pub struct PeerStatus {
     pub listen: Vec<String>,
     /// Bytes its store occupies on disk, if the store can tell.
     pub store_bytes: Option<u64>,
+    /// What was refused, by reason ([`Refusal::as_str`]), since the node started (the core's and
+    /// the node's counters).
+    #[serde(default)]
+    pub refusals: BTreeMap<String, u64>,
+    /// Stored records that could not be loaded when the peer opened (skipped and moved aside).
+    #[serde(default)]
+    pub recovery: Vec<Quarantined>,
 }
 
 /// Why a stage command failed.
@@ -217,6 +228,9 @@ pub enum StageError {
     /// A value the operation needs is not in the store.
     #[error("value {0} is not in the store")]
     MissingValue(ContentId),
+    /// An address the command names is not valid.
+    #[error("invalid address: {0}")]
+    InvalidAddress(String),
 }
 
 impl From<StoreError> for StageError {
@@ -243,6 +257,20 @@ pub struct PeerConfig {
     pub bucketed_above: u64,
     /// Pull hooks run by this peer.
     pub hooks: Vec<hooks::PullHook>,
+    /// How far in the future of this peer's clock a received LWW stamp may be; a publication with
+    /// a later stamp is refused ([`Refusal::ClockSkew`]), so a forged far-future write cannot win
+    /// forever. 10 minutes by default.
+    pub max_clock_skew: Duration,
+    /// Addresses this peer subscribes to at most; addresses its connections subscribe to beyond
+    /// it are not taken on (not stored, not forwarded; [`Refusal::SubscriptionsTotal`]).
+    /// 100,000 by default.
+    pub max_subscriptions: usize,
+    /// Addresses one `subscribe` may name at most; a larger one closes the connection
+    /// ([`Refusal::SubscriptionsPerConnection`]). 10,000 by default.
+    pub max_subscriptions_per_connection: usize,
+    /// Bytes of values that publications queued on one connection may hold; more closes it
+    /// ([`Refusal::QueuedBytes`]). 64 MiB by default.
+    pub max_queued_bytes: usize,
 }
 
 impl Default for PeerConfig {
@@ -255,6 +283,10 @@ impl Default for PeerConfig {
             anti_entropy: Some(Duration::from_secs(10)),
             bucketed_above: state::BUCKETED_ABOVE,
             hooks: Vec::new(),
+            max_clock_skew: Duration::from_secs(600),
+            max_subscriptions: 100_000,
+            max_subscriptions_per_connection: 10_000,
+            max_queued_bytes: 64 << 20,
         }
     }
 }
@@ -289,6 +321,8 @@ pub(crate) struct Pending {
     pub(crate) commits: HashMap<ContentId, replikativ_crdt::Commit>,
     /// Whether it is a catch-up answer (not echoed).
     pub(crate) catch_up: bool,
+    /// Bytes of the values it arrived with (counted against `max_queued_bytes`).
+    pub(crate) bytes: usize,
 }
 
 /// Per-connection state.
@@ -309,6 +343,8 @@ pub(crate) struct Conn {
     pub(crate) unacked_sub: Option<u64>,
     /// Inbound publications, applied in order.
     pub(crate) queue: VecDeque<Pending>,
+    /// Bytes of values held by `queue`.
+    pub(crate) queued_bytes: usize,
     /// The fetch in flight for the head of the queue: its id and the ids asked for.
     pub(crate) fetching: Option<(u64, BTreeSet<ContentId>)>,
     /// Anti-entropy ticks the fetch in flight has been waiting (a lost frame is asked again).
@@ -355,6 +391,10 @@ pub struct Peer {
     /// Wall time of the current input, in ms since the epoch.
     pub(crate) now_ms: u64,
     pub(crate) out: Vec<Output>,
+    /// What was refused, by reason.
+    pub(crate) refusals: Refusals,
+    /// Stored records skipped when the peer opened.
+    pub(crate) recovery: Vec<Quarantined>,
 }
 
 /// A relayed publication waiting for the current barrier (see `Peer::relay`).
@@ -391,6 +431,10 @@ impl Replica {
 impl Peer {
     /// Opens the peer stored in `store`, or creates one with `peer_id` and `extend` if the store
     /// holds none. `actor` must be fresh for this session (two live replicas must never share one).
+    ///
+    /// A stored record that does not load is skipped and moved aside, never fatal (see
+    /// [`Peer::recovery`]); only a failing store fails the open. On a read-only store nothing is
+    /// written (repairs are only reported).
     pub fn open(
         store: Arc<dyn Store>,
         peer_id: &str,
@@ -398,68 +442,7 @@ impl Peer {
         actor: ActorId,
         config: PeerConfig,
     ) -> Result<Peer, OpenError> {
-        let record = match store.get(CONFIG_KEY)? {
-            Some(bytes) => rmp_serde::from_slice::<PeerRecord>(&bytes)
-                .map_err(|e| OpenError::Corrupt { what: "peer config".into(), reason: e.to_string() })?,
-            None => {
-                let record = PeerRecord { id: peer_id.to_owned(), extend, subscriptions: BTreeSet::new() };
-                store.put(CONFIG_KEY, &rmp_serde::to_vec_named(&record).expect("encodes"))?;
-                record
-            }
-        };
-        let mut crdts = BTreeMap::new();
-        // Chunks of large snapshots, by key: the referenced ones are read from here, the others
-        // (left by a crash between writing chunks and the record naming them) are deleted.
-        let mut chunks: BTreeMap<Vec<u8>, Vec<u8>> =
-            store.scan_prefix(state::CHUNK_PREFIX)?.into_iter().collect();
-        for (key, bytes) in store.scan_prefix(CRDT_PREFIX.as_bytes())? {
-            let what = String::from_utf8_lossy(&key).into_owned();
-            let address = state::address_of_key(&key)
-                .ok_or_else(|| OpenError::Corrupt { what: what.clone(), reason: "bad key".into() })?;
-            let corrupt = |reason: String| OpenError::Corrupt { what: what.clone(), reason };
-            let mut snapshot: Snapshot = rmp_serde::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
-            let stored_chunks = (snapshot.chunks > 0).then_some((snapshot.log_from, snapshot.chunks));
-            if snapshot.chunks > 0 {
-                // A large snapshot: its chunks, concatenated, are the whole record.
-                let mut record = Vec::new();
-                for i in 0..snapshot.chunks {
-                    let part = chunks
-                        .remove(&state::chunk_key(&address, snapshot.log_from, i))
-                        .ok_or_else(|| corrupt(format!("chunk {i} of {} is missing", snapshot.chunks)))?;
-                    record.extend_from_slice(&part);
-                }
-                snapshot = rmp_serde::from_slice(&record).map_err(|e| corrupt(e.to_string()))?;
-            }
-            let mut state = snapshot.state.ok_or_else(|| corrupt("a snapshot without a state".into()))?;
-            let log = state::log_name(&address);
-            let mut from = snapshot.log_from;
-            let mut since_snapshot = 0;
-            loop {
-                let entries = store.log_read(&log, from, 1024)?;
-                let Some(last) = entries.last() else { break };
-                from = last.seq + 1;
-                for entry in &entries {
-                    let op: AnyOp = rmp_serde::from_slice(&entry.data).map_err(|e| OpenError::Corrupt {
-                        what: format!("op log of {address}"),
-                        reason: e.to_string(),
-                    })?;
-                    state.apply(&op).map_err(|e| OpenError::Corrupt {
-                        what: format!("op log of {address}"),
-                        reason: e.to_string(),
-                    })?;
-                    since_snapshot += 1;
-                }
-            }
-            let snapshot_after = state.size();
-            crdts.insert(address, Replica { state, since_snapshot, snapshot_after, chunks: stored_chunks });
-        }
-        if !chunks.is_empty() {
-            let mut stale = replikativ_store::Batch::new();
-            for key in chunks.into_keys() {
-                stale.push_delete(key);
-            }
-            store.apply_owned(stale)?;
-        }
+        let load::Loaded { record, crdts, recovery } = load::load(store.as_ref(), peer_id, extend)?;
         Ok(Peer {
             record,
             actor,
@@ -477,12 +460,25 @@ impl Peer {
             next_id: 1,
             now_ms: 0,
             out: Vec::new(),
+            refusals: Refusals::default(),
+            recovery,
         })
     }
 
     /// The peer id.
     pub fn id(&self) -> &str {
         &self.record.id
+    }
+
+    /// What the core refused since it opened, by reason.
+    pub fn refusals(&self) -> &Refusals {
+        &self.refusals
+    }
+
+    /// Stored records that could not be loaded when the peer opened (skipped, moved aside under
+    /// [`QUARANTINE_PREFIX`] and logged at WARN).
+    pub fn recovery(&self) -> &[Quarantined] {
+        &self.recovery
     }
 
     /// The peer's subscriptions.
@@ -580,10 +576,12 @@ impl Peer {
         self.out.push(Output::Send { conn, msg });
     }
 
-    /// Closes a connection with a reason (sent to the remote first) and forgets it.
-    pub(crate) fn close(&mut self, conn: ConnId, reason: String) {
+    /// Closes a connection with a reason (sent to the remote first) and forgets it; counts the
+    /// refusal.
+    pub(crate) fn close(&mut self, conn: ConnId, why: Refusal, reason: String) {
         if self.conns.remove(&conn).is_some() {
-            tracing::warn!(peer = %self.record.id, conn, %reason, "closing connection");
+            self.refusals.count(why);
+            tracing::warn!(peer = %self.record.id, conn, refusal = %why, %reason, "closing connection");
             self.out.push(Output::Send { conn, msg: Message::Close { reason: reason.clone() } });
             self.out.push(Output::Close { conn, reason });
         }
@@ -621,6 +619,7 @@ impl Peer {
                 sent: None,
                 unacked_sub: None,
                 queue: VecDeque::new(),
+                queued_bytes: 0,
                 fetching: None,
                 fetch_ticks: 0,
                 hello_ticks: 0,
@@ -642,13 +641,15 @@ impl Peer {
         match Message::decode(frame) {
             Ok(msg) => self.message(conn, msg),
             Err(FrameError::UnknownKind(kind)) => {
+                self.refusals.count(Refusal::UnknownKind);
                 self.send(conn, Message::Error { reason: format!("unknown message kind {kind:?}; ignored") });
             }
             Err(FrameError::UnsupportedVersion(v)) => self.close(
                 conn,
+                Refusal::UnsupportedVersion,
                 format!("frame of protocol version {v}; this peer speaks version {PROTOCOL_VERSION}"),
             ),
-            Err(e) => self.close(conn, e.to_string()),
+            Err(e) => self.close(conn, Refusal::MalformedFrame, e.to_string()),
         }
     }
 
@@ -666,17 +667,22 @@ impl Peer {
                 }
                 Message::Hello(hello) => self.close(
                     conn,
+                    Refusal::UnsupportedVersion,
                     format!(
                         "incompatible protocol version {} (this peer speaks version {PROTOCOL_VERSION})",
                         hello.version
                     ),
                 ),
-                other => self.close(conn, format!("expected hello first, got {}", other.kind())),
+                other => self.close(
+                    conn,
+                    Refusal::ExpectedHello,
+                    format!("expected hello first, got {}", other.kind()),
+                ),
             }
             return;
         }
         match msg {
-            Message::Hello(_) => self.close(conn, "hello sent twice".into()),
+            Message::Hello(_) => self.close(conn, Refusal::HelloTwice, "hello sent twice".into()),
             Message::Subscribe(sub) => self.on_subscribe(conn, sub),
             Message::SubscribeAck { id } => {
                 if let Some(c) = self.conns.get_mut(&conn)
@@ -721,7 +727,7 @@ impl Peer {
             }
         }
         for conn in stale {
-            self.close(conn, "no hello from the remote in time".into());
+            self.close(conn, Refusal::NoHello, "no hello from the remote in time".into());
         }
     }
 

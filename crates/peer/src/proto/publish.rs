@@ -15,7 +15,7 @@ use serde_bytes::ByteBuf;
 
 use super::message::{AnyOp, MAX_FETCH_IDS, Message, Publish};
 use super::state::{self, CrdtState, SnapshotRef, commit_ids, value_key};
-use super::{ConnId, Deferred, Event, OpenRelay, Output, Peer, Pending, Replica, StageError};
+use super::{ConnId, Deferred, Event, OpenRelay, Output, Peer, Pending, Refusal, Replica, StageError};
 
 /// Bytes of pending writes after which they are written without waiting for the end of the batch
 /// (a store batch has a size limit).
@@ -35,18 +35,35 @@ pub(crate) enum Origin {
 }
 
 impl Peer {
+    /// Refuses publication `id` of `conn` without closing the connection.
+    fn refuse(&mut self, conn: ConnId, id: u64, why: Refusal, reason: String) {
+        self.refusals.count(why);
+        tracing::debug!(peer = %self.record.id, conn, id, refusal = %why, %reason, "publication refused");
+        self.send(conn, Message::Refused { id, reason });
+    }
+
     pub(crate) fn on_publish(&mut self, conn: ConnId, p: Publish) {
-        if !self.record.subscriptions.contains(&p.address) {
-            let reason = format!("this peer does not subscribe to {}", p.address);
-            self.send(conn, Message::Refused { id: p.id, reason });
-            return;
+        // Only addresses both sides subscribe to: this peer (it holds them) and the connection
+        // (it asked for them here; a peer publishes only what its remote subscribed to, and never
+        // to what it did not itself subscribe to).
+        let asked = self.conns.get(&conn).is_some_and(|c| c.interest.contains(&p.address));
+        if !self.record.subscriptions.contains(&p.address) || !asked {
+            let reason = if asked {
+                format!("this peer does not subscribe to {}", p.address)
+            } else {
+                format!("publication for {}, which this connection did not subscribe to", p.address)
+            };
+            return self.refuse(conn, p.id, Refusal::NotSubscribed, reason);
         }
         if let Some(replica) = self.crdts.get(&p.address)
             && replica.state.kind() != p.op.kind()
         {
             let reason =
                 format!("{:?} op for {}, which holds a {:?}", p.op.kind(), p.address, replica.state.kind());
-            return self.close(conn, reason);
+            return self.close(conn, Refusal::WrongKind, reason);
+        }
+        if let Err((why, reason)) = self.check_remote_op(&p.address, &p.op) {
+            return self.refuse(conn, p.id, why, reason);
         }
         // An op this peer already holds entirely (the echo of its own publication, a duplicate):
         // nothing to fetch, store or relay, only the acknowledgement once what holds it is durable.
@@ -64,8 +81,8 @@ impl Peer {
             let value = match Value::decode(&bytes) {
                 Ok(v) => v,
                 Err(e) => {
-                    return self
-                        .close(conn, format!("inline value in publication {} does not decode: {e}", p.id));
+                    let reason = format!("inline value in publication {} does not decode: {e}", p.id);
+                    return self.close(conn, Refusal::BadValue, reason);
                 }
             };
             let id = ContentId::hash_bytes(&bytes);
@@ -78,11 +95,20 @@ impl Peer {
             values.insert(id, bytes.into_vec());
         }
         let limit = self.config.max_queued_publications;
+        let max_bytes = self.config.max_queued_bytes;
+        let bytes: usize = values.values().map(Vec::len).sum();
         let c = self.conns.get_mut(&conn).expect("caller checked");
         if c.queue.len() >= limit {
-            return self.close(conn, format!("publication flood: more than {limit} publications waiting"));
+            let reason = format!("publication flood: more than {limit} publications waiting");
+            return self.close(conn, Refusal::PublicationFlood, reason);
         }
+        if c.queued_bytes + bytes > max_bytes && !c.queue.is_empty() {
+            let reason = format!("publication flood: more than {max_bytes} bytes of values waiting");
+            return self.close(conn, Refusal::QueuedBytes, reason);
+        }
+        c.queued_bytes += bytes;
         c.queue.push_back(Pending {
+            bytes,
             id: p.id,
             address: p.address,
             op: p.op,
@@ -95,6 +121,56 @@ impl Peer {
         }
     }
 
+    /// The checks a remote op needs beyond the datatype's own validation (which runs when it is
+    /// applied), because they depend on this peer: an LWW stamp may be at most `max_clock_skew`
+    /// in the future of this peer's clock (else a forged far-future write would win forever), and
+    /// an OR-Map op may name this peer's own writer's dots only for entries it made (it is their
+    /// only writer; a forged one could take its counter or collide with its next write).
+    fn check_remote_op(&self, address: &Address, op: &AnyOp) -> Result<(), (Refusal, String)> {
+        match op {
+            AnyOp::Lww(w) => {
+                let bound = self.now_ms.saturating_add(self.config.max_clock_skew.as_millis() as u64);
+                if let Some(stamp) = &w.stamp
+                    && stamp.wall_ms > bound
+                {
+                    let ahead = stamp.wall_ms - self.now_ms;
+                    return Err((
+                        Refusal::ClockSkew,
+                        format!(
+                            "LWW stamp {} ms ahead of this peer's clock (at most {} ms)",
+                            ahead,
+                            self.config.max_clock_skew.as_millis()
+                        ),
+                    ));
+                }
+            }
+            AnyOp::Ormap(o) => {
+                let state = match self.crdts.get(address).map(|r| &r.state) {
+                    Some(CrdtState::Ormap(m)) => Some(m),
+                    _ => None,
+                };
+                let ours = |e: &&replikativ_crdt::OrEntry| e.dot.actor == self.actor;
+                let forged = o
+                    .adds
+                    .iter()
+                    .chain(&o.removals)
+                    .filter(ours)
+                    .find(|e| !state.is_some_and(|m| m.has_add(&e.key, &e.dot)));
+                if let Some(e) = forged {
+                    return Err((
+                        Refusal::ForgedDot,
+                        format!(
+                            "OR-Map entry tagged {:?}, a write of this peer's own writer it never made",
+                            e.dot
+                        ),
+                    ));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// Applies queued publications of `conn` until one needs values (then fetches them).
     fn process_queue(&mut self, conn: ConnId) {
         loop {
@@ -105,7 +181,7 @@ impl Peer {
             let Some(head) = c.queue.front() else { return };
             let (need, parsed) = match self.missing_values(head) {
                 Ok(r) => r,
-                Err(reason) => return self.close(conn, reason),
+                Err(reason) => return self.close(conn, Refusal::BadValue, reason),
             };
             let head = self.conns.get_mut(&conn).expect("present").queue.front_mut().expect("head");
             head.commits.extend(parsed);
@@ -118,7 +194,9 @@ impl Peer {
                 self.send(conn, Message::Fetch { id, ids });
                 return;
             }
-            let pending = self.conns.get_mut(&conn).expect("present").queue.pop_front().expect("head");
+            let c = self.conns.get_mut(&conn).expect("present");
+            let pending = c.queue.pop_front().expect("head");
+            c.queued_bytes -= pending.bytes;
             self.apply_remote(conn, pending);
         }
     }
@@ -223,7 +301,8 @@ impl Peer {
 
     pub(crate) fn on_fetch(&mut self, conn: ConnId, id: u64, ids: Vec<ContentId>) {
         if ids.len() > MAX_FETCH_IDS {
-            return self.close(conn, format!("fetch of {} ids (at most {MAX_FETCH_IDS})", ids.len()));
+            let reason = format!("fetch of {} ids (at most {MAX_FETCH_IDS})", ids.len());
+            return self.close(conn, Refusal::FetchTooLarge, reason);
         }
         let mut values = Vec::new();
         let mut missing = Vec::new();
@@ -254,7 +333,10 @@ impl Peer {
         let c = self.conns.get_mut(&conn).expect("caller checked");
         let asked = match &c.fetching {
             Some((fid, asked)) if *fid == id => asked.clone(),
-            _ => return self.close(conn, format!("fetch reply {id} answers no fetch of this peer")),
+            _ => {
+                let reason = format!("fetch reply {id} answers no fetch of this peer");
+                return self.close(conn, Refusal::StrayFetchReply, reason);
+            }
         };
         c.fetching = None;
         let mut received = Vec::with_capacity(values.len());
@@ -263,11 +345,16 @@ impl Peer {
             if !asked.contains(&cid) {
                 return self.close(
                     conn,
+                    Refusal::WrongHash,
                     format!("fetched value hashes to {cid}, which was not asked for (wrong hash)"),
                 );
             }
             if let Err(e) = Value::decode(&bytes) {
-                return self.close(conn, format!("fetched value {cid} does not decode: {e}"));
+                return self.close(
+                    conn,
+                    Refusal::BadValue,
+                    format!("fetched value {cid} does not decode: {e}"),
+                );
             }
             received.push((cid, bytes.into_vec()));
         }
@@ -278,6 +365,7 @@ impl Peer {
             // The publisher does not have what its op needs: drop this publication (anti-entropy
             // brings the op again from a peer that can serve it).
             let dropped = c.queue.pop_front().expect("head");
+            c.queued_bytes -= dropped.bytes;
             tracing::warn!(peer = %self.record.id, conn, id = dropped.id, missing = missing.len(), "dropping a publication whose values the sender lacks");
         }
         self.process_queue(conn);
@@ -285,7 +373,7 @@ impl Peer {
 
     fn apply_remote(&mut self, conn: ConnId, p: Pending) {
         if let Err(reason) = self.check_records(&p) {
-            return self.close(conn, format!("invalid op for {}: {reason}", p.address));
+            return self.close(conn, Refusal::InvalidOp, format!("invalid op for {}: {reason}", p.address));
         }
         let fresh = !self.crdts.contains_key(&p.address);
         let replica = self
@@ -299,7 +387,7 @@ impl Peer {
                 if fresh {
                     self.crdts.remove(&p.address);
                 }
-                self.close(conn, format!("invalid op for {}: {e}", p.address));
+                self.close(conn, Refusal::InvalidOp, format!("invalid op for {}: {e}", p.address));
             }
             Ok(changed) => {
                 // A new address is recorded even if the op changed nothing (an empty state).

@@ -87,23 +87,46 @@ impl Peer {
             .collect()
     }
 
-    /// Adds subscriptions (from the stage or a connection) and propagates them.
+    /// Adds subscriptions (from the stage, or from connection `except`) and propagates them. A
+    /// connection's take the peer to at most `max_subscriptions`: addresses beyond it are not
+    /// taken on (returned as the second value: how many were left out). The stage's own are not
+    /// limited.
     pub(crate) fn extend_subscriptions(
         &mut self,
         addresses: &BTreeSet<Address>,
         except: Option<ConnId>,
-    ) -> bool {
+    ) -> (bool, usize) {
         let before = self.record.subscriptions.len();
-        self.record.subscriptions.extend(addresses.iter().cloned());
+        let max = if except.is_some() { self.config.max_subscriptions } else { usize::MAX };
+        let mut left_out = 0;
+        for a in addresses {
+            if self.record.subscriptions.contains(a) {
+                continue;
+            }
+            if self.record.subscriptions.len() >= max {
+                left_out += 1;
+                continue;
+            }
+            self.record.subscriptions.insert(a.clone());
+        }
+        if left_out > 0 {
+            self.refusals.add(super::Refusal::SubscriptionsTotal, left_out as u64);
+            tracing::warn!(
+                peer = %self.record.id,
+                left_out,
+                max,
+                "subscriptions not taken on: the peer holds max_subscriptions already"
+            );
+        }
         if self.record.subscriptions.len() == before {
-            return false;
+            return (false, left_out);
         }
         self.save_record();
         let conns: Vec<ConnId> = self.conns.keys().copied().filter(|c| Some(*c) != except).collect();
         for conn in conns {
             self.send_subscription(conn, false);
         }
-        true
+        (true, left_out)
     }
 
     /// Removes subscriptions and tells every connection that was sent them.
@@ -126,13 +149,26 @@ impl Peer {
     }
 
     pub(crate) fn on_subscribe(&mut self, conn: ConnId, sub: Subscribe) {
+        let max = self.config.max_subscriptions_per_connection;
+        if sub.addresses.len() > max {
+            let reason =
+                format!("subscription of {} addresses (at most {max} per connection)", sub.addresses.len());
+            return self.close(conn, super::Refusal::SubscriptionsPerConnection, reason);
+        }
         let c = self.conns.get_mut(&conn).expect("caller checked");
         let redundant = c.subscribed && c.interest == sub.addresses && c.remote_extend == sub.extend;
         c.interest = sub.addresses.clone();
         c.remote_extend = sub.extend;
         c.subscribed = true;
         if !redundant {
-            self.extend_subscriptions(&sub.addresses, Some(conn));
+            let (_, left_out) = self.extend_subscriptions(&sub.addresses, Some(conn));
+            if left_out > 0 {
+                let reason = format!(
+                    "{left_out} of the subscribed addresses were not taken on: this peer holds its maximum of {} subscriptions",
+                    self.config.max_subscriptions
+                );
+                self.send(conn, Message::Error { reason });
+            }
             // The back-subscription, when the remote's subscription changed what this peer tells it
             // (always on a new connection).
             self.send_subscription(conn, false);

@@ -237,10 +237,10 @@ impl Keys {
     fn load(&self, store: &dyn Store) -> Result<AppliedLog, RealizeError> {
         let mut log = AppliedLog::default();
         if let Some(b) = store.get(&self.key(b"cdvcs"))? {
-            log.cdvcs = rmp_serde::from_slice(&b).map_err(|e| RealizeError::Codec(e.to_string()))?;
+            log.cdvcs = crate::proto::message::from_msgpack(&b).map_err(RealizeError::Codec)?;
         }
         if let Some(b) = store.get(&self.key(b"lww"))? {
-            log.lww = Some(rmp_serde::from_slice(&b).map_err(|e| RealizeError::Codec(e.to_string()))?);
+            log.lww = Some(crate::proto::message::from_msgpack(&b).map_err(RealizeError::Codec)?);
         }
         let prefix = self.entry(b"");
         log.entries = store
@@ -320,7 +320,7 @@ impl<S: Serialize + DeserializeOwned + Default + Send + 'static> StoreIdentity<S
 
     fn read(store: &dyn Store, keys: &Keys) -> Result<S, RealizeError> {
         match store.get(&keys.state())? {
-            Some(b) => rmp_serde::from_slice(&b).map_err(|e| RealizeError::Codec(e.to_string())),
+            Some(b) => crate::proto::message::from_msgpack(&b).map_err(RealizeError::Codec),
             None => Ok(S::default()),
         }
     }

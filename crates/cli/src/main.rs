@@ -2,12 +2,14 @@
 
 mod backend;
 mod output;
+mod usage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Args, Parser, Subcommand};
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use replikativ_crdt::{ActorId, Address, ContentId, CrdtKind, Transaction, Value, to_value};
 use replikativ_peer::node::{Node, NodeConfig};
 use replikativ_peer::proto::{Command, CommitValue, CrdtState, Reply};
@@ -37,7 +39,7 @@ pub(crate) struct Failure(pub(crate) u8, pub(crate) String);
 /// running peer (--peer ws://HOST:PORT) or directly on a local store no peer holds (--store). Addresses
 /// are USER/UUID; values and transactions are JSON.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about)]
+#[command(name = "replikativ", version, about, long_about)]
 struct Cli {
     #[command(subcommand)]
     command: Top,
@@ -50,8 +52,9 @@ enum Top {
     /// The peer keeps its state in the store (an embedded file store in ./replikativ-data by
     /// default) and replicates every address it or its peers subscribe to. It accepts the data
     /// commands of this tool from its connections (bind it to 127.0.0.1, the default, unless every
-    /// client may edit every address). Logs go to stderr; --log-level or RUST_LOG sets the level.
-    /// Ctrl-C shuts down gracefully.
+    /// client may edit every address). Peers given with --connect may be down: the peer keeps trying
+    /// with backoff. Logs go to stderr; --log-level or RUST_LOG sets the level. SIGINT (Ctrl-C) and
+    /// SIGTERM shut down gracefully.
     Serve(ServeArgs),
     /// OR-Map: an observed-remove, multi-value map.
     #[command(subcommand)]
@@ -94,7 +97,8 @@ struct ServeArgs {
     /// Where to keep data: file:DIR (crash-safe embedded store), sled:DIR, or memory.
     #[arg(long, default_value = "file:./replikativ-data")]
     store: String,
-    /// A peer to connect to (ws://HOST:PORT), kept connected with reconnects. Repeatable.
+    /// A peer to connect to (ws://HOST:PORT), repeatable. It need not be up: the peer keeps
+    /// trying with backoff, and reconnects whenever the connection drops.
     #[arg(long = "connect", value_name = "URL")]
     connect: Vec<String>,
     /// Behave as a client: only forward the subscriptions that overlap with this peer's own,
@@ -104,9 +108,83 @@ struct ServeArgs {
     /// The peer id, used when the store has none yet (default: a random one).
     #[arg(long)]
     peer_id: Option<String>,
-    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
-    #[arg(long, default_value = "info")]
+    /// Log level; RUST_LOG overrides it.
+    #[arg(long, default_value = "info", value_parser = ["error", "warn", "info", "debug", "trace"])]
     log_level: String,
+    #[command(flatten)]
+    limits: Limits,
+}
+
+/// What one connection, or all of them, may cost the peer. What is refused is counted by reason
+/// in `replikativ status`.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Limits (refusals are counted by reason in `status`)")]
+struct Limits {
+    /// Incoming connections open at once, handshakes included; more are refused with an HTTP 503
+    /// [default: the descriptor limit less 64, at most 10000]
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Time a client has to finish the websocket handshake (e.g. 10s, 500ms)
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    handshake_timeout: std::time::Duration,
+    /// Bytes a handshake request may have
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 10)]
+    max_handshake_bytes: usize,
+    /// A connection silent this long is closed
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: std::time::Duration,
+    /// Largest websocket message accepted, in bytes
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
+    max_frame_bytes: usize,
+    /// Addresses the peer subscribes to at most; what its connections subscribe to beyond that is
+    /// not taken on
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    max_subscriptions: usize,
+    /// Addresses one subscribe message may name; more closes the connection
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    max_subscriptions_per_connection: usize,
+    /// How far ahead of this peer's clock a received LWW write may be stamped; later ones are
+    /// refused
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    max_clock_skew: std::time::Duration,
+    /// Publications waiting on one connection (for values being fetched); more closes it
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    max_queued_publications: usize,
+    /// Bytes of values those waiting publications may hold; more closes the connection
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+    max_queued_bytes: usize,
+}
+
+impl Limits {
+    /// The node configuration these limits make (everything else default).
+    fn apply(&self, config: &mut NodeConfig) {
+        config.max_connections = self.max_connections;
+        config.ws.handshake_timeout = self.handshake_timeout;
+        config.ws.max_handshake_bytes = self.max_handshake_bytes;
+        config.ws.idle_timeout = self.idle_timeout;
+        config.ws.max_frame = self.max_frame_bytes;
+        config.ws.max_message = self.max_frame_bytes;
+        config.peer.max_subscriptions = self.max_subscriptions;
+        config.peer.max_subscriptions_per_connection = self.max_subscriptions_per_connection;
+        config.peer.max_clock_skew = self.max_clock_skew;
+        config.peer.max_queued_publications = self.max_queued_publications;
+        config.peer.max_queued_bytes = self.max_queued_bytes;
+    }
+}
+
+/// A duration: a number with a unit, `ms`, `s`, `m` or `h` (e.g. `500ms`, `10s`, `10m`).
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 10s or 500ms"))?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1_000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => return Err(format!("{text:?} has no unit: use ms, s, m or h (e.g. 10s)")),
+    };
+    ms.map(std::time::Duration::from_millis).ok_or_else(|| format!("{text:?} is too long"))
 }
 
 /// Where a data command runs.
@@ -115,7 +193,8 @@ struct Target {
     /// A running peer to work on (ws://HOST:PORT). Without it, the command opens --store itself.
     #[arg(long, global = true)]
     peer: Option<String>,
-    /// The store to open when there is no --peer (it must not be held by a running peer).
+    /// The store to open when there is no --peer (it must not be held by a running peer). Only the
+    /// create commands make a new store; reads open it read-only.
     #[arg(long, global = true, default_value = "file:./replikativ-data")]
     store: String,
     /// The user commits are made as (the owner of new addresses).
@@ -256,14 +335,32 @@ struct Create {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(err) if matches!(err.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            // --help and --version: clap's own output, on stdout.
+            let _ = err.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            let (line, hint) = usage::render(&err, &Cli::command(), &args);
+            eprintln!("{line}");
+            eprintln!("{hint}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     if let Top::Value { json } = &cli.command {
         return report(value_cmd(json));
     }
     if let Top::Serve(args) = &cli.command {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log_level));
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -328,29 +425,80 @@ fn parse_address(text: &str) -> Result<Address, Failure> {
     text.parse().map_err(|e: replikativ_crdt::AddressError| Failure(EXIT_USAGE, e.to_string()))
 }
 
-fn open_store(spec: &str) -> Result<Arc<dyn Store>, Failure> {
+/// How a command opens its store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Open for writing, creating the store if there is none (`serve`, the create commands).
+    Create,
+    /// Open an existing store for writing, never creating one (edits of existing addresses).
+    Existing,
+    /// Open an existing store read-only: create nothing, write nothing (the reads). A sled store,
+    /// which has no read-only mode, is opened for writing, without creating one.
+    ReadOnly,
+}
+
+fn open_store(spec: &str, access: Access) -> Result<Arc<dyn Store>, Failure> {
+    use replikativ_store::StoreError;
     let (kind, path) = spec.split_once(':').unwrap_or((spec, ""));
     let dir = PathBuf::from(path);
-    let open_err = |e: replikativ_store::StoreError| {
-        let hint = if matches!(e, replikativ_store::StoreError::Locked { .. }) {
-            " (a running peer holds it: use --peer ws://HOST:PORT to work through that peer)"
-        } else {
-            ""
-        };
-        Failure(EXIT_DATA, format!("cannot open the store {spec}: {e}{hint}"))
+    let open_err = |e: StoreError| open_failure(spec, access, e);
+    let store: Arc<dyn Store> = match (kind, access) {
+        ("memory", _) => Arc::new(MemoryStore::new()),
+        ("file" | "sled", _) if path.is_empty() => return Err(unknown_store(spec)),
+        ("file", Access::Create) => Arc::new(FileStore::open(&dir).map_err(open_err)?),
+        ("file", Access::Existing) => Arc::new(FileStore::open_existing(&dir).map_err(open_err)?),
+        ("file", Access::ReadOnly) => Arc::new(FileStore::open_read_only(&dir).map_err(open_err)?),
+        ("sled", Access::Create) => Arc::new(SledStore::open(&dir).map_err(open_err)?),
+        ("sled", Access::Existing | Access::ReadOnly) => {
+            Arc::new(SledStore::open_existing(&dir).map_err(open_err)?)
+        }
+        _ => return Err(unknown_store(spec)),
     };
-    match kind {
-        "memory" => Ok(Arc::new(MemoryStore::new())),
-        "file" if !path.is_empty() => Ok(Arc::new(FileStore::open(&dir).map_err(open_err)?)),
-        "sled" if !path.is_empty() => Ok(Arc::new(SledStore::open(&dir).map_err(open_err)?)),
-        _ => Err(Failure(EXIT_USAGE, format!("unknown store {spec:?}: use file:DIR, sled:DIR or memory"))),
+    Ok(store)
+}
+
+/// The one sentence for a store that does not open.
+fn open_failure(spec: &str, access: Access, e: replikativ_store::StoreError) -> Failure {
+    use replikativ_store::StoreError;
+    let (kind, path) = spec.split_once(':').unwrap_or((spec, ""));
+    match &e {
+        StoreError::Locked { .. } => Failure(
+            EXIT_DATA,
+            format!(
+                "cannot open the store {spec}: {e} (a running peer holds it: use --peer ws://HOST:PORT to work through that peer)"
+            ),
+        ),
+        StoreError::NotFound { .. } => {
+            Failure(EXIT_DATA, format!("{e} (only serve and the create commands make a new store)"))
+        }
+        StoreError::Io { source, .. } if kind == "sled" && access == Access::ReadOnly && denied(source) => {
+            Failure(EXIT_DATA, sled_read_only_refusal(std::path::Path::new(path)))
+        }
+        _ => Failure(EXIT_DATA, format!("cannot open the store {spec}: {e}")),
     }
 }
 
-async fn backend(target: &Target) -> Result<Backend, Failure> {
+fn unknown_store(spec: &str) -> Failure {
+    Failure(EXIT_USAGE, format!("unknown store {spec:?}: use file:DIR, sled:DIR or memory"))
+}
+
+/// Whether an IO error means the file system refused a write (permissions, a read-only mount).
+fn denied(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem)
+}
+
+/// Why a sled store that may not be written cannot be read either.
+fn sled_read_only_refusal(dir: &std::path::Path) -> String {
+    format!(
+        "cannot read the sled store {}: sled 0.34 has no read-only mode and must open its files for writing, which is not allowed here (copy it somewhere writable, or keep read-only data in a file: store)",
+        dir.display()
+    )
+}
+
+async fn backend(target: &Target, access: Access) -> Result<Backend, Failure> {
     match &target.peer {
         Some(url) => Backend::remote(url).await,
-        None => Backend::local(open_store(&target.store)?).await,
+        None => Backend::local(open_store(&target.store, access)?).await,
     }
 }
 
@@ -364,7 +512,7 @@ async fn run(command: Top) -> Result<(), Failure> {
         Top::Gset(cmd) => gset(cmd).await,
         Top::Watch { address, target } => watch(&address, &target).await,
         Top::Status { target } => {
-            with_backend(target, |b, t| Box::pin(async move { status(b, t).await })).await
+            with_backend(target, Access::ReadOnly, |b, t| Box::pin(async move { status(b, t).await })).await
         }
     }
 }
@@ -391,6 +539,22 @@ async fn status(b: &mut Backend, target: &Target) -> Result<(), Failure> {
         println!("  {a}");
     }
     println!("addresses:     {}", status.addresses);
+    let refused: u64 = status.refusals.values().sum();
+    println!("refused:       {refused}");
+    for (reason, n) in &status.refusals {
+        println!("  {reason}: {n}");
+    }
+    if !status.recovery.is_empty() {
+        println!("skipped at open (moved aside): {}", status.recovery.len());
+        for q in &status.recovery {
+            println!(
+                "  {}: {} (now at {})",
+                q.key,
+                q.reason,
+                q.moved_to.as_deref().unwrap_or("not moved: read-only")
+            );
+        }
+    }
     Ok(())
 }
 
@@ -400,22 +564,24 @@ type Step<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Fa
 /// Runs one data command: opens the backend, runs `f`, closes the backend whatever `f` returned.
 async fn with_backend(
     target: Target,
+    access: Access,
     f: impl for<'a> FnOnce(&'a mut Backend, &'a Target) -> Step<'a>,
 ) -> Result<(), Failure> {
-    let mut b = backend(&target).await?;
+    let mut b = backend(&target, access).await?;
     let result = f(&mut b, &target).await;
     let closed = b.close().await;
     result.and(closed)
 }
 
-/// Runs a command that needs no output but success.
+/// Runs a command that needs no output but success (an edit of an existing address).
 async fn call(target: Target, cmd: Command) -> Result<(), Failure> {
-    with_backend(target, move |b, _| Box::pin(async move { b.call(cmd).await.map(|_| ()) })).await
+    with_backend(target, Access::Existing, move |b, _| Box::pin(async move { b.call(cmd).await.map(|_| ()) }))
+        .await
 }
 
-/// Runs a command that makes a commit and prints its id.
+/// Runs a command that makes a commit on an existing address and prints its id.
 async fn commit(target: Target, cmd: Command) -> Result<(), Failure> {
-    with_backend(target, move |b, t| {
+    with_backend(target, Access::Existing, move |b, t| {
         Box::pin(async move {
             if let Reply::Commit(id) = b.call(cmd).await? {
                 print_value(t, serde_json::json!({ "commit": id.to_string() }), &id.to_string());
@@ -427,8 +593,8 @@ async fn commit(target: Target, cmd: Command) -> Result<(), Failure> {
 }
 
 /// Runs a command that creates `address` and prints it.
-async fn made(target: Target, address: Address, cmd: Command) -> Result<(), Failure> {
-    with_backend(target, move |b, t| {
+async fn made(target: Target, access: Access, address: Address, cmd: Command) -> Result<(), Failure> {
+    with_backend(target, access, move |b, t| {
         Box::pin(async move {
             b.call(cmd).await?;
             print_value(t, serde_json::json!({ "address": address.to_string() }), &address.to_string());
@@ -442,7 +608,7 @@ async fn create(kind: CrdtKind, c: Create) -> Result<(), Failure> {
     let address = Address::new(c.target.user.clone(), c.id.unwrap_or_else(uuid::Uuid::new_v4))
         .map_err(|e| Failure(EXIT_USAGE, e.to_string()))?;
     let cmd = Command::Create { address: address.clone(), kind, author: c.target.user.clone() };
-    made(c.target, address, cmd).await
+    made(c.target, Access::Create, address, cmd).await
 }
 
 fn print_value(target: &Target, json: serde_json::Value, text: &str) {
@@ -515,7 +681,7 @@ async fn ormap(cmd: OrmapCmd) -> Result<(), Failure> {
         }
         OrmapCmd::Get { address, key, target } => {
             let (address, key) = (parse_address(&address)?, parse_key(&key));
-            with_backend(target, move |b, t| {
+            with_backend(target, Access::ReadOnly, move |b, t| {
                 Box::pin(async move {
                     let ids = read_ormap(b, &address).await?.get(&key);
                     print_commits(t, &b.commits(ids).await?);
@@ -526,7 +692,7 @@ async fn ormap(cmd: OrmapCmd) -> Result<(), Failure> {
         }
         OrmapCmd::Keys { address, target } => {
             let address = parse_address(&address)?;
-            with_backend(target, move |b, t| {
+            with_backend(target, Access::ReadOnly, move |b, t| {
                 Box::pin(async move {
                     print_list(t, read_ormap(b, &address).await?.keys().map(output::json).collect());
                     Ok(())
@@ -551,7 +717,7 @@ async fn cdvcs(cmd: CdvcsCmd) -> Result<(), Failure> {
         }
         CdvcsCmd::Log { address, target } => {
             let address = parse_address(&address)?;
-            with_backend(target, move |b, t| {
+            with_backend(target, Access::ReadOnly, move |b, t| {
                 Box::pin(async move {
                     let order = read_cdvcs(b, &address).await?.linearize();
                     print_commits(t, &b.commits(order).await?);
@@ -562,7 +728,7 @@ async fn cdvcs(cmd: CdvcsCmd) -> Result<(), Failure> {
         }
         CdvcsCmd::Heads { address, target } => {
             let address = parse_address(&address)?;
-            with_backend(target, move |b, t| {
+            with_backend(target, Access::ReadOnly, move |b, t| {
                 Box::pin(async move {
                     let c = read_cdvcs(b, &address).await?;
                     let heads: Vec<String> = c.heads().iter().map(ContentId::to_string).collect();
@@ -575,7 +741,7 @@ async fn cdvcs(cmd: CdvcsCmd) -> Result<(), Failure> {
         CdvcsCmd::Merge { address, heads, target } => {
             let address = parse_address(&address)?;
             let given = heads.iter().map(|h| parse_id(h)).collect::<Result<Vec<_>, _>>()?;
-            with_backend(target, move |b, t| {
+            with_backend(target, Access::Existing, move |b, t| {
                 Box::pin(async move {
                     let heads = if given.is_empty() {
                         read_cdvcs(b, &address).await?.heads().iter().copied().collect()
@@ -599,7 +765,7 @@ async fn cdvcs(cmd: CdvcsCmd) -> Result<(), Failure> {
             let from = parse_address(&from)?;
             let into =
                 Address::new(target.user.clone(), from.id).map_err(|e| Failure(EXIT_USAGE, e.to_string()))?;
-            made(target, into.clone(), Command::Fork { from, into }).await
+            made(target, Access::Existing, into.clone(), Command::Fork { from, into }).await
         }
     }
 }
@@ -613,7 +779,7 @@ async fn lww(cmd: LwwCmd) -> Result<(), Failure> {
         }
         LwwCmd::Get { address, target } => {
             let address = parse_address(&address)?;
-            with_backend(target, move |b, t| {
+            with_backend(target, Access::ReadOnly, move |b, t| {
                 Box::pin(async move {
                     let CrdtState::Lww(r) = state(b, &address).await? else {
                         return Err(wrong(&address, "LWW register"));
@@ -637,7 +803,7 @@ async fn gset(cmd: GsetCmd) -> Result<(), Failure> {
         }
         GsetCmd::List { address, target } => {
             let address = parse_address(&address)?;
-            with_backend(target, move |b, t| {
+            with_backend(target, Access::ReadOnly, move |b, t| {
                 Box::pin(async move {
                     let CrdtState::Gset(s) = state(b, &address).await? else {
                         return Err(wrong(&address, "G-Set"));
@@ -657,6 +823,7 @@ async fn watch(address: &str, target: &Target) -> Result<(), Failure> {
     let address = parse_address(address)?;
     let url =
         target.peer.clone().ok_or_else(|| Failure(EXIT_USAGE, "watch needs --peer ws://HOST:PORT".into()))?;
+    let mut signals = Signals::install()?;
     let stage = replikativ_peer::stage::Stage::builder(Arc::new(MemoryStore::new()))
         .user(target.user.clone())
         .extend(false)
@@ -689,16 +856,49 @@ async fn watch(address: &str, target: &Target) -> Result<(), Failure> {
                 }
                 Err(e) => return Err(Failure(EXIT_UNREACHABLE, e.to_string())),
             },
-            _ = tokio::signal::ctrl_c() => break,
+            _ = signals.recv() => break,
         }
     }
     stage.shutdown().await;
     Ok(())
 }
 
+/// SIGINT and SIGTERM, installed before anything starts so that neither kills the process abruptly.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, Failure> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let install = |kind| signal(kind).map_err(|e| Failure(1, format!("cannot handle signals: {e}")));
+        Ok(Signals {
+            interrupt: install(SignalKind::interrupt())?,
+            terminate: install(SignalKind::terminate())?,
+        })
+    }
+
+    /// Waits for either signal; returns its name.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
+    }
+}
+
 async fn serve(args: ServeArgs) -> Result<(), Failure> {
-    let store = open_store(&args.store)?;
-    let config = NodeConfig {
+    let mut signals = Signals::install()?;
+    // A URL that can never work is a usage error, reported before anything starts.
+    if let Some(url) = args.connect.iter().find(|u| !u.starts_with("ws://")) {
+        return Err(Failure(
+            EXIT_USAGE,
+            format!("cannot connect to {url}: only ws://HOST:PORT URLs are supported"),
+        ));
+    }
+    let store = open_store(&args.store, Access::Create)?;
+    let mut config = NodeConfig {
         peer_id: args
             .peer_id
             .unwrap_or_else(|| format!("peer-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])),
@@ -706,21 +906,82 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         remote_commands: true,
         ..NodeConfig::default()
     };
-    let node = Node::start(store.clone(), config, ActorId::from(uuid::Uuid::new_v4()))
-        .map_err(|e| Failure(EXIT_DATA, format!("cannot start the peer: {e}")))?;
-    let addr = node.listen(&args.listen).await.map_err(|e| Failure(EXIT_USAGE, e.to_string()))?;
-    println!("replikativ peer {} listening on ws://{addr} (store: {})", node.peer_id(), args.store);
-    for url in &args.connect {
-        if let Err(e) = node.connect(url).await {
-            node.shutdown().await;
-            return Err(Failure(EXIT_UNREACHABLE, e.to_string()));
+    args.limits.apply(&mut config);
+    let node = match Node::start(store.clone(), config, ActorId::from(uuid::Uuid::new_v4())) {
+        Ok(node) => node,
+        Err(e) => {
+            let _ = store.close();
+            return Err(Failure(EXIT_DATA, format!("cannot start the peer: {e}")));
         }
-        println!("connected to {url}");
+    };
+    let started = async {
+        let addr = node.listen(&args.listen).await.map_err(|e| Failure(EXIT_USAGE, e.to_string()))?;
+        println!("replikativ peer {} listening on ws://{addr} (store: {})", node.peer_id(), args.store);
+        for url in &args.connect {
+            // An unreachable peer is normal at start: the node keeps trying in the background (each
+            // failed attempt is a WARN log line with the delay before the next one).
+            node.connect_retrying(url).map_err(|e| Failure(EXIT_USAGE, e.to_string()))?;
+            println!("connecting to {url} (retrying in the background)");
+        }
+        Ok(())
+    };
+    let started: Result<(), Failure> = started.await;
+    if started.is_ok() {
+        let signal = signals.recv().await;
+        println!("shutting down ({signal}): closing connections");
     }
-    if let Err(e) = tokio::signal::ctrl_c().await {
-        tracing::error!(error = %e, "cannot wait for Ctrl-C");
+    // A second signal while shutting down ends the process at once: what the peer acknowledged is
+    // durable already, and the store recovers whatever else was in flight like after a crash.
+    tokio::select! {
+        () = node.shutdown() => {}
+        signal = signals.recv() => {
+            eprintln!("error: {signal} while shutting down: exiting at once, without closing the store");
+            std::process::exit(1);
+        }
     }
-    println!("shutting down");
-    node.shutdown().await;
-    store.close().map_err(|e| Failure(EXIT_DATA, format!("closing the store failed: {e}")))
+    let closed = store.close().map_err(|e| Failure(EXIT_DATA, format!("closing the store failed: {e}")));
+    if started.is_ok() && closed.is_ok() {
+        println!("shut down cleanly: the store is closed");
+    }
+    started.and(closed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_need_a_unit() {
+        assert_eq!(parse_duration("500ms"), Ok(std::time::Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(std::time::Duration::from_secs(10)));
+        assert_eq!(parse_duration("10m"), Ok(std::time::Duration::from_secs(600)));
+        assert_eq!(parse_duration("2h"), Ok(std::time::Duration::from_secs(7200)));
+        for bad in ["10", "s", "", "1.5s", "-1s", "10 s", "99999999999999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_sled_store_that_may_not_be_written_is_refused_with_the_reason() {
+        let denied = replikativ_store::StoreError::Io {
+            op: "open lock file",
+            path: "/data/LOCK".into(),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        };
+        let Failure(code, message) = open_failure("sled:/data", Access::ReadOnly, denied);
+        assert_eq!(code, EXIT_DATA);
+        assert!(
+            message.starts_with("cannot read the sled store /data: sled 0.34 has no read-only mode"),
+            "{message}"
+        );
+        assert_eq!(message.lines().count(), 1);
+        // A write command gets the plain error.
+        let denied = replikativ_store::StoreError::Io {
+            op: "open lock file",
+            path: "/data/LOCK".into(),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        };
+        let Failure(_, message) = open_failure("sled:/data", Access::Existing, denied);
+        assert!(message.starts_with("cannot open the store sled:/data: I/O error"), "{message}");
+    }
 }

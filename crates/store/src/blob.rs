@@ -42,6 +42,12 @@ impl BlobDir {
         Ok(BlobDir { dir, tmp_counter: AtomicU64::new(0) })
     }
 
+    /// `<root>/blobs` for a read-only handle: creates and removes nothing (a missing directory simply
+    /// holds no blobs, and leftover temp files are left for the next writer to remove).
+    pub(crate) fn open_read_only(root: &Path) -> BlobDir {
+        BlobDir { dir: root.join("blobs"), tmp_counter: AtomicU64::new(0) }
+    }
+
     fn path_of(&self, name: &[u8]) -> PathBuf {
         self.dir.join(format!("b-{}", hex(name)))
     }

@@ -34,6 +34,16 @@ pub(crate) trait Engine {
     fn raw_apply(&self, ops: Vec<RawOp>) -> Result<()>;
     /// The size limits.
     fn engine_limits(&self) -> Limits;
+    /// True for a read-only handle: every write fails with [`StoreError::ReadOnly`] before anything else
+    /// is checked.
+    fn engine_read_only(&self) -> bool {
+        false
+    }
+}
+
+/// Fails with [`StoreError::ReadOnly`] on a read-only handle.
+pub(crate) fn check_writable<E: Engine + ?Sized>(e: &E) -> Result<()> {
+    if e.engine_read_only() { Err(StoreError::ReadOnly) } else { Ok(()) }
 }
 
 pub(crate) fn check_key(limits: &Limits, key: &[u8]) -> Result<()> {
@@ -56,6 +66,7 @@ pub(crate) fn get<E: Engine + ?Sized>(e: &E, key: &[u8]) -> Result<Option<Vec<u8
 }
 
 pub(crate) fn put<E: Engine + ?Sized>(e: &E, key: &[u8], value: &[u8]) -> Result<()> {
+    check_writable(e)?;
     let limits = e.engine_limits();
     check_key(&limits, key)?;
     check_value(&limits, value)?;
@@ -64,6 +75,7 @@ pub(crate) fn put<E: Engine + ?Sized>(e: &E, key: &[u8], value: &[u8]) -> Result
 }
 
 pub(crate) fn update<E: Engine + ?Sized>(e: &E, key: &[u8], f: &mut UpdateFn<'_>) -> Result<Updated> {
+    check_writable(e)?;
     let limits = e.engine_limits();
     check_key(&limits, key)?;
     let k = kv_key(key);
@@ -82,6 +94,7 @@ pub(crate) fn update<E: Engine + ?Sized>(e: &E, key: &[u8], f: &mut UpdateFn<'_>
 }
 
 pub(crate) fn delete<E: Engine + ?Sized>(e: &E, key: &[u8]) -> Result<()> {
+    check_writable(e)?;
     check_key(&e.engine_limits(), key)?;
     let _g = e.write_guard()?;
     e.raw_apply(vec![RawOp::Delete(kv_key(key))])
@@ -110,6 +123,7 @@ pub(crate) fn apply<E: Engine + ?Sized>(e: &E, batch: &Batch) -> Result<()> {
 
 /// [`apply`], moving the batch's values into the store instead of copying them.
 pub(crate) fn apply_owned<E: Engine + ?Sized>(e: &E, batch: Batch) -> Result<()> {
+    check_writable(e)?;
     let limits = e.engine_limits();
     let mut total = 0usize;
     for op in &batch.ops {
@@ -205,6 +219,7 @@ pub(crate) fn log_bounds<E: Engine + ?Sized>(e: &E, log: &[u8]) -> Result<LogBou
 }
 
 pub(crate) fn log_append<E: Engine + ?Sized>(e: &E, log: &[u8], entry: &[u8]) -> Result<u64> {
+    check_writable(e)?;
     let limits = e.engine_limits();
     check_key(&limits, log)?;
     check_value(&limits, entry)?;
@@ -246,6 +261,7 @@ pub(crate) fn log_read<E: Engine + ?Sized>(
 }
 
 pub(crate) fn log_prune<E: Engine + ?Sized>(e: &E, log: &[u8], before: u64) -> Result<()> {
+    check_writable(e)?;
     check_key(&e.engine_limits(), log)?;
     let _g = e.write_guard()?;
     let mut b = decode_bounds(e.raw_get(&log_meta_key(log))?, log)?;
@@ -303,6 +319,9 @@ macro_rules! engine_store_methods {
         }
         fn limits(&self) -> $crate::Limits {
             $crate::engine::Engine::engine_limits(self)
+        }
+        fn is_read_only(&self) -> bool {
+            $crate::engine::Engine::engine_read_only(self)
         }
     };
 }

@@ -58,6 +58,21 @@ pub enum StoreError {
     /// The store was closed with [`Store::close`](crate::Store::close).
     #[error("store is closed")]
     Closed,
+    /// The store was opened read-only; writes are refused.
+    #[error("store is open read-only")]
+    ReadOnly,
+    /// There is no store to open: an open that must not create one
+    /// ([`FileStore::open_read_only`](crate::FileStore::open_read_only),
+    /// [`FileStore::open_existing`](crate::FileStore::open_existing),
+    /// [`SledStore::open_existing`](crate::SledStore::open_existing)) found no directory, or a directory
+    /// without store files.
+    #[error("no store at {}: {reason}", path.display())]
+    NotFound {
+        /// The store directory.
+        path: PathBuf,
+        /// What is missing, e.g. `"the directory does not exist"`.
+        reason: &'static str,
+    },
     /// An earlier durability barrier failed; after a failed fsync the kernel may have dropped dirty pages,
     /// so this handle refuses further writes and barriers. Reopen the store to recover.
     #[error("store is poisoned by an earlier failed durability barrier: {reason}")]

@@ -317,4 +317,10 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn sync_is_instant(&self) -> bool {
         false
     }
+
+    /// Whether the store was opened read-only: every write fails with [`StoreError::ReadOnly`].
+    /// Readers (a peer opening such a store) skip the repairs they would otherwise write.
+    fn is_read_only(&self) -> bool {
+        false
+    }
 }

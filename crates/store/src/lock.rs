@@ -1,6 +1,8 @@
-//! Exclusive ownership of a store directory through a lock file.
+//! Ownership of a store directory through a lock file: exclusive for writers, shared for read-only
+//! handles.
 
 use std::fs::{File, OpenOptions, TryLockError};
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Result, StoreError};
@@ -30,6 +32,39 @@ impl DirLock {
             Err(TryLockError::WouldBlock) => Err(StoreError::Locked { path: PathBuf::from(dir) }),
             Err(TryLockError::Error(e)) => Err(StoreError::io("lock", &path, e)),
         }
+    }
+
+    /// Takes a shared lock for a read-only handle, never creating the lock file: fails with
+    /// [`StoreError::Locked`] while a writer holds the exclusive lock, and keeps writers out while it is
+    /// held. Returns `None` (no lock) when `<dir>/LOCK` does not exist or this process may not open it;
+    /// a read-only handle then reads without one (see `FileStore::open_read_only` for why that is safe).
+    pub(crate) fn acquire_shared(dir: &Path) -> Result<Option<DirLock>> {
+        let path = dir.join(LOCK_FILE);
+        let file = match OpenOptions::new().read(true).open(&path) {
+            Ok(file) => file,
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::PermissionDenied) => {
+                tracing::debug!(path = %path.display(), error = %e, "read-only open without a lock");
+                return Ok(None);
+            }
+            Err(e) => return Err(StoreError::io("open lock file", &path, e)),
+        };
+        match file.try_lock_shared() {
+            Ok(()) => Ok(Some(DirLock { _file: file })),
+            Err(TryLockError::WouldBlock) => Err(StoreError::Locked { path: PathBuf::from(dir) }),
+            Err(TryLockError::Error(e)) => Err(StoreError::io("lock", &path, e)),
+        }
+    }
+}
+
+/// Fails with [`StoreError::NotFound`] unless `dir` is an existing directory.
+pub(crate) fn require_dir(dir: &Path) -> Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(StoreError::NotFound { path: dir.to_path_buf(), reason: "it is not a directory" }),
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
+            Err(StoreError::NotFound { path: dir.to_path_buf(), reason: "the directory does not exist" })
+        }
+        Err(e) => Err(StoreError::io("stat store directory", dir, e)),
     }
 }
 

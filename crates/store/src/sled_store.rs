@@ -11,7 +11,7 @@ use crate::engine::{self, Engine, RawOp, engine_store_methods, lock, read, write
 use crate::error::{Result, StoreError};
 use crate::group_commit::GroupCommit;
 use crate::keys::TAG_KV;
-use crate::lock::{DirLock, ensure_dir};
+use crate::lock::{DirLock, ensure_dir, require_dir};
 use crate::{Limits, Store};
 
 /// Largest value kept in sled. sled stores larger items as its own blob files, which it never fsyncs, so
@@ -88,6 +88,25 @@ impl SledStore {
             blobs,
             dir_lock: Mutex::new(Some(dir_lock)),
         })
+    }
+
+    /// Opens an existing store like [`SledStore::open`], but never creates one: fails with
+    /// [`StoreError::NotFound`] (creating nothing) if `dir` does not exist or holds no sled database.
+    ///
+    /// There is no read-only open for this backend: sled 0.34.7 has no read-only mode; every open
+    /// takes an exclusive lock on its data file, opened for writing, and may write recovery state, so
+    /// it needs write access to `<dir>/sled`. Readers of a store they may not write use
+    /// [`FileStore::open_read_only`](crate::FileStore::open_read_only) instead.
+    pub fn open_existing(dir: impl AsRef<Path>) -> Result<SledStore> {
+        let dir = dir.as_ref();
+        require_dir(dir)?;
+        if !dir.join("sled").join("db").is_file() {
+            return Err(StoreError::NotFound {
+                path: dir.to_path_buf(),
+                reason: "the directory holds no sled database",
+            });
+        }
+        SledStore::open(dir)
     }
 
     /// Number of fsync rounds run by [`Store::sync`] so far.

@@ -237,8 +237,9 @@ fn apply_op(store: &dyn Store, model: &mut Model, op: &Op) {
     }
 }
 
-/// Runs `ops` against a store from `open`; `open` returns `None` for non-durable backends.
-fn run(ops: &[Op], open: &dyn Fn(&Path) -> Box<dyn Store>, durable: bool) {
+/// Runs `ops` against a store from `open` (`durable`: restarts reopen it); for the file store, the
+/// final state is also checked through a read-only open.
+fn run(ops: &[Op], open: &dyn Fn(&Path) -> Box<dyn Store>, durable: bool, file: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut store = open(dir.path());
     let mut model = Model::default();
@@ -260,6 +261,11 @@ fn run(ops: &[Op], open: &dyn Fn(&Path) -> Box<dyn Store>, durable: bool) {
         drop(store);
         let store = open(dir.path());
         check_full_state(&*store, &model);
+        store.close().expect("close");
+        if file {
+            let ro = FileStore::open_read_only(dir.path()).expect("read-only open");
+            check_full_state(&ro, &model);
+        }
     }
 }
 
@@ -268,22 +274,22 @@ fn config() -> ProptestConfig {
 }
 
 macro_rules! conformance {
-    ($name:ident, $durable:expr, $open:expr) => {
+    ($name:ident, $durable:expr, $file:expr, $open:expr) => {
         proptest! {
             #![proptest_config(config())]
             #[test]
             fn $name(ops in prop::collection::vec(op(), 1..60)) {
-                run(&ops, &$open, $durable);
+                run(&ops, &$open, $durable, $file);
             }
         }
     };
 }
 
-conformance!(memory_matches_model, false, |_: &Path| Box::new(MemoryStore::new()) as Box<dyn Store>);
-conformance!(file_matches_model, true, |p: &Path| Box::new(FileStore::open(p).expect("open"))
+conformance!(memory_matches_model, false, false, |_: &Path| Box::new(MemoryStore::new()) as Box<dyn Store>);
+conformance!(file_matches_model, true, true, |p: &Path| Box::new(FileStore::open(p).expect("open"))
     as Box<dyn Store>);
 // Tiny segments and an eager compaction threshold: rolls and compactions happen inside short sequences.
-conformance!(file_small_segments_matches_model, true, |p: &Path| Box::new(
+conformance!(file_small_segments_matches_model, true, true, |p: &Path| Box::new(
     FileStore::open_with(
         p,
         FileStoreOptions::default()
@@ -293,7 +299,7 @@ conformance!(file_small_segments_matches_model, true, |p: &Path| Box::new(
     )
     .expect("open")
 ) as Box<dyn Store>);
-conformance!(sled_matches_model, true, |p: &Path| Box::new(SledStore::open(p).expect("open"))
+conformance!(sled_matches_model, true, false, |p: &Path| Box::new(SledStore::open(p).expect("open"))
     as Box<dyn Store>);
 
 #[test]

@@ -19,7 +19,7 @@ use crate::engine::{self, Engine, RawOp, engine_store_methods, lock, read, write
 use crate::error::{Result, StoreError};
 use crate::group_commit::GroupCommit;
 use crate::keys::{IndexKey, TAG_KV};
-use crate::lock::{DirLock, ensure_dir, sync_dir};
+use crate::lock::{DirLock, ensure_dir, require_dir, sync_dir};
 use crate::{Limits, Store};
 
 /// Tuning knobs of a [`FileStore`].
@@ -78,6 +78,12 @@ pub struct RecoveryReport {
     /// Records in the middle of the log whose body failed its checksum; their entries were indexed
     /// individually and reading a damaged value fails with [`StoreError::Corruption`].
     pub damaged_records: Vec<(PathBuf, u64)>,
+    /// Set by a read-only open ([`FileStore::open_read_only`]), which never truncates, instead of
+    /// `truncated_tail`: an incomplete tail of the last segment (or a last segment shorter than its
+    /// header) was left in place and ignored: the file and the offset the ignored bytes start at.
+    pub ignored_tail: Option<(PathBuf, u64)>,
+    /// Bytes ignored there.
+    pub ignored_bytes: u64,
 }
 
 /// Size and activity counters of a [`FileStore`].
@@ -148,6 +154,7 @@ pub struct FileStore {
     blobs: BlobDir,
     dir_lock: Mutex<Option<DirLock>>,
     recovery: RecoveryReport,
+    read_only: bool,
 }
 
 fn segment_path(dir: &Path, id: u32) -> PathBuf {
@@ -249,7 +256,7 @@ impl FileStore {
         ensure_dir(&dir)?;
         let dir_lock = DirLock::acquire(&dir)?;
         let blobs = BlobDir::open_dir(&dir)?;
-        let (state, recovery) = recover(&dir)?;
+        let (state, recovery) = recover(&dir, false)?;
         Ok(FileStore {
             dir,
             opts,
@@ -259,6 +266,65 @@ impl FileStore {
             blobs,
             dir_lock: Mutex::new(Some(dir_lock)),
             recovery,
+            read_only: false,
+        })
+    }
+
+    /// Opens an existing store for writing like [`FileStore::open`], but never creates one: fails with
+    /// [`StoreError::NotFound`] (creating nothing) if `dir` does not exist or holds no segment file.
+    pub fn open_existing(dir: impl AsRef<Path>) -> Result<FileStore> {
+        let dir = dir.as_ref();
+        require_store(dir)?;
+        FileStore::open(dir)
+    }
+
+    /// Opens an existing store read-only: every write fails with [`StoreError::ReadOnly`],
+    /// [`Store::is_read_only`] is true, [`Store::sync`] has nothing to do, and the open itself writes
+    /// nothing, so a store in a directory this process may not write to can be read.
+    ///
+    /// * It never creates the directory, the lock file, a segment or the blob directory: a missing
+    ///   directory, or one without segment files, is [`StoreError::NotFound`].
+    /// * It never repairs: an incomplete tail of the last segment (a crash during a write) is left in
+    ///   place and ignored in memory ([`RecoveryReport::ignored_tail`]); leftover blob temp files stay.
+    ///   Damage elsewhere fails the open with [`StoreError::Corruption`] as in [`FileStore::open`].
+    /// * It takes a **shared** lock on `<dir>/LOCK`: it fails with [`StoreError::Locked`] while a writer
+    ///   holds the store, any number of read-only handles may be open at once, and a writer cannot
+    ///   open the store until they are closed.
+    /// * If `<dir>/LOCK` does not exist or this process lacks the permission to open it, it reads
+    ///   **without a lock**. That is safe for this format: the open replays a snapshot (the segments
+    ///   listed once, each opened and read once), and a writer never changes a byte of a segment
+    ///   below the end of its intact records: it appends records, truncates only torn tails beyond
+    ///   them, and compaction copies live entries into new segments before deleting old ones, whose
+    ///   open file descriptors keep them readable here. So the handle sees the state as of some
+    ///   moment during its open (a prefix of the log; a record being written is ignored like a torn
+    ///   tail, and replaying the old segments, or their surviving suffix, with a partial compaction
+    ///   copy gives the same state, see `docs/design.md` §7.3), and it never sees later writes. If a
+    ///   listed segment is deleted by a concurrent compaction before it is opened, the open starts
+    ///   over (up to 5 times).
+    pub fn open_read_only(dir: impl AsRef<Path>) -> Result<FileStore> {
+        let dir = dir.as_ref().to_path_buf();
+        require_store(&dir)?;
+        let dir_lock = DirLock::acquire_shared(&dir)?;
+        let mut attempt = 0;
+        let (state, recovery) = loop {
+            attempt += 1;
+            match recover(&dir, true) {
+                Err(StoreError::Io { op: "open segment", source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound && dir_lock.is_none() && attempt < 5 => {
+                }
+                other => break other?,
+            }
+        };
+        Ok(FileStore {
+            blobs: BlobDir::open_read_only(&dir),
+            dir,
+            opts: FileStoreOptions::default(),
+            writer: Mutex::new(()),
+            state: RwLock::new(state),
+            gc: GroupCommit::default(),
+            dir_lock: Mutex::new(dir_lock),
+            recovery,
+            read_only: true,
         })
     }
 
@@ -288,6 +354,9 @@ impl FileStore {
     /// Rewrites all live entries into fresh segments and deletes the old ones, regardless of the garbage
     /// ratio. Blocks all other operations while it runs.
     pub fn compact(&self) -> Result<()> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly);
+        }
         let _g = self.write_guard()?;
         let mut st = write(&self.state);
         self.compact_locked(&mut st)
@@ -410,8 +479,8 @@ fn create_segment(dir: &Path, id: u32) -> Result<Segment> {
     Ok(Segment { file: Arc::new(file), path, len: SEG_HEADER_LEN })
 }
 
-/// Replays all segments of `dir` into a fresh index.
-fn recover(dir: &Path) -> Result<(State, RecoveryReport)> {
+/// The segment ids in `dir`, sorted.
+fn list_segments(dir: &Path) -> Result<Vec<u32>> {
     let mut ids = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| StoreError::io("list store directory", dir, e))? {
         let entry = entry.map_err(|e| StoreError::io("list store directory", dir, e))?;
@@ -420,6 +489,22 @@ fn recover(dir: &Path) -> Result<(State, RecoveryReport)> {
         }
     }
     ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Fails with [`StoreError::NotFound`] unless `dir` is a directory with at least one segment file.
+fn require_store(dir: &Path) -> Result<()> {
+    require_dir(dir)?;
+    if list_segments(dir)?.is_empty() {
+        return Err(StoreError::NotFound { path: dir.to_path_buf(), reason: "the directory holds no store" });
+    }
+    Ok(())
+}
+
+/// Replays all segments of `dir` into a fresh index. A read-only replay opens the segments read-only
+/// and changes nothing: it neither creates a first segment nor repairs a torn tail.
+fn recover(dir: &Path, read_only: bool) -> Result<(State, RecoveryReport)> {
+    let ids = list_segments(dir)?;
     let mut st = State {
         index: BTreeMap::new(),
         segments: BTreeMap::new(),
@@ -433,6 +518,12 @@ fn recover(dir: &Path) -> Result<(State, RecoveryReport)> {
     };
     let mut report = RecoveryReport::default();
     if ids.is_empty() {
+        if read_only {
+            return Err(StoreError::NotFound {
+                path: dir.to_path_buf(),
+                reason: "the directory holds no store",
+            });
+        }
         let seg = create_segment(dir, 1)?;
         st.total_bytes = seg.len;
         st.segments.insert(1, seg);
@@ -445,7 +536,7 @@ fn recover(dir: &Path) -> Result<(State, RecoveryReport)> {
         let path = segment_path(dir, id);
         let mut file = OpenOptions::new()
             .read(true)
-            .write(true)
+            .write(!read_only)
             .open(&path)
             .map_err(|e| StoreError::io("open segment", &path, e))?;
         buf.clear();
@@ -458,7 +549,14 @@ fn recover(dir: &Path) -> Result<(State, RecoveryReport)> {
         };
         let mut valid_end = replay_segment(&mut st, &mut report, &buf, id, is_last, &path)?;
         if (buf.len() as u64) < SEG_HEADER_LEN || &buf[..8] != SEG_MAGIC {
-            if is_last && (buf.len() as u64) < SEG_HEADER_LEN {
+            if is_last && (buf.len() as u64) < SEG_HEADER_LEN && read_only {
+                // A segment being created (or left so by a crash): nothing in it to read.
+                valid_end = buf.len() as u64;
+                if !buf.is_empty() {
+                    report.ignored_tail = Some((path.clone(), 0));
+                    report.ignored_bytes = buf.len() as u64;
+                }
+            } else if is_last && (buf.len() as u64) < SEG_HEADER_LEN {
                 // Crash while the segment was being created: rewrite its header.
                 file.set_len(0).map_err(|e| StoreError::io("truncate segment", &path, e))?;
                 file.write_all_at(&format::segment_header(id), 0)
@@ -468,7 +566,16 @@ fn recover(dir: &Path) -> Result<(State, RecoveryReport)> {
                 return Err(corrupt(0, None, "bad segment header".into()));
             }
         }
-        if valid_end < buf.len() as u64 {
+        if valid_end < buf.len() as u64 && read_only {
+            tracing::warn!(
+                file = %path.display(),
+                offset = valid_end,
+                bytes = buf.len() as u64 - valid_end,
+                "ignoring an incomplete tail (a crash, or a write in progress); a read-only open does not truncate it"
+            );
+            report.ignored_tail = Some((path.clone(), valid_end));
+            report.ignored_bytes = buf.len() as u64 - valid_end;
+        } else if valid_end < buf.len() as u64 {
             file.set_len(valid_end).map_err(|e| StoreError::io("truncate torn tail", &path, e))?;
             file.sync_all().map_err(|e| StoreError::io("fsync segment", &path, e))?;
             tracing::warn!(
@@ -557,6 +664,9 @@ fn stored_crc(buf: &[u8], at: usize) -> u32 {
 
 impl Engine for FileStore {
     fn write_guard(&self) -> Result<MutexGuard<'_, ()>> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly);
+        }
         let g = lock(&self.writer);
         FileStore::check_open(&read(&self.state))?;
         self.gc.check_poisoned()?;
@@ -627,6 +737,10 @@ impl Engine for FileStore {
     fn engine_limits(&self) -> Limits {
         Limits::default()
     }
+
+    fn engine_read_only(&self) -> bool {
+        self.read_only
+    }
 }
 
 impl Store for FileStore {
@@ -637,6 +751,7 @@ impl Store for FileStore {
     }
 
     fn put_blob(&self, name: &[u8], data: &mut dyn Read) -> Result<u64> {
+        engine::check_writable(self)?;
         engine::check_blob_name(&self.engine_limits(), name)?;
         FileStore::check_open(&read(&self.state))?;
         self.blobs.put(name, data)
@@ -649,6 +764,7 @@ impl Store for FileStore {
     }
 
     fn delete_blob(&self, name: &[u8]) -> Result<bool> {
+        engine::check_writable(self)?;
         engine::check_blob_name(&self.engine_limits(), name)?;
         FileStore::check_open(&read(&self.state))?;
         self.blobs.delete(name)
@@ -656,6 +772,9 @@ impl Store for FileStore {
 
     fn sync(&self) -> Result<()> {
         FileStore::check_open(&read(&self.state))?;
+        if self.read_only {
+            return Ok(()); // nothing was written
+        }
         self.gc.sync(|| {
             let (file, path) = {
                 let st = read(&self.state);
@@ -674,8 +793,12 @@ impl Store for FileStore {
             if st.closed {
                 return Ok(());
             }
-            let seg = &st.segments[&st.active];
-            seg.file.sync_data().map_err(|e| StoreError::io("fdatasync segment", &seg.path, e))
+            if self.read_only {
+                Ok(()) // nothing was written
+            } else {
+                let seg = &st.segments[&st.active];
+                seg.file.sync_data().map_err(|e| StoreError::io("fdatasync segment", &seg.path, e))
+            }
         };
         {
             let mut st = write(&self.state);

@@ -335,3 +335,31 @@ async fn connections_over_the_cap_are_refused_with_a_503() {
     .await;
     assert_still_serving(&s).await;
 }
+
+/// A client that asks and never reads cannot make the node hold more than the outbox's byte
+/// budget for it: what does not fit is dropped (and counted), and the healthy peer is not harmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_gets_no_more_than_its_outbox_budget() {
+    let mut cfg = common::config("server");
+    cfg.outbox_bytes = 256 << 10;
+    let s = setup_with(cfg).await;
+    let big = Value::from("x".repeat(200 << 10));
+    let params = big.content_id();
+    bounded("assoc", s.server.stage.assoc(&s.map, "big".into(), vec![Transaction::new("set", big)]))
+        .await
+        .unwrap();
+    let mut ws = raw_connect(&s.server).await;
+    send(&mut ws, hello()).await;
+    // 400 fetches of 200 KiB each (80 MiB), and the client never reads a reply.
+    for id in 0..400 {
+        send(&mut ws, msg(&Message::Fetch { id, ids: vec![params] })).await;
+    }
+    eventually("replies beyond the budget are dropped", || async {
+        bounded("status", s.server.stage.node().status()).await.unwrap().dropped > 0
+    })
+    .await;
+    let dropped = bounded("status", s.server.stage.node().status()).await.unwrap().dropped;
+    assert!(dropped >= 100, "only {dropped} of 400 replies were dropped: the budget is not kept");
+    drop(ws);
+    assert_still_serving(&s).await;
+}

@@ -171,7 +171,7 @@ impl Stage {
         let (events, _) = broadcast::channel(4096);
         shared
             .core
-            .send(CoreMsg::Attach { conn, tx: core_tx, remote: Remote::Stage })
+            .send(CoreMsg::Attach { conn, tx: core_tx, remote: Remote::Stage, queued: Default::default() })
             .await
             .map_err(|_| NodeError::Gone)?;
         let inner =

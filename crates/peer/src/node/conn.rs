@@ -394,7 +394,9 @@ async fn run<S>(
     let chain = Arc::new(std::sync::Mutex::new(chain(&shared, conn, &remote, metrics.clone())));
     let (tx, rx) = mpsc::channel::<ConnCmd>(shared.config.outbox);
     let core = shared.core.clone();
-    if core.send(CoreMsg::Attach { conn, tx: tx.clone(), remote: remote.clone() }).await.is_err()
+    let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let attach = CoreMsg::Attach { conn, tx: tx.clone(), remote: remote.clone(), queued: queued.clone() };
+    if core.send(attach).await.is_err()
         || core.send(CoreMsg::Input(Input::Connected { conn, direction })).await.is_err()
     {
         return;
@@ -414,6 +416,7 @@ async fn run<S>(
         chain.clone(),
         commands.clone(),
         metrics.clone(),
+        queued,
     ));
     let mut reader = tokio::spawn(read_loop(shared.clone(), conn, stream, wire_tx, chain, commands, metrics));
     // Whichever side ends first ends the connection (the writer flushes a close frame first).
@@ -548,6 +551,7 @@ async fn write_loop<W>(
     chain: Chained,
     commands: Commands,
     metrics: Arc<ConnMetrics>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
 ) -> String
 where
     W: futures::Sink<WsMessage, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
@@ -581,7 +585,12 @@ where
                         let Some(theirs) = commands.lock().expect("poisoned").remove(&id) else { continue };
                         Item::Reply { id: theirs, result }
                     }
-                    Some(ConnCmd::Item(item)) => item,
+                    Some(ConnCmd::Item(item)) => {
+                        if let Item::Message(m) = &item {
+                            queued.fetch_sub(m.approx_size(), Ordering::Relaxed);
+                        }
+                        item
+                    }
                 };
                 let (down, up) = chain.lock().expect("poisoned").outbound(item);
                 for item in up {

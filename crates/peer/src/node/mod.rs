@@ -19,7 +19,7 @@ mod conn;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -63,8 +63,18 @@ pub struct NodeConfig {
     /// Websocket limits, keep-alive and idle timeout.
     pub ws: WsConfig,
     /// Items a connection's outbox holds before messages to it are dropped (see the module docs;
-    /// 8192 by default: a few MiB per connection at most).
+    /// 8192 by default).
     pub outbox: usize,
+    /// Bytes of messages a connection's outbox holds at most (roughly, [`Message::approx_size`]);
+    /// beyond it further messages to that connection are dropped like on a full outbox (one
+    /// message is always let through to an empty outbox). 16 MiB by default: a client that asks
+    /// and never reads cannot make the node hold more for it.
+    ///
+    /// [`Message::approx_size`]: crate::proto::Message::approx_size
+    pub outbox_bytes: usize,
+    /// Bytes all outboxes together hold at most: beyond it, messages to connections holding more
+    /// than 1 MiB already are dropped. 1 GiB by default.
+    pub outbox_total_bytes: usize,
     /// Reconnection backoff of outgoing connections.
     pub reconnect: Backoff,
     /// Application middleware, in order (nearest the network first), built per connection.
@@ -90,6 +100,8 @@ impl std::fmt::Debug for NodeConfig {
             .field("peer", &self.peer)
             .field("ws", &self.ws)
             .field("outbox", &self.outbox)
+            .field("outbox_bytes", &self.outbox_bytes)
+            .field("outbox_total_bytes", &self.outbox_total_bytes)
             .field("reconnect", &self.reconnect)
             .field("middleware", &self.middleware.len())
             .field("policy", &self.policy.is_some())
@@ -107,6 +119,8 @@ impl Default for NodeConfig {
             peer: PeerConfig::default(),
             ws: WsConfig::default(),
             outbox: 8192,
+            outbox_bytes: 16 << 20,
+            outbox_total_bytes: 1 << 30,
             reconnect: Backoff::default(),
             middleware: Vec::new(),
             policy: None,
@@ -154,6 +168,8 @@ pub(crate) enum CoreMsg {
         conn: ConnId,
         tx: mpsc::Sender<ConnCmd>,
         remote: Remote,
+        /// Bytes queued in the outbox (the writer takes off what it sends).
+        queued: Arc<AtomicUsize>,
     },
     /// A stage command, with the connection to reply on.
     Command {
@@ -207,6 +223,8 @@ pub(crate) struct Shared {
     pub(crate) shutdown: tokio::sync::watch::Sender<bool>,
     /// Addresses the node listens on.
     pub(crate) listening: Arc<Mutex<Vec<String>>>,
+    /// Fires when the core thread has stopped (after its final barrier).
+    pub(crate) finished: Mutex<Option<oneshot::Receiver<()>>>,
     /// Permits for incoming connections (`max_connections`).
     pub(crate) connections: Arc<tokio::sync::Semaphore>,
     /// What the transport refused, by reason (the core counts its own).
@@ -261,6 +279,7 @@ impl Node {
         let (shutdown, _) = tokio::sync::watch::channel(false);
         let max_connections = config.max_connections.unwrap_or_else(default_max_connections).max(1);
         let refusals = Arc::new(Mutex::new(Refusals::default()));
+        let (outbox_bytes, outbox_total_bytes) = (config.outbox_bytes, config.outbox_total_bytes);
         let shared = Arc::new(Shared {
             core: core_tx.clone(),
             store: store.clone(),
@@ -273,6 +292,7 @@ impl Node {
             shutdown,
             listening: Arc::new(Mutex::new(Vec::new())),
             connections: Arc::new(tokio::sync::Semaphore::new(max_connections)),
+            finished: Mutex::new(None),
             refusals: refusals.clone(),
         });
         let (barrier_tx, barrier_rx) = std::sync::mpsc::channel::<u64>();
@@ -286,6 +306,8 @@ impl Node {
         }
         let runtime = tokio::runtime::Handle::current();
         let listening = shared.listening.clone();
+        let (finished_tx, finished_rx) = oneshot::channel();
+        *shared.finished.lock().expect("poisoned") = Some(finished_rx);
         let start = peer.start();
         std::thread::Builder::new()
             .name(format!("replikativ-core-{}", peer.id()))
@@ -302,6 +324,9 @@ impl Node {
                     lagging: Default::default(),
                     refusals,
                     max_connections,
+                    queued_total: 0,
+                    outbox_bytes,
+                    outbox_total_bytes,
                 };
                 core.dispatch(&mut peer, start);
                 core.run(&mut peer, core_rx);
@@ -309,6 +334,9 @@ impl Node {
                 if let Err(e) = store.sync() {
                     tracing::error!(error = %e, "final barrier failed");
                 }
+                drop(core);
+                drop(peer);
+                let _ = finished_tx.send(());
             })
             .expect("spawn core thread");
         Ok(Node { shared })
@@ -371,7 +399,10 @@ impl Node {
     }
 
     /// Shuts down gracefully: stops accepting and reconnecting, closes every connection with a
-    /// reason, lets the core finish what it is doing, runs a final barrier and stops.
+    /// reason, lets the core finish what it is doing, runs a final barrier, stops, and closes the
+    /// store ([`Store::close`]: its directory lock is released when this returns, so the same
+    /// process may reopen it at once; later store calls through [`Node::store`] fail with
+    /// `Closed`).
     pub async fn shutdown(&self) {
         let _ = self.shared.shutdown.send(true);
         for (_, task) in self.shared.outgoing.lock().expect("poisoned").drain() {
@@ -384,6 +415,13 @@ impl Node {
         let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.shared.tasks.lock().expect("poisoned"));
         for task in tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+        let finished = self.shared.finished.lock().expect("poisoned").take();
+        if let Some(finished) = finished {
+            let _ = finished.await;
+            if let Err(e) = self.shared.store.close() {
+                tracing::error!(error = %e, "closing the store failed");
+            }
         }
     }
 
@@ -421,7 +459,7 @@ const MAX_BATCH: usize = 32;
 struct Core {
     /// The store, if its barrier costs nothing (in memory): run inline, not on the barrier thread.
     instant: Option<Arc<dyn Store>>,
-    conns: BTreeMap<ConnId, (mpsc::Sender<ConnCmd>, Remote)>,
+    conns: BTreeMap<ConnId, (mpsc::Sender<ConnCmd>, Remote, Arc<AtomicUsize>)>,
     /// Connections that lost messages to a full outbox: resynchronized once it drains to half.
     lagging: std::collections::BTreeSet<ConnId>,
     /// Which connection (stage) sent each pending command.
@@ -434,6 +472,11 @@ struct Core {
     /// The transport's refusal counters (merged into status with the core's).
     refusals: Arc<Mutex<Refusals>>,
     max_connections: usize,
+    /// Bytes queued in all outboxes, summed once per batch (see
+    /// [`NodeConfig::outbox_total_bytes`]).
+    queued_total: usize,
+    outbox_bytes: usize,
+    outbox_total_bytes: usize,
 }
 
 impl Core {
@@ -474,17 +517,18 @@ impl Core {
                             next = rx.try_recv().ok();
                         }
                     }
+                    self.queued_total = self.conns.values().map(|(_, _, q)| q.load(Ordering::Relaxed)).sum();
                     let out = peer.handle_batch(batch, now_ms());
                     self.dispatch(peer, out);
                 }
-                CoreMsg::Attach { conn, tx, remote } => {
-                    self.conns.insert(conn, (tx, remote));
+                CoreMsg::Attach { conn, tx, remote, queued } => {
+                    self.conns.insert(conn, (tx, remote, queued));
                 }
                 CoreMsg::Status(reply) => {
                     let connections = self
                         .conns
                         .iter()
-                        .map(|(c, (_, remote))| {
+                        .map(|(c, (_, remote, _))| {
                             let id = peer.connections().find(|(pc, _)| pc == c).map(|(_, id)| id.to_owned());
                             (*c, remote.clone(), id)
                         })
@@ -503,7 +547,7 @@ impl Core {
                     });
                 }
                 CoreMsg::Shutdown(done) => {
-                    for (tx, _) in self.conns.values() {
+                    for (tx, _, _) in self.conns.values() {
                         let _ = tx.try_send(ConnCmd::Close("the node is shutting down".into()));
                     }
                     let _ = done.send(());
@@ -522,7 +566,12 @@ impl Core {
             .lagging
             .iter()
             .copied()
-            .filter(|c| self.conns.get(c).is_none_or(|(tx, _)| tx.capacity() * 2 >= tx.max_capacity()))
+            .filter(|c| {
+                self.conns.get(c).is_none_or(|(tx, _, queued)| {
+                    tx.capacity() * 2 >= tx.max_capacity()
+                        && queued.load(Ordering::Relaxed) * 2 <= self.outbox_bytes
+                })
+            })
             .collect();
         for conn in drained {
             self.lagging.remove(&conn);
@@ -534,8 +583,35 @@ impl Core {
     }
 
     fn send(&mut self, conn: ConnId, cmd: ConnCmd) {
-        let Some((tx, _)) = self.conns.get(&conn) else { return };
-        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(cmd) {
+        let Some((tx, _, queued)) = self.conns.get(&conn) else { return };
+        // Messages count against the outbox's byte budget and the node's (see `NodeConfig`).
+        let size = match &cmd {
+            ConnCmd::Item(Item::Message(m)) => m.approx_size(),
+            _ => 0,
+        };
+        let held = queued.load(Ordering::Relaxed);
+        let over = size > 0
+            && held > 0
+            && (held + size > self.outbox_bytes
+                || (self.queued_total + size > self.outbox_total_bytes && held > 1 << 20));
+        let sent = if over {
+            false
+        } else {
+            // Counted before it is queued: the writer takes it off once it has it.
+            queued.fetch_add(size, Ordering::Relaxed);
+            match tx.try_send(cmd) {
+                Ok(()) => {
+                    self.queued_total += size;
+                    true
+                }
+                Err(e) => {
+                    queued.fetch_sub(size, Ordering::Relaxed);
+                    // Closed: the connection is going away; nothing to count.
+                    matches!(e, mpsc::error::TrySendError::Closed(_))
+                }
+            }
+        };
+        if !sent {
             self.dropped += 1;
             if self.lagging.insert(conn) {
                 tracing::warn!(
@@ -589,7 +665,7 @@ impl Core {
                     }
                 }
                 if let Some(conn) = self.commands.remove(&id)
-                    && let Some((tx, _)) = self.conns.get(&conn)
+                    && let Some((tx, _, _)) = self.conns.get(&conn)
                 {
                     // Replies must not be lost, and the core must not wait for the stage (which
                     // may be waiting for the core): deliver from a task when the outbox is full.
@@ -605,7 +681,7 @@ impl Core {
             }
             Output::Event(event) => {
                 let stages: Vec<ConnId> =
-                    self.conns.iter().filter(|(_, (_, r))| *r == Remote::Stage).map(|(c, _)| *c).collect();
+                    self.conns.iter().filter(|(_, (_, r, _))| *r == Remote::Stage).map(|(c, _)| *c).collect();
                 for conn in stages {
                     self.send(conn, ConnCmd::Item(Item::Event(event.clone())));
                 }

@@ -397,6 +397,41 @@ impl Message {
         })
     }
 
+    /// Roughly the bytes the message takes encoded (within a small factor, without encoding it):
+    /// what an outbox counts against its byte budget.
+    pub fn approx_size(&self) -> usize {
+        let addresses = |a: &BTreeSet<Address>| a.iter().map(|a| a.user.len() + 24).sum::<usize>();
+        64 + match self {
+            Message::Hello(h) => h.peer_id.len() + h.features.iter().map(|f| f.len() + 2).sum::<usize>(),
+            Message::Subscribe(s) => addresses(&s.addresses),
+            Message::Unsubscribe { addresses: a } => addresses(a),
+            Message::Publish(p) => {
+                p.values.iter().map(|v| v.len() + 5).sum::<usize>() + p.op.len() * 64 + p.address.user.len()
+            }
+            Message::Fetch { ids, .. } => ids.len() * 34,
+            Message::FetchReply { values, missing, .. } => {
+                values.iter().map(|v| v.len() + 5).sum::<usize>() + missing.len() * 34
+            }
+            Message::Sync { summaries, .. } => summaries
+                .iter()
+                .map(|(a, s)| {
+                    a.user.len()
+                        + 24
+                        + match s {
+                            Summary::Heads(h) => h.len() * 34,
+                            Summary::Buckets(b) => b.len(),
+                            Summary::Digest(_) | Summary::Empty => 34,
+                        }
+                })
+                .sum(),
+            Message::Refused { reason, .. } | Message::Error { reason } | Message::Close { reason } => {
+                reason.len()
+            }
+            Message::Custom { tag, data } => tag.len() + data.len(),
+            Message::SubscribeAck { .. } | Message::PublishAck { .. } => 0,
+        }
+    }
+
     /// The version field of a frame, if the frame has an envelope at all.
     pub fn frame_version(frame: &[u8]) -> Option<u16> {
         from_msgpack::<Envelope>(frame).ok().map(|e| e.v)

@@ -13,8 +13,8 @@ use replikativ_peer::crdt::{
     ActorId, Address, CrdtKind, Dot, Hlc, LwwOp, MAX_DOT_COUNTER, OrEntry, OrMapOp, Transaction, Value,
 };
 use replikativ_peer::proto::{
-    AnyOp, Command, CrdtState, Message, Peer, PeerConfig, Publish, QUARANTINE_PREFIX, Refusal, StageError,
-    Subscribe,
+    AnyOp, Command, CrdtState, Hello, Message, PROTOCOL_VERSION, Peer, PeerConfig, Publish,
+    QUARANTINE_PREFIX, Refusal, StageError, Subscribe,
 };
 use replikativ_peer::store::{Batch, MemoryStore, Store};
 use serde::Serialize;
@@ -382,4 +382,24 @@ fn a_store_with_bad_records_opens_and_reports_them() {
         1,
         "only the bad op-log entry is still there (pruned at the next snapshot): {reported:?}"
     );
+}
+
+/// A hello is checked like any other input: its peer id is shown in status and logs.
+#[test]
+fn a_hello_with_an_oversized_peer_id_or_too_many_features_closes_the_connection() {
+    for (hello, needle) in [
+        (Hello { version: PROTOCOL_VERSION, peer_id: "p".repeat(300), features: vec![] }, "300 bytes"),
+        (Hello { version: PROTOCOL_VERSION, peer_id: "a\u{1b}[31m".into(), features: vec![] }, "control"),
+        (
+            Hello { version: PROTOCOL_VERSION, peer_id: "ok".into(), features: vec!["f".into(); 33] },
+            "33 features",
+        ),
+    ] {
+        let mut w = world();
+        w.connect_fake(FRESH);
+        let seen = w.send(FRESH, &Message::Hello(hello));
+        w.assert_closed(FRESH, &seen, &[needle]);
+        assert_eq!(w.p().refusals().get(Refusal::BadHello), 1);
+        w.assert_healthy();
+    }
 }

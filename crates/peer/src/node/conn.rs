@@ -481,7 +481,7 @@ where
             Some(Ok(WsMessage::Close(frame))) => {
                 return format!(
                     "closed by the remote: {}",
-                    frame.map(|f| f.reason.to_string()).unwrap_or_default()
+                    frame.map(|f| crate::proto::message::clip(&f.reason)).unwrap_or_default()
                 );
             }
             Some(Ok(WsMessage::Text(_))) => {

@@ -343,8 +343,8 @@ impl Node {
     }
 
     /// The node's store (applications may keep their own keys in it, outside the peer's
-    /// key prefixes `peer/`, `crdt/`, `s/` (snapshot chunks: unreferenced ones are deleted on open)
-    /// and `v/`, and its logs named `o/...`).
+    /// key prefixes `peer/`, `crdt/`, `s/` (snapshot chunks: unreferenced ones are deleted on open),
+    /// `v/` and `quarantine/` (records skipped on open), and its logs named `o/...`).
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.shared.store
     }

@@ -438,6 +438,47 @@ impl Message {
     }
 }
 
+/// Longest peer id a hello may carry, in bytes.
+pub const MAX_PEER_ID_LEN: usize = 256;
+/// Most features a hello may announce (each at most 64 bytes).
+pub const MAX_FEATURES: usize = 32;
+
+/// Checks a hello's fields like every other input from the wire is checked: a peer id of at most
+/// [`MAX_PEER_ID_LEN`] bytes without control characters (it is shown in status and logs), and at
+/// most [`MAX_FEATURES`] features of at most 64 bytes.
+pub fn check_hello(hello: &Hello) -> Result<(), String> {
+    if hello.peer_id.len() > MAX_PEER_ID_LEN {
+        return Err(format!(
+            "hello with a peer id of {} bytes (at most {MAX_PEER_ID_LEN})",
+            hello.peer_id.len()
+        ));
+    }
+    if hello.peer_id.chars().any(char::is_control) {
+        return Err("hello with a control character in its peer id".into());
+    }
+    if hello.features.len() > MAX_FEATURES || hello.features.iter().any(|f| f.len() > 64) {
+        return Err(format!(
+            "hello with {} features (at most {MAX_FEATURES} of 64 bytes)",
+            hello.features.len()
+        ));
+    }
+    Ok(())
+}
+
+/// A remote's text cut to 200 bytes (on a character boundary) with control characters escaped,
+/// for logs: what a remote says must not flood or forge log lines.
+pub fn clip(text: &str) -> String {
+    let mut end = text.len().min(200);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out: String = text[..end].escape_debug().collect();
+    if end < text.len() {
+        out.push_str(&format!("... ({} bytes)", text.len()));
+    }
+    out
+}
+
 /// Decodes exactly one msgpack value from `bytes`: bytes after it are an error, not ignored (a
 /// frame or record with a valid prefix and junk after it is refused as a whole). Every decoder of
 /// wire messages and stored records in this crate goes through it.

@@ -659,6 +659,10 @@ impl Peer {
         if c.remote.is_none() {
             match msg {
                 Message::Hello(hello) if hello.version == PROTOCOL_VERSION => {
+                    if let Err(reason) = message::check_hello(&hello) {
+                        return self.close(conn, Refusal::BadHello, reason);
+                    }
+                    let c = self.conns.get_mut(&conn).expect("checked above");
                     let outbound = c.direction == Direction::Outbound;
                     c.remote = Some(hello);
                     if outbound {
@@ -693,6 +697,7 @@ impl Peer {
             }
             Message::PublishAck { .. } | Message::Error { .. } => {}
             Message::Refused { id, reason } => {
+                let reason = message::clip(&reason);
                 tracing::info!(peer = %self.record.id, conn, id, %reason, "publication refused by remote");
             }
             Message::Unsubscribe { addresses } => {
@@ -705,6 +710,7 @@ impl Peer {
             Message::FetchReply { id, values, missing } => self.on_fetch_reply(conn, id, values, missing),
             Message::Sync { summaries, reply } => self.on_sync(conn, summaries, reply),
             Message::Close { reason } => {
+                let reason = message::clip(&reason);
                 tracing::info!(peer = %self.record.id, conn, %reason, "remote closed");
                 self.conns.remove(&conn);
                 self.out.push(Output::Close { conn, reason: format!("remote closed: {reason}") });

@@ -23,6 +23,8 @@ pub enum Refusal {
     HelloTwice,
     /// No hello within the handshake time.
     NoHello,
+    /// A hello whose peer id or features are out of bounds.
+    BadHello,
     /// A publication for an address the connection did not subscribe to (or this peer does not).
     NotSubscribed,
     /// An op of another datatype than the address holds.
@@ -71,13 +73,14 @@ pub enum Refusal {
 
 impl Refusal {
     /// Every reason, in order.
-    pub const ALL: [Refusal; 28] = [
+    pub const ALL: [Refusal; 29] = [
         Refusal::MalformedFrame,
         Refusal::UnsupportedVersion,
         Refusal::UnknownKind,
         Refusal::ExpectedHello,
         Refusal::HelloTwice,
         Refusal::NoHello,
+        Refusal::BadHello,
         Refusal::NotSubscribed,
         Refusal::WrongKind,
         Refusal::BadValue,
@@ -111,6 +114,7 @@ impl Refusal {
             Refusal::ExpectedHello => "expected-hello",
             Refusal::HelloTwice => "hello-twice",
             Refusal::NoHello => "no-hello",
+            Refusal::BadHello => "bad-hello",
             Refusal::NotSubscribed => "not-subscribed",
             Refusal::WrongKind => "wrong-kind",
             Refusal::BadValue => "bad-value",

@@ -32,7 +32,10 @@ impl Peer {
     /// the summaries of those addresses so the remote sends what is missing here.
     pub(crate) fn send_subscription(&mut self, conn: ConnId, force: bool) {
         let Some(c) = self.conns.get(&conn) else { return };
-        if c.remote.is_none() {
+        // Not before the hello, and not to a remote that connected in and has not subscribed yet:
+        // the side that connected out subscribes first and gets the back-subscription (so a flood
+        // of idle connections is not sent every change of this peer's subscriptions).
+        if c.remote.is_none() || (c.direction == super::Direction::Inbound && !c.subscribed) {
             return;
         }
         let addresses = self.subscription_for(conn);

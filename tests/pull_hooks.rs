@@ -7,24 +7,22 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use common::{Backend, bounded, config, eventually, link, spawn_peer, spawn_with};
-use replikativ::crdt::{Address, Commit, Transaction, Value};
+use replikativ::crdt::{Address, Transaction, Value};
+use replikativ::peer::proto::StoredValues;
 use replikativ::peer::proto::hooks::{PullHook, UserMatch};
-use replikativ::store::Store;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_pulls_fast_forwards_into_the_central_cdvcs() {
     let x = uuid::Uuid::from_u128(0x5eed);
     let central = Address::new("mail:server@example.org", x).unwrap();
     // Refuse commits carrying the params "forbidden".
-    let integrity = Arc::new(|_: &Address, ids: &[replikativ::crdt::ContentId], store: &dyn Store| {
-        ids.iter().all(|id| {
-            let Ok(Some(bytes)) = store.get(&replikativ::peer::proto::state::value_key(id)) else {
-                return false;
-            };
-            let commit = Commit::from_value(&Value::decode(&bytes).unwrap()).unwrap();
-            commit.transactions.iter().all(|tx| tx.params != Value::from("forbidden").content_id())
-        })
-    });
+    let integrity =
+        Arc::new(|_: &Address, ids: &[replikativ::crdt::ContentId], values: &StoredValues<'_>| {
+            ids.iter().all(|id| {
+                let Some(commit) = values.commit(id) else { return false };
+                commit.transactions.iter().all(|tx| tx.params != Value::from("forbidden").content_id())
+            })
+        });
     let mut cfg = config("server");
     cfg.peer.hooks.push(PullHook {
         from: UserMatch::Any,

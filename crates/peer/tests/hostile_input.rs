@@ -354,7 +354,7 @@ fn a_store_with_bad_records_opens_and_reports_them() {
                 .put(broken_key.as_bytes(), b"\xc1 not msgpack".as_slice()),
         )
         .unwrap();
-    store.log_append(&replikativ_peer::proto::state::log_name(&good), b"\x93junk").unwrap();
+    replikativ_peer::proto::persist::append_raw_op(store.as_ref(), &good, b"\x93junk").unwrap();
 
     let peer = Peer::open(store.clone(), "p", true, ActorId::from_u128(2), PeerConfig::default())
         .expect("a store with bad records opens");

@@ -214,12 +214,15 @@ fn assert_both_hold_everything(pair: &Pair, x: &Address) {
     assert_eq!(c.graph().len(), 2);
     for store in &pair.stores {
         for id in c.linearize() {
-            let bytes =
-                store.get(&replikativ_peer::proto::state::value_key(&id)).unwrap().expect("commit stored");
+            let bytes = replikativ_peer::proto::persist::stored_value(store.as_ref(), &id)
+                .unwrap()
+                .expect("commit stored");
             let commit = replikativ_crdt::Commit::from_value(&Value::decode(&bytes).unwrap()).unwrap();
             for tx in commit.transactions {
                 assert!(
-                    store.get(&replikativ_peer::proto::state::value_key(&tx.params)).unwrap().is_some(),
+                    replikativ_peer::proto::persist::stored_value(store.as_ref(), &tx.params)
+                        .unwrap()
+                        .is_some(),
                     "params stored"
                 );
             }

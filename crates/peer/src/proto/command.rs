@@ -215,7 +215,7 @@ impl Peer {
     }
 
     fn stored_value(&self, id: &ContentId) -> Result<Value, StageError> {
-        let bytes = self.value_bytes(id)?.ok_or(StageError::MissingValue(*id))?;
+        let bytes = self.persist.value(id)?.ok_or(StageError::MissingValue(*id))?;
         Value::decode(&bytes).map_err(|e| StageError::Store(format!("stored value {id}: {e}")))
     }
 
@@ -373,7 +373,7 @@ impl Peer {
             Command::Values { ids } => {
                 let mut values = Vec::with_capacity(ids.len());
                 for id in ids {
-                    let v = self.value_bytes(&id)?.and_then(|b| Value::decode(&b).ok());
+                    let v = self.persist.value(&id)?.and_then(|b| Value::decode(&b).ok());
                     values.push((id, v));
                 }
                 Reply::Values(values)
@@ -386,7 +386,7 @@ impl Peer {
                 subscriptions: self.record.subscriptions.iter().cloned().collect(),
                 addresses: self.crdts.len(),
                 listen: Vec::new(),
-                store_bytes: self.store.size_on_disk(),
+                store_bytes: self.persist.size_on_disk(),
                 // The node adds its own counters.
                 refusals: self.refusals.by_name(),
                 recovery: self.recovery.clone(),

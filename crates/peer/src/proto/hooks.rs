@@ -8,13 +8,13 @@ use std::fmt;
 use std::sync::Arc;
 
 use replikativ_crdt::{Address, Cdvcs, ContentId};
-use replikativ_store::Store;
 use uuid::Uuid;
 
+use super::Peer;
 use super::message::AnyOp;
+use super::persist::{Replica, StoredValues};
 use super::publish::Origin;
 use super::state::CrdtState;
-use super::{Peer, Replica};
 
 /// Which users' CDVCS a hook pulls from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,8 +38,8 @@ impl UserMatch {
 }
 
 /// Decides whether the new commits may enter the central CDVCS: `(central address, new commit
-/// ids, the peer's store)`. The commits' records and params are in the store.
-pub type Integrity = Arc<dyn Fn(&Address, &[ContentId], &dyn Store) -> bool + Send + Sync>;
+/// ids, read access to the peer's values)`. The commits' records and params are there.
+pub type Integrity = Arc<dyn Fn(&Address, &[ContentId], &StoredValues<'_>) -> bool + Send + Sync>;
 
 /// A pull hook: `[from, crdt_id] -> into`.
 #[derive(Clone)]
@@ -104,7 +104,7 @@ impl Peer {
         let staged = central.pull(&source, tip, hook.allow_induced_conflict).map_err(|e| e.to_string())?;
         let new: Vec<ContentId> = staged.op.commits.iter().map(|e| e.id).collect();
         if let Some(check) = &hook.integrity
-            && !check(&hook.into, &new, self.store.as_ref())
+            && !check(&hook.into, &new, &self.persist.values())
         {
             return Err("the integrity check refused the commits".into());
         }

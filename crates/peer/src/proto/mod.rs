@@ -9,8 +9,8 @@
 
 mod command;
 pub mod hooks;
-mod load;
 pub mod message;
+pub mod persist;
 mod publish;
 pub mod refusal;
 pub mod state;
@@ -24,12 +24,12 @@ use replikativ_crdt::{ActorId, Address, ContentId, OpError};
 use replikativ_store::{Store, StoreError};
 
 pub use command::{Command, CommitValue, Reply};
-pub use load::{QUARANTINE_PREFIX, Quarantined};
 pub use message::{AnyOp, FrameError, Hello, Message, PROTOCOL_VERSION, Publish, Subscribe, Summary};
+pub use persist::{QUARANTINE_PREFIX, Quarantined, StoredValues};
 pub use refusal::{Refusal, Refusals};
 pub use state::{ApplyError, CrdtState, PeerRecord};
 
-use state::CONFIG_KEY;
+use persist::{Replica, ReplicaStore};
 
 /// The hello feature a peer announces when it understands bucketed summaries (`Summary::Buckets`);
 /// peers that do not announce it are sent digests.
@@ -369,13 +369,12 @@ pub struct Peer {
     pub(crate) record: PeerRecord,
     pub(crate) actor: ActorId,
     pub(crate) config: PeerConfig,
-    pub(crate) store: Arc<dyn Store>,
+    /// The store: pending writes, loading, the key layout.
+    pub(crate) persist: ReplicaStore,
     pub(crate) crdts: BTreeMap<Address, Replica>,
     pub(crate) conns: BTreeMap<ConnId, Conn>,
     /// Writes since the last barrier request.
     pub(crate) dirty: bool,
-    /// Store writes not yet applied to the store (see `Peer::flush_writes`).
-    pub(crate) writes: state::Writes,
     /// The epoch the next barrier request gets.
     pub(crate) epoch: u64,
     /// Work released when the barrier of its epoch passes.
@@ -408,26 +407,6 @@ pub(crate) struct OpenRelay {
     pub(crate) bytes: usize,
 }
 
-/// One address's state and its op-log bookkeeping.
-#[derive(Debug)]
-pub(crate) struct Replica {
-    pub(crate) state: CrdtState,
-    /// Ops appended to the log since the last snapshot (`u64::MAX`: never snapshotted).
-    pub(crate) since_snapshot: u64,
-    /// The state's size at the last snapshot: the next waits for at least this many ops.
-    pub(crate) snapshot_after: u64,
-    /// The chunks the stored snapshot occupies, if it is chunked: its generation (`log_from`) and
-    /// their number (deleted when the next snapshot is written).
-    pub(crate) chunks: Option<(u64, u32)>,
-}
-
-impl Replica {
-    /// A replica never snapshotted.
-    pub(crate) fn new(state: CrdtState) -> Replica {
-        Replica { state, since_snapshot: u64::MAX, snapshot_after: 0, chunks: None }
-    }
-}
-
 impl Peer {
     /// Opens the peer stored in `store`, or creates one with `peer_id` and `extend` if the store
     /// holds none. `actor` must be fresh for this session (two live replicas must never share one).
@@ -442,16 +421,16 @@ impl Peer {
         actor: ActorId,
         config: PeerConfig,
     ) -> Result<Peer, OpenError> {
-        let load::Loaded { record, crdts, recovery } = load::load(store.as_ref(), peer_id, extend)?;
+        let persist::Opened { store: persist, record, replicas: crdts, recovery } =
+            ReplicaStore::open(store, peer_id, extend, config.snapshot_every)?;
         Ok(Peer {
             record,
             actor,
             config,
-            store,
+            persist,
             crdts,
             conns: BTreeMap::new(),
             dirty: false,
-            writes: state::Writes::default(),
             epoch: 1,
             deferred: VecDeque::new(),
             deferred_base: 0,
@@ -522,7 +501,7 @@ impl Peer {
             self.handle_one(input);
         }
         self.flush_writes();
-        if self.dirty {
+        if self.persist.take_unsynced() || self.dirty {
             self.dirty = false;
             self.out.push(Output::Sync { epoch: self.epoch });
             self.epoch += 1;
@@ -737,11 +716,8 @@ impl Peer {
         }
     }
 
+    /// The peer record changed: it is written with this batch's writes.
     pub(crate) fn save_record(&mut self) {
-        let bytes = rmp_serde::to_vec_named(&self.record).expect("encodes");
-        if let Err(e) = self.store.put(CONFIG_KEY, &bytes) {
-            tracing::error!(peer = %self.record.id, error = %e, "cannot store the peer config");
-        }
-        self.dirty = true;
+        self.persist.record_changed(&self.record);
     }
 }

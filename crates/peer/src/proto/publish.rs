@@ -14,12 +14,9 @@ use replikativ_crdt::{Address, Commit, ContentId, Value};
 use serde_bytes::ByteBuf;
 
 use super::message::{AnyOp, MAX_FETCH_IDS, Message, Publish};
-use super::state::{self, CrdtState, SnapshotRef, commit_ids, value_key};
+use super::persist::commit_of;
+use super::state::{CrdtState, commit_ids};
 use super::{ConnId, Deferred, Event, OpenRelay, Output, Peer, Pending, Refusal, Replica, StageError};
-
-/// Bytes of pending writes after which they are written without waiting for the end of the batch
-/// (a store batch has a size limit).
-const WRITE_BATCH_BYTES: usize = 8 << 20;
 
 /// Entries folded into one relayed publication at most.
 pub(crate) const MAX_RELAY_ENTRIES: usize = 1024;
@@ -218,14 +215,14 @@ impl Peer {
                     &parsed.last().expect("pushed").1
                 }
                 // Stored commits have their params stored.
-                (None, None) if self.has_value(&cid) => continue,
+                (None, None) if self.persist.has_value(&cid) => continue,
                 (None, None) => {
                     need.insert(cid);
                     continue;
                 }
             };
             for tx in &commit.transactions {
-                if !p.values.contains_key(&tx.params) && !self.has_value(&tx.params) {
+                if !p.values.contains_key(&tx.params) && !self.persist.has_value(&tx.params) {
                     need.insert(tx.params);
                 }
             }
@@ -241,7 +238,7 @@ impl Peer {
             if let Some(c) = p.commits.get(cid) {
                 return Ok(Some(c.clone()));
             }
-            match self.value_bytes(cid) {
+            match self.persist.value(cid) {
                 Ok(Some(bytes)) => {
                     let value = Value::decode(&bytes).map_err(|e| format!("stored commit {cid}: {e}"))?;
                     Commit::from_value(&value).map(Some).map_err(|e| format!("stored commit {cid}: {e}"))
@@ -275,10 +272,6 @@ impl Peer {
         Ok(())
     }
 
-    fn has_value(&self, id: &ContentId) -> bool {
-        self.writes.values.contains_key(id) || self.store.exists(&value_key(id)).unwrap_or(false)
-    }
-
     /// Asks again for fetches unanswered for two anti-entropy intervals (their frames were lost).
     pub(crate) fn retry_fetches(&mut self) {
         let mut retry = Vec::new();
@@ -308,7 +301,7 @@ impl Peer {
         let mut missing = Vec::new();
         let mut bytes_total = 0;
         for cid in ids {
-            match self.value_bytes(&cid) {
+            match self.persist.value(&cid) {
                 Ok(Some(bytes))
                     if bytes_total + bytes.len() <= self.config.fetch_reply_limit || values.is_empty() =>
                 {
@@ -437,7 +430,10 @@ impl Peer {
         let mut relay_values =
             if targets.is_empty() { Vec::new() } else { self.inline_values(op, &values, commits) };
         // A failed write is neither relayed nor reported (nor acknowledged: see `fail_epoch`).
-        self.persist(address, op, values, commits)?;
+        let replica = self.crdts.get_mut(address).expect("applied state exists");
+        if self.persist.record(address, replica, op, values, commits) && !self.flush_writes() {
+            return Err(StageError::Store("cannot store applied ops (see the log)".into()));
+        }
         for (i, conn) in targets.iter().enumerate() {
             // The last target takes the values; the others get copies.
             let values =
@@ -501,153 +497,19 @@ impl Peer {
         self.open_acks.insert(conn, self.deferred_base + self.deferred.len() as u64 - 1);
     }
 
-    fn persist(
-        &mut self,
-        address: &Address,
-        op: &AnyOp,
-        mut values: HashMap<ContentId, Vec<u8>>,
-        commits: &HashMap<ContentId, Commit>,
-    ) -> Result<(), StageError> {
-        // The op's commit records and their params (other values that travelled along are not
-        // kept), moved into the pending writes.
-        let mut keep = Vec::new();
-        for cid in commit_ids(op) {
-            if let Some(bytes) = values.get(&cid) {
-                if let Some(commit) = commit_of(&cid, bytes, commits) {
-                    keep.extend(commit.transactions.iter().map(|tx| tx.params));
-                }
-                keep.push(cid);
-            }
-        }
-        for id in keep {
-            if let Some(bytes) = values.remove(&id) {
-                self.writes.put_value(id, bytes);
-            }
-        }
-        let every = self.config.snapshot_every;
-        let replica = self.crdts.get_mut(address).expect("applied state exists");
-        // Snapshots cost the size of the state: taking one only after as many logged ops as the
-        // state has entries keeps their cost per op constant, however large the state grows.
-        if replica.since_snapshot == u64::MAX
-            || replica.since_snapshot + 1 >= every.max(replica.snapshot_after)
-        {
-            replica.since_snapshot = 0;
-            replica.snapshot_after = replica.state.size();
-            self.writes.snapshot(address, replica.snapshot_after);
-        } else {
-            self.writes.log(address, op);
-            replica.since_snapshot += 1;
-        }
-        self.dirty = true;
-        if self.writes.bytes >= WRITE_BATCH_BYTES && !self.flush_writes() {
-            return Err(StageError::Store("cannot store applied ops (see the log)".into()));
-        }
-        Ok(())
-    }
-
-    /// Writes what the ops handled since the last call stored (values, op-log entries, snapshots)
-    /// as one atomic store batch: one write for many ops. Runs before every barrier request, and
-    /// before code that hands the store to others (pull hooks' integrity checks).
-    ///
-    /// A snapshot larger than one store value is written in chunks first, under keys of its own
-    /// generation, and referenced by the batch; chunks of older generations are deleted after it.
-    /// An op-log entry larger than one store value becomes a snapshot. If the store refuses the
-    /// writes, nothing waiting for this barrier is acknowledged (see `fail_epoch`).
-    /// Returns whether the writes (if any) succeeded.
+    /// Writes what the ops handled since the last call stored (values, op-log entries,
+    /// snapshots, the peer record) as one atomic store batch (see `persist`). Runs before every
+    /// barrier request, and before code that reads the store (pull hooks' integrity checks). If the
+    /// store refuses the writes, nothing waiting for this barrier is acknowledged (see
+    /// `fail_epoch`). Returns whether the writes (if any) succeeded.
     pub(crate) fn flush_writes(&mut self) -> bool {
-        if self.writes.is_empty() {
-            return true;
-        }
-        match self.try_flush_writes() {
+        match self.persist.flush(&mut self.crdts) {
             Ok(()) => true,
             Err(e) => {
                 self.fail_epoch(format!("cannot store applied ops: {e}"));
                 false
             }
         }
-    }
-
-    fn try_flush_writes(&mut self) -> Result<(), replikativ_store::StoreError> {
-        // Drained, not replaced: the maps keep their capacity from batch to batch.
-        let limits = self.store.limits();
-        let chunk = limits.max_value_len.min(state::MAX_CHUNK);
-        let mut batch = replikativ_store::Batch::new();
-        batch.ops.reserve(self.writes.values.len() + self.writes.logs.len() + 1);
-        for (id, bytes) in self.writes.values.drain() {
-            batch.push_put(value_key(&id), bytes);
-        }
-        let mut snapshots = std::mem::take(&mut self.writes.snapshots);
-        let mut logs = Vec::with_capacity(self.writes.logs.len());
-        self.writes.clear_logs();
-        self.writes.bytes = 0;
-        for (address, op) in std::mem::take(&mut self.writes.logs) {
-            let bytes = rmp_serde::to_vec_named(&op).expect("ops encode");
-            if bytes.len() > chunk {
-                snapshots.insert(address);
-            } else {
-                logs.push((address, bytes));
-            }
-        }
-        let mut written = Vec::new();
-        for address in snapshots {
-            let Some(replica) = self.crdts.get_mut(&address) else { continue };
-            replica.since_snapshot = 0;
-            replica.snapshot_after = replica.state.size();
-            let log = state::log_name(&address);
-            let log_from = self.store.log_bounds(&log)?.next;
-            // Sized for ~128 bytes per entry up front: growing a buffer of megabytes by doubling
-            // copies it again and again.
-            let mut record =
-                Vec::with_capacity((replica.snapshot_after as usize).saturating_mul(128).min(64 << 20));
-            rmp_serde::encode::write_named(&mut record, &SnapshotRef { state: &replica.state, log_from })
-                .expect("encodes");
-            let mut n_chunks = 0u32;
-            let header = if record.len() <= chunk {
-                record
-            } else {
-                // Chunks first, in batches within the store's batch limit; the batch below
-                // references them, so a crash before it leaves only unreferenced chunks.
-                let mut chunks = replikativ_store::Batch::new();
-                let mut pending = 0;
-                let mut n = 0u32;
-                for part in record.chunks(chunk) {
-                    if pending + part.len() > limits.max_batch_bytes / 2 {
-                        self.store.apply_owned(std::mem::take(&mut chunks))?;
-                        pending = 0;
-                    }
-                    pending += part.len();
-                    chunks.push_put(state::chunk_key(&address, log_from, n), part.to_vec());
-                    n += 1;
-                }
-                self.store.apply_owned(chunks)?;
-                n_chunks = n;
-                rmp_serde::to_vec_named(&state::Snapshot { state: None, log_from, chunks: n })
-                    .expect("encodes")
-            };
-            batch.push_put(state::crdt_key(&address), header);
-            written.push((address, log, log_from, n_chunks));
-        }
-        for (address, bytes) in logs {
-            if !written.iter().any(|(a, ..)| *a == address) {
-                batch.push_log_append(state::log_name(&address), bytes);
-            }
-        }
-        self.store.apply_owned(batch)?;
-        for (address, log, log_from, n) in written {
-            // The previous snapshot's chunks are no longer referenced. (Chunks a crash left
-            // unreferenced are removed when the peer opens.)
-            let replica = self.crdts.get_mut(&address).expect("snapshotted above");
-            let previous = std::mem::replace(&mut replica.chunks, (n > 0).then_some((log_from, n)));
-            if let Some((old, count)) = previous.filter(|(old, _)| *old != log_from) {
-                let mut stale = replikativ_store::Batch::new();
-                for i in 0..count {
-                    stale.push_delete(state::chunk_key(&address, old, i));
-                }
-                self.store.apply_owned(stale)?;
-            }
-            self.store.log_prune(&log, log_from)?;
-        }
-        Ok(())
     }
 
     /// The writes of the current epoch failed: nothing waiting for its barrier is sent; stage
@@ -662,17 +524,6 @@ impl Peer {
         }
         self.open_relays.clear();
         self.open_acks.clear();
-    }
-
-    /// A stored value (or one written by an op not yet flushed to the store).
-    pub(crate) fn value_bytes(
-        &self,
-        id: &ContentId,
-    ) -> Result<Option<Vec<u8>>, replikativ_store::StoreError> {
-        match self.writes.values.get(id) {
-            Some(bytes) => Ok(Some(bytes.clone())),
-            None => self.store.get(&value_key(id)),
-        }
     }
 
     /// The values to send with an op: its commit records and their params, up to the inline limit.
@@ -705,7 +556,7 @@ impl Peer {
         commits: &HashMap<ContentId, Commit>,
     ) -> Vec<Vec<u8>> {
         let fetch = |id: &ContentId| -> Option<Vec<u8>> {
-            known.get(id).cloned().or_else(|| self.value_bytes(id).ok().flatten())
+            known.get(id).cloned().or_else(|| self.persist.value(id).ok().flatten())
         };
         let Some(bytes) = fetch(cid) else { return Vec::new() };
         let params: Vec<Vec<u8>> = commit_of(cid, &bytes, commits)
@@ -762,20 +613,6 @@ impl Peer {
                 conn,
                 Message::Publish(Publish { id, address: address.clone(), op, values, catch_up: true }),
             );
-        }
-    }
-}
-
-/// A commit record: parsed already, or decoded from its bytes.
-fn commit_of<'a>(
-    cid: &ContentId,
-    bytes: &[u8],
-    commits: &'a HashMap<ContentId, Commit>,
-) -> Option<std::borrow::Cow<'a, Commit>> {
-    match commits.get(cid) {
-        Some(c) => Some(std::borrow::Cow::Borrowed(c)),
-        None => {
-            Value::decode(bytes).ok().and_then(|v| Commit::from_value(&v).ok()).map(std::borrow::Cow::Owned)
         }
     }
 }

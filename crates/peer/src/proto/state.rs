@@ -1,23 +1,6 @@
-//! Replicated states of any datatype, and how a peer keeps them in its store.
-//!
-//! Store layout (all keys are byte strings):
-//!
-//! | key | value |
-//! |---|---|
-//! | `peer/config` | msgpack `PeerRecord`: peer id, `extend`, subscriptions |
-//! | `crdt/<uuid>/<user>` | msgpack `Snapshot`: kind, state, and the op-log position it covers (or, for a large state, the number of chunks holding it) |
-//! | `s/<16 uuid bytes><user len><user><log_from><i>` | chunk `i` of a large snapshot |
-//! | log `o/<16 uuid bytes><user>` | msgpack [`AnyOp`] per applied op since the snapshot |
-//! | `v/<32 id bytes>` | canonical encoding of a value (commit records, params) |
-//!
-//! The ops a peer handles in one batch of inputs are written together, as one atomic store batch,
-//! before the barrier that acknowledges them: their values, and per address one op-log entry (the
-//! batch's ops on that address folded into one op: applying it equals applying them in order).
-//! After max(`snapshot_every`, state size) logged ops the state is written whole and the log
-//! pruned. Loading replays the log on the snapshot; ops are idempotent, so a crash between writing
-//! a snapshot and pruning the log only replays some ops twice.
+//! Replicated states of any datatype: apply, validate, compare with a summary, and the peer record.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use replikativ_crdt::{
     Address, Cdvcs, ContentId, Crdt, CrdtKind, Dot, GSet, LwwRegister, OrMap, ValidationError, Value,
@@ -335,49 +318,6 @@ pub struct PeerRecord {
     pub subscriptions: BTreeSet<Address>,
 }
 
-/// A stored state and the op-log position it includes. A snapshot too large for one store value
-/// is stored in chunks (see [`chunk_key`]): its record then holds only `log_from` and `chunks`, and
-/// the chunks, concatenated, are the encoding of the whole record.
-#[derive(Serialize, Deserialize)]
-pub(crate) struct Snapshot {
-    #[serde(default)]
-    pub(crate) state: Option<CrdtState>,
-    /// Log entries before this sequence number are in `state`.
-    pub(crate) log_from: u64,
-    /// Chunks holding the record (0: `state` is here).
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub(crate) chunks: u32,
-}
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
-}
-
-/// Largest chunk of a snapshot (or the store's value limit, if smaller).
-pub(crate) const MAX_CHUNK: usize = 1 << 20;
-
-/// The prefix of every snapshot chunk's key.
-pub(crate) const CHUNK_PREFIX: &[u8] = b"s/";
-
-/// Keys of a snapshot's chunks: `s/`, the 16 uuid bytes, the user's length (u16 BE) and bytes,
-/// then the snapshot's `log_from` (u64 BE: the generation) and the chunk number (u32 BE).
-pub(crate) fn chunk_prefix(a: &Address) -> Vec<u8> {
-    let mut k = Vec::with_capacity(20 + a.user.len() + 12);
-    k.extend_from_slice(CHUNK_PREFIX);
-    k.extend_from_slice(a.id.as_bytes());
-    k.extend_from_slice(&(a.user.len() as u16).to_be_bytes());
-    k.extend_from_slice(a.user.as_bytes());
-    k
-}
-
-/// The key of chunk `i` of the snapshot of `a` that starts its log at `log_from`.
-pub(crate) fn chunk_key(a: &Address, log_from: u64, i: u32) -> Vec<u8> {
-    let mut k = chunk_prefix(a);
-    k.extend_from_slice(&log_from.to_be_bytes());
-    k.extend_from_slice(&i.to_be_bytes());
-    k
-}
-
 /// OR-Maps and G-Sets of more entries than this summarize themselves by bucket digests.
 pub const BUCKETED_ABOVE: u64 = 1024;
 /// Buckets of a bucketed summary.
@@ -389,100 +329,4 @@ pub const BUCKET_DIGEST: usize = 16;
 /// byte of its content id.
 fn bucket_of_encoded(encoded: &[u8]) -> usize {
     ContentId::hash_bytes(encoded).as_bytes()[0] as usize
-}
-
-/// A snapshot to write, borrowing the state (encodes like [`Snapshot`]).
-#[derive(Serialize)]
-pub(crate) struct SnapshotRef<'a> {
-    pub(crate) state: &'a CrdtState,
-    pub(crate) log_from: u64,
-}
-
-/// Store writes of the ops handled since the last flush, written as one batch (see
-/// `Peer::flush_writes`).
-#[derive(Default, Debug)]
-pub(crate) struct Writes {
-    /// Values by id (commit records, params).
-    pub(crate) values: HashMap<ContentId, Vec<u8>>,
-    /// Ops to append to op logs; ops on one address are folded into one entry where they can be.
-    pub(crate) logs: Vec<(Address, AnyOp)>,
-    /// Index into `logs` of each address's last entry.
-    last_log: HashMap<Address, usize>,
-    /// Addresses to snapshot (their state covers their pending ops).
-    pub(crate) snapshots: BTreeSet<Address>,
-    /// Bytes pending (roughly).
-    pub(crate) bytes: usize,
-}
-
-impl Writes {
-    pub(crate) fn is_empty(&self) -> bool {
-        self.values.is_empty() && self.logs.is_empty() && self.snapshots.is_empty()
-    }
-
-    /// Forgets which log entry each address has (the entries are being written).
-    pub(crate) fn clear_logs(&mut self) {
-        self.last_log.clear();
-    }
-
-    pub(crate) fn put_value(&mut self, id: ContentId, bytes: Vec<u8>) {
-        if let std::collections::hash_map::Entry::Vacant(slot) = self.values.entry(id) {
-            self.bytes += bytes.len() + 34;
-            slot.insert(bytes);
-        }
-    }
-
-    pub(crate) fn log(&mut self, address: &Address, op: &AnyOp) {
-        self.bytes += 64;
-        if let Some(&i) = self.last_log.get(address)
-            && self.logs[i].1.absorb(op.clone()).is_ok()
-        {
-            return;
-        }
-        self.last_log.insert(address.clone(), self.logs.len());
-        self.logs.push((address.clone(), op.clone()));
-    }
-
-    /// Snapshots `address` when the writes are flushed: its pending log entries are dropped (the
-    /// state covers them).
-    pub(crate) fn snapshot(&mut self, address: &Address, size: u64) {
-        self.logs.retain(|(a, _)| a != address);
-        self.last_log.clear();
-        for (i, (a, _)) in self.logs.iter().enumerate() {
-            self.last_log.insert(a.clone(), i);
-        }
-        self.bytes += 64 * size as usize;
-        self.snapshots.insert(address.clone());
-    }
-}
-
-pub(crate) const CONFIG_KEY: &[u8] = b"peer/config";
-pub(crate) const CRDT_PREFIX: &str = "crdt/";
-
-pub(crate) fn crdt_key(a: &Address) -> Vec<u8> {
-    format!("{CRDT_PREFIX}{}/{}", a.id, a.user).into_bytes()
-}
-
-/// The op log of an address: `o/`, the 16 uuid bytes, the user (short, so the store compares
-/// little when it orders a log's entries).
-pub fn log_name(a: &Address) -> Vec<u8> {
-    let mut name = Vec::with_capacity(18 + a.user.len());
-    name.extend_from_slice(b"o/");
-    name.extend_from_slice(a.id.as_bytes());
-    name.extend_from_slice(a.user.as_bytes());
-    name
-}
-
-/// The store key of a content-addressed value: `v/` and the 32 id bytes.
-pub fn value_key(id: &ContentId) -> Vec<u8> {
-    let mut key = Vec::with_capacity(34);
-    key.extend_from_slice(b"v/");
-    key.extend_from_slice(id.as_bytes());
-    key
-}
-
-/// The address a `crdt/<uuid>/<user>` key names.
-pub(crate) fn address_of_key(key: &[u8]) -> Option<Address> {
-    let rest = std::str::from_utf8(key).ok()?.strip_prefix(CRDT_PREFIX)?;
-    let (id, user) = rest.split_once('/')?;
-    Address::new(user, id.parse().ok()?).ok()
 }

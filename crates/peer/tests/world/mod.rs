@@ -267,8 +267,8 @@ impl World {
             node.peer.addresses().map(|a| (a.clone(), node.peer.state(a).expect("state").digest())).collect();
         let mut logs = BTreeMap::new();
         for a in node.peer.addresses() {
-            let log = replikativ_peer::proto::state::log_name(a);
-            let entries = node.store.log_read(&log, 0, usize::MAX).expect("log");
+            let entries =
+                replikativ_peer::proto::persist::stored_op_log(node.store.as_ref(), a).expect("log");
             logs.insert(a.clone(), entries.into_iter().map(|e| (e.seq, e.data)).collect());
         }
         Snapshot {

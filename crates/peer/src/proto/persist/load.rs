@@ -13,8 +13,9 @@ use replikativ_store::{Batch, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 use super::Replica;
-use super::message::{AnyOp, from_msgpack};
-use super::state::{self, CONFIG_KEY, CRDT_PREFIX, PeerRecord, Snapshot};
+use super::layout::{self, CHUNK_PREFIX, CONFIG_KEY, CRDT_PREFIX, Snapshot};
+use crate::proto::PeerRecord;
+use crate::proto::message::{AnyOp, from_msgpack};
 
 /// Where records that could not be loaded are moved: `quarantine/` followed by the original key
 /// (an op-log entry: `quarantine/log/`, the log name, the entry's sequence number as u64 BE).
@@ -33,10 +34,10 @@ pub struct Quarantined {
 }
 
 /// What was loaded.
-pub(crate) struct Loaded {
-    pub(crate) record: PeerRecord,
-    pub(crate) crdts: BTreeMap<Address, Replica>,
-    pub(crate) recovery: Vec<Quarantined>,
+pub(super) struct Loaded {
+    pub(super) record: PeerRecord,
+    pub(super) crdts: BTreeMap<Address, Replica>,
+    pub(super) recovery: Vec<Quarantined>,
 }
 
 /// A peer record as stored, read leniently so one bad address does not lose the others.
@@ -87,7 +88,7 @@ impl Repairs {
 }
 
 /// Loads the peer record and every replica (see the module docs).
-pub(crate) fn load(store: &dyn Store, peer_id: &str, extend: bool) -> Result<Loaded, StoreError> {
+pub(super) fn load(store: &dyn Store, peer_id: &str, extend: bool) -> Result<Loaded, StoreError> {
     let mut repairs = Repairs { read_only: store.is_read_only(), batch: Batch::new(), report: Vec::new() };
     // Whether the stored record was lost (its subscriptions are rebuilt from the stored addresses).
     let mut config_lost = false;
@@ -130,10 +131,9 @@ pub(crate) fn load(store: &dyn Store, peer_id: &str, extend: bool) -> Result<Loa
 
     // Chunks of large snapshots, by key: the referenced ones are read from here, the others (left
     // by a crash between writing chunks and the record naming them) are deleted.
-    let mut chunks: BTreeMap<Vec<u8>, Vec<u8>> =
-        store.scan_prefix(state::CHUNK_PREFIX)?.into_iter().collect();
+    let mut chunks: BTreeMap<Vec<u8>, Vec<u8>> = store.scan_prefix(CHUNK_PREFIX)?.into_iter().collect();
     let mut crdts = BTreeMap::new();
-    for (key, bytes) in store.scan_prefix(CRDT_PREFIX.as_bytes())? {
+    for (key, bytes) in store.scan_prefix(CRDT_PREFIX)? {
         match load_replica(store, &key, &bytes, &mut chunks, &mut repairs)? {
             Ok((address, replica)) => {
                 crdts.insert(address, replica);
@@ -168,7 +168,7 @@ fn load_replica(
     chunks: &mut BTreeMap<Vec<u8>, Vec<u8>>,
     repairs: &mut Repairs,
 ) -> Result<Result<(Address, Replica), String>, StoreError> {
-    let Some(address) = state::address_of_key(key) else {
+    let Some(address) = layout::address_of_key(key) else {
         return Ok(Err("the key does not name a valid address".into()));
     };
     let mut snapshot: Snapshot = match from_msgpack(bytes) {
@@ -180,7 +180,7 @@ fn load_replica(
         // A large snapshot: its chunks, concatenated, are the whole record.
         let mut whole = Vec::new();
         for i in 0..snapshot.chunks {
-            match chunks.remove(&state::chunk_key(&address, snapshot.log_from, i)) {
+            match chunks.remove(&layout::chunk_key(&address, snapshot.log_from, i)) {
                 Some(part) => whole.extend_from_slice(&part),
                 None => return Ok(Err(format!("chunk {i} of {} is missing", snapshot.chunks))),
             }
@@ -193,7 +193,7 @@ fn load_replica(
     let Some(mut state) = snapshot.state else {
         return Ok(Err("a snapshot without a state".into()));
     };
-    let log = state::log_name(&address);
+    let log = layout::log_name(&address);
     let mut from = snapshot.log_from;
     let mut since_snapshot = 0;
     loop {

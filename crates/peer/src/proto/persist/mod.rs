@@ -10,6 +10,8 @@
 mod flush;
 mod layout;
 mod load;
+#[cfg(test)]
+mod tests;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};

@@ -2,7 +2,7 @@
 //!
 //! Two connected peers, no faults, no IO: peer A executes N stage commands (OR-Map `Assoc`, or
 //! CDVCS `Transact`), frames are encoded, handed to the other peer and decoded in a loop, every
-//! `Output::Sync` is answered at once (in-memory stores), and the clock stops when B has applied
+//! `Output::Barrier` is answered at once (in-memory stores), and the clock stops when B has applied
 //! every op. Each case runs several times; the median is reported.
 //!
 //! Commands reach A in batches of 64 and each peer handles what queued up for it as one batch, as
@@ -67,9 +67,9 @@ impl Pair {
                         .inbox
                         .push_back(Input::Received { conn: CONN, frame: msg.encode() }),
                     // The barrier is answered at once, before the next input.
-                    Output::Sync { epoch } => {
+                    Output::Barrier { epoch } => {
                         self.sides[side].store.sync().expect("sync");
-                        pending.push(Input::Synced { epoch });
+                        pending.push(Input::BarrierDone { epoch });
                     }
                     Output::Event(e) if side == 1 && !e.local => self.b_applied += e.op.len() as u64,
                     Output::Reply { result, .. } if side == 0 => {

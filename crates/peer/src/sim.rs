@@ -406,11 +406,11 @@ impl Network {
                         self.disconnect(l, after);
                     }
                 }
-                Output::Sync { epoch } => {
+                Output::Barrier { epoch } => {
                     let delay = self.rng.below(3);
                     self.push(
                         self.now + delay,
-                        Event::Input { peer: i, input: Input::Synced { epoch }, generation },
+                        Event::Input { peer: i, input: Input::BarrierDone { epoch }, generation },
                     );
                 }
                 Output::Schedule { after, timer } => {
@@ -454,7 +454,7 @@ impl Network {
                 }
                 Event::Input { peer, input, generation } => {
                     if generation == self.peers[peer].generation {
-                        if let Input::Synced { .. } = input {
+                        if let Input::BarrierDone { .. } = input {
                             self.peers[peer].store.sync().expect("memory sync");
                         }
                         self.input(peer, input);

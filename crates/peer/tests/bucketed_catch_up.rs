@@ -142,9 +142,9 @@ fn summary_sent_to(features: Vec<String>) -> Summary {
         });
     }
     for o in peer.handle_batch(inputs, 1) {
-        if let Output::Sync { epoch } = o {
+        if let Output::Barrier { epoch } = o {
             store.sync().unwrap();
-            peer.handle(Input::Synced { epoch }, 1);
+            peer.handle(Input::BarrierDone { epoch }, 1);
         }
     }
     peer.handle(Input::Connected { conn: 9, direction: Direction::Inbound }, 1);

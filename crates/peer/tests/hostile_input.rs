@@ -326,7 +326,7 @@ fn a_store_with_bad_records_opens_and_reports_them() {
             },
             1,
         );
-        assert!(out.iter().any(|o| matches!(o, replikativ_peer::proto::Output::Sync { .. })));
+        assert!(out.iter().any(|o| matches!(o, replikativ_peer::proto::Output::Barrier { .. })));
     }
     let uuid = Uuid::from_u128(2);
     // What the old version stored for `{"user": "", ...}`: a key with an empty user, and the

@@ -20,9 +20,9 @@ fn run_outputs(peer: &mut Peer, store: &Arc<dyn Store>, inputs: Vec<Input>) -> V
     while !pending.is_empty() {
         for output in peer.handle_batch(std::mem::take(&mut pending), 1_000) {
             match output {
-                Output::Sync { epoch } => {
+                Output::Barrier { epoch } => {
                     store.sync().unwrap();
-                    pending.push(Input::Synced { epoch });
+                    pending.push(Input::BarrierDone { epoch });
                 }
                 other => outputs.push(other),
             }
@@ -131,9 +131,9 @@ impl Two {
                     Output::Send { msg, .. } if self.connected => {
                         queue.push_back((1 - i, Input::Received { conn: 1, frame: msg.encode() }))
                     }
-                    Output::Sync { epoch } => {
+                    Output::Barrier { epoch } => {
                         self.stores[i].sync().unwrap();
-                        queue.push_back((i, Input::Synced { epoch }));
+                        queue.push_back((i, Input::BarrierDone { epoch }));
                     }
                     Output::Send { .. } => {}
                     o => other.push(o),

@@ -55,9 +55,9 @@ impl Pair {
                         self.log.push((i, msg.clone()));
                         self.queue.push_back((other, Input::Received { conn, frame: msg.encode() }));
                     }
-                    Output::Sync { epoch } => {
+                    Output::Barrier { epoch } => {
                         self.stores[i].sync().unwrap();
-                        self.queue.push_back((i, Input::Synced { epoch }));
+                        self.queue.push_back((i, Input::BarrierDone { epoch }));
                     }
                     other => self.replies.push(other),
                 }
@@ -241,9 +241,9 @@ impl Pair {
         let mut synced = Vec::new();
         for output in outputs {
             match output {
-                Output::Sync { epoch } => {
+                Output::Barrier { epoch } => {
                     self.stores[to].sync().unwrap();
-                    synced.push((to, Input::Synced { epoch }));
+                    synced.push((to, Input::BarrierDone { epoch }));
                 }
                 Output::Send { msg, .. } => {
                     let conn = if to == CLIENT { 2 } else { 1 };
@@ -333,12 +333,13 @@ fn publications_handled_in_one_batch_get_one_acknowledgement() {
     for i in 0..3 {
         let mut out =
             pair.peers[CLIENT].handle(Input::Command { id: 4000 + i, cmd: assoc(&x, i as i64) }, 1_000);
-        let Some(Output::Sync { epoch }) = out.iter().find(|o| matches!(o, Output::Sync { .. })).cloned()
+        let Some(Output::Barrier { epoch }) =
+            out.iter().find(|o| matches!(o, Output::Barrier { .. })).cloned()
         else {
             panic!("a barrier")
         };
         pair.stores[CLIENT].sync().unwrap();
-        out = pair.peers[CLIENT].handle(Input::Synced { epoch }, 1_000);
+        out = pair.peers[CLIENT].handle(Input::BarrierDone { epoch }, 1_000);
         for o in out {
             if let Output::Send { msg: msg @ Message::Publish(_), .. } = o {
                 let Message::Publish(p) = &msg else { unreachable!() };

@@ -443,8 +443,8 @@ fn barrier_loop(store: Arc<dyn Store>, rx: std::sync::mpsc::Receiver<u64>, core:
             epoch = epoch.max(later);
         }
         let input = match store.sync() {
-            Ok(()) => Input::Synced { epoch },
-            Err(e) => Input::SyncFailed { epoch, error: e.to_string() },
+            Ok(()) => Input::BarrierDone { epoch },
+            Err(e) => Input::BarrierFailed { epoch, error: e.to_string() },
         };
         if core.blocking_send(CoreMsg::Input(input)).is_err() {
             return;
@@ -627,10 +627,10 @@ impl Core {
         loop {
             let mut synced = None;
             for output in outputs {
-                if let (Output::Sync { epoch }, Some(store)) = (&output, &self.instant) {
+                if let (Output::Barrier { epoch }, Some(store)) = (&output, &self.instant) {
                     synced = Some(match store.sync() {
-                        Ok(()) => Input::Synced { epoch: *epoch },
-                        Err(e) => Input::SyncFailed { epoch: *epoch, error: e.to_string() },
+                        Ok(()) => Input::BarrierDone { epoch: *epoch },
+                        Err(e) => Input::BarrierFailed { epoch: *epoch, error: e.to_string() },
                     });
                     continue;
                 }
@@ -647,7 +647,7 @@ impl Core {
         match output {
             Output::Send { conn, msg } => self.send(conn, ConnCmd::Item(Item::Message(msg))),
             Output::Close { conn, reason } => self.send(conn, ConnCmd::Close(reason)),
-            Output::Sync { epoch } => {
+            Output::Barrier { epoch } => {
                 let _ = self.barrier.send(epoch);
             }
             Output::Schedule { after, timer } => {

@@ -198,9 +198,8 @@ impl Peer {
         // with a struct literal skipped it).
         if let Some(Err(e)) = cmd.addresses().into_iter().map(Address::validate).find(Result::is_err) {
             self.refusals.count(super::Refusal::InvalidCommand);
-            return self
-                .out
-                .push(Output::Reply { id, result: Err(StageError::InvalidAddress(e.to_string())) });
+            let result = Err(StageError::InvalidAddress(e.to_string()));
+            return self.outbox.push(Output::Reply { id, result });
         }
         let read = matches!(
             cmd,
@@ -208,9 +207,9 @@ impl Peer {
         );
         match self.run(cmd) {
             // Reads wrote nothing: they answer at once.
-            Ok(reply) if read => self.out.push(Output::Reply { id, result: Ok(reply) }),
+            Ok(reply) if read => self.outbox.push(Output::Reply { id, result: Ok(reply) }),
             Ok(reply) => self.after_barrier(Output::Reply { id, result: Ok(reply) }),
-            Err(e) => self.out.push(Output::Reply { id, result: Err(e) }),
+            Err(e) => self.outbox.push(Output::Reply { id, result: Err(e) }),
         }
     }
 

@@ -3,13 +3,14 @@
 //! send, connections to close, barriers to run, timers to schedule, replies, change events). It
 //! never does network IO, never reads a clock and never draws randomness: time and the actor id are
 //! arguments. It reads and writes its [`Store`] directly (sync calls); the driver runs the store's
-//! durability barrier when asked ([`Output::Sync`]) and reports back ([`Input::Synced`]).
+//! durability barrier when asked ([`Output::Barrier`]) and reports back ([`Input::BarrierDone`]).
 //!
 //! What goes on the wire is specified in `docs/design.md` (§ Protocol).
 
 mod command;
 pub mod hooks;
 pub mod message;
+mod outbox;
 pub mod persist;
 mod publish;
 pub mod refusal;
@@ -93,13 +94,13 @@ pub enum Input {
         /// What to do.
         cmd: Command,
     },
-    /// The barrier requested by `Output::Sync { epoch }` (and all before it) completed.
-    Synced {
+    /// The barrier requested by `Output::Barrier { epoch }` (and all before it) completed.
+    BarrierDone {
         /// The epoch.
         epoch: u64,
     },
     /// The barrier failed: the store is poisoned; waiting acknowledgements are dropped.
-    SyncFailed {
+    BarrierFailed {
         /// The epoch.
         epoch: u64,
         /// Why.
@@ -132,9 +133,9 @@ pub enum Output {
         /// Why.
         reason: String,
     },
-    /// Run the store's durability barrier, then report `Input::Synced { epoch }`. Several
+    /// Run the store's durability barrier, then report `Input::BarrierDone { epoch }`. Several
     /// requests may share one barrier (report the highest epoch it covers).
-    Sync {
+    Barrier {
         /// The epoch.
         epoch: u64,
     },
@@ -357,12 +358,6 @@ pub(crate) struct Conn {
     pub(crate) answered: HashMap<Address, Summary>,
 }
 
-/// Something to do once a barrier has passed.
-#[derive(Debug)]
-pub(crate) enum Deferred {
-    Output(Output),
-}
-
 /// A replication peer's protocol core (see the module docs).
 #[derive(Debug)]
 pub struct Peer {
@@ -373,38 +368,15 @@ pub struct Peer {
     pub(crate) persist: ReplicaStore,
     pub(crate) crdts: BTreeMap<Address, Replica>,
     pub(crate) conns: BTreeMap<ConnId, Conn>,
-    /// Writes since the last barrier request.
-    pub(crate) dirty: bool,
-    /// The epoch the next barrier request gets.
-    pub(crate) epoch: u64,
-    /// Work released when the barrier of its epoch passes.
-    pub(crate) deferred: VecDeque<(u64, Deferred)>,
-    /// How many entries have left `deferred` (the position of its front among all ever queued).
-    pub(crate) deferred_base: u64,
-    /// Publications waiting for the current epoch's barrier, per connection and address: later
-    /// ops are folded into them.
-    pub(crate) open_relays: HashMap<(ConnId, Address), OpenRelay>,
-    /// Acknowledgements waiting for the current epoch's barrier, per connection.
-    pub(crate) open_acks: HashMap<ConnId, u64>,
+    /// Outputs now and after their barrier, with the folding of relays and acknowledgements.
+    pub(crate) outbox: outbox::Outbox,
     pub(crate) next_id: u64,
     /// Wall time of the current input, in ms since the epoch.
     pub(crate) now_ms: u64,
-    pub(crate) out: Vec<Output>,
     /// What was refused, by reason.
     pub(crate) refusals: Refusals,
     /// Stored records skipped when the peer opened.
     pub(crate) recovery: Vec<Quarantined>,
-}
-
-/// A relayed publication waiting for the current barrier (see `Peer::relay`).
-#[derive(Debug)]
-pub(crate) struct OpenRelay {
-    /// Its position in `deferred` (counted from the first entry ever queued).
-    pub(crate) at: u64,
-    /// Entries of the ops folded into it.
-    pub(crate) entries: usize,
-    /// Bytes of its inline values.
-    pub(crate) bytes: usize,
 }
 
 impl Peer {
@@ -430,15 +402,9 @@ impl Peer {
             persist,
             crdts,
             conns: BTreeMap::new(),
-            dirty: false,
-            epoch: 1,
-            deferred: VecDeque::new(),
-            deferred_base: 0,
-            open_relays: HashMap::new(),
-            open_acks: HashMap::new(),
+            outbox: outbox::Outbox::default(),
             next_id: 1,
             now_ms: 0,
-            out: Vec::new(),
             refusals: Refusals::default(),
             recovery,
         })
@@ -483,9 +449,9 @@ impl Peer {
     /// Outputs to schedule the first timers (call once after [`Peer::open`]).
     pub fn start(&mut self) -> Vec<Output> {
         if let Some(after) = self.config.anti_entropy {
-            self.out.push(Output::Schedule { after, timer: Timer::AntiEntropy });
+            self.outbox.push(Output::Schedule { after, timer: Timer::AntiEntropy });
         }
-        std::mem::take(&mut self.out)
+        self.outbox.take()
     }
 
     /// Handles one input at wall time `now_ms` and returns what to do.
@@ -501,14 +467,8 @@ impl Peer {
             self.handle_one(input);
         }
         self.flush_writes();
-        if self.persist.take_unsynced() || self.dirty {
-            self.dirty = false;
-            self.out.push(Output::Sync { epoch: self.epoch });
-            self.epoch += 1;
-            self.open_relays.clear();
-            self.open_acks.clear();
-        }
-        let out = std::mem::take(&mut self.out);
+        let written = self.persist.take_unsynced();
+        let out = self.outbox.end_batch(written);
         tracing::trace!(peer = %self.record.id, ?out, "out");
         out
     }
@@ -524,15 +484,13 @@ impl Peer {
                 self.conns.remove(&conn);
             }
             Input::Command { id, cmd } => self.command(id, cmd),
-            Input::Synced { epoch } => self.synced(epoch),
-            Input::SyncFailed { epoch, error } => {
+            Input::BarrierDone { epoch } => {
+                let conns = &self.conns;
+                self.outbox.barrier_done(epoch, |c| conns.contains_key(&c));
+            }
+            Input::BarrierFailed { epoch, error } => {
                 tracing::error!(peer = %self.record.id, epoch, %error, "barrier failed; dropping acknowledgements");
-                while self.deferred.front().is_some_and(|(e, _)| *e <= epoch) {
-                    self.deferred_base += 1;
-                    if let Some((_, Deferred::Output(Output::Reply { id, .. }))) = self.deferred.pop_front() {
-                        self.out.push(Output::Reply { id, result: Err(StageError::Store(error.clone())) });
-                    }
-                }
+                self.outbox.barrier_failed(epoch, &error);
             }
             Input::Timer(Timer::AntiEntropy) => {
                 self.expire_handshakes();
@@ -540,7 +498,7 @@ impl Peer {
                 self.retry_subscriptions();
                 self.anti_entropy();
                 if let Some(after) = self.config.anti_entropy {
-                    self.out.push(Output::Schedule { after, timer: Timer::AntiEntropy });
+                    self.outbox.push(Output::Schedule { after, timer: Timer::AntiEntropy });
                 }
             }
         }
@@ -552,7 +510,7 @@ impl Peer {
     }
 
     pub(crate) fn send(&mut self, conn: ConnId, msg: Message) {
-        self.out.push(Output::Send { conn, msg });
+        self.outbox.send(conn, msg);
     }
 
     /// Closes a connection with a reason (sent to the remote first) and forgets it; counts the
@@ -561,29 +519,14 @@ impl Peer {
         if self.conns.remove(&conn).is_some() {
             self.refusals.count(why);
             tracing::warn!(peer = %self.record.id, conn, refusal = %why, %reason, "closing connection");
-            self.out.push(Output::Send { conn, msg: Message::Close { reason: reason.clone() } });
-            self.out.push(Output::Close { conn, reason });
+            self.outbox.send(conn, Message::Close { reason: reason.clone() });
+            self.outbox.push(Output::Close { conn, reason });
         }
     }
 
     /// Runs `output` once everything written so far is durable.
     pub(crate) fn after_barrier(&mut self, output: Output) {
-        self.dirty = true;
-        self.deferred.push_back((self.epoch, Deferred::Output(output)));
-    }
-
-    fn synced(&mut self, epoch: u64) {
-        while self.deferred.front().is_some_and(|(e, _)| *e <= epoch) {
-            let (_, Deferred::Output(output)) = self.deferred.pop_front().expect("checked");
-            self.deferred_base += 1;
-            // Messages to connections that closed meanwhile are dropped.
-            if let Output::Send { conn, .. } = &output
-                && !self.conns.contains_key(conn)
-            {
-                continue;
-            }
-            self.out.push(output);
-        }
+        self.outbox.after_barrier(output);
     }
 
     fn connected(&mut self, conn: ConnId, direction: Direction) {
@@ -692,7 +635,7 @@ impl Peer {
                 let reason = message::clip(&reason);
                 tracing::info!(peer = %self.record.id, conn, %reason, "remote closed");
                 self.conns.remove(&conn);
-                self.out.push(Output::Close { conn, reason: format!("remote closed: {reason}") });
+                self.outbox.push(Output::Close { conn, reason: format!("remote closed: {reason}") });
             }
             Message::Custom { tag, .. } => {
                 tracing::debug!(peer = %self.record.id, conn, %tag, "custom message ignored by the core");

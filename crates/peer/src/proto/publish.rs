@@ -14,9 +14,10 @@ use replikativ_crdt::{Address, Commit, ContentId, Value};
 use serde_bytes::ByteBuf;
 
 use super::message::{AnyOp, MAX_FETCH_IDS, Message, Publish};
+use super::outbox::FoldLimits;
 use super::persist::commit_of;
 use super::state::{CrdtState, commit_ids};
-use super::{ConnId, Deferred, Event, OpenRelay, Output, Peer, Pending, Refusal, Replica, StageError};
+use super::{ConnId, Event, Output, Peer, Pending, Refusal, Replica, StageError};
 
 /// Entries folded into one relayed publication at most.
 pub(crate) const MAX_RELAY_ENTRIES: usize = 1024;
@@ -455,46 +456,17 @@ impl Peer {
     /// already waiting for this barrier if there is one (within [`MAX_RELAY_ENTRIES`] entries and
     /// the inline limit): under load many ops travel in one frame.
     fn relay(&mut self, conn: ConnId, address: &Address, op: &AnyOp, values: Vec<ByteBuf>) {
-        let size: usize = values.iter().map(|v| v.len()).sum();
-        let key = (conn, address.clone());
-        if let Some(open) = self.open_relays.get_mut(&key)
-            && open.entries + op.len() <= MAX_RELAY_ENTRIES
-            && open.bytes + size <= self.config.inline_limit
-            && let Some((_, Deferred::Output(Output::Send { msg: Message::Publish(p), .. }))) =
-                self.deferred.get_mut((open.at - self.deferred_base) as usize)
-            && p.op.absorb(op.clone()).is_ok()
-        {
-            p.values.extend(values);
-            open.entries += op.len();
-            open.bytes += size;
-            return;
-        }
-        let id = self.next_id();
-        let msg = Message::Publish(Publish {
-            id,
-            address: address.clone(),
-            op: op.clone(),
-            values,
-            catch_up: false,
+        let limits = FoldLimits { entries: MAX_RELAY_ENTRIES, bytes: self.config.inline_limit };
+        let next_id = &mut self.next_id;
+        self.outbox.relay(conn, address, op, values, limits, || {
+            *next_id += 1;
+            *next_id
         });
-        self.after_barrier(Output::Send { conn, msg });
-        let at = self.deferred_base + self.deferred.len() as u64 - 1;
-        self.open_relays.insert(key, OpenRelay { at, entries: op.len(), bytes: size });
     }
 
-    /// Acknowledges publication `id` of `conn` after the barrier. An acknowledgement covers every
-    /// earlier publication of the connection too (they are handled in order), so one already
-    /// waiting for this barrier is advanced instead of sending another.
+    /// Acknowledges publication `id` of `conn` after the barrier (folded: see `Outbox::ack`).
     pub(crate) fn ack(&mut self, conn: ConnId, id: u64) {
-        if let Some(at) = self.open_acks.get(&conn)
-            && let Some((_, Deferred::Output(Output::Send { msg: Message::PublishAck { id: acked }, .. }))) =
-                self.deferred.get_mut((at - self.deferred_base) as usize)
-        {
-            *acked = id;
-            return;
-        }
-        self.after_barrier(Output::Send { conn, msg: Message::PublishAck { id } });
-        self.open_acks.insert(conn, self.deferred_base + self.deferred.len() as u64 - 1);
+        self.outbox.ack(conn, id);
     }
 
     /// Writes what the ops handled since the last call stored (values, op-log entries,
@@ -516,14 +488,7 @@ impl Peer {
     /// commands get the error. (The ops stay applied in memory; the store keeps what it had.)
     pub(crate) fn fail_epoch(&mut self, error: String) {
         tracing::error!(peer = %self.record.id, %error, "store write failed; not acknowledging");
-        while self.deferred.back().is_some_and(|(e, _)| *e == self.epoch) {
-            let (_, Deferred::Output(output)) = self.deferred.pop_back().expect("checked");
-            if let Output::Reply { id, .. } = output {
-                self.out.push(Output::Reply { id, result: Err(StageError::Store(error.clone())) });
-            }
-        }
-        self.open_relays.clear();
-        self.open_acks.clear();
+        self.outbox.fail_current(&error);
     }
 
     /// The values to send with an op: its commit records and their params, up to the inline limit.

@@ -217,9 +217,9 @@ impl World {
             Output::Close { conn, reason } => {
                 panic!("peer {node} closed the healthy link {conn}: {reason}");
             }
-            Output::Sync { epoch } => {
+            Output::Barrier { epoch } => {
                 self.nodes[node].store.sync().expect("sync");
-                self.queue.push_back((node, Input::Synced { epoch }));
+                self.queue.push_back((node, Input::BarrierDone { epoch }));
             }
             Output::Reply { id, result } => {
                 self.replies.insert(id, result);

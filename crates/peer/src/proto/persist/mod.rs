@@ -1,8 +1,8 @@
 //! Persistence of a peer: one home for the store handle, the key layout, loading, the write batcher
 //! and the crash-safe write order.
 //!
-//! The core hands each applied op to [`ReplicaStore::record`], which keeps the op's values and its
-//! op-log entry (or a snapshot of the state) pending; [`ReplicaStore::flush`] writes everything
+//! The core hands each applied op to `ReplicaStore::record`, which keeps the op's values and its
+//! op-log entry (or a snapshot of the state) pending; `ReplicaStore::flush` writes everything
 //! pending as one atomic store batch just before the barrier request (`flush.rs` documents the
 //! order). Reads see pending values first. Nothing outside this module knows a key: pull hooks
 //! and tests read through [`StoredValues`], [`stored_value`] and [`stored_op_log`].

@@ -1,0 +1,200 @@
+//! Connections: their state, the handshake, and the dispatch of a connection's messages.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use replikativ_crdt::{Address, ContentId};
+
+use super::message::{self, FrameError, Hello, Message, PROTOCOL_VERSION, Summary};
+use super::{AnyOp, ConnId, Direction, FEATURE_BUCKETS, Output, Peer, Refusal};
+
+/// A publication received (or made locally) that waits for values before it is applied.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    /// The sender's publication id (remote) or the command id (local).
+    pub(crate) id: u64,
+    pub(crate) address: Address,
+    pub(crate) op: AnyOp,
+    /// Verified values received for it (canonical encodings), not yet stored.
+    pub(crate) values: HashMap<ContentId, Vec<u8>>,
+    /// Commit records among `values` (or in the store) the op names, parsed once.
+    pub(crate) commits: HashMap<ContentId, replikativ_crdt::Commit>,
+    /// Whether it is a catch-up answer (not echoed).
+    pub(crate) catch_up: bool,
+    /// Bytes of the values it arrived with (counted against `max_queued_bytes`).
+    pub(crate) bytes: usize,
+}
+
+/// Per-connection state.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) direction: Direction,
+    /// The remote's hello, once received.
+    pub(crate) remote: Option<Hello>,
+    /// What the remote subscribed to here: the addresses published to it.
+    pub(crate) interest: BTreeSet<Address>,
+    /// Whether a subscription arrived yet.
+    pub(crate) subscribed: bool,
+    /// Whether the remote extends its subscriptions (a server).
+    pub(crate) remote_extend: bool,
+    /// The last subscription sent.
+    pub(crate) sent: Option<BTreeSet<Address>>,
+    /// Id of the last subscription sent, until its ack arrives (sent again on a timer tick).
+    pub(crate) unacked_sub: Option<u64>,
+    /// Inbound publications, applied in order.
+    pub(crate) queue: VecDeque<Pending>,
+    /// Bytes of values held by `queue`.
+    pub(crate) queued_bytes: usize,
+    /// The fetch in flight for the head of the queue: its id and the ids asked for.
+    pub(crate) fetching: Option<(u64, BTreeSet<ContentId>)>,
+    /// Anti-entropy ticks the fetch in flight has been waiting (a lost frame is asked again).
+    pub(crate) fetch_ticks: u32,
+    /// Anti-entropy ticks without the remote's hello (the connection is closed after two).
+    pub(crate) hello_ticks: u32,
+    /// Summaries answered with catch-up since the last tick: the same summary arriving again
+    /// (both sides' syncs crossing) is not answered twice. Cleared on every tick, so a lost answer
+    /// is sent again.
+    pub(crate) answered: HashMap<Address, Summary>,
+}
+
+impl Peer {
+    /// Closes a connection with a reason (sent to the remote first) and forgets it; counts the
+    /// refusal.
+    pub(crate) fn close(&mut self, conn: ConnId, why: Refusal, reason: String) {
+        if self.conns.remove(&conn).is_some() {
+            self.refusals.count(why);
+            tracing::warn!(peer = %self.record.id, conn, refusal = %why, %reason, "closing connection");
+            self.outbox.send(conn, Message::Close { reason: reason.clone() });
+            self.outbox.push(Output::Close { conn, reason });
+        }
+    }
+
+    pub(super) fn connected(&mut self, conn: ConnId, direction: Direction) {
+        self.conns.insert(
+            conn,
+            Conn {
+                direction,
+                remote: None,
+                interest: BTreeSet::new(),
+                subscribed: false,
+                remote_extend: false,
+                sent: None,
+                unacked_sub: None,
+                queue: VecDeque::new(),
+                queued_bytes: 0,
+                fetching: None,
+                fetch_ticks: 0,
+                hello_ticks: 0,
+                answered: HashMap::new(),
+            },
+        );
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            peer_id: self.record.id.clone(),
+            features: vec![FEATURE_BUCKETS.to_owned()],
+        };
+        self.send(conn, Message::Hello(hello));
+    }
+
+    pub(super) fn received(&mut self, conn: ConnId, frame: &[u8]) {
+        if !self.conns.contains_key(&conn) {
+            return;
+        }
+        match Message::decode(frame) {
+            Ok(msg) => self.message(conn, msg),
+            Err(FrameError::UnknownKind(kind)) => {
+                self.refusals.count(Refusal::UnknownKind);
+                self.send(conn, Message::Error { reason: format!("unknown message kind {kind:?}; ignored") });
+            }
+            Err(FrameError::UnsupportedVersion(v)) => self.close(
+                conn,
+                Refusal::UnsupportedVersion,
+                format!("frame of protocol version {v}; this peer speaks version {PROTOCOL_VERSION}"),
+            ),
+            Err(e) => self.close(conn, Refusal::MalformedFrame, e.to_string()),
+        }
+    }
+
+    /// Handles a decoded message.
+    pub(super) fn message(&mut self, conn: ConnId, msg: Message) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        if c.remote.is_none() {
+            match msg {
+                Message::Hello(hello) if hello.version == PROTOCOL_VERSION => {
+                    if let Err(reason) = message::check_hello(&hello) {
+                        return self.close(conn, Refusal::BadHello, reason);
+                    }
+                    let c = self.conns.get_mut(&conn).expect("checked above");
+                    let outbound = c.direction == Direction::Outbound;
+                    c.remote = Some(hello);
+                    if outbound {
+                        self.send_subscription(conn, true);
+                    }
+                }
+                Message::Hello(hello) => self.close(
+                    conn,
+                    Refusal::UnsupportedVersion,
+                    format!(
+                        "incompatible protocol version {} (this peer speaks version {PROTOCOL_VERSION})",
+                        hello.version
+                    ),
+                ),
+                other => self.close(
+                    conn,
+                    Refusal::ExpectedHello,
+                    format!("expected hello first, got {}", other.kind()),
+                ),
+            }
+            return;
+        }
+        match msg {
+            Message::Hello(_) => self.close(conn, Refusal::HelloTwice, "hello sent twice".into()),
+            Message::Subscribe(sub) => self.on_subscribe(conn, sub),
+            Message::SubscribeAck { id } => {
+                if let Some(c) = self.conns.get_mut(&conn)
+                    && c.unacked_sub == Some(id)
+                {
+                    c.unacked_sub = None;
+                }
+            }
+            Message::PublishAck { .. } | Message::Error { .. } => {}
+            Message::Refused { id, reason } => {
+                let reason = message::clip(&reason);
+                tracing::info!(peer = %self.record.id, conn, id, %reason, "publication refused by remote");
+            }
+            Message::Unsubscribe { addresses } => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.interest.retain(|a| !addresses.contains(a));
+                }
+            }
+            Message::Publish(p) => self.on_publish(conn, p),
+            Message::Fetch { id, ids } => self.on_fetch(conn, id, ids),
+            Message::FetchReply { id, values, missing } => self.on_fetch_reply(conn, id, values, missing),
+            Message::Sync { summaries, reply } => self.on_sync(conn, summaries, reply),
+            Message::Close { reason } => {
+                let reason = message::clip(&reason);
+                tracing::info!(peer = %self.record.id, conn, %reason, "remote closed");
+                self.conns.remove(&conn);
+                self.outbox.push(Output::Close { conn, reason: format!("remote closed: {reason}") });
+            }
+            Message::Custom { tag, .. } => {
+                tracing::debug!(peer = %self.record.id, conn, %tag, "custom message ignored by the core");
+            }
+        }
+    }
+
+    /// Closes connections whose remote did not say hello for two anti-entropy intervals.
+    pub(super) fn expire_handshakes(&mut self) {
+        let mut stale = Vec::new();
+        for (conn, c) in &mut self.conns {
+            if c.remote.is_none() {
+                c.hello_ticks += 1;
+                if c.hello_ticks >= 2 {
+                    stale.push(*conn);
+                }
+            }
+        }
+        for conn in stale {
+            self.close(conn, Refusal::NoHello, "no hello from the remote in time".into());
+        }
+    }
+}

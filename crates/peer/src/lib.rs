@@ -8,6 +8,7 @@
 
 #[cfg(feature = "runtime")]
 pub mod client;
+pub mod connection;
 pub mod middleware;
 #[cfg(feature = "runtime")]
 pub mod node;

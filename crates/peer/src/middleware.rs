@@ -33,9 +33,9 @@
 //! }
 //!
 //! let mut chain = Chain::new(vec![Box::new(NoCustom)]);
-//! let (up, down) = chain.inbound(Item::Message(Message::Custom { tag: "x".into(), data: vec![].into() }));
-//! assert!(up.is_empty());
-//! assert!(matches!(&down[..], [Item::Message(Message::Error { .. })]));
+//! let flow = chain.inbound(Item::Message(Message::Custom { tag: "x".into(), data: vec![].into() }));
+//! assert!(flow.up.is_empty());
+//! assert!(matches!(&flow.down[..], [Item::Message(Message::Error { .. })]));
 //! ```
 
 use std::collections::{BTreeMap, VecDeque};
@@ -114,6 +114,16 @@ pub enum Remote {
 /// Builds a middleware for each new connection.
 pub type MiddlewareFactory = Arc<dyn Fn(ConnId, &Remote) -> Box<dyn Middleware> + Send + Sync>;
 
+/// What an item passing through a chain came to: items toward the core (`up`) and toward the
+/// remote or stage (`down`), whichever direction it travelled.
+#[derive(Debug, Default)]
+pub struct Flow {
+    /// Toward the core.
+    pub up: Vec<Item>,
+    /// Toward the remote (or stage).
+    pub down: Vec<Item>,
+}
+
 /// The middlewares of one connection, in order (first = nearest the network).
 #[derive(Debug, Default)]
 pub struct Chain {
@@ -126,58 +136,92 @@ impl Chain {
         Chain { layers }
     }
 
-    /// Runs an item from the network (or stage) through the chain. Returns the items that reach
-    /// the core and the items to send back.
-    pub fn inbound(&mut self, item: Item) -> (Vec<Item>, Vec<Item>) {
-        let mut to_core = Vec::new();
-        let mut to_remote = Vec::new();
-        self.run(0, Direction::Up, item, &mut to_core, &mut to_remote);
-        (to_core, to_remote)
+    /// Runs an item from the network (or stage) through the chain: what reaches the core (`up`)
+    /// and what is sent back (`down`).
+    pub fn inbound(&mut self, item: Item) -> Flow {
+        let mut flow = Flow::default();
+        self.run(0, Way::Up, item, &mut flow);
+        flow
     }
 
-    /// Runs an item from the core through the chain. Returns the items to send to the network (or
-    /// stage) and any items injected toward the core.
-    pub fn outbound(&mut self, item: Item) -> (Vec<Item>, Vec<Item>) {
-        let mut to_core = Vec::new();
-        let mut to_remote = Vec::new();
+    /// Runs an item from the core through the chain: what reaches the network or stage (`down`)
+    /// and what the chain injects toward the core (`up`).
+    pub fn outbound(&mut self, item: Item) -> Flow {
+        let mut flow = Flow::default();
         let n = self.layers.len();
-        self.run(n, Direction::Down, item, &mut to_core, &mut to_remote);
-        (to_remote, to_core)
+        self.run(n, Way::Down, item, &mut flow);
+        flow
     }
 
     /// Delivers `item` travelling in `dir` at position `pos` (between layer `pos - 1` and `pos`).
-    fn run(
-        &mut self,
-        pos: usize,
-        dir: Direction,
-        item: Item,
-        to_core: &mut Vec<Item>,
-        to_remote: &mut Vec<Item>,
-    ) {
-        let (layer, next_up, next_down) = match dir {
-            Direction::Up if pos == self.layers.len() => return to_core.push(item),
-            Direction::Up => (pos, pos + 1, pos),
-            Direction::Down if pos == 0 => return to_remote.push(item),
-            Direction::Down => (pos - 1, pos, pos - 1),
+    fn run(&mut self, pos: usize, way: Way, item: Item, flow: &mut Flow) {
+        let (layer, next_up, next_down) = match way {
+            Way::Up if pos == self.layers.len() => return flow.up.push(item),
+            Way::Up => (pos, pos + 1, pos),
+            Way::Down if pos == 0 => return flow.down.push(item),
+            Way::Down => (pos - 1, pos, pos - 1),
         };
         let mut emit = Emit::default();
-        match dir {
-            Direction::Up => self.layers[layer].inbound(item, &mut emit),
-            Direction::Down => self.layers[layer].outbound(item, &mut emit),
+        match way {
+            Way::Up => self.layers[layer].inbound(item, &mut emit),
+            Way::Down => self.layers[layer].outbound(item, &mut emit),
         }
         for up in emit.up {
-            self.run(next_up, Direction::Up, up, to_core, to_remote);
+            self.run(next_up, Way::Up, up, flow);
         }
         for down in emit.down {
-            self.run(next_down, Direction::Down, down, to_core, to_remote);
+            self.run(next_down, Way::Down, down, flow);
         }
     }
 }
 
+/// Which way an item travels through a chain.
 #[derive(Clone, Copy)]
-enum Direction {
+enum Way {
     Up,
     Down,
+}
+
+/// What the standard chain of a connection is built from (see [`standard_chain`]).
+#[derive(Clone, Copy, Default)]
+pub struct ChainSpec<'a> {
+    /// The application's middlewares, in order (nearest the network first).
+    pub middleware: &'a [MiddlewareFactory],
+    /// Whether remote connections may run stage commands ([`RemoteStage`]).
+    pub remote_commands: bool,
+    /// The access policy, if any.
+    pub policy: Option<&'a Policy>,
+}
+
+impl fmt::Debug for ChainSpec<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChainSpec")
+            .field("middleware", &self.middleware.len())
+            .field("remote_commands", &self.remote_commands)
+            .field("policy", &self.policy.is_some())
+            .finish()
+    }
+}
+
+/// The chain every connection runs through, in the node and in the simulation alike: metrics and
+/// trace nearest the network, then the application's middlewares, then (remote connections, if
+/// enabled) remote stage commands, then access control nearest the core.
+pub fn standard_chain(
+    conn: ConnId,
+    remote: &Remote,
+    metrics: Arc<ConnMetrics>,
+    spec: ChainSpec<'_>,
+) -> Chain {
+    let mut layers: Vec<Box<dyn Middleware>> =
+        vec![Box::new(Metrics::new(metrics)), Box::new(Trace::new(conn))];
+    layers.extend(spec.middleware.iter().map(|f| f(conn, remote)));
+    if spec.remote_commands && *remote != Remote::Stage {
+        layers.push(Box::new(RemoteStage));
+    }
+    if let Some(policy) = spec.policy {
+        layers.push(Box::new(AccessControl::new(remote.clone(), policy.clone())));
+    }
+    Chain::new(layers)
 }
 
 /// Logs every item with `tracing` (debug level), with the connection and direction.
@@ -481,10 +525,10 @@ mod tests {
             Box::new(Metrics::new(counters.clone())),
             Box::new(AccessControl::new(Remote::Peer("test".into()), policy)),
         ]);
-        let (up, down) = chain.inbound(publish(&closed));
+        let Flow { up, down } = chain.inbound(publish(&closed));
         assert!(up.is_empty());
         assert!(matches!(&down[..], [Item::Message(Message::Refused { id: 7, .. })]));
-        let (up, down) = chain.inbound(publish(&open));
+        let Flow { up, down } = chain.inbound(publish(&open));
         assert_eq!(up.len(), 1);
         assert!(down.is_empty());
         let sub = Item::Message(Message::Subscribe(crate::proto::Subscribe {
@@ -492,11 +536,12 @@ mod tests {
             addresses: [open.clone(), closed.clone()].into_iter().collect(),
             extend: true,
         }));
-        let (up, _) = chain.inbound(sub);
+        let up = chain.inbound(sub).up;
         let [Item::Message(Message::Subscribe(s))] = &up[..] else { panic!("{up:?}") };
         assert_eq!(s.addresses.iter().collect::<Vec<_>>(), vec![&open]);
         // Outbound passes through the rewriter nearest the network.
-        let (out, injected) = chain.outbound(Item::Message(Message::Error { reason: "x".into() }));
+        let Flow { down: out, up: injected } =
+            chain.outbound(Item::Message(Message::Error { reason: "x".into() }));
         assert!(injected.is_empty());
         assert!(matches!(&out[..], [Item::Message(Message::Error { reason })] if reason == "[rewritten] x"));
         let m = counters.snapshot();

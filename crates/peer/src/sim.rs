@@ -20,7 +20,9 @@ use std::time::Duration;
 use replikativ_crdt::{ActorId, Address, CrdtKind, Transaction, Value};
 use replikativ_store::{Batch, LogBounds, LogEntry, MemoryStore, Store, UpdateFn, Updated};
 
-use crate::proto::{AnyOp, Command, ConnId, CrdtState, Direction, Input, Output, Peer, PeerConfig};
+use crate::connection::Connection;
+use crate::middleware::{ChainSpec, ConnMetrics, Item, Remote, standard_chain};
+use crate::proto::{AnyOp, Command, ConnId, CrdtState, Direction, Input, Message, Output, Peer, PeerConfig};
 
 /// A memory store whose durable part is what the last `sync` saw; [`SimStore::crash`] goes back to it.
 #[derive(Debug, Default)]
@@ -173,7 +175,7 @@ impl Faults {
 }
 
 #[derive(Debug)]
-enum Event {
+enum Scheduled {
     Deliver { peer: usize, conn: ConnId, frame: Vec<u8>, generation: u64 },
     Input { peer: usize, input: Input, generation: u64 },
     Reconnect { link: usize },
@@ -190,6 +192,8 @@ struct Link {
 
 struct SimPeer {
     peer: Option<Peer>,
+    /// Each connection's pipeline: the node's decoder and middleware chain.
+    conns: BTreeMap<ConnId, Connection>,
     store: Arc<SimStore>,
     /// Bumped on restart: events for an older incarnation are dropped.
     generation: u64,
@@ -203,7 +207,7 @@ pub struct Network {
     peers: Vec<SimPeer>,
     links: Vec<Link>,
     queue: BinaryHeap<Reverse<(u64, u64)>>,
-    events: BTreeMap<u64, Event>,
+    events: BTreeMap<u64, Scheduled>,
     seq: u64,
     next_conn: ConnId,
     faults: Faults,
@@ -311,7 +315,7 @@ impl Network {
         };
         for i in 0..n {
             let store = Arc::new(SimStore::new());
-            net.peers.push(SimPeer { peer: None, store, generation: 0 });
+            net.peers.push(SimPeer { peer: None, conns: BTreeMap::new(), store, generation: 0 });
             net.boot(i);
         }
         let all: BTreeSet<Address> = net.addresses.iter().map(|(a, _)| a.clone()).collect();
@@ -336,7 +340,7 @@ impl Network {
         self.outputs(i, outputs);
     }
 
-    fn push(&mut self, at: u64, event: Event) {
+    fn push(&mut self, at: u64, event: Scheduled) {
         self.seq += 1;
         self.queue.push(Reverse((at, self.seq)));
         self.events.insert(self.seq, event);
@@ -350,6 +354,11 @@ impl Network {
         self.next_conn += 2;
         self.links[l].up = Some((ca, cb));
         let (a, b) = (self.links[l].a, self.links[l].b);
+        for (peer, conn) in [(a, ca), (b, cb)] {
+            let remote = Remote::Peer(format!("sim-link-{l}"));
+            let chain = standard_chain(conn, &remote, Arc::new(ConnMetrics::default()), ChainSpec::default());
+            self.peers[peer].conns.insert(conn, Connection::new(chain));
+        }
         self.input(a, Input::Connected { conn: ca, direction: Direction::Outbound });
         self.input(b, Input::Connected { conn: cb, direction: Direction::Inbound });
     }
@@ -358,10 +367,12 @@ impl Network {
     fn disconnect(&mut self, l: usize, reconnect_after: u64) {
         if let Some((ca, cb)) = self.links[l].up.take() {
             let (a, b) = (self.links[l].a, self.links[l].b);
+            self.peers[a].conns.remove(&ca);
+            self.peers[b].conns.remove(&cb);
             self.input(a, Input::Closed { conn: ca });
             self.input(b, Input::Closed { conn: cb });
         }
-        self.push(self.now + reconnect_after, Event::Reconnect { link: l });
+        self.push(self.now + reconnect_after, Scheduled::Reconnect { link: l });
     }
 
     fn input(&mut self, i: usize, input: Input) {
@@ -384,38 +395,27 @@ impl Network {
         for output in outputs {
             match output {
                 Output::Send { conn, msg } => {
-                    let Some((_, to, their_conn)) = self.link_of(i, conn) else { continue };
-                    let frame = msg.encode();
-                    if self.rng.chance(self.faults.drop) {
-                        self.stats.dropped += 1;
-                        continue;
+                    // Through the connection's chain, as in the node.
+                    let Some(c) = self.peers[i].conns.get_mut(&conn) else { continue };
+                    let flow = c.send(Item::Message(msg));
+                    for item in flow.down {
+                        if let Item::Message(msg) = item {
+                            self.transmit(i, conn, &msg);
+                        }
                     }
-                    let copies = if self.rng.chance(self.faults.duplicate) { 2 } else { 1 };
-                    for _ in 0..copies {
-                        let delay = 1 + self.rng.below(self.faults.max_delay_ms.max(1));
-                        let generation = self.peers[to].generation;
-                        self.push(
-                            self.now + delay,
-                            Event::Deliver { peer: to, conn: their_conn, frame: frame.clone(), generation },
-                        );
-                    }
+                    self.hand_to_core(i, conn, flow.up);
                 }
-                Output::Close { conn, .. } => {
-                    if let Some((l, _, _)) = self.link_of(i, conn) {
-                        let after = 50 + self.rng.below(200);
-                        self.disconnect(l, after);
-                    }
-                }
+                Output::Close { conn, .. } => self.close(i, conn),
                 Output::Barrier { epoch } => {
                     let delay = self.rng.below(3);
                     self.push(
                         self.now + delay,
-                        Event::Input { peer: i, input: Input::BarrierDone { epoch }, generation },
+                        Scheduled::Input { peer: i, input: Input::BarrierDone { epoch }, generation },
                     );
                 }
                 Output::Schedule { after, timer } => {
                     let at = self.now + after.as_millis() as u64;
-                    self.push(at, Event::Input { peer: i, input: Input::Timer(timer), generation });
+                    self.push(at, Scheduled::Input { peer: i, input: Input::Timer(timer), generation });
                 }
                 Output::Reply { result, .. } => match result {
                     Ok(_) => self.stats.commands_ok += 1,
@@ -426,6 +426,65 @@ impl Network {
                         self.acknowledged.push((event.address, event.op));
                     }
                 }
+            }
+        }
+    }
+
+    /// Puts a message on the wire of `i`'s connection `conn` (lost, duplicated and delayed as the
+    /// faults say).
+    fn transmit(&mut self, i: usize, conn: ConnId, msg: &Message) {
+        let Some((_, to, their_conn)) = self.link_of(i, conn) else { return };
+        let frame = msg.encode();
+        if self.rng.chance(self.faults.drop) {
+            self.stats.dropped += 1;
+            return;
+        }
+        let copies = if self.rng.chance(self.faults.duplicate) { 2 } else { 1 };
+        for _ in 0..copies {
+            let delay = 1 + self.rng.below(self.faults.max_delay_ms.max(1));
+            let generation = self.peers[to].generation;
+            self.push(
+                self.now + delay,
+                Scheduled::Deliver { peer: to, conn: their_conn, frame: frame.clone(), generation },
+            );
+        }
+    }
+
+    /// Closes `i`'s connection `conn`: the link goes down and is reconnected later.
+    fn close(&mut self, i: usize, conn: ConnId) {
+        if let Some((l, _, _)) = self.link_of(i, conn) {
+            let after = 50 + self.rng.below(200);
+            self.disconnect(l, after);
+        }
+    }
+
+    /// A frame arrives at `i`'s connection `conn`: decoded and run through its chain like in the
+    /// node, then handed to the core.
+    fn receive(&mut self, i: usize, conn: ConnId, frame: &[u8]) {
+        let Some(c) = self.peers[i].conns.get_mut(&conn) else { return };
+        let mut next = self.next_command;
+        let inbound = c.receive_frame(frame, || {
+            next += 1;
+            next
+        });
+        self.next_command = next;
+        for item in inbound.to_remote {
+            if let Item::Message(msg) = item {
+                self.transmit(i, conn, &msg);
+            }
+        }
+        if inbound.close.is_some() {
+            return self.close(i, conn);
+        }
+        self.hand_to_core(i, conn, inbound.to_core);
+    }
+
+    fn hand_to_core(&mut self, i: usize, conn: ConnId, items: Vec<Item>) {
+        for item in items {
+            match item {
+                Item::Message(msg) => self.input(i, Input::Message { conn, msg }),
+                Item::Command { id, cmd } => self.input(i, Input::Command { id, cmd }),
+                _ => {}
             }
         }
     }
@@ -446,13 +505,13 @@ impl Network {
             self.now = self.now.max(at);
             let event = self.events.remove(&seq).expect("queued");
             match event {
-                Event::Deliver { peer, conn, frame, generation } => {
+                Scheduled::Deliver { peer, conn, frame, generation } => {
                     if generation == self.peers[peer].generation {
                         self.stats.delivered += 1;
-                        self.input(peer, Input::Received { conn, frame });
+                        self.receive(peer, conn, &frame);
                     }
                 }
-                Event::Input { peer, input, generation } => {
+                Scheduled::Input { peer, input, generation } => {
                     if generation == self.peers[peer].generation {
                         if let Input::BarrierDone { .. } = input {
                             self.peers[peer].store.sync().expect("memory sync");
@@ -460,7 +519,7 @@ impl Network {
                         self.input(peer, input);
                     }
                 }
-                Event::Reconnect { link } => self.connect(link),
+                Scheduled::Reconnect { link } => self.connect(link),
             }
         }
         self.now = self.now.max(until);
@@ -526,6 +585,7 @@ impl Network {
     pub fn restart(&mut self, i: usize) {
         self.stats.restarts += 1;
         self.peers[i].peer = None;
+        self.peers[i].conns.clear();
         self.peers[i].generation += 1;
         self.peers[i].store.crash();
         let links: Vec<usize> =
@@ -534,13 +594,14 @@ impl Network {
             if let Some((ca, cb)) = self.links[l].up.take() {
                 let (other, conn) =
                     if self.links[l].a == i { (self.links[l].b, cb) } else { (self.links[l].a, ca) };
+                self.peers[other].conns.remove(&conn);
                 self.input(other, Input::Closed { conn });
             }
         }
         self.boot(i);
         for l in links {
             let after = 20 + self.rng.below(100);
-            self.push(self.now + after, Event::Reconnect { link: l });
+            self.push(self.now + after, Scheduled::Reconnect { link: l });
         }
     }
 

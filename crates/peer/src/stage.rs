@@ -48,7 +48,8 @@ use replikativ_store::Store;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::middleware::{Item, MiddlewareFactory, Policy, Remote};
+use crate::connection::Connection;
+use crate::middleware::{Item, MiddlewareFactory, Policy, Remote, standard_chain};
 use crate::node::{ConnCmd, CoreMsg, Node, NodeConfig, NodeError};
 pub use crate::proto::CommitValue;
 use crate::proto::{Command, CrdtState, Event, PeerConfig, Reply, StageError};
@@ -165,7 +166,8 @@ impl Stage {
         let shared = node.shared.clone();
         let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
         let metrics = node.register_metrics(conn);
-        let mut chain = crate::node::conn_chain(&shared, conn, &Remote::Stage, metrics);
+        let chain = standard_chain(conn, &Remote::Stage, metrics, crate::node::chain_spec(&shared));
+        let mut connection = Connection::new(chain);
         let (core_tx, mut from_core) = mpsc::channel::<ConnCmd>(shared.config.outbox);
         let (to_conn, mut from_stage) = mpsc::channel::<Item>(1024);
         let (events, _) = broadcast::channel(4096);
@@ -178,6 +180,7 @@ impl Stage {
             Arc::new(Inner { node, user: user.into(), to_conn, pending: Mutex::new(HashMap::new()), events });
         let weak = Arc::downgrade(&inner);
         let core = shared.core.clone();
+        let next_command = move || shared.next_command.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let deliver = |item: Item| {
                 let Some(inner) = weak.upgrade() else { return };
@@ -193,28 +196,28 @@ impl Stage {
                     _ => {}
                 }
             };
+            // The same pipeline as a remote connection's, without the wire: commands in, replies
+            // and events out, through the chain.
             loop {
-                tokio::select! {
+                let to_core = tokio::select! {
                     item = from_stage.recv() => {
                         let Some(item) = item else { break };
-                        let (up, down) = chain.inbound(item);
-                        for item in up {
-                            if let Item::Command { id, cmd } = item
-                                && core.send(CoreMsg::Command { conn, id, cmd }).await.is_err()
-                            {
-                                return;
-                            }
-                        }
-                        down.into_iter().for_each(&deliver);
+                        let inbound = connection.receive(item, &next_command);
+                        inbound.to_remote.into_iter().for_each(&deliver);
+                        inbound.to_core
                     }
                     cmd = from_core.recv() => {
-                        match cmd {
-                            None | Some(ConnCmd::Close(_)) => break,
-                            Some(ConnCmd::Item(item)) => {
-                                let (down, _) = chain.outbound(item);
-                                down.into_iter().for_each(&deliver);
-                            }
-                        }
+                        let Some(ConnCmd::Item(item)) = cmd else { break };
+                        let flow = connection.send(item);
+                        flow.down.into_iter().for_each(&deliver);
+                        flow.up
+                    }
+                };
+                for item in to_core {
+                    if let Item::Command { id, cmd } = item
+                        && core.send(CoreMsg::Command { conn, id, cmd }).await.is_err()
+                    {
+                        return;
                     }
                 }
             }

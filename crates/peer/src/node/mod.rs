@@ -15,13 +15,18 @@
 //! connection: the protocol tolerates lost messages (subscriptions and fetches are retried,
 //! anti-entropy resends what is missing), so the slow peer catches up once it drains.
 
-mod conn;
+mod core;
+
+use self::core::{Core, barrier_loop};
+mod dial;
+mod listen;
+mod ws;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use replikativ_crdt::ActorId;
 use replikativ_store::Store;
@@ -30,11 +35,11 @@ use tokio::task::JoinHandle;
 
 use crate::middleware::{ConnMetrics, Item, MetricsRegistry, MiddlewareFactory, Policy, Remote};
 use crate::proto::{
-    CommandId, ConnId, Input, OpenError, Output, Peer, PeerConfig, Quarantined, Refusal, Refusals, StageError,
+    CommandId, ConnId, Input, OpenError, Peer, PeerConfig, Quarantined, Refusal, Refusals, StageError,
 };
 
-pub use conn::WsConfig;
-pub(crate) use conn::chain as conn_chain;
+pub use ws::WsConfig;
+pub(crate) use ws::chain_spec;
 
 /// Reconnection backoff: doubles from `initial` up to `max`, with up to 50 % random jitter.
 #[derive(Clone, Copy, Debug)]
@@ -265,10 +270,6 @@ impl std::fmt::Debug for Node {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 impl Node {
     /// Starts a node on `store` (inside a tokio runtime). `actor` must be fresh for this session.
     pub fn start(store: Arc<dyn Store>, config: NodeConfig, actor: ActorId) -> Result<Node, NodeError> {
@@ -356,14 +357,14 @@ impl Node {
 
     /// Listens for websocket connections on `addr` (e.g. `127.0.0.1:0`); returns the bound address.
     pub async fn listen(&self, addr: &str) -> Result<SocketAddr, NodeError> {
-        conn::listen(self.shared.clone(), addr).await
+        listen::listen(self.shared.clone(), addr).await
     }
 
     /// Connects to a peer at a `ws://` URL. Fails if the first connection cannot be made; once
     /// made, the connection is re-established with backoff whenever it drops, until
     /// [`Node::disconnect`].
     pub async fn connect(&self, url: &str) -> Result<(), NodeError> {
-        conn::connect(self.shared.clone(), url).await
+        dial::connect(self.shared.clone(), url).await
     }
 
     /// Connects to a peer at a `ws://` URL in the background: returns at once (an error only for a
@@ -372,7 +373,7 @@ impl Node {
     /// attempt is logged at WARN with the delay before the next one. What `serve --connect` uses: a
     /// peer that is down when this one starts is normal in a peer-to-peer system.
     pub fn connect_retrying(&self, url: &str) -> Result<(), NodeError> {
-        conn::connect_retrying(self.shared.clone(), url)
+        dial::connect_retrying(self.shared.clone(), url)
     }
 
     /// Stops reconnecting to `url` and closes its connection. Returns whether it was connected.
@@ -434,260 +435,6 @@ pub(crate) fn register_metrics(shared: &Shared, conn: ConnId) -> Arc<ConnMetrics
     let m = Arc::new(ConnMetrics::default());
     shared.metrics.lock().expect("poisoned").insert(conn, m.clone());
     m
-}
-
-/// Runs barriers: many requests queued meanwhile share one `sync`.
-fn barrier_loop(store: Arc<dyn Store>, rx: std::sync::mpsc::Receiver<u64>, core: mpsc::Sender<CoreMsg>) {
-    while let Ok(mut epoch) = rx.recv() {
-        while let Ok(later) = rx.try_recv() {
-            epoch = epoch.max(later);
-        }
-        let input = match store.sync() {
-            Ok(()) => Input::BarrierDone { epoch },
-            Err(e) => Input::BarrierFailed { epoch, error: e.to_string() },
-        };
-        if core.blocking_send(CoreMsg::Input(input)).is_err() {
-            return;
-        }
-    }
-}
-
-/// Inputs the core handles as one batch at most: big enough to share a barrier among many ops,
-/// small enough that replies flow back while the next batch is handled.
-const MAX_BATCH: usize = 32;
-
-struct Core {
-    /// The store, if its barrier costs nothing (in memory): run inline, not on the barrier thread.
-    instant: Option<Arc<dyn Store>>,
-    conns: BTreeMap<ConnId, (mpsc::Sender<ConnCmd>, Remote, Arc<AtomicUsize>)>,
-    /// Connections that lost messages to a full outbox: resynchronized once it drains to half.
-    lagging: std::collections::BTreeSet<ConnId>,
-    /// Which connection (stage) sent each pending command.
-    commands: HashMap<CommandId, ConnId>,
-    barrier: std::sync::mpsc::Sender<u64>,
-    runtime: tokio::runtime::Handle,
-    tx: mpsc::Sender<CoreMsg>,
-    dropped: u64,
-    listening: Arc<Mutex<Vec<String>>>,
-    /// The transport's refusal counters (merged into status with the core's).
-    refusals: Arc<Mutex<Refusals>>,
-    max_connections: usize,
-    /// Bytes queued in all outboxes, summed once per batch (see
-    /// [`NodeConfig::outbox_total_bytes`]).
-    queued_total: usize,
-    outbox_bytes: usize,
-    outbox_total_bytes: usize,
-}
-
-impl Core {
-    fn run(&mut self, peer: &mut Peer, mut rx: mpsc::Receiver<CoreMsg>) {
-        let mut pending: Option<CoreMsg> = None;
-        loop {
-            let msg = match pending.take() {
-                Some(msg) => msg,
-                None => match rx.blocking_recv() {
-                    Some(msg) => msg,
-                    None => return,
-                },
-            };
-            self.resync_drained(peer);
-            match msg {
-                CoreMsg::Input(_) | CoreMsg::Command { .. } => {
-                    // Take the inputs queued meanwhile too: they share one barrier request.
-                    let mut batch = Vec::new();
-                    let mut next = Some(msg);
-                    while let Some(msg) = next.take() {
-                        match msg {
-                            CoreMsg::Input(input) => {
-                                if let Input::Closed { conn } = &input {
-                                    self.conns.remove(conn);
-                                }
-                                batch.push(input);
-                            }
-                            CoreMsg::Command { conn, id, cmd } => {
-                                self.commands.insert(id, conn);
-                                batch.push(Input::Command { id, cmd });
-                            }
-                            other => {
-                                pending = Some(other);
-                                break;
-                            }
-                        }
-                        if batch.len() < MAX_BATCH {
-                            next = rx.try_recv().ok();
-                        }
-                    }
-                    self.queued_total = self.conns.values().map(|(_, _, q)| q.load(Ordering::Relaxed)).sum();
-                    let out = peer.handle_batch(batch, now_ms());
-                    self.dispatch(peer, out);
-                }
-                CoreMsg::Attach { conn, tx, remote, queued } => {
-                    self.conns.insert(conn, (tx, remote, queued));
-                }
-                CoreMsg::Status(reply) => {
-                    let connections = self
-                        .conns
-                        .iter()
-                        .map(|(c, (_, remote, _))| {
-                            let id = peer.connections().find(|(pc, _)| pc == c).map(|(_, id)| id.to_owned());
-                            (*c, remote.clone(), id)
-                        })
-                        .collect();
-                    let mut refusals = self.refusals.lock().expect("poisoned").clone();
-                    refusals.merge(peer.refusals());
-                    let _ = reply.send(Status {
-                        peer_id: peer.id().to_owned(),
-                        connections,
-                        subscriptions: peer.subscriptions().iter().cloned().collect(),
-                        addresses: peer.addresses().count(),
-                        dropped: self.dropped,
-                        refusals,
-                        recovery: peer.recovery().to_vec(),
-                        max_connections: self.max_connections,
-                    });
-                }
-                CoreMsg::Shutdown(done) => {
-                    for (tx, _, _) in self.conns.values() {
-                        let _ = tx.try_send(ConnCmd::Close("the node is shutting down".into()));
-                    }
-                    let _ = done.send(());
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Resynchronizes lagging connections whose outbox drained to half its capacity.
-    fn resync_drained(&mut self, peer: &mut Peer) {
-        if self.lagging.is_empty() {
-            return;
-        }
-        let drained: Vec<ConnId> = self
-            .lagging
-            .iter()
-            .copied()
-            .filter(|c| {
-                self.conns.get(c).is_none_or(|(tx, _, queued)| {
-                    tx.capacity() * 2 >= tx.max_capacity()
-                        && queued.load(Ordering::Relaxed) * 2 <= self.outbox_bytes
-                })
-            })
-            .collect();
-        for conn in drained {
-            self.lagging.remove(&conn);
-            if self.conns.contains_key(&conn) {
-                let out = peer.handle(Input::Resync { conn }, now_ms());
-                self.dispatch(peer, out);
-            }
-        }
-    }
-
-    fn send(&mut self, conn: ConnId, cmd: ConnCmd) {
-        let Some((tx, _, queued)) = self.conns.get(&conn) else { return };
-        // Messages count against the outbox's byte budget and the node's (see `NodeConfig`).
-        let size = match &cmd {
-            ConnCmd::Item(Item::Message(m)) => m.approx_size(),
-            _ => 0,
-        };
-        let held = queued.load(Ordering::Relaxed);
-        let over = size > 0
-            && held > 0
-            && (held + size > self.outbox_bytes
-                || (self.queued_total + size > self.outbox_total_bytes && held > 1 << 20));
-        let sent = if over {
-            false
-        } else {
-            // Counted before it is queued: the writer takes it off once it has it.
-            queued.fetch_add(size, Ordering::Relaxed);
-            match tx.try_send(cmd) {
-                Ok(()) => {
-                    self.queued_total += size;
-                    true
-                }
-                Err(e) => {
-                    queued.fetch_sub(size, Ordering::Relaxed);
-                    // Closed: the connection is going away; nothing to count.
-                    matches!(e, mpsc::error::TrySendError::Closed(_))
-                }
-            }
-        };
-        if !sent {
-            self.dropped += 1;
-            if self.lagging.insert(conn) {
-                tracing::warn!(
-                    conn,
-                    "outbox full: messages dropped until it drains (then the peer is resynchronized)"
-                );
-            }
-        }
-    }
-
-    fn dispatch(&mut self, peer: &mut Peer, outputs: Vec<Output>) {
-        let mut outputs = outputs;
-        loop {
-            let mut synced = None;
-            for output in outputs {
-                if let (Output::Barrier { epoch }, Some(store)) = (&output, &self.instant) {
-                    synced = Some(match store.sync() {
-                        Ok(()) => Input::BarrierDone { epoch: *epoch },
-                        Err(e) => Input::BarrierFailed { epoch: *epoch, error: e.to_string() },
-                    });
-                    continue;
-                }
-                self.output(output);
-            }
-            match synced {
-                Some(input) => outputs = peer.handle(input, now_ms()),
-                None => return,
-            }
-        }
-    }
-
-    fn output(&mut self, output: Output) {
-        match output {
-            Output::Send { conn, msg } => self.send(conn, ConnCmd::Item(Item::Message(msg))),
-            Output::Close { conn, reason } => self.send(conn, ConnCmd::Close(reason)),
-            Output::Barrier { epoch } => {
-                let _ = self.barrier.send(epoch);
-            }
-            Output::Schedule { after, timer } => {
-                let tx = self.tx.clone();
-                self.runtime.spawn(async move {
-                    tokio::time::sleep(after).await;
-                    let _ = tx.send(CoreMsg::Input(Input::Timer(timer))).await;
-                });
-            }
-            Output::Reply { id, mut result } => {
-                if let Ok(crate::proto::Reply::Status(status)) = &mut result {
-                    status.listen = self.listening.lock().expect("poisoned").clone();
-                    for (why, n) in self.refusals.lock().expect("poisoned").iter() {
-                        *status.refusals.entry(why.as_str().to_owned()).or_default() += n;
-                    }
-                }
-                if let Some(conn) = self.commands.remove(&id)
-                    && let Some((tx, _, _)) = self.conns.get(&conn)
-                {
-                    // Replies must not be lost, and the core must not wait for the stage (which
-                    // may be waiting for the core): deliver from a task when the outbox is full.
-                    if let Err(mpsc::error::TrySendError::Full(cmd)) =
-                        tx.try_send(ConnCmd::Item(Item::Reply { id, result }))
-                    {
-                        let tx = tx.clone();
-                        self.runtime.spawn(async move {
-                            let _ = tx.send(cmd).await;
-                        });
-                    }
-                }
-            }
-            Output::Event(event) => {
-                let stages: Vec<ConnId> =
-                    self.conns.iter().filter(|(_, (_, r, _))| *r == Remote::Stage).map(|(c, _)| *c).collect();
-                for conn in stages {
-                    self.send(conn, ConnCmd::Item(Item::Event(event.clone())));
-                }
-            }
-        }
-    }
 }
 
 impl From<NodeError> for StageError {

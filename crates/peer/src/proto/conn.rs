@@ -4,7 +4,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use replikativ_crdt::{Address, ContentId};
 
-use super::message::{self, FrameError, Hello, Message, PROTOCOL_VERSION, Summary};
+use super::message::{self, Hello, Message, PROTOCOL_VERSION, Summary};
 use super::{AnyOp, ConnId, Direction, FEATURE_BUCKETS, Output, Peer, Refusal};
 
 /// A publication received (or made locally) that waits for values before it is applied.
@@ -99,18 +99,14 @@ impl Peer {
         if !self.conns.contains_key(&conn) {
             return;
         }
-        match Message::decode(frame) {
+        // The one decode policy, shared with every driver's `Connection`.
+        match crate::connection::decode_frame(frame) {
             Ok(msg) => self.message(conn, msg),
-            Err(FrameError::UnknownKind(kind)) => {
+            Err(crate::connection::BadFrame::Answer(msg)) => {
                 self.refusals.count(Refusal::UnknownKind);
-                self.send(conn, Message::Error { reason: format!("unknown message kind {kind:?}; ignored") });
+                self.send(conn, *msg);
             }
-            Err(FrameError::UnsupportedVersion(v)) => self.close(
-                conn,
-                Refusal::UnsupportedVersion,
-                format!("frame of protocol version {v}; this peer speaks version {PROTOCOL_VERSION}"),
-            ),
-            Err(e) => self.close(conn, Refusal::MalformedFrame, e.to_string()),
+            Err(crate::connection::BadFrame::Close(why, reason)) => self.close(conn, why, reason),
         }
     }
 

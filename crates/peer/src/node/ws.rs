@@ -1,0 +1,306 @@
+//! One websocket connection: a reader task and a writer task around the connection's
+//! [`Connection`] pipeline (decode, middleware chain, encode).
+//!
+//! Reading and writing are separate tasks, so a connection whose writes wait for the remote (a
+//! full TCP window) keeps reading: two peers sending to each other at full speed can never block
+//! each other. The pipeline is shared by the two behind a mutex held only while an item passes.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use super::{ConnCmd, CoreMsg, Shared, register_metrics};
+use crate::connection::Connection;
+use crate::middleware::{ChainSpec, ConnMetrics, Item, Remote, standard_chain};
+use crate::proto::{ConnId, Direction, Input, Refusal};
+
+/// Websocket limits and keep-alive.
+#[derive(Clone, Copy, Debug)]
+pub struct WsConfig {
+    /// Largest frame accepted (bytes); larger closes the connection.
+    pub max_frame: usize,
+    /// Largest message accepted (bytes).
+    pub max_message: usize,
+    /// Read buffer per connection (bytes).
+    pub read_buffer: usize,
+    /// Interval of keep-alive pings.
+    pub ping_interval: Duration,
+    /// A connection silent for this long is closed.
+    pub idle_timeout: Duration,
+    /// The websocket handshake (the HTTP upgrade, in and out) must finish within this time, or
+    /// the connection is closed ([`Refusal::HandshakeTimeout`]). 10 s by default.
+    pub handshake_timeout: Duration,
+    /// Bytes an incoming handshake request may have at most ([`Refusal::HandshakeTooLarge`]).
+    /// 16 KiB by default.
+    pub max_handshake_bytes: usize,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        WsConfig {
+            max_frame: 16 << 20,
+            max_message: 16 << 20,
+            read_buffer: 16 << 10,
+            ping_interval: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
+            max_handshake_bytes: 16 << 10,
+        }
+    }
+}
+
+impl WsConfig {
+    pub(super) fn tungstenite(&self) -> WebSocketConfig {
+        WebSocketConfig::default()
+            .read_buffer_size(self.read_buffer)
+            .write_buffer_size(64 << 10)
+            .max_write_buffer_size(16 << 20)
+            .max_message_size(Some(self.max_message))
+            .max_frame_size(Some(self.max_frame))
+    }
+}
+
+/// The chain spec of the node's connections.
+pub(crate) fn chain_spec(shared: &Shared) -> ChainSpec<'_> {
+    ChainSpec {
+        middleware: &shared.config.middleware,
+        remote_commands: shared.config.remote_commands,
+        policy: shared.config.policy.as_ref(),
+    }
+}
+
+fn close_frame(reason: &str) -> WsMessage {
+    // A close reason has at most 123 bytes: cut on a character boundary.
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    WsMessage::Close(Some(CloseFrame { code: CloseCode::Policy, reason: reason[..end].to_owned().into() }))
+}
+
+/// What the reader and the writer of one connection share.
+struct Link {
+    shared: Arc<Shared>,
+    conn: ConnId,
+    connection: Mutex<Connection>,
+    metrics: Arc<ConnMetrics>,
+    /// Bytes of messages queued in the outbox (see `NodeConfig::outbox_bytes`).
+    queued: Arc<AtomicUsize>,
+}
+
+impl Link {
+    /// Hands items to the core (waiting while its channel is full: backpressure). `Err` if the
+    /// node stopped.
+    async fn to_core(&self, items: Vec<Item>) -> Result<(), ()> {
+        let core = &self.shared.core;
+        for item in items {
+            let msg = match item {
+                Item::Message(msg) => CoreMsg::Input(Input::Message { conn: self.conn, msg }),
+                Item::Command { id, cmd } => CoreMsg::Command { conn: self.conn, id, cmd },
+                _ => continue,
+            };
+            core.send(msg).await.map_err(|_| ())?;
+        }
+        Ok(())
+    }
+
+    fn next_command(&self) -> u64 {
+        self.shared.next_command.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Runs one websocket connection until it closes.
+pub(crate) async fn run<S>(
+    shared: Arc<Shared>,
+    ws: tokio_tungstenite::WebSocketStream<S>,
+    remote: Remote,
+    direction: Direction,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let metrics = register_metrics(&shared, conn);
+    let chain = standard_chain(conn, &remote, metrics.clone(), chain_spec(&shared));
+    let (tx, rx) = mpsc::channel::<ConnCmd>(shared.config.outbox);
+    let queued = Arc::new(AtomicUsize::new(0));
+    let core = shared.core.clone();
+    let attach = CoreMsg::Attach { conn, tx: tx.clone(), remote: remote.clone(), queued: queued.clone() };
+    if core.send(attach).await.is_err()
+        || core.send(CoreMsg::Input(Input::Connected { conn, direction })).await.is_err()
+    {
+        return;
+    }
+    let link = Arc::new(Link {
+        shared: shared.clone(),
+        conn,
+        connection: Mutex::new(Connection::new(chain)),
+        metrics,
+        queued,
+    });
+    let (sink, stream) = ws.split();
+    // Frames the reader must send itself (answers injected by the chain, close reasons) go to the
+    // writer on their own small channel, so they never wait behind the core's outbox.
+    let (wire_tx, wire_rx) = mpsc::channel::<WsMessage>(64);
+    let mut writer = tokio::spawn(write_loop(link.clone(), sink, rx, wire_rx));
+    let mut reader = tokio::spawn(read_loop(link, stream, wire_tx));
+    // Whichever side ends first ends the connection (the writer flushes a close frame first).
+    let reason = tokio::select! {
+        r = &mut reader => {
+            let reason = r.unwrap_or_else(|e| format!("reader failed: {e}"));
+            // Let the writer send what the reader queued (e.g. a close frame), then stop it.
+            drop(tx);
+            if tokio::time::timeout(Duration::from_millis(200), &mut writer).await.is_err() {
+                writer.abort();
+            }
+            reason
+        }
+        w = &mut writer => {
+            reader.abort();
+            w.unwrap_or_else(|e| format!("writer failed: {e}"))
+        }
+    };
+    tracing::info!(conn, ?remote, %reason, "connection closed");
+    let _ = core.send(CoreMsg::Input(Input::Closed { conn })).await;
+    shared.metrics.lock().expect("poisoned").remove(&conn);
+}
+
+/// The next binary frame, or why the connection ends (after telling the remote where it can be
+/// told: idle timeout, a bad websocket frame, a text frame).
+async fn next_frame<R>(link: &Link, stream: &mut R, wire: &mpsc::Sender<WsMessage>) -> Result<Vec<u8>, String>
+where
+    R: futures::Stream<Item = Result<WsMessage, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        let refused = |why: Refusal, reason: String| async move {
+            link.shared.refuse(why);
+            let _ = wire.send(close_frame(&reason)).await;
+            Err(reason)
+        };
+        let frame = match tokio::time::timeout(link.shared.config.ws.idle_timeout, stream.next()).await {
+            Err(_) => return refused(Refusal::IdleTimeout, "idle timeout".into()).await,
+            Ok(frame) => frame,
+        };
+        match frame {
+            None => return Err("the remote closed the connection".into()),
+            // E.g. a frame over the size limit: tell the remote before dropping it.
+            Some(Err(e)) => return refused(Refusal::BadWebsocketFrame, format!("bad frame: {e}")).await,
+            Some(Ok(WsMessage::Binary(bytes))) => return Ok(bytes.into()),
+            Some(Ok(WsMessage::Close(frame))) => {
+                let reason = frame.map(|f| crate::proto::message::clip(&f.reason)).unwrap_or_default();
+                return Err(format!("closed by the remote: {reason}"));
+            }
+            Some(Ok(WsMessage::Text(_))) => {
+                return refused(Refusal::TextFrame, "text frames are not part of the protocol".into()).await;
+            }
+            Some(Ok(_)) => continue, // ping / pong
+        }
+    }
+}
+
+/// Reads frames, runs them through the pipeline and hands them to the core. Returns why it
+/// stopped.
+async fn read_loop<R>(link: Arc<Link>, mut stream: R, wire: mpsc::Sender<WsMessage>) -> String
+where
+    R: futures::Stream<Item = Result<WsMessage, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        let bytes = match next_frame(&link, &mut stream, &wire).await {
+            Ok(bytes) => bytes,
+            Err(reason) => return reason,
+        };
+        link.metrics.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        let inbound = link.connection.lock().expect("poisoned").receive_frame(&bytes, || link.next_command());
+        if let Some(why) = inbound.refused {
+            link.shared.refuse(why);
+        }
+        for item in inbound.to_remote {
+            if let Item::Message(m) = item
+                && wire.send(WsMessage::Binary(m.encode().into())).await.is_err()
+            {
+                return "the writer stopped".into();
+            }
+        }
+        if let Some((_, reason)) = inbound.close {
+            let _ = wire.send(close_frame(&reason)).await;
+            return reason;
+        }
+        if link.to_core(inbound.to_core).await.is_err() {
+            return "the node stopped".into();
+        }
+    }
+}
+
+/// Drains the outbox (through the pipeline) and the reader's frames into the socket, feeding
+/// frames and flushing when nothing more is queued; sends keep-alive pings. Returns why it
+/// stopped.
+async fn write_loop<W>(
+    link: Arc<Link>,
+    mut sink: W,
+    mut rx: mpsc::Receiver<ConnCmd>,
+    mut wire: mpsc::Receiver<WsMessage>,
+) -> String
+where
+    W: futures::Sink<WsMessage, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+{
+    let mut ping = tokio::time::interval(link.shared.config.ws.ping_interval);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            frame = wire.recv() => {
+                let Some(frame) = frame else { return "the reader stopped".into() };
+                let closing = matches!(frame, WsMessage::Close(_));
+                if let WsMessage::Binary(b) = &frame {
+                    link.metrics.bytes_out.fetch_add(b.len() as u64, Ordering::Relaxed);
+                }
+                if sink.send(frame).await.is_err() {
+                    return "write failed".into();
+                }
+                if closing {
+                    return "closed".into();
+                }
+            }
+            cmd = rx.recv() => {
+                let item = match cmd {
+                    None => return "the node stopped".into(),
+                    Some(ConnCmd::Close(reason)) => {
+                        let _ = sink.send(close_frame(&reason)).await;
+                        return reason;
+                    }
+                    Some(ConnCmd::Item(item)) => item,
+                };
+                if let Item::Message(m) = &item {
+                    link.queued.fetch_sub(m.approx_size(), Ordering::Relaxed);
+                }
+                let flow = link.connection.lock().expect("poisoned").send(item);
+                if link.to_core(flow.up).await.is_err() {
+                    return "the node stopped".into();
+                }
+                for item in flow.down {
+                    if let Item::Message(m) = item {
+                        let bytes = m.encode();
+                        link.metrics.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                        if sink.feed(WsMessage::Binary(bytes.into())).await.is_err() {
+                            return "write failed".into();
+                        }
+                    }
+                }
+                // Batch: flush when nothing more is queued right now.
+                if rx.is_empty() && sink.flush().await.is_err() {
+                    return "write failed".into();
+                }
+            }
+            _ = ping.tick() => {
+                if sink.send(WsMessage::Ping(Vec::new().into())).await.is_err() {
+                    return "write failed".into();
+                }
+            }
+        }
+    }
+}

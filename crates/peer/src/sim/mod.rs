@@ -13,125 +13,21 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
-use std::io::Read;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use replikativ_crdt::{ActorId, Address, CrdtKind, Transaction, Value};
-use replikativ_store::{Batch, LogBounds, LogEntry, MemoryStore, Store, UpdateFn, Updated};
+use replikativ_store::Store;
+
+mod check;
+mod rng;
+mod store;
+pub use rng::Rng;
+pub use store::SimStore;
 
 use crate::connection::Connection;
 use crate::middleware::{ChainSpec, ConnMetrics, Item, Remote, standard_chain};
 use crate::proto::{AnyOp, Command, ConnId, CrdtState, Direction, Input, Message, Output, Peer, PeerConfig};
-
-/// A memory store whose durable part is what the last `sync` saw; [`SimStore::crash`] goes back to it.
-#[derive(Debug, Default)]
-pub struct SimStore {
-    live: RwLock<Arc<MemoryStore>>,
-    durable: Mutex<Arc<MemoryStore>>,
-}
-
-impl SimStore {
-    /// An empty store.
-    pub fn new() -> SimStore {
-        SimStore::default()
-    }
-
-    /// Loses everything written since the last barrier.
-    pub fn crash(&self) {
-        let durable = self.durable.lock().expect("poisoned").snapshot();
-        *self.live.write().expect("poisoned") = Arc::new(durable);
-    }
-
-    fn live(&self) -> Arc<MemoryStore> {
-        self.live.read().expect("poisoned").clone()
-    }
-}
-
-impl Store for SimStore {
-    fn get(&self, key: &[u8]) -> replikativ_store::Result<Option<Vec<u8>>> {
-        self.live().get(key)
-    }
-    fn put(&self, key: &[u8], value: &[u8]) -> replikativ_store::Result<()> {
-        self.live().put(key, value)
-    }
-    fn update(&self, key: &[u8], f: &mut UpdateFn<'_>) -> replikativ_store::Result<Updated> {
-        self.live().update(key, f)
-    }
-    fn delete(&self, key: &[u8]) -> replikativ_store::Result<()> {
-        self.live().delete(key)
-    }
-    fn exists(&self, key: &[u8]) -> replikativ_store::Result<bool> {
-        self.live().exists(key)
-    }
-    fn scan_prefix(&self, prefix: &[u8]) -> replikativ_store::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.live().scan_prefix(prefix)
-    }
-    fn apply(&self, batch: &Batch) -> replikativ_store::Result<()> {
-        self.live().apply(batch)
-    }
-    fn put_blob(&self, name: &[u8], data: &mut dyn Read) -> replikativ_store::Result<u64> {
-        self.live().put_blob(name, data)
-    }
-    fn open_blob(&self, name: &[u8]) -> replikativ_store::Result<Option<Box<dyn Read + Send>>> {
-        self.live().open_blob(name)
-    }
-    fn delete_blob(&self, name: &[u8]) -> replikativ_store::Result<bool> {
-        self.live().delete_blob(name)
-    }
-    fn log_append(&self, log: &[u8], entry: &[u8]) -> replikativ_store::Result<u64> {
-        self.live().log_append(log, entry)
-    }
-    fn log_read(&self, log: &[u8], from: u64, max: usize) -> replikativ_store::Result<Vec<LogEntry>> {
-        self.live().log_read(log, from, max)
-    }
-    fn log_prune(&self, log: &[u8], before: u64) -> replikativ_store::Result<()> {
-        self.live().log_prune(log, before)
-    }
-    fn log_bounds(&self, log: &[u8]) -> replikativ_store::Result<LogBounds> {
-        self.live().log_bounds(log)
-    }
-    fn sync(&self) -> replikativ_store::Result<()> {
-        *self.durable.lock().expect("poisoned") = Arc::new(self.live().snapshot());
-        Ok(())
-    }
-    fn close(&self) -> replikativ_store::Result<()> {
-        Ok(())
-    }
-    fn limits(&self) -> replikativ_store::Limits {
-        self.live().limits()
-    }
-}
-
-/// SplitMix64: small, seedable, good enough to drive a simulation.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator from a seed.
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-
-    /// True with probability `p`.
-    pub fn chance(&mut self, p: f64) -> bool {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p && p > 0.0
-    }
-}
 
 /// How peers are linked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -624,59 +520,6 @@ impl Network {
         }
         let why = self.check().err().unwrap_or_else(|| "states still change".into());
         Err(format!("no quiescence after 60 anti-entropy rounds: {why} ({:?})", self.stats))
-    }
-
-    fn fingerprint(&self) -> Vec<Option<replikativ_crdt::ContentId>> {
-        self.peers
-            .iter()
-            .flat_map(|p| {
-                self.addresses
-                    .iter()
-                    .map(move |(a, _)| p.peer.as_ref().and_then(|p| p.state(a)).map(CrdtState::digest))
-            })
-            .collect()
-    }
-
-    fn converged(&self) -> bool {
-        let first = &self.peers[0];
-        self.addresses.iter().all(|(a, _)| {
-            let s = first.peer.as_ref().and_then(|p| p.state(a));
-            self.peers.iter().all(|p| p.peer.as_ref().and_then(|p| p.state(a)) == s)
-        })
-    }
-
-    /// The peer `i`.
-    pub fn peer(&self, i: usize) -> &Peer {
-        self.peers[i].peer.as_ref().expect("running")
-    }
-
-    /// Asserts convergence: every peer has the same state at every address, every CDVCS history
-    /// is complete, and every acknowledged op is contained in every replica.
-    pub fn check(&self) -> Result<(), String> {
-        for (address, _) in &self.addresses {
-            let reference = self.peer(0).state(address);
-            for (i, p) in self.peers.iter().enumerate() {
-                let state = p.peer.as_ref().expect("running").state(address);
-                if state != reference {
-                    return Err(format!("peer {i} differs from peer 0 at {address}"));
-                }
-                if state.is_some_and(CrdtState::is_incomplete) {
-                    return Err(format!("peer {i} misses history of {address}"));
-                }
-            }
-        }
-        for (address, op) in &self.acknowledged {
-            for (i, p) in self.peers.iter().enumerate() {
-                let Some(state) = p.peer.as_ref().expect("running").state(address) else {
-                    return Err(format!("peer {i} lacks {address}, which has acknowledged ops"));
-                };
-                let mut probe = state.clone();
-                if probe.apply(op) != Ok(false) {
-                    return Err(format!("peer {i} lacks an acknowledged op of {address}: {op:?}"));
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Number of peers.

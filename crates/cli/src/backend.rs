@@ -3,9 +3,8 @@
 
 use std::sync::Arc;
 
-use replikativ_crdt::{ActorId, ContentId};
+use replikativ_crdt::ActorId;
 use replikativ_peer::client::{ClientError, RemoteClient};
-use replikativ_peer::proto::CommitValue;
 use replikativ_peer::proto::{Command, Reply, StageError};
 use replikativ_peer::stage::Stage;
 use replikativ_store::Store;
@@ -34,6 +33,19 @@ impl Backend {
         Ok(Backend::Local { stage, store })
     }
 
+    /// Runs a command; the command's own error is given back as it is (`Err(Ok(e))`), a failure
+    /// to reach the node as a failure (`Err(Err(f))`).
+    pub(crate) async fn call_checked(&mut self, cmd: Command) -> Result<Reply, Result<StageError, Failure>> {
+        let result = match self {
+            Backend::Remote(client) => client
+                .call(cmd)
+                .await
+                .map_err(|e: ClientError| Err(Failure(EXIT_UNREACHABLE, e.to_string())))?,
+            Backend::Local { stage, .. } => stage.command(cmd).await,
+        };
+        result.map_err(Ok)
+    }
+
     /// Runs a command; command errors are data errors.
     pub(crate) async fn call(&mut self, cmd: Command) -> Result<Reply, Failure> {
         let result = match self {
@@ -44,14 +56,6 @@ impl Backend {
             Backend::Local { stage, .. } => stage.command(cmd).await,
         };
         result.map_err(|e: StageError| Failure(EXIT_DATA, e.to_string()))
-    }
-
-    /// Commit records with their transactions' params, by id.
-    pub(crate) async fn commits(&mut self, ids: Vec<ContentId>) -> Result<Vec<CommitValue>, Failure> {
-        match self.call(Command::Commits { ids }).await? {
-            Reply::Commits(commits) => Ok(commits),
-            _ => Err(Failure(EXIT_DATA, "unexpected reply".into())),
-        }
     }
 
     pub(crate) async fn close(self) -> Result<(), Failure> {

@@ -12,7 +12,7 @@ use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use replikativ_crdt::{ActorId, Address, ContentId, CrdtKind, Transaction, Value, to_value};
 use replikativ_peer::node::{Node, NodeConfig};
-use replikativ_peer::proto::{Command, CommitValue, CrdtState, Reply};
+use replikativ_peer::proto::{Command, CommitValue, Query, Reply};
 use replikativ_store::{FileStore, MemoryStore, SledStore, Store};
 
 use backend::Backend;
@@ -637,28 +637,32 @@ fn print_commits(target: &Target, commits: &[CommitValue]) {
     }
 }
 
-async fn state(b: &mut Backend, address: &Address) -> Result<CrdtState, Failure> {
-    match b.call(Command::Read { address: address.clone() }).await? {
-        Reply::State(Some(s)) => Ok(*s),
-        _ => Err(Failure(EXIT_DATA, format!("no replicated datatype at {address}"))),
+/// Runs a query on the node or store: only the answer is read (not the whole state).
+async fn query(b: &mut Backend, address: &Address, query: Query) -> Result<Reply, Failure> {
+    b.call_checked(Command::Query { address: address.clone(), query }).await.map_err(|e| match e {
+        Ok(replikativ_peer::proto::StageError::WrongKind { address, expected, .. }) => {
+            Failure(EXIT_DATA, format!("{address} does not hold a {expected}"))
+        }
+        Ok(other) => Failure(EXIT_DATA, other.to_string()),
+        Err(failure) => failure,
+    })
+}
+
+fn unexpected(reply: &Reply) -> Failure {
+    Failure(EXIT_DATA, format!("unexpected reply: {reply:?}").chars().take(200).collect())
+}
+
+async fn read_heads(b: &mut Backend, address: &Address) -> Result<Vec<ContentId>, Failure> {
+    match query(b, address, Query::Heads).await? {
+        Reply::Heads(h) => Ok(h.into_iter().collect()),
+        other => Err(unexpected(&other)),
     }
 }
 
-fn wrong(address: &Address, want: &str) -> Failure {
-    Failure(EXIT_DATA, format!("{address} does not hold a {want}"))
-}
-
-async fn read_ormap(b: &mut Backend, address: &Address) -> Result<replikativ_crdt::OrMap, Failure> {
-    match state(b, address).await? {
-        CrdtState::Ormap(m) => Ok(m),
-        _ => Err(wrong(address, "OR-Map")),
-    }
-}
-
-async fn read_cdvcs(b: &mut Backend, address: &Address) -> Result<replikativ_crdt::Cdvcs, Failure> {
-    match state(b, address).await? {
-        CrdtState::Cdvcs(c) => Ok(c),
-        _ => Err(wrong(address, "CDVCS")),
+async fn commits_of(b: &mut Backend, address: &Address, q: Query) -> Result<Vec<CommitValue>, Failure> {
+    match query(b, address, q).await? {
+        Reply::Commits(c) => Ok(c),
+        other => Err(unexpected(&other)),
     }
 }
 
@@ -683,8 +687,7 @@ async fn ormap(cmd: OrmapCmd) -> Result<(), Failure> {
             let (address, key) = (parse_address(&address)?, parse_key(&key));
             with_backend(target, Access::ReadOnly, move |b, t| {
                 Box::pin(async move {
-                    let ids = read_ormap(b, &address).await?.get(&key);
-                    print_commits(t, &b.commits(ids).await?);
+                    print_commits(t, &commits_of(b, &address, Query::Get { key }).await?);
                     Ok(())
                 })
             })
@@ -694,7 +697,10 @@ async fn ormap(cmd: OrmapCmd) -> Result<(), Failure> {
             let address = parse_address(&address)?;
             with_backend(target, Access::ReadOnly, move |b, t| {
                 Box::pin(async move {
-                    print_list(t, read_ormap(b, &address).await?.keys().map(output::json).collect());
+                    let Reply::Keys(keys) = query(b, &address, Query::Keys).await? else {
+                        return Err(Failure(EXIT_DATA, "unexpected reply".into()));
+                    };
+                    print_list(t, keys.iter().map(output::json).collect());
                     Ok(())
                 })
             })
@@ -719,8 +725,7 @@ async fn cdvcs(cmd: CdvcsCmd) -> Result<(), Failure> {
             let address = parse_address(&address)?;
             with_backend(target, Access::ReadOnly, move |b, t| {
                 Box::pin(async move {
-                    let order = read_cdvcs(b, &address).await?.linearize();
-                    print_commits(t, &b.commits(order).await?);
+                    print_commits(t, &commits_of(b, &address, Query::History).await?);
                     Ok(())
                 })
             })
@@ -730,8 +735,8 @@ async fn cdvcs(cmd: CdvcsCmd) -> Result<(), Failure> {
             let address = parse_address(&address)?;
             with_backend(target, Access::ReadOnly, move |b, t| {
                 Box::pin(async move {
-                    let c = read_cdvcs(b, &address).await?;
-                    let heads: Vec<String> = c.heads().iter().map(ContentId::to_string).collect();
+                    let heads: Vec<String> =
+                        read_heads(b, &address).await?.iter().map(ContentId::to_string).collect();
                     print_value(t, serde_json::json!(heads), &heads.join("\n"));
                     Ok(())
                 })
@@ -743,11 +748,7 @@ async fn cdvcs(cmd: CdvcsCmd) -> Result<(), Failure> {
             let given = heads.iter().map(|h| parse_id(h)).collect::<Result<Vec<_>, _>>()?;
             with_backend(target, Access::Existing, move |b, t| {
                 Box::pin(async move {
-                    let heads = if given.is_empty() {
-                        read_cdvcs(b, &address).await?.heads().iter().copied().collect()
-                    } else {
-                        given
-                    };
+                    let heads = if given.is_empty() { read_heads(b, &address).await? } else { given };
                     let cmd = Command::Merge { address, heads, correcting: vec![], author: t.user.clone() };
                     if let Reply::Commit(id) = b.call(cmd).await? {
                         print_value(t, serde_json::json!({ "commit": id.to_string() }), &id.to_string());
@@ -781,10 +782,10 @@ async fn lww(cmd: LwwCmd) -> Result<(), Failure> {
             let address = parse_address(&address)?;
             with_backend(target, Access::ReadOnly, move |b, t| {
                 Box::pin(async move {
-                    let CrdtState::Lww(r) = state(b, &address).await? else {
-                        return Err(wrong(&address, "LWW register"));
+                    let Reply::Value(v) = query(b, &address, Query::Register).await? else {
+                        return Err(Failure(EXIT_DATA, "unexpected reply".into()));
                     };
-                    let j = output::json(r.get());
+                    let j = output::json(&v);
                     print_value(t, j.clone(), &j.to_string());
                     Ok(())
                 })
@@ -805,10 +806,10 @@ async fn gset(cmd: GsetCmd) -> Result<(), Failure> {
             let address = parse_address(&address)?;
             with_backend(target, Access::ReadOnly, move |b, t| {
                 Box::pin(async move {
-                    let CrdtState::Gset(s) = state(b, &address).await? else {
-                        return Err(wrong(&address, "G-Set"));
+                    let Reply::Elements(elements) = query(b, &address, Query::Elements).await? else {
+                        return Err(Failure(EXIT_DATA, "unexpected reply".into()));
                     };
-                    print_list(t, s.elements().iter().map(output::json).collect());
+                    print_list(t, elements.iter().map(output::json).collect());
                     Ok(())
                 })
             })

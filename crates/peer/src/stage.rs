@@ -41,9 +41,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use replikativ_crdt::{
-    ActorId, Address, Cdvcs, ContentId, CrdtKind, GSet, LwwRegister, OrMap, Transaction, Value,
-};
+use replikativ_crdt::{ActorId, Address, Cdvcs, ContentId, CrdtKind, OrMap, Transaction, Value};
 use replikativ_store::Store;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use uuid::Uuid;
@@ -52,7 +50,7 @@ use crate::connection::Connection;
 use crate::middleware::{Item, MiddlewareFactory, Policy, Remote, standard_chain};
 use crate::node::{ConnCmd, CoreMsg, Node, NodeConfig, NodeError};
 pub use crate::proto::CommitValue;
-use crate::proto::{Command, CrdtState, Event, PeerConfig, Reply, StageError};
+use crate::proto::{Command, CrdtState, Event, PeerConfig, Query, Reply, StageError};
 
 /// Builds a [`Stage`] (and its node).
 pub struct StageBuilder {
@@ -259,7 +257,7 @@ impl Stage {
 
     async fn create(&self, kind: CrdtKind, id: Option<Uuid>) -> Result<Address, StageError> {
         let address = Address::new(self.inner.user.clone(), id.unwrap_or_else(Uuid::new_v4))
-            .map_err(|e| StageError::Store(e.to_string()))?;
+            .map_err(|e| StageError::InvalidAddress(e.to_string()))?;
         self.run(Command::Create { address: address.clone(), kind, author: self.inner.user.clone() }).await?;
         Ok(address)
     }
@@ -338,7 +336,7 @@ impl Stage {
     pub async fn commits(&self, ids: &[ContentId]) -> Result<Vec<CommitValue>, StageError> {
         match self.run(Command::Commits { ids: ids.to_vec() }).await? {
             Reply::Commits(commits) => Ok(commits),
-            _ => Err(StageError::Store("unexpected reply".into())),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -354,7 +352,7 @@ impl Stage {
             .await?
         {
             Reply::Commit(id) => Ok(id),
-            _ => Err(StageError::Store("unexpected reply".into())),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -370,15 +368,33 @@ impl Stage {
             .map(|_| ())
     }
 
-    /// OR-Map: the live values of a key (their commits with transactions).
+    async fn query(&self, address: &Address, query: Query) -> Result<Reply, StageError> {
+        self.run(Command::Query { address: address.clone(), query }).await
+    }
+
+    /// OR-Map: the live values of a key (their commits with transactions). Read in the node:
+    /// only those values are copied.
     pub async fn get(&self, address: &Address, key: &Value) -> Result<Vec<CommitValue>, StageError> {
-        let ids = self.ormap(address).await?.get(key);
-        self.commits(&ids).await
+        match self.query(address, Query::Get { key: key.clone() }).await? {
+            Reply::Commits(c) => Ok(c),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// OR-Map: the keys with live values.
+    pub async fn keys(&self, address: &Address) -> Result<Vec<Value>, StageError> {
+        match self.query(address, Query::Keys).await? {
+            Reply::Keys(k) => Ok(k),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// OR-Map: keys with several live values.
     pub async fn conflicts(&self, address: &Address) -> Result<BTreeMap<Value, Vec<ContentId>>, StageError> {
-        Ok(self.ormap(address).await?.conflicts())
+        match self.query(address, Query::Conflicts).await? {
+            Reply::Conflicts(c) => Ok(c),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// CDVCS: commits transactions on the single head; returns the commit id.
@@ -388,19 +404,24 @@ impl Stage {
             .await?
         {
             Reply::Commit(id) => Ok(id),
-            _ => Err(StageError::Store("unexpected reply".into())),
+            other => Err(unexpected(other)),
         }
     }
 
     /// CDVCS: the heads.
     pub async fn heads(&self, address: &Address) -> Result<BTreeSet<ContentId>, StageError> {
-        Ok(self.cdvcs(address).await?.heads().clone())
+        match self.query(address, Query::Heads).await? {
+            Reply::Heads(h) => Ok(h),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// CDVCS: the linearized history with transactions (every replica agrees on the order).
     pub async fn log(&self, address: &Address) -> Result<Vec<CommitValue>, StageError> {
-        let ids = self.cdvcs(address).await?.linearize();
-        self.commits(&ids).await
+        match self.query(address, Query::History).await? {
+            Reply::Commits(c) => Ok(c),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// CDVCS: merges exactly the current heads in the given order; returns the merge commit.
@@ -414,7 +435,7 @@ impl Stage {
             Command::Merge { address: address.clone(), heads, correcting, author: self.inner.user.clone() };
         match self.run(cmd).await? {
             Reply::Commit(id) => Ok(id),
-            _ => Err(StageError::Store("unexpected reply".into())),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -431,8 +452,8 @@ impl Stage {
 
     /// CDVCS: forks `from` to this stage's user (same id); returns the new address.
     pub async fn fork(&self, from: &Address) -> Result<Address, StageError> {
-        let into =
-            Address::new(self.inner.user.clone(), from.id).map_err(|e| StageError::Store(e.to_string()))?;
+        let into = Address::new(self.inner.user.clone(), from.id)
+            .map_err(|e| StageError::InvalidAddress(e.to_string()))?;
         self.run(Command::Fork { from: from.clone(), into: into.clone() }).await?;
         Ok(into)
     }
@@ -444,10 +465,10 @@ impl Stage {
 
     /// LWW register: the current value.
     pub async fn register(&self, address: &Address) -> Result<Value, StageError> {
-        let r: LwwRegister = self
-            .typed(address, CrdtKind::Lww, |s| if let CrdtState::Lww(r) = s { Some(r) } else { None })
-            .await?;
-        Ok(r.get().clone())
+        match self.query(address, Query::Register).await? {
+            Reply::Value(v) => Ok(v),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// G-Set: adds an element.
@@ -457,10 +478,10 @@ impl Stage {
 
     /// G-Set: the elements.
     pub async fn elements(&self, address: &Address) -> Result<BTreeSet<Value>, StageError> {
-        let s: GSet = self
-            .typed(address, CrdtKind::Gset, |s| if let CrdtState::Gset(g) = s { Some(g) } else { None })
-            .await?;
-        Ok(s.elements().clone())
+        match self.query(address, Query::Elements).await? {
+            Reply::Elements(e) => Ok(e),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Change events of one address (from this stage and from peers). Events sent while the
@@ -473,6 +494,11 @@ impl Stage {
     pub async fn shutdown(&self) {
         self.inner.node.shutdown().await;
     }
+}
+
+/// A reply of the wrong kind for a command (only a node of another version sends one).
+fn unexpected(reply: Reply) -> StageError {
+    StageError::UnexpectedReply(format!("{reply:?}").chars().take(200).collect())
 }
 
 /// A stream of change events of one address (see [`Stage::changes`]).

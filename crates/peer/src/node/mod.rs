@@ -441,7 +441,7 @@ impl From<NodeError> for StageError {
     fn from(e: NodeError) -> Self {
         match e {
             NodeError::Gone => StageError::NodeGone,
-            other => StageError::Store(other.to_string()),
+            other => StageError::Node(other.to_string()),
         }
     }
 }

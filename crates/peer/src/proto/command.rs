@@ -1,14 +1,13 @@
-//! Stage commands: local operations enter the core like remote publications do, and share the
-//! path that stores, relays and acknowledges them. Writes are replied to after their barrier.
+//! Stage commands: what they are, and how the core runs them. Local operations (`local.rs`) enter
+//! the core like remote publications do and share the path that stores, relays and acknowledges
+//! them; writes are replied to after their barrier. Reads (`query.rs`) are answered at once.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
-use replikativ_crdt::{Address, Cdvcs, Commit, ContentId, CrdtKind, Staged, Transaction, Value};
+use replikativ_crdt::{Address, ContentId, CrdtKind, Transaction, Value};
 
-use super::message::AnyOp;
-use super::publish::Origin;
 use super::state::CrdtState;
-use super::{CommandId, Output, Peer, Replica, StageError};
+use super::{CommandId, Output, Peer, StageError};
 
 /// A stage command. Serializable, so a remote client can send it to a node (see
 /// [`crate::middleware::RemoteStage`]).
@@ -126,8 +125,38 @@ pub enum Command {
         /// The commit ids.
         ids: Vec<ContentId>,
     },
+    /// Reads part of the state at an address, in the core (nothing but the answer is copied).
+    Query {
+        /// Where.
+        address: Address,
+        /// What.
+        query: Query,
+    },
     /// The peer's status.
     Status,
+}
+
+/// What a [`Command::Query`] asks.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub enum Query {
+    /// OR-Map: the live values of a key with their transactions ([`Reply::Commits`]).
+    Get {
+        /// The key.
+        key: Value,
+    },
+    /// OR-Map: the keys with live values ([`Reply::Keys`]).
+    Keys,
+    /// OR-Map: the keys with several live values ([`Reply::Conflicts`]).
+    Conflicts,
+    /// CDVCS: the heads ([`Reply::Heads`]).
+    Heads,
+    /// CDVCS: the linearized history with transactions ([`Reply::Commits`]).
+    History,
+    /// LWW register: the value ([`Reply::Value`]).
+    Register,
+    /// G-Set: the elements ([`Reply::Elements`]).
+    Elements,
 }
 
 /// A commit record with its transactions' params resolved.
@@ -161,15 +190,17 @@ pub enum Reply {
     Commits(Vec<CommitValue>),
     /// The peer's status.
     Status(super::PeerStatus),
+    /// OR-Map keys.
+    Keys(Vec<Value>),
+    /// OR-Map keys with several live values, and those values' commits.
+    Conflicts(BTreeMap<Value, Vec<ContentId>>),
+    /// CDVCS heads.
+    Heads(BTreeSet<ContentId>),
+    /// An LWW register's value.
+    Value(Value),
+    /// A G-Set's elements.
+    Elements(BTreeSet<Value>),
 }
-
-/// New values of a local op as canonical encodings, and its commit records parsed.
-fn bytes_of(values: BTreeMap<ContentId, Value>) -> Known {
-    let commits = values.iter().filter_map(|(id, v)| Commit::from_value(v).ok().map(|c| (*id, c))).collect();
-    (values.into_iter().map(|(id, v)| (id, v.encode())).collect(), commits)
-}
-
-type Known = (HashMap<ContentId, Vec<u8>>, HashMap<ContentId, Commit>);
 
 impl Command {
     /// Every address the command names.
@@ -182,7 +213,8 @@ impl Command {
             | Command::Merge { address, .. }
             | Command::LwwSet { address, .. }
             | Command::GsetAdd { address, .. }
-            | Command::Read { address } => vec![address],
+            | Command::Read { address }
+            | Command::Query { address, .. } => vec![address],
             Command::Subscribe { addresses } | Command::Unsubscribe { addresses } => {
                 addresses.iter().collect()
             }
@@ -203,7 +235,11 @@ impl Peer {
         }
         let read = matches!(
             cmd,
-            Command::Read { .. } | Command::Values { .. } | Command::Commits { .. } | Command::Status
+            Command::Read { .. }
+                | Command::Query { .. }
+                | Command::Values { .. }
+                | Command::Commits { .. }
+                | Command::Status
         );
         match self.run(cmd) {
             // Reads wrote nothing: they answer at once.
@@ -213,35 +249,42 @@ impl Peer {
         }
     }
 
-    fn stored_value(&self, id: &ContentId) -> Result<Value, StageError> {
-        let bytes = self.persist.value(id)?.ok_or(StageError::MissingValue(*id))?;
-        Value::decode(&bytes).map_err(|e| StageError::Store(format!("stored value {id}: {e}")))
+    fn run(&mut self, cmd: Command) -> Result<Reply, StageError> {
+        match cmd {
+            Command::Create { address, kind, author } => self.create(address, kind, &author),
+            Command::Subscribe { addresses } => {
+                self.extend_subscriptions(&addresses, None);
+                Ok(Reply::Done)
+            }
+            Command::Unsubscribe { addresses } => {
+                self.remove_subscriptions(&addresses);
+                Ok(Reply::Done)
+            }
+            Command::Assoc { address, key, txs, author } => self.assoc(&address, key, txs, &author),
+            Command::Dissoc { address, key, revert, author } => self.dissoc(&address, &key, revert, &author),
+            Command::Transact { address, txs, author } => self.transact(&address, txs, &author),
+            Command::Merge { address, heads, correcting, author } => {
+                self.merge(&address, &heads, correcting, &author)
+            }
+            Command::Pull { from, into, tip, allow_induced_conflict } => {
+                self.pull(&from, &into, tip, allow_induced_conflict)
+            }
+            Command::Fork { from, into } => self.fork(&from, &into),
+            Command::LwwSet { address, value } => self.lww_set(&address, value),
+            Command::GsetAdd { address, element } => self.gset_add(&address, element),
+            Command::Read { address } => {
+                Ok(Reply::State(self.crdts.get(&address).map(|r| Box::new(r.state.clone()))))
+            }
+            Command::Query { address, query } => self.query(&address, query),
+            Command::Values { ids } => self.read_values(ids),
+            Command::Commits { ids } => Ok(Reply::Commits(self.resolve_commits(&ids)?)),
+            Command::Status => Ok(Reply::Status(self.status())),
+        }
     }
 
-    /// Commit records with their params, from the store.
-    fn resolve_commits(&self, ids: &[ContentId]) -> Result<Vec<CommitValue>, StageError> {
-        ids.iter()
-            .map(|id| {
-                let commit = Commit::from_value(&self.stored_value(id)?)
-                    .map_err(|e| StageError::Store(format!("stored commit {id}: {e}")))?;
-                let transactions = commit
-                    .transactions
-                    .into_iter()
-                    .map(|t| Ok(Transaction { function: t.function, params: self.stored_value(&t.params)? }))
-                    .collect::<Result<Vec<_>, StageError>>()?;
-                Ok(CommitValue {
-                    id: *id,
-                    parents: commit.parents,
-                    transactions,
-                    author: commit.author,
-                    ts: commit.ts,
-                })
-            })
-            .collect()
-    }
-
-    fn replica_mut(&mut self, address: &Address, kind: CrdtKind) -> Result<&mut CrdtState, StageError> {
-        let replica = self.crdts.get_mut(address).ok_or_else(|| StageError::NotFound(address.clone()))?;
+    /// The state at `address`, if it is of `kind`.
+    pub(super) fn replica_of(&self, address: &Address, kind: CrdtKind) -> Result<&CrdtState, StageError> {
+        let replica = self.crdts.get(address).ok_or_else(|| StageError::NotFound(address.clone()))?;
         if replica.state.kind() != kind {
             return Err(StageError::WrongKind {
                 address: address.clone(),
@@ -249,147 +292,31 @@ impl Peer {
                 found: replica.state.kind(),
             });
         }
-        Ok(&mut replica.state)
+        Ok(&replica.state)
     }
 
-    fn local(&mut self, address: &Address, op: AnyOp, (values, commits): Known) -> Result<(), StageError> {
-        self.record_applied(address, &op, values, &commits, Origin::Local)
+    /// The state at `address` to change, if it is of `kind`.
+    pub(super) fn replica_mut(
+        &mut self,
+        address: &Address,
+        kind: CrdtKind,
+    ) -> Result<&mut CrdtState, StageError> {
+        self.replica_of(address, kind)?;
+        Ok(&mut self.crdts.get_mut(address).expect("checked").state)
     }
 
-    fn run(&mut self, cmd: Command) -> Result<Reply, StageError> {
-        let now = self.now_ms;
-        let actor = self.actor;
-        Ok(match cmd {
-            Command::Create { address, kind, author } => {
-                if self.crdts.contains_key(&address) {
-                    return Err(StageError::AlreadyExists(address));
-                }
-                let (state, op, values) = match kind {
-                    CrdtKind::Cdvcs => {
-                        let (cdvcs, Staged { op, values }) = Cdvcs::new(&author, now);
-                        (CrdtState::Cdvcs(cdvcs), AnyOp::Cdvcs(op), bytes_of(values))
-                    }
-                    other => {
-                        let state = CrdtState::empty(other);
-                        let op = state.state_op();
-                        (state, op, Known::default())
-                    }
-                };
-                self.crdts.insert(address.clone(), Replica::new(state));
-                self.extend_subscriptions(&BTreeSet::from([address.clone()]), None);
-                self.local(&address, op, values)?;
-                Reply::Done
-            }
-            Command::Subscribe { addresses } => {
-                self.extend_subscriptions(&addresses, None);
-                Reply::Done
-            }
-            Command::Unsubscribe { addresses } => {
-                self.remove_subscriptions(&addresses);
-                Reply::Done
-            }
-            Command::Assoc { address, key, txs, author } => {
-                let CrdtState::Ormap(m) = self.replica_mut(&address, CrdtKind::Ormap)? else {
-                    unreachable!()
-                };
-                let staged = m.assoc(key, txs, actor, &author, now)?;
-                let commit = staged.op.adds[0].commit;
-                self.local(&address, AnyOp::Ormap(staged.op), bytes_of(staged.values))?;
-                Reply::Commit(commit)
-            }
-            Command::Dissoc { address, key, revert, author } => {
-                let CrdtState::Ormap(m) = self.replica_mut(&address, CrdtKind::Ormap)? else {
-                    unreachable!()
-                };
-                let staged = m.dissoc(&key, revert, &author, now)?;
-                let commit = staged.op.removals[0].commit;
-                self.local(&address, AnyOp::Ormap(staged.op), bytes_of(staged.values))?;
-                Reply::Commit(commit)
-            }
-            Command::Transact { address, txs, author } => {
-                let CrdtState::Cdvcs(c) = self.replica_mut(&address, CrdtKind::Cdvcs)? else {
-                    unreachable!()
-                };
-                let staged = c.transact(&author, now, txs)?;
-                let commit = staged.op.commits.last().expect("a commit").id;
-                self.local(&address, AnyOp::Cdvcs(staged.op), bytes_of(staged.values))?;
-                Reply::Commit(commit)
-            }
-            Command::Merge { address, heads, correcting, author } => {
-                let CrdtState::Cdvcs(c) = self.replica_mut(&address, CrdtKind::Cdvcs)? else {
-                    unreachable!()
-                };
-                let staged = c.merge(&author, now, &heads, None, correcting)?;
-                let commit = staged.op.commits.last().expect("a merge commit").id;
-                self.local(&address, AnyOp::Cdvcs(staged.op), bytes_of(staged.values))?;
-                Reply::Commit(commit)
-            }
-            Command::Pull { from, into, tip, allow_induced_conflict } => {
-                let CrdtState::Cdvcs(remote) = self.replica_mut(&from, CrdtKind::Cdvcs)?.clone() else {
-                    unreachable!()
-                };
-                let tip = match tip {
-                    Some(t) => t,
-                    None => remote.head().ok_or_else(|| replikativ_crdt::OpError::MultipleHeads {
-                        heads: remote.heads().iter().copied().collect(),
-                    })?,
-                };
-                if !self.crdts.contains_key(&into) {
-                    self.crdts.insert(into.clone(), Replica::new(CrdtState::Cdvcs(Cdvcs::default())));
-                    self.extend_subscriptions(&BTreeSet::from([into.clone()]), None);
-                }
-                let CrdtState::Cdvcs(c) = self.replica_mut(&into, CrdtKind::Cdvcs)? else { unreachable!() };
-                let staged = c.pull(&remote, tip, allow_induced_conflict)?;
-                self.local(&into, AnyOp::Cdvcs(staged.op), Known::default())?;
-                Reply::Commit(tip)
-            }
-            Command::Fork { from, into } => {
-                if self.crdts.contains_key(&into) {
-                    return Err(replikativ_crdt::OpError::ForkTargetExists.into());
-                }
-                let CrdtState::Cdvcs(c) = self.replica_mut(&from, CrdtKind::Cdvcs)? else { unreachable!() };
-                let (fork, op) = c.fork();
-                self.crdts.insert(into.clone(), Replica::new(CrdtState::Cdvcs(fork)));
-                self.extend_subscriptions(&BTreeSet::from([into.clone()]), None);
-                self.local(&into, AnyOp::Cdvcs(op), Known::default())?;
-                Reply::Done
-            }
-            Command::LwwSet { address, value } => {
-                let CrdtState::Lww(r) = self.replica_mut(&address, CrdtKind::Lww)? else { unreachable!() };
-                let op = r.set(value, now, actor)?;
-                self.local(&address, AnyOp::Lww(op), Known::default())?;
-                Reply::Done
-            }
-            Command::GsetAdd { address, element } => {
-                let CrdtState::Gset(s) = self.replica_mut(&address, CrdtKind::Gset)? else { unreachable!() };
-                let op = s.add(element)?;
-                self.local(&address, AnyOp::Gset(op), Known::default())?;
-                Reply::Done
-            }
-            Command::Read { address } => {
-                Reply::State(self.crdts.get(&address).map(|r| Box::new(r.state.clone())))
-            }
-            Command::Values { ids } => {
-                let mut values = Vec::with_capacity(ids.len());
-                for id in ids {
-                    let v = self.persist.value(&id)?.and_then(|b| Value::decode(&b).ok());
-                    values.push((id, v));
-                }
-                Reply::Values(values)
-            }
-            Command::Commits { ids } => Reply::Commits(self.resolve_commits(&ids)?),
-            Command::Status => Reply::Status(super::PeerStatus {
-                peer_id: self.record.id.clone(),
-                extend: self.record.extend,
-                connections: self.connections().map(|(_, id)| id.to_owned()).collect(),
-                subscriptions: self.record.subscriptions.iter().cloned().collect(),
-                addresses: self.crdts.len(),
-                listen: Vec::new(),
-                store_bytes: self.persist.size_on_disk(),
-                // The node adds its own counters.
-                refusals: self.refusals.by_name(),
-                recovery: self.recovery.clone(),
-            }),
-        })
+    fn status(&self) -> super::PeerStatus {
+        super::PeerStatus {
+            peer_id: self.record.id.clone(),
+            extend: self.record.extend,
+            connections: self.connections().map(|(_, id)| id.to_owned()).collect(),
+            subscriptions: self.record.subscriptions.iter().cloned().collect(),
+            addresses: self.crdts.len(),
+            listen: Vec::new(),
+            store_bytes: self.persist.size_on_disk(),
+            // The node adds its own counters.
+            refusals: self.refusals.by_name(),
+            recovery: self.recovery.clone(),
+        }
     }
 }

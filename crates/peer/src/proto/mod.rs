@@ -10,10 +10,12 @@
 mod command;
 mod conn;
 pub mod hooks;
+mod local;
 pub mod message;
 mod outbox;
 pub mod persist;
 mod publish;
+mod query;
 pub mod refusal;
 pub mod state;
 mod subscribe;
@@ -25,7 +27,7 @@ use std::sync::Arc;
 use replikativ_crdt::{ActorId, Address};
 use replikativ_store::Store;
 
-pub use command::{Command, CommitValue, Reply};
+pub use command::{Command, CommitValue, Query, Reply};
 pub use message::{AnyOp, FrameError, Hello, Message, PROTOCOL_VERSION, Publish, Subscribe, Summary};
 pub use persist::{QUARANTINE_PREFIX, Quarantined, StoredValues};
 pub use refusal::{Refusal, Refusals};

@@ -199,6 +199,20 @@ pub enum StageError {
     /// An address the command names is not valid.
     #[error("invalid address: {0}")]
     InvalidAddress(String),
+    /// A stored value does not decode (or is not the commit record it should be).
+    #[error("stored value {id} is damaged: {reason}")]
+    CorruptValue {
+        /// Its id.
+        id: ContentId,
+        /// The decoder's complaint.
+        reason: String,
+    },
+    /// The node answered a command with a reply of another kind (a node of another version).
+    #[error("unexpected reply from the node: {0}")]
+    UnexpectedReply(String),
+    /// The node could not do it (e.g. listen or connect).
+    #[error("node: {0}")]
+    Node(String),
 }
 
 impl From<StoreError> for StageError {

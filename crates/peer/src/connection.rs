@@ -87,12 +87,15 @@ impl Connection {
                 refused: Some(Refusal::UnknownKind),
                 ..Inbound::default()
             },
-            Err(BadFrame::Close(why, reason)) => Inbound {
-                to_remote: vec![Item::Message(Message::Close { reason: reason.clone() })],
-                close: Some((why, reason)),
-                refused: Some(why),
-                ..Inbound::default()
-            },
+            Err(BadFrame::Close(why, detail)) => {
+                let reason = crate::proto::CloseReason::new(why, detail).to_string();
+                Inbound {
+                    to_remote: vec![Item::Message(Message::Close { reason: reason.clone() })],
+                    close: Some((why, reason)),
+                    refused: Some(why),
+                    ..Inbound::default()
+                }
+            }
         }
     }
 

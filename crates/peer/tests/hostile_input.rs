@@ -398,7 +398,9 @@ fn a_hello_with_an_oversized_peer_id_or_too_many_features_closes_the_connection(
         let mut w = world();
         w.connect_fake(FRESH);
         let seen = w.send(FRESH, &Message::Hello(hello));
-        w.assert_closed(FRESH, &seen, &[needle]);
+        let reason = w.assert_closed(FRESH, &seen, &[needle]);
+        // The reason names the refusal in a form tools match on.
+        assert_eq!(replikativ_peer::proto::CloseReason::parse(&reason).refusal, Some(Refusal::BadHello));
         assert_eq!(w.p().refusals().get(Refusal::BadHello), 1);
         w.assert_healthy();
     }

@@ -178,8 +178,9 @@ where
     R: futures::Stream<Item = Result<WsMessage, tokio_tungstenite::tungstenite::Error>> + Unpin,
 {
     loop {
-        let refused = |why: Refusal, reason: String| async move {
+        let refused = |why: Refusal, detail: String| async move {
             link.shared.refuse(why);
+            let reason = crate::proto::CloseReason::new(why, detail).to_string();
             let _ = wire.send(close_frame(&reason)).await;
             Err(reason)
         };

@@ -59,9 +59,10 @@ pub(crate) struct Conn {
 impl Peer {
     /// Closes a connection with a reason (sent to the remote first) and forgets it; counts the
     /// refusal.
-    pub(crate) fn close(&mut self, conn: ConnId, why: Refusal, reason: String) {
+    pub(crate) fn close(&mut self, conn: ConnId, why: Refusal, detail: String) {
         if self.conns.remove(&conn).is_some() {
             self.refusals.count(why);
+            let reason = super::refusal::CloseReason::new(why, detail).to_string();
             tracing::warn!(peer = %self.record.id, conn, refusal = %why, %reason, "closing connection");
             self.outbox.send(conn, Message::Close { reason: reason.clone() });
             self.outbox.push(Output::Close { conn, reason });

@@ -30,7 +30,7 @@ use replikativ_store::Store;
 pub use command::{Command, CommitValue, Query, Reply};
 pub use message::{AnyOp, FrameError, Hello, Message, PROTOCOL_VERSION, Publish, Subscribe, Summary};
 pub use persist::{QUARANTINE_PREFIX, Quarantined, StoredValues};
-pub use refusal::{Refusal, Refusals};
+pub use refusal::{CloseReason, Refusal, Refusals};
 pub use state::{ApplyError, CrdtState, PeerRecord};
 pub use types::{Direction, Event, Input, OpenError, Output, PeerConfig, PeerStatus, StageError, Timer};
 

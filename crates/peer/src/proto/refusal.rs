@@ -186,3 +186,64 @@ impl Refusals {
         self.0.iter().map(|(r, n)| (r.as_str().to_owned(), *n)).collect()
     }
 }
+
+impl Refusal {
+    /// The reason with this stable name ([`Refusal::as_str`]), if any.
+    pub fn from_name(name: &str) -> Option<Refusal> {
+        Refusal::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+}
+
+/// Why a connection is closed, as it travels in a `close` message and a websocket close frame:
+/// the refusal's stable name, `": "`, and a detail for people (`malformed-frame: malformed frame:
+/// 3 trailing bytes after the msgpack value`). Tests and tools match on the refusal, not the text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloseReason {
+    /// The refusal, if the text starts with a known one.
+    pub refusal: Option<Refusal>,
+    /// The rest.
+    pub detail: String,
+}
+
+impl CloseReason {
+    /// A close reason.
+    pub fn new(refusal: Refusal, detail: impl Into<String>) -> CloseReason {
+        CloseReason { refusal: Some(refusal), detail: detail.into() }
+    }
+
+    /// Reads a close reason back from its text (one of another peer may have no refusal).
+    pub fn parse(text: &str) -> CloseReason {
+        match text.split_once(": ") {
+            Some((name, detail)) if Refusal::from_name(name).is_some() => {
+                CloseReason { refusal: Refusal::from_name(name), detail: detail.to_owned() }
+            }
+            _ => CloseReason { refusal: None, detail: text.to_owned() },
+        }
+    }
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.refusal {
+            Some(r) => write!(f, "{r}: {}", self.detail),
+            None => f.write_str(&self.detail),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_refusal_has_a_distinct_name_and_close_reasons_round_trip() {
+        let names: std::collections::BTreeSet<&str> = Refusal::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names.len(), Refusal::ALL.len());
+        for r in Refusal::ALL {
+            assert_eq!(Refusal::from_name(r.as_str()), Some(r));
+            let reason = CloseReason::new(r, "some: detail");
+            assert_eq!(CloseReason::parse(&reason.to_string()), reason);
+        }
+        assert_eq!(CloseReason::parse("remote said: bye").refusal, None);
+    }
+}

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use replikativ_peer::crdt::cdvcs::{CdvcsMethod, GraphEntry};
 use replikativ_peer::crdt::{
-    ActorId, Address, Cdvcs, CdvcsOp, Commit, ContentId, Crdt, CrdtKind, Dot, GSet, Hlc, LwwOp, LwwRegister, OrEntry,
-    OrMap, OrMapOp, Transaction, Value,
+    ActorId, Address, Cdvcs, CdvcsOp, Commit, ContentId, Crdt, CrdtKind, Dot, GSet, Hlc, LwwOp, LwwRegister,
+    OrEntry, OrMap, OrMapOp, Transaction, Value,
 };
 use replikativ_peer::proto::message::{MAX_FETCH_IDS, from_msgpack};
 use replikativ_peer::proto::state::{BUCKET_DIGEST, BUCKETS};
@@ -36,8 +36,9 @@ use uuid::Uuid;
 pub struct Target {
     /// The name.
     pub name: &'static str,
-    /// Runs one input; panics when a property does not hold.
-    pub run: fn(&[u8]),
+    /// Runs one input; panics when a property does not hold. Returns whether the input got past
+    /// decoding (so its properties were checked), for the runners' statistics.
+    pub run: fn(&[u8]) -> bool,
     /// Valid inputs to start from.
     pub seeds: fn() -> Vec<Vec<u8>>,
 }
@@ -70,27 +71,27 @@ struct Envelope {
 /// `Message::decode`: never panics; its error agrees with `frame_version`; a decoded message
 /// re-encodes to a frame that decodes to the same message; decoding is strict (a byte after the
 /// envelope, or after the body inside it, is an error).
-pub fn message(data: &[u8]) {
+pub fn message(data: &[u8]) -> bool {
     let decoded = Message::decode(data);
     let version = Message::frame_version(data);
     let msg = match decoded {
         Ok(msg) => msg,
         Err(FrameError::Malformed(_)) => {
             assert_eq!(version, None, "a malformed frame has no envelope, yet frame_version reads one");
-            return;
+            return false;
         }
         Err(FrameError::UnsupportedVersion(v)) => {
             assert_eq!(version, Some(v), "UnsupportedVersion names the envelope's version");
             assert_ne!(v, PROTOCOL_VERSION, "UnsupportedVersion of this peer's own version");
-            return;
+            return false;
         }
         Err(FrameError::UnknownKind(_)) => {
             assert_eq!(version, Some(PROTOCOL_VERSION), "an unknown kind is only reported for version 1");
-            return;
+            return false;
         }
         Err(_) => {
             assert!(version.is_some(), "a bad body comes in a valid envelope");
-            return;
+            return false;
         }
     };
     let frame = msg.encode();
@@ -108,12 +109,14 @@ pub fn message(data: &[u8]) {
     }
     let mut body = envelope.body.into_vec();
     body.push(0xc0);
-    let rebuilt = rmp_serde::to_vec_named(&Envelope { v: envelope.v, kind: envelope.kind, body: body.into() })
-        .expect("encodes");
+    let rebuilt =
+        rmp_serde::to_vec_named(&Envelope { v: envelope.v, kind: envelope.kind, body: body.into() })
+            .expect("encodes");
     assert!(
         matches!(Message::decode(&rebuilt), Err(FrameError::BadBody { .. })),
         "bytes after the body inside the envelope are not refused"
     );
+    true
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -122,9 +125,13 @@ pub fn message(data: &[u8]) {
 /// `Value::decode` (design §1.1): never panics; accepts only canonical input (`encode` gives the
 /// input back, so the content id is the hash of the input); refuses a byte after the value and
 /// every proper prefix; the value survives msgpack (its serde form on the wire) unchanged.
-pub fn value(data: &[u8]) {
-    let Ok(v) = Value::decode(data) else { return };
-    assert_eq!(v.encode(), data, "a decoded value re-encodes to other bytes: the decoder accepted non-canonical input");
+pub fn value(data: &[u8]) -> bool {
+    let Ok(v) = Value::decode(data) else { return false };
+    assert_eq!(
+        v.encode(),
+        data,
+        "a decoded value re-encodes to other bytes: the decoder accepted non-canonical input"
+    );
     assert_eq!(v.content_id(), ContentId::hash_bytes(data), "the content id is not the hash of the encoding");
     assert!(v.within_depth_limit(), "a decoded value exceeds the depth limit");
     let mut longer = data.to_vec();
@@ -132,13 +139,17 @@ pub fn value(data: &[u8]) {
     assert!(Value::decode(&longer).is_err(), "a byte after the value is not refused");
     for cut in [data.len() - 1, data.len() / 2] {
         if cut < data.len() {
-            assert!(Value::decode(&data[..cut]).is_err(), "a proper prefix of an encoding decodes ({cut} bytes)");
+            assert!(
+                Value::decode(&data[..cut]).is_err(),
+                "a proper prefix of an encoding decodes ({cut} bytes)"
+            );
         }
     }
     let packed = rmp_serde::to_vec(&v).expect("encodes");
     assert_eq!(from_msgpack::<Value>(&packed).as_ref(), Ok(&v), "msgpack round trip");
     let named = rmp_serde::to_vec_named(&v).expect("encodes");
     assert_eq!(from_msgpack::<Value>(&named).as_ref(), Ok(&v), "msgpack (named) round trip");
+    true
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -147,14 +158,18 @@ pub fn value(data: &[u8]) {
 /// Commit records (design §2): `Value::decode` then `Commit::from_value` never panic; a parsed
 /// commit is exactly its record (`to_value` gives the value back, so it re-encodes to the input
 /// and its id is the hash of the input).
-pub fn commit(data: &[u8]) {
-    let Ok(v) = Value::decode(data) else { return };
-    let Ok(c) = Commit::from_value(&v) else { return };
+pub fn commit(data: &[u8]) -> bool {
+    let Ok(v) = Value::decode(data) else { return false };
+    let Ok(c) = Commit::from_value(&v) else { return false };
     let back = c.to_value();
-    assert_eq!(back, v, "a parsed commit is not exactly its record (from_value dropped or changed something)");
+    assert_eq!(
+        back, v,
+        "a parsed commit is not exactly its record (from_value dropped or changed something)"
+    );
     assert_eq!(back.encode(), data, "a parsed commit re-encodes to other bytes");
     assert_eq!(c.id(), ContentId::hash_bytes(data), "the commit id is not the hash of its record");
     assert_eq!(Commit::from_value(&back).as_ref(), Ok(&c), "the record parses to the same commit again");
+    true
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -167,14 +182,15 @@ pub fn commit(data: &[u8]) {
 /// (idempotent); `includes(op)` before means applying changes nothing; the state's `state_op`
 /// rebuilds it from empty (merge law); and catch-up (`compare` against the old state's summaries)
 /// brings the old state everything of the new one.
-pub fn op(data: &[u8]) {
-    let Ok(op) = from_msgpack::<AnyOp>(data) else { return };
+pub fn op(data: &[u8]) -> bool {
+    let Ok(op) = from_msgpack::<AnyOp>(data) else { return false };
     let named = rmp_serde::to_vec_named(&op).expect("encodes");
     assert_eq!(from_msgpack::<AnyOp>(&named).as_ref(), Ok(&op), "msgpack (named) round trip");
     let compact = rmp_serde::to_vec(&op).expect("encodes");
     assert_eq!(from_msgpack::<AnyOp>(&compact).as_ref(), Ok(&op), "msgpack (compact) round trip");
     check_apply(CrdtState::empty(op.kind()), &op);
     check_apply(base_state(op.kind()).clone(), &op);
+    true
 }
 
 fn check_apply(mut state: CrdtState, op: &AnyOp) {
@@ -192,7 +208,11 @@ fn check_apply(mut state: CrdtState, op: &AnyOp) {
         Ok(changed) => changed,
     };
     assert!(validated.is_ok(), "apply accepts what validate refuses: {validated:?}");
-    assert_eq!(changed, state.digest() != before_digest, "apply's `changed` is not whether the state changed");
+    assert_eq!(
+        changed,
+        state.digest() != before_digest,
+        "apply's `changed` is not whether the state changed"
+    );
     assert!(!(included && changed), "includes(op) held, but applying the op changed the state");
     assert_eq!(state.apply(op), Ok(false), "applying an op twice is not idempotent");
     let mut rebuilt = CrdtState::empty(state.kind());
@@ -201,8 +221,11 @@ fn check_apply(mut state: CrdtState, op: &AnyOp) {
     let _ = state.summary();
     let _ = state.summary_bucketed_above(0);
     let _ = state.size();
-    if before.is_incomplete() || state.is_incomplete() {
-        // Catch-up of a CDVCS with missing history is the fetch path's business.
+    if before.is_incomplete() || state.is_incomplete() || has_cycle(&state) {
+        // Catch-up of a CDVCS with missing history is the fetch path's business. A cyclic graph
+        // (forged entries `a -> b -> a`, which no commit records can produce: ids are hashes of
+        // records naming their parents, and the peer checks records) has commits no head reaches,
+        // which catch-up from heads rightly never sends.
         return;
     }
     for summary in [before.summary(), before.summary_bucketed_above(0), Summary::Empty] {
@@ -217,6 +240,13 @@ fn check_apply(mut state: CrdtState, op: &AnyOp) {
             "catch-up from summary {summary:?} left the replica short of the state"
         );
     }
+}
+
+/// Whether a complete CDVCS has commits on (or after) a cycle: commits without a generation,
+/// which is computed only once every ancestor's is.
+fn has_cycle(state: &CrdtState) -> bool {
+    let CrdtState::Cdvcs(c) = state else { return false };
+    c.graph().entries().any(|(id, _)| c.graph().generation(&id).is_none())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -316,13 +346,19 @@ pub fn encode_steps(flags: u8, steps: &[Step]) -> Vec<u8> {
 /// connected (its hello received), fed a session of frames and other inputs (see [`parse_steps`]).
 /// Never panics; every output is well-formed (see [`Harness::check`]); and the store it leaves
 /// reopens, without quarantining anything, to the same states and subscriptions.
-pub fn peer(data: &[u8]) {
+pub fn peer(data: &[u8]) -> bool {
     let (flags, steps) = parse_steps(data);
     let mut h = Harness::new(flags);
     for step in steps {
         h.step(step);
     }
-    h.finish();
+    h.finish()
+}
+
+/// Whether `REPLIKATIV_FUZZ_TRACE` is set: the peer target then prints every input and output.
+fn trace() -> bool {
+    static TRACE: OnceLock<bool> = OnceLock::new();
+    *TRACE.get_or_init(|| std::env::var_os("REPLIKATIV_FUZZ_TRACE").is_some())
 }
 
 /// What the harness knows of one fake connection.
@@ -358,6 +394,8 @@ pub struct Harness {
     pool: HashMap<ContentId, Vec<u8>>,
     /// Whether stage commands are running (replies are expected only then).
     in_setup: bool,
+    /// Whether the peer acknowledged a publication of a fake remote.
+    acked: bool,
 }
 
 fn config() -> PeerConfig {
@@ -380,7 +418,8 @@ impl Harness {
     pub fn new(flags: u8) -> Harness {
         let store = Arc::new(MemoryStore::new());
         let config = config();
-        let peer = Peer::open(store.clone(), "p", true, ActorId::from_u128(1), config.clone()).expect("opens");
+        let peer =
+            Peer::open(store.clone(), "p", true, ActorId::from_u128(1), config.clone()).expect("opens");
         let mut h = Harness {
             peer,
             store,
@@ -393,6 +432,7 @@ impl Harness {
             expect_close: None,
             pool: fixture().values.clone(),
             in_setup: true,
+            acked: false,
         };
         let outputs = h.peer.start();
         h.outputs(outputs);
@@ -409,9 +449,11 @@ impl Harness {
                     txs: vec![Transaction::new("set", "v")],
                     author: "p".into(),
                 },
-                CrdtKind::Cdvcs => {
-                    Command::Transact { address: a, txs: vec![Transaction::new("add", 1)], author: "p".into() }
-                }
+                CrdtKind::Cdvcs => Command::Transact {
+                    address: a,
+                    txs: vec![Transaction::new("add", 1)],
+                    author: "p".into(),
+                },
                 CrdtKind::Lww => Command::LwwSet { address: a, value: "w".into() },
                 CrdtKind::Gset => Command::GsetAdd { address: a, element: "e".into() },
             };
@@ -430,7 +472,8 @@ impl Harness {
         self.input(Input::Connected { conn, direction: Direction::Inbound });
         assert!(self.conns[&conn].greeted, "the peer did not greet connection {conn}");
         let features = if buckets { vec!["buckets".to_owned()] } else { vec![] };
-        let hello = Message::Hello(Hello { version: PROTOCOL_VERSION, peer_id: format!("fake-{conn}"), features });
+        let hello =
+            Message::Hello(Hello { version: PROTOCOL_VERSION, peer_id: format!("fake-{conn}"), features });
         self.deliver(conn, hello.encode());
     }
 
@@ -456,7 +499,9 @@ impl Harness {
                 self.connect(self.conn_b, false);
             }
             Step::AnswerFetch => {
-                let Some((id, ids)) = self.conns.get(&CONN_A).and_then(|c| c.last_fetch.clone()) else { return };
+                let Some((id, ids)) = self.conns.get(&CONN_A).and_then(|c| c.last_fetch.clone()) else {
+                    return;
+                };
                 let (mut values, mut missing) = (Vec::new(), Vec::new());
                 for cid in ids {
                     match self.pool.get(&cid) {
@@ -497,6 +542,14 @@ impl Harness {
         self.queue.push_back(input);
         while let Some(input) = self.queue.pop_front() {
             self.now += 1;
+            if trace() {
+                match &input {
+                    Input::Received { conn, frame } => {
+                        eprintln!("-> {conn}: {:?}", Message::decode(frame).map_err(|e| (e, to_hex(frame))))
+                    }
+                    other => eprintln!("-> {other:?}"),
+                }
+            }
             let outputs = self.peer.handle(input, self.now);
             self.outputs(outputs);
         }
@@ -518,30 +571,43 @@ impl Harness {
     /// addresses and of what the peer holds, with canonical values; a `close` message directly
     /// before closing with that reason; barrier epochs increasing; events of held states.
     fn check(&mut self, output: Output) {
+        if trace() {
+            eprintln!("<- {output:?}");
+        }
         if let Some((conn, reason)) = self.expect_close.take() {
             match &output {
                 Output::Close { conn: c, reason: r } if *c == conn && *r == reason => {}
-                other => panic!("close message on {conn} ({reason:?}) followed by {other:?}, not its Output::Close"),
+                other => panic!(
+                    "close message on {conn} ({reason:?}) followed by {other:?}, not its Output::Close"
+                ),
             }
         }
         match output {
             Output::Send { conn, msg } => self.check_send(conn, msg),
             Output::Close { conn, reason } => {
-                let c = self.conns.get_mut(&conn).unwrap_or_else(|| panic!("closed unknown connection {conn}"));
+                let c =
+                    self.conns.get_mut(&conn).unwrap_or_else(|| panic!("closed unknown connection {conn}"));
                 assert!(c.open, "closed connection {conn} twice ({reason:?})");
                 c.open = false;
                 // Either just announced by a close message (checked above) or the remote's close.
                 let announced = !reason.starts_with("remote closed: ");
-                assert!(announced || c.remote_closed, "closed {conn} as remote-closed, but the remote did not close");
+                assert!(
+                    announced || c.remote_closed,
+                    "closed {conn} as remote-closed, but the remote did not close"
+                );
             }
-            Output::Sync { epoch } => {
+            Output::Barrier { epoch } => {
                 assert!(epoch > self.last_epoch, "barrier epoch {epoch} after {}", self.last_epoch);
                 self.last_epoch = epoch;
                 self.store.sync().expect("sync");
-                self.queue.push_back(Input::Synced { epoch });
+                self.queue.push_back(Input::BarrierDone { epoch });
             }
             Output::Schedule { timer: Timer::AntiEntropy, after } => {
-                assert_eq!(Some(after), self.config.anti_entropy, "anti-entropy scheduled at another interval");
+                assert_eq!(
+                    Some(after),
+                    self.config.anti_entropy,
+                    "anti-entropy scheduled at another interval"
+                );
             }
             Output::Reply { id, result } => {
                 assert!(self.in_setup, "a reply ({id}) though no command was sent");
@@ -551,7 +617,10 @@ impl Harness {
             }
             Output::Event(e) => {
                 assert!(!e.local || self.in_setup, "a local event though no command was sent");
-                let state = self.peer.state(&e.address).unwrap_or_else(|| panic!("event for {} without state", e.address));
+                let state = self
+                    .peer
+                    .state(&e.address)
+                    .unwrap_or_else(|| panic!("event for {} without state", e.address));
                 assert_eq!(state.kind(), e.op.kind(), "event of another kind than the state");
             }
         }
@@ -560,7 +629,10 @@ impl Harness {
     fn check_send(&mut self, conn: ConnId, msg: Message) {
         let frame = msg.encode();
         assert_eq!(Message::decode(&frame).as_ref(), Ok(&msg), "a sent message does not round-trip");
-        let c = self.conns.get_mut(&conn).unwrap_or_else(|| panic!("sent {} on unknown connection {conn}", msg.kind()));
+        let c = self
+            .conns
+            .get_mut(&conn)
+            .unwrap_or_else(|| panic!("sent {} on unknown connection {conn}", msg.kind()));
         assert!(c.open, "sent {} on closed connection {conn}", msg.kind());
         if !c.greeted {
             assert!(matches!(msg, Message::Hello(_)), "sent {} on {conn} before hello", msg.kind());
@@ -573,7 +645,12 @@ impl Harness {
                 assert_eq!(h.peer_id, "p");
             }
             Message::PublishAck { id } | Message::Refused { id, .. } => {
-                assert!(c.publishes.contains(id), "{} of publication {id}, which {conn} never sent", msg.kind());
+                assert!(
+                    c.publishes.contains(id),
+                    "{} of publication {id}, which {conn} never sent",
+                    msg.kind()
+                );
+                self.acked |= matches!(msg, Message::PublishAck { .. });
             }
             Message::SubscribeAck { id } => {
                 assert!(c.subscribes.contains(id), "subscribe-ack {id}, which {conn} never sent");
@@ -583,7 +660,8 @@ impl Harness {
                 c.last_fetch = Some((*id, ids.clone()));
             }
             Message::FetchReply { id, values, missing } => {
-                let asked = c.fetches.get(id).unwrap_or_else(|| panic!("fetch-reply {id}, which {conn} never asked"));
+                let asked =
+                    c.fetches.get(id).unwrap_or_else(|| panic!("fetch-reply {id}, which {conn} never asked"));
                 for v in values {
                     let cid = ContentId::hash_bytes(v);
                     assert!(asked.contains(&cid), "fetch-reply {id} carries {cid}, not asked for");
@@ -599,9 +677,17 @@ impl Harness {
                     "published {}, which the peer does not subscribe to",
                     p.address
                 );
-                let state = self.peer.state(&p.address).unwrap_or_else(|| panic!("published {} without a state", p.address));
+                let state = self
+                    .peer
+                    .state(&p.address)
+                    .unwrap_or_else(|| panic!("published {} without a state", p.address));
                 let mut copy = state.clone();
-                assert_eq!(copy.apply(&p.op), Ok(false), "published an op on {} the peer does not hold", p.address);
+                assert_eq!(
+                    copy.apply(&p.op),
+                    Ok(false),
+                    "published an op on {} the peer does not hold",
+                    p.address
+                );
                 for v in &p.values {
                     assert!(Value::decode(v).is_ok(), "published a non-canonical value");
                 }
@@ -609,7 +695,12 @@ impl Harness {
             Message::Sync { summaries, .. } => {
                 for (a, s) in summaries {
                     if let Summary::Buckets(b) = s {
-                        assert_eq!(b.len(), BUCKETS * BUCKET_DIGEST, "bucket summary of {a} of {} bytes", b.len());
+                        assert_eq!(
+                            b.len(),
+                            BUCKETS * BUCKET_DIGEST,
+                            "bucket summary of {a} of {} bytes",
+                            b.len()
+                        );
                     }
                 }
             }
@@ -619,17 +710,26 @@ impl Harness {
     }
 
     /// Reopens the store the session left: nothing is quarantined, and the states and
-    /// subscriptions are the live peer's.
-    pub fn finish(self) {
+    /// subscriptions are the live peer's. Returns whether the peer acknowledged a publication.
+    pub fn finish(self) -> bool {
         let reopened = Peer::open(self.store.clone(), "p", true, ActorId::from_u128(2), self.config.clone())
             .expect("the store the peer wrote reopens");
-        assert!(reopened.recovery().is_empty(), "the peer wrote records it cannot load: {:?}", reopened.recovery());
-        assert_eq!(reopened.subscriptions(), self.peer.subscriptions(), "subscriptions differ after reopening");
+        assert!(
+            reopened.recovery().is_empty(),
+            "the peer wrote records it cannot load: {:?}",
+            reopened.recovery()
+        );
+        assert_eq!(
+            reopened.subscriptions(),
+            self.peer.subscriptions(),
+            "subscriptions differ after reopening"
+        );
         let live: BTreeMap<&Address, ContentId> =
             self.peer.addresses().map(|a| (a, self.peer.state(a).expect("state").digest())).collect();
         let stored: BTreeMap<&Address, ContentId> =
             reopened.addresses().map(|a| (a, reopened.state(a).expect("state").digest())).collect();
         assert_eq!(stored, live, "states differ after reopening");
+        self.acked
     }
 }
 
@@ -662,7 +762,7 @@ fn build_fixture() -> Fixture {
     let author = "mail:fake@example.org";
     let mut ops = Vec::new();
     let mut values = HashMap::new();
-    let mut keep = |vs: BTreeMap<ContentId, Value>, values: &mut HashMap<ContentId, Vec<u8>>| {
+    let keep = |vs: BTreeMap<ContentId, Value>, values: &mut HashMap<ContentId, Vec<u8>>| {
         for (id, v) in vs {
             values.insert(id, v.encode());
         }
@@ -670,13 +770,14 @@ fn build_fixture() -> Fixture {
     // OR-Maps at 1 and 5: two keys, one removed, one with a nested value.
     for n in [1, 5] {
         let mut m = OrMap::default();
-        let x = m
-            .assoc("a".into(), vec![Transaction::new("set", 1)], actor, author, 10)
-            .expect("assoc");
+        let x = m.assoc("a".into(), vec![Transaction::new("set", 1)], actor, author, 10).expect("assoc");
         let y = m
             .assoc(
                 Value::list([Value::Int(-1), Value::Bytes(vec![0, 255])]),
-                vec![Transaction::new("set", Value::map([("deep", Value::list([Value::Float(0.5), Value::Nil]))]))],
+                vec![Transaction::new(
+                    "set",
+                    Value::map([("deep", Value::list([Value::Float(0.5), Value::Nil]))]),
+                )],
                 actor,
                 author,
                 11,
@@ -693,10 +794,12 @@ fn build_fixture() -> Fixture {
         let (mut c, root) = Cdvcs::new(author, 20);
         let mut d = c.clone();
         let one = c.transact(author, 21, vec![Transaction::new("add", 5)]).expect("transact");
-        let two = d.transact("mail:other@example.org", 21, vec![Transaction::new("add", 7)]).expect("transact");
+        let two =
+            d.transact("mail:other@example.org", 21, vec![Transaction::new("add", 7)]).expect("transact");
         c.apply(&two.op).expect("apply");
         let heads: Vec<ContentId> = c.heads().iter().copied().collect();
-        let merge = c.merge(author, 22, &heads, None, vec![Transaction::new("fix", Value::Nil)]).expect("merge");
+        let merge =
+            c.merge(author, 22, &heads, None, vec![Transaction::new("fix", Value::Nil)]).expect("merge");
         for s in [root, one, two, merge] {
             ops.push((address(n), AnyOp::Cdvcs(s.op)));
             keep(s.values, &mut values);
@@ -752,7 +855,9 @@ fn fixture_publishes(inline: bool) -> Vec<Message> {
                         let params: Vec<Vec<u8>> = Value::decode(&record)
                             .ok()
                             .and_then(|v| Commit::from_value(&v).ok())
-                            .map(|commit| commit.transactions.iter().map(|t| f.values[&t.params].clone()).collect())
+                            .map(|commit| {
+                                commit.transactions.iter().map(|t| f.values[&t.params].clone()).collect()
+                            })
                             .unwrap_or_default();
                         std::iter::once(record).chain(params)
                     })
@@ -761,7 +866,13 @@ fn fixture_publishes(inline: bool) -> Vec<Message> {
             } else {
                 Vec::new()
             };
-            Message::Publish(Publish { id, address: address.clone(), op: op.clone(), values, catch_up: id % 5 == 0 })
+            Message::Publish(Publish {
+                id,
+                address: address.clone(),
+                op: op.clone(),
+                values,
+                catch_up: id % 5 == 0,
+            })
         })
         .collect()
 }
@@ -774,7 +885,7 @@ fn hex_after(json: &str, marker: &str) -> Vec<Vec<u8>> {
 /// Bytes from hex (`None` if it is not hex).
 pub fn from_hex(hex: &str) -> Option<Vec<u8>> {
     let hex = hex.trim();
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return None;
     }
     (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect()
@@ -792,13 +903,25 @@ pub fn message_seeds() -> Vec<Vec<u8>> {
     let f = fixture();
     let ids: Vec<ContentId> = f.values.keys().copied().take(8).collect();
     let mut msgs = vec![
-        Message::Hello(Hello { version: PROTOCOL_VERSION, peer_id: "q".into(), features: vec!["buckets".into()] }),
+        Message::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            peer_id: "q".into(),
+            features: vec!["buckets".into()],
+        }),
         Message::Hello(Hello { version: PROTOCOL_VERSION + 1, peer_id: "q".into(), features: vec![] }),
         subscribe_all(1),
-        Message::Subscribe(Subscribe { id: 2, addresses: BTreeSet::from([address(1), address(9)]), extend: true }),
+        Message::Subscribe(Subscribe {
+            id: 2,
+            addresses: BTreeSet::from([address(1), address(9)]),
+            extend: true,
+        }),
         Message::Unsubscribe { addresses: BTreeSet::from([address(3)]) },
         Message::Fetch { id: 3, ids: ids.clone() },
-        Message::FetchReply { id: 2, values: ids.iter().map(|i| ByteBuf::from(f.values[i].clone())).collect(), missing: vec![cid(1)] },
+        Message::FetchReply {
+            id: 2,
+            values: ids.iter().map(|i| ByteBuf::from(f.values[i].clone())).collect(),
+            missing: vec![cid(1)],
+        },
         Message::Sync { summaries: (1..=8).map(|n| (address(n), Summary::Empty)).collect(), reply: false },
         Message::Sync {
             summaries: f
@@ -843,7 +966,10 @@ pub fn commit_seeds() -> Vec<Vec<u8>> {
     let record = Commit {
         crdt: CrdtKind::Cdvcs,
         parents: vec![cid(1), cid(2)],
-        transactions: vec![Transaction::new("set", "red").to_ref(), Transaction::new("x", Value::Nil).to_ref()],
+        transactions: vec![
+            Transaction::new("set", "red").to_ref(),
+            Transaction::new("x", Value::Nil).to_ref(),
+        ],
         author: "mail:alice@example.org".into(),
         ts: u64::MAX,
     };
@@ -869,12 +995,19 @@ pub fn op_seeds() -> Vec<Vec<u8>> {
         stamp: Some(Hlc { wall_ms: u64::MAX, counter: u32::MAX, actor: ActorId::from_u128(u128::MAX) }),
     }));
     ops.push(AnyOp::Ormap(OrMapOp {
-        adds: vec![OrEntry { key: "a".into(), dot: Dot::new(ActorId::from_u128(7), u64::MAX), commit: cid(1) }],
+        adds: vec![OrEntry {
+            key: "a".into(),
+            dot: Dot::new(ActorId::from_u128(7), u64::MAX),
+            commit: cid(1),
+        }],
         removals: vec![OrEntry { key: "a".into(), dot: Dot::new(ActorId::from_u128(7), 1), commit: cid(2) }],
     }));
     ops.push(AnyOp::Cdvcs(CdvcsOp {
         method: CdvcsMethod::Pull,
-        commits: vec![GraphEntry { id: cid(3), parents: vec![cid(4)] }, GraphEntry { id: cid(4), parents: vec![] }],
+        commits: vec![
+            GraphEntry { id: cid(3), parents: vec![cid(4)] },
+            GraphEntry { id: cid(4), parents: vec![] },
+        ],
         heads: BTreeSet::from([cid(3)]),
     }));
     ops.iter().map(|op| rmp_serde::to_vec_named(op).expect("encodes")).collect()
@@ -889,7 +1022,12 @@ pub fn peer_seeds() -> Vec<Vec<u8>> {
     let mut steps = vec![frame(&subscribe_all(1))];
     steps.extend(fixture_publishes(true).iter().map(frame));
     steps.extend([Step::Tick, Step::Resync]);
-    steps.extend(message_seeds().into_iter().filter(|m| !matches!(Message::decode(m), Ok(Message::Close { .. }))).map(|m| Step::Frame(false, m)));
+    steps.extend(
+        message_seeds()
+            .into_iter()
+            .filter(|m| !matches!(Message::decode(m), Ok(Message::Close { .. })))
+            .map(|m| Step::Frame(false, m)),
+    );
     steps.push(Step::Frame(false, Message::Close { reason: "bye".into() }.encode()));
     out.push(encode_steps(flags::BUCKETS, &steps));
     // Values fetched, with B subscribed so the peer relays to it.
@@ -897,10 +1035,17 @@ pub fn peer_seeds() -> Vec<Vec<u8>> {
     for p in fixture_publishes(false) {
         steps.extend([frame(&p), Step::AnswerFetch, Step::AnswerFetch]);
     }
-    steps.extend([Step::Tick, Step::Tick, Step::Tick, Step::ReconnectB, Step::Frame(true, subscribe_all(2).encode())]);
+    steps.extend([
+        Step::Tick,
+        Step::Tick,
+        Step::Tick,
+        Step::ReconnectB,
+        Step::Frame(true, subscribe_all(2).encode()),
+    ]);
     out.push(encode_steps(flags::B, &steps));
     // Catch-up both ways with B, with bucketed summaries.
-    let sync = Message::Sync { summaries: (1..=8).map(|n| (address(n), Summary::Empty)).collect(), reply: false };
+    let sync =
+        Message::Sync { summaries: (1..=8).map(|n| (address(n), Summary::Empty)).collect(), reply: false };
     let steps = vec![
         frame(&subscribe_all(1)),
         frame(&sync),
@@ -910,7 +1055,10 @@ pub fn peer_seeds() -> Vec<Vec<u8>> {
     ];
     out.push(encode_steps(flags::B | flags::BUCKETS, &steps));
     for m in message_seeds() {
-        out.push(encode_steps(flags::BUCKETS, &[frame(&subscribe_all(1)), Step::Frame(false, m), Step::AnswerFetch]));
+        out.push(encode_steps(
+            flags::BUCKETS,
+            &[frame(&subscribe_all(1)), Step::Frame(false, m), Step::AnswerFetch],
+        ));
     }
     out
 }

@@ -71,7 +71,7 @@ async fn allow_list_drops_other_users_publications_as_seen_from_the_other_peer()
     assert_eq!(bounded("read", mallory.get(&mallory_map, &"spam".into())).await.unwrap().len(), 1);
 
     // Allowed users keep replicating on the same connection.
-    let conns = |s: replikativ::peer::node::Status| {
+    let conns = |s: replikativ::peer::node::NodeStatus| {
         s.connections
             .into_iter()
             .filter(|(_, r, _)| matches!(r, Remote::Peer(_)))

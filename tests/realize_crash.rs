@@ -95,7 +95,7 @@ async fn realize_crash_child() {
         total += 16;
         println!("TOTAL {total}");
     }
-    let p = stream.sync(T).await.unwrap();
+    let p = stream.settle(T).await.unwrap();
     println!("CAUGHT_UP {}", p.cdvcs.count);
     tokio::time::sleep(Duration::from_secs(60)).await;
 }
@@ -192,7 +192,7 @@ fn realized_identity_survives_sigkill_exactly_once() {
         assert!(len >= TARGET, "the CDVCS has {len} commits");
         let identity = StoreIdentity::<Totals>::open(store.clone(), IDENTITY).unwrap();
         let stream = stream_into_identity(&stage, &address, reducers(), identity);
-        let p = stream.sync(T).await.unwrap();
+        let p = stream.settle(T).await.unwrap();
         stream.stop(T).await.unwrap();
         let (applied, len) = verify(&stage, &*store, &address).await;
         assert_eq!(applied as usize, len, "everything applied");

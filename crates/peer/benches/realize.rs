@@ -40,7 +40,7 @@ async fn run<I: Identity<State = (i64, u64)>>(
     let start = Instant::now();
     let stream = stream_into_identity(stage, log, reducers(), identity);
     stream.caught_up_to(head, T).await.unwrap();
-    stream.sync(T).await.unwrap();
+    stream.settle(T).await.unwrap();
     let took = start.elapsed();
     stream.stop(T).await.unwrap();
     took

@@ -154,7 +154,9 @@ fn summary_sent_to(features: Vec<String>) -> Summary {
     let out = peer.handle(Input::Received { conn: 9, frame: sub.encode() }, 1);
     out.into_iter()
         .find_map(|o| match o {
-            Output::Send { msg: Message::Sync { mut summaries, .. }, .. } => summaries.pop().map(|(_, s)| s),
+            Output::Send { msg: Message::Summaries { mut summaries, .. }, .. } => {
+                summaries.pop().map(|(_, s)| s)
+            }
             _ => None,
         })
         .expect("a sync with the map's summary")

@@ -102,19 +102,19 @@ fn vectors() -> Vec<(&'static str, Message)> {
         ("fetch-reply", Message::FetchReply { id: 21, values: vec![commit_record()], missing: vec![cid(2)] }),
         (
             "sync-heads",
-            Message::Sync {
+            Message::Summaries {
                 summaries: vec![(address(2), Summary::Heads(BTreeSet::from([cid(5), cid(6)])))],
                 reply: false,
             },
         ),
         (
             "sync-digest",
-            Message::Sync { summaries: vec![(address(1), Summary::Digest(cid(9)))], reply: true },
+            Message::Summaries { summaries: vec![(address(1), Summary::Digest(cid(9)))], reply: true },
         ),
-        ("sync-empty", Message::Sync { summaries: vec![(address(4), Summary::Empty)], reply: false }),
+        ("sync-empty", Message::Summaries { summaries: vec![(address(4), Summary::Empty)], reply: false }),
         (
             "sync-buckets",
-            Message::Sync {
+            Message::Summaries {
                 summaries: vec![(address(5), Summary::Buckets(ByteBuf::from((0..32).collect::<Vec<u8>>())))],
                 reply: false,
             },
@@ -240,7 +240,7 @@ fn vectors_cover_every_kind() {
                     AnyOp::Gset(_) => "gset",
                 });
             }
-            Message::Sync { summaries: s, .. } => {
+            Message::Summaries { summaries: s, .. } => {
                 summaries.extend(s.iter().map(|(_, s)| match s {
                     Summary::Heads(_) => "heads",
                     Summary::Digest(_) => "digest",

@@ -90,7 +90,7 @@ async fn cdvcs_streams_into_a_sum_reports_conflicts_and_continues_after_merges()
 
     // A conflict: reported with heads, merge base and both sides; the stream waits.
     let (ha, hb, base) = diverge(&alice, &bob, &log, 10, 100, &stream).await;
-    let p = stream.sync(T).await.unwrap();
+    let p = stream.settle(T).await.unwrap();
     let conflict = p.conflict.expect("the stream waits on the conflict");
     assert_eq!(conflict.heads, BTreeSet::from([ha, hb]).into_iter().collect::<Vec<_>>());
     assert_eq!(conflict.merge_bases, vec![base]);
@@ -136,7 +136,7 @@ async fn store_identity_resumes_where_it_stopped_and_rebuilds_atomically() {
     }
     let ident = StoreIdentity::open(store.clone(), "totals").unwrap().chunk(3);
     let stream = stream_into_identity(&alice, &log, reducers(), ident);
-    let p = stream.sync(T).await.unwrap();
+    let p = stream.settle(T).await.unwrap();
     assert_eq!(p.applied, 11, "the root and ten commits");
     stream.stop(T).await.unwrap();
     let (state, applied) = StoreIdentity::<BTreeMap<String, i64>>::load(&*store, "totals").unwrap();
@@ -149,7 +149,7 @@ async fn store_identity_resumes_where_it_stopped_and_rebuilds_atomically() {
     }
     let ident = StoreIdentity::open(store.clone(), "totals").unwrap();
     let stream = stream_into_identity(&alice, &log, reducers(), ident);
-    let p = stream.sync(T).await.unwrap();
+    let p = stream.settle(T).await.unwrap();
     assert_eq!((p.applied, p.rebuilds), (5, 0));
     // A merge that puts new commits first: rebuilt from scratch.
     let (ha, hb, _) = diverge(&alice, &bob, &log, 100, 1000, &stream).await;
@@ -203,7 +203,7 @@ async fn failing_reducer_stops_the_stream_and_its_commit_is_not_recorded() {
         fixed.clone(),
         StoreIdentity::<i64>::open(store.clone(), "s").unwrap(),
     );
-    let p = stream.sync(T).await.unwrap();
+    let p = stream.settle(T).await.unwrap();
     assert_eq!(p.applied, 2);
     stream.stop(T).await.unwrap();
     assert_eq!(StoreIdentity::<i64>::load(&*store, "s").unwrap().0, 10);
@@ -244,26 +244,26 @@ async fn ormap_streaming_tracks_assoc_dissoc_reassoc_and_reports_conflicts() {
     let assoc = |k: &str, v: &str| vec![Transaction::new("assoc", Value::list([k, v]))];
 
     bounded(alice.assoc(&map, "foo".into(), assoc("foo", "bar"))).await.unwrap();
-    stream.sync(T).await.unwrap();
+    stream.settle(T).await.unwrap();
     assert_eq!(ident.get(), BTreeMap::from([(Value::from("foo"), Value::from("bar"))]));
     bounded(alice.dissoc(&map, "foo".into(), vec![Transaction::new("dissoc", "foo")])).await.unwrap();
-    stream.sync(T).await.unwrap();
+    stream.settle(T).await.unwrap();
     assert_eq!(ident.get(), BTreeMap::new());
     let baz = bounded(alice.assoc(&map, "foo".into(), assoc("foo", "baz"))).await.unwrap();
-    stream.sync(T).await.unwrap();
+    stream.settle(T).await.unwrap();
     assert_eq!(ident.get(), BTreeMap::from([(Value::from("foo"), Value::from("baz"))]));
     assert!(conflicts.lock().unwrap().is_empty());
 
     // A second live value of one key is a conflict, reported before it is applied.
     let qux = bounded(alice.assoc(&map, "foo".into(), assoc("foo", "qux"))).await.unwrap();
-    stream.sync(T).await.unwrap();
+    stream.settle(T).await.unwrap();
     assert_eq!(
         conflicts.lock().unwrap().clone(),
         vec![BTreeMap::from([(Value::from("foo"), BTreeSet::from([baz, qux]))])]
     );
     assert_eq!(ident.get(), BTreeMap::from([(Value::from("foo"), Value::from("qux"))]));
     // Every entry is recorded once: nothing is applied again.
-    let p = stream.sync(T).await.unwrap();
+    let p = stream.settle(T).await.unwrap();
     assert_eq!(p.applied, 4);
     stream.stop(T).await.unwrap();
     bounded(alice.shutdown()).await;
@@ -280,13 +280,13 @@ async fn lww_register_streams_its_value() {
         Ok(())
     });
     let stream = stream_into_identity(&alice, &reg, reducers, ident.clone());
-    let p = stream.sync(T).await.unwrap();
+    let p = stream.settle(T).await.unwrap();
     assert_eq!((p.applied, ident.get()), (0, Value::Nil), "a never-written register applies nothing");
     bounded(alice.set(&reg, Value::map([("a", 1)]))).await.unwrap();
-    stream.sync(T).await.unwrap();
+    stream.settle(T).await.unwrap();
     assert_eq!(ident.get(), Value::map([("a", 1)]));
     bounded(alice.set(&reg, Value::map([("b", "2")]))).await.unwrap();
-    let p = stream.sync(T).await.unwrap();
+    let p = stream.settle(T).await.unwrap();
     assert_eq!(ident.get(), Value::map([("b", "2")]));
     assert_eq!(p.applied, 2);
     stream.stop(T).await.unwrap();
@@ -312,7 +312,7 @@ async fn gset_streams_new_elements_once() {
         reducers(),
         StoreIdentity::<Vec<i64>>::open(store.clone(), "g").unwrap(),
     );
-    stream.sync(T).await.unwrap();
+    stream.settle(T).await.unwrap();
     stream.stop(T).await.unwrap();
     bounded(alice.add(&set, 3.into())).await.unwrap();
     bounded(alice.add(&set, 2.into())).await.unwrap();
@@ -322,7 +322,7 @@ async fn gset_streams_new_elements_once() {
         reducers(),
         StoreIdentity::<Vec<i64>>::open(store.clone(), "g").unwrap(),
     );
-    let p = stream.sync(T).await.unwrap();
+    let p = stream.settle(T).await.unwrap();
     assert_eq!(p.applied, 1, "only the new element");
     stream.stop(T).await.unwrap();
     assert_eq!(StoreIdentity::<Vec<i64>>::load(&*store, "g").unwrap().0, vec![1, 2, 3]);
@@ -362,7 +362,7 @@ async fn sink_gets_each_commit_id_with_its_transactions() {
         Reducers::new(),
         SinkIdentity::new(sink.clone(), store.clone(), "sink"),
     );
-    stream.sync(T).await.unwrap();
+    stream.settle(T).await.unwrap();
     stream.stop(T).await.unwrap();
     let history = bounded(alice.cdvcs(&log)).await.unwrap().linearize();
     let got = sink.0.lock().unwrap().clone();
@@ -371,7 +371,7 @@ async fn sink_gets_each_commit_id_with_its_transactions() {
     // Restarted: nothing is delivered again.
     let stream =
         stream_into_identity(&alice, &log, Reducers::new(), SinkIdentity::new(sink.clone(), store, "sink"));
-    assert_eq!(stream.sync(T).await.unwrap().applied, 0);
+    assert_eq!(stream.settle(T).await.unwrap().applied, 0);
     stream.stop(T).await.unwrap();
     bounded(alice.shutdown()).await;
 }

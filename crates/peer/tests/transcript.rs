@@ -109,7 +109,7 @@ fn connect_and_subscribe(pair: &mut Pair) {
     assert_eq!((addresses, *extend), (&BTreeSet::from([x.clone()]), false), "the client does not extend");
     let Message::Subscribe(Subscribe { addresses, extend, .. }) = &log[4].1 else { panic!() };
     assert_eq!((addresses, *extend), (&BTreeSet::from([x.clone()]), true), "the server extends");
-    assert_eq!(log[3].1, Message::Sync { summaries: vec![(x.clone(), Summary::Empty)], reply: false });
+    assert_eq!(log[3].1, Message::Summaries { summaries: vec![(x.clone(), Summary::Empty)], reply: false });
     assert!(pair.peers[SERVER].subscriptions().contains(&x), "the server took the subscription on");
 }
 

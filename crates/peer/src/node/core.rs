@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use replikativ_store::Store;
 use tokio::sync::mpsc;
 
-use super::{ConnCmd, CoreMsg, Status};
+use super::{ConnCmd, CoreMsg, NodeStatus};
 use crate::middleware::{Item, Remote};
 use crate::proto::{CommandId, ConnId, Input, Output, Peer, Refusals};
 
@@ -120,7 +120,7 @@ impl Core {
                         .collect();
                     let mut refusals = self.refusals.lock().expect("poisoned").clone();
                     refusals.merge(peer.refusals());
-                    let _ = reply.send(Status {
+                    let _ = reply.send(NodeStatus {
                         peer_id: peer.id().to_owned(),
                         connections,
                         subscriptions: peer.subscriptions().iter().cloned().collect(),

@@ -182,7 +182,7 @@ pub(crate) enum CoreMsg {
         id: CommandId,
         cmd: crate::proto::Command,
     },
-    Status(oneshot::Sender<Status>),
+    Status(oneshot::Sender<NodeStatus>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -195,7 +195,7 @@ pub(crate) enum ConnCmd {
 
 /// A node's state as seen from outside.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Status {
+pub struct NodeStatus {
     /// The peer id.
     pub peer_id: String,
     /// Open connections: id, remote, and the remote's peer id once it said hello.
@@ -388,7 +388,7 @@ impl Node {
     }
 
     /// The node's status.
-    pub async fn status(&self) -> Result<Status, NodeError> {
+    pub async fn status(&self) -> Result<NodeStatus, NodeError> {
         let (tx, rx) = oneshot::channel();
         self.shared.core.send(CoreMsg::Status(tx)).await.map_err(|_| NodeError::Gone)?;
         rx.await.map_err(|_| NodeError::Gone)

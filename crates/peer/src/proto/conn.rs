@@ -166,7 +166,7 @@ impl Peer {
             Message::Publish(p) => self.on_publish(conn, p),
             Message::Fetch { id, ids } => self.on_fetch(conn, id, ids),
             Message::FetchReply { id, values, missing } => self.on_fetch_reply(conn, id, values, missing),
-            Message::Sync { summaries, reply } => self.on_sync(conn, summaries, reply),
+            Message::Summaries { summaries, reply } => self.on_sync(conn, summaries, reply),
             Message::Close { reason } => {
                 let reason = message::clip(&reason);
                 tracing::info!(peer = %self.record.id, conn, %reason, "remote closed");

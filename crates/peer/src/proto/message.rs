@@ -195,11 +195,11 @@ pub enum Message {
     },
     /// Anti-entropy: what the sender has of addresses both sides share. The receiver sends what the
     /// sender lacks; if the receiver lacks something and `reply` is false, it answers with its own
-    /// summaries (`reply: true`, which is never answered with summaries again).
-    Sync {
+    /// summaries (`reply: true`, which is never answered with summaries again). Wire kind `sync`.
+    Summaries {
         /// Per address.
         summaries: Vec<(Address, Summary)>,
-        /// Whether this answers another `Sync`.
+        /// Whether this answers other summaries.
         reply: bool,
     },
     /// A message was refused without closing the connection (e.g. an unknown kind).
@@ -261,7 +261,7 @@ struct FetchReplyBody {
 }
 
 #[derive(Serialize, Deserialize)]
-struct SyncBody {
+struct SummariesBody {
     summaries: Vec<(Address, Summary)>,
     reply: bool,
 }
@@ -317,7 +317,7 @@ impl Message {
             Message::Refused { .. } => "refused",
             Message::Fetch { .. } => "fetch",
             Message::FetchReply { .. } => "fetch-reply",
-            Message::Sync { .. } => "sync",
+            Message::Summaries { .. } => "sync",
             Message::Error { .. } => "error",
             Message::Close { .. } => "close",
             Message::Custom { .. } => "custom",
@@ -337,8 +337,8 @@ impl Message {
             Message::FetchReply { id, values, missing } => {
                 body(&FetchReplyBody { id: *id, values: values.clone(), missing: missing.clone() })
             }
-            Message::Sync { summaries, reply } => {
-                body(&SyncBody { summaries: summaries.clone(), reply: *reply })
+            Message::Summaries { summaries, reply } => {
+                body(&SummariesBody { summaries: summaries.clone(), reply: *reply })
             }
             Message::Error { reason } | Message::Close { reason } => {
                 body(&ReasonBody { reason: reason.clone() })
@@ -384,8 +384,8 @@ impl Message {
                 Message::FetchReply { id: b.id, values: b.values, missing: b.missing }
             }
             "sync" => {
-                let b: SyncBody = parse(&kind, bytes)?;
-                Message::Sync { summaries: b.summaries, reply: b.reply }
+                let b: SummariesBody = parse(&kind, bytes)?;
+                Message::Summaries { summaries: b.summaries, reply: b.reply }
             }
             "error" => Message::Error { reason: parse::<ReasonBody>(&kind, bytes)?.reason },
             "close" => Message::Close { reason: parse::<ReasonBody>(&kind, bytes)?.reason },
@@ -412,7 +412,7 @@ impl Message {
             Message::FetchReply { values, missing, .. } => {
                 values.iter().map(|v| v.len() + 5).sum::<usize>() + missing.len() * 34
             }
-            Message::Sync { summaries, .. } => summaries
+            Message::Summaries { summaries, .. } => summaries
                 .iter()
                 .map(|(a, s)| {
                     a.user.len()

@@ -398,7 +398,7 @@ impl Peer {
                     let summary = self.crdts[&p.address].state.summary();
                     self.send(
                         conn,
-                        Message::Sync { summaries: vec![(p.address.clone(), summary)], reply: true },
+                        Message::Summaries { summaries: vec![(p.address.clone(), summary)], reply: true },
                     );
                 }
             }

@@ -53,7 +53,7 @@ impl Peer {
         self.send(conn, Message::Subscribe(Subscribe { id, addresses, extend }));
         let summaries = self.summaries(conn, new.iter());
         if !summaries.is_empty() {
-            self.send(conn, Message::Sync { summaries, reply: false });
+            self.send(conn, Message::Summaries { summaries, reply: false });
         }
     }
 
@@ -206,7 +206,7 @@ impl Peer {
         }
         if !reply && !lacking.is_empty() {
             let summaries = self.summaries(conn, lacking.iter());
-            self.send(conn, Message::Sync { summaries, reply: true });
+            self.send(conn, Message::Summaries { summaries, reply: true });
         }
     }
 
@@ -235,7 +235,7 @@ impl Peer {
             .collect();
         if !shared.is_empty() {
             let summaries = self.summaries(conn, shared.iter());
-            self.send(conn, Message::Sync { summaries, reply: false });
+            self.send(conn, Message::Summaries { summaries, reply: false });
         }
     }
 }

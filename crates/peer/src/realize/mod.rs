@@ -188,7 +188,7 @@ pub struct Progress {
 
 enum Ctl {
     Stop,
-    Sync(oneshot::Sender<Progress>),
+    Settle(oneshot::Sender<Progress>),
 }
 
 /// A running stream (see [`stream_into_identity`]). Dropping it stops the stream.
@@ -249,9 +249,9 @@ impl StreamHandle {
 
     /// Waits until the stream has realized the address's state as it is now (or found a CDVCS
     /// conflict in it: see [`Progress::conflict`]).
-    pub async fn sync(&self, timeout: Duration) -> Result<Progress, RealizeError> {
+    pub async fn settle(&self, timeout: Duration) -> Result<Progress, RealizeError> {
         let (tx, rx) = oneshot::channel();
-        if self.ctl.send(Ctl::Sync(tx)).is_err() {
+        if self.ctl.send(Ctl::Settle(tx)).is_err() {
             return Err(self.ended());
         }
         match bounded(timeout, rx).await? {
@@ -378,17 +378,17 @@ impl<I: Identity> Runner<I> {
         self.identity = Some(identity);
         self.log = self.blocking(|i, _| i.applied()).await??;
         self.progress.cdvcs = self.log.cdvcs;
-        let mut syncs: Vec<oneshot::Sender<Progress>> = Vec::new();
+        let mut settling: Vec<oneshot::Sender<Progress>> = Vec::new();
         loop {
-            let answering = std::mem::take(&mut syncs);
+            let answering = std::mem::take(&mut settling);
             // Control messages that arrived meanwhile.
             while let Ok(c) = ctl.try_recv() {
                 match c {
                     Ctl::Stop => return Ok(()),
-                    Ctl::Sync(tx) => syncs.push(tx),
+                    Ctl::Settle(tx) => settling.push(tx),
                 }
             }
-            let answering: Vec<_> = answering.into_iter().chain(std::mem::take(&mut syncs)).collect();
+            let answering: Vec<_> = answering.into_iter().chain(std::mem::take(&mut settling)).collect();
             if let Some(state) = self.stage.state(&self.address).await? {
                 self.round(state).await?;
             }
@@ -400,7 +400,7 @@ impl<I: Identity> Runner<I> {
             tokio::select! {
                 c = ctl.recv() => match c {
                     None | Some(Ctl::Stop) => return Ok(()),
-                    Some(Ctl::Sync(tx)) => syncs.push(tx),
+                    Some(Ctl::Settle(tx)) => settling.push(tx),
                 },
                 e = changes.recv() => if e == Err(ChangesError::Closed) {
                     return Err(RealizeError::Stage(StageError::NodeGone));

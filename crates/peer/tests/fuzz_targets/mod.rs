@@ -692,7 +692,7 @@ impl Harness {
                     assert!(Value::decode(v).is_ok(), "published a non-canonical value");
                 }
             }
-            Message::Sync { summaries, .. } => {
+            Message::Summaries { summaries, .. } => {
                 for (a, s) in summaries {
                     if let Summary::Buckets(b) = s {
                         assert_eq!(
@@ -922,8 +922,11 @@ pub fn message_seeds() -> Vec<Vec<u8>> {
             values: ids.iter().map(|i| ByteBuf::from(f.values[i].clone())).collect(),
             missing: vec![cid(1)],
         },
-        Message::Sync { summaries: (1..=8).map(|n| (address(n), Summary::Empty)).collect(), reply: false },
-        Message::Sync {
+        Message::Summaries {
+            summaries: (1..=8).map(|n| (address(n), Summary::Empty)).collect(),
+            reply: false,
+        },
+        Message::Summaries {
             summaries: f
                 .states
                 .iter()
@@ -1044,8 +1047,10 @@ pub fn peer_seeds() -> Vec<Vec<u8>> {
     ]);
     out.push(encode_steps(flags::B, &steps));
     // Catch-up both ways with B, with bucketed summaries.
-    let sync =
-        Message::Sync { summaries: (1..=8).map(|n| (address(n), Summary::Empty)).collect(), reply: false };
+    let sync = Message::Summaries {
+        summaries: (1..=8).map(|n| (address(n), Summary::Empty)).collect(),
+        reply: false,
+    };
     let steps = vec![
         frame(&subscribe_all(1)),
         frame(&sync),

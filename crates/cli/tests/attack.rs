@@ -7,7 +7,8 @@
 //! subscriptions than its limit, and its log stayed small (the accept loop once wrote ~4 million
 //! lines in 15 s when out of descriptors).
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -47,16 +48,7 @@ fn serve_limited(store: &str, log: &std::path::Path) -> (Node, String) {
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .expect("sh runs");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap().to_owned());
-            }
-        }
-    });
-    let url = rx.recv_timeout(Duration::from_secs(20)).expect("serve prints its address");
+    let url = common::listening_url(&mut child);
     (Node(child), url)
 }
 

@@ -2,36 +2,14 @@
 //! one, `watch` and reads on the other; the same on a local store with no node; and the error paths
 //! (bad address, invalid JSON, unreachable peer, locked store, missing data) with their exit codes.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const WAIT: Duration = Duration::from_secs(20);
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_replikativ"));
-    c.env_remove("REPLIKATIV_USER");
-    c
-}
-
-fn run(args: &[&str]) -> Output {
-    let mut child = bin().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        assert!(Instant::now() < deadline, "replikativ {args:?} did not finish");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(out.status.success(), "replikativ {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
+use common::{WAIT, bin, ok, run};
 
 fn fails(args: &[&str], code: i32, message: &str) {
     let out = run(args);

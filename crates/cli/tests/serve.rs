@@ -2,6 +2,8 @@
 //! SIGINT and SIGTERM, keeps retrying a `--connect` peer that is down, and refuses bad arguments
 //! and a locked store with one clear sentence and a distinct exit code.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -20,19 +22,7 @@ fn serve(args: &[&str]) -> Child {
         .expect("the binary runs")
 }
 
-/// Reads stdout until the "listening on ws://..." line; returns the URL.
-fn listening_url(child: &mut Child) -> String {
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap().to_owned());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(20)).expect("serve prints its address")
-}
+use common::listening_url;
 
 fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -236,17 +226,9 @@ impl Drop for Running {
     }
 }
 
-/// Runs a data command of the binary (bounded); returns its exit code and stdout.
+/// Runs a data command of the binary (bounded); returns its exit code, stdout and stderr.
 fn cli(args: &[&str]) -> (Option<i32>, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_replikativ"))
-        .args(args)
-        .env_remove("REPLIKATIV_USER")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the binary runs");
-    wait_exit(&mut child);
-    let out = child.wait_with_output().unwrap();
+    let out = common::run(args);
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).trim().to_owned(),

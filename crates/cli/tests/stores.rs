@@ -3,37 +3,16 @@
 //! read-only, so a store in a read-only directory is readable and nothing in it changes (not even
 //! the repairs a writable open makes); edits of existing addresses do not create a store either.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::process::Command;
+use std::time::{Duration, SystemTime};
 
-const WAIT: Duration = Duration::from_secs(20);
+use common::{ok, run};
+
 const ADDRESS: &str = "alice/7d274663-9396-4247-910b-409ae35fe98d";
-
-fn run(args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_replikativ"))
-        .args(args)
-        .env_remove("REPLIKATIV_USER")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        assert!(Instant::now() < deadline, "replikativ {args:?} did not finish");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(out.status.success(), "replikativ {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
 
 /// Every read command, on `address` (of the right type where the command needs one).
 fn reads<'a>(map: &'a str, log: &'a str, reg: &'a str, set: &'a str) -> Vec<Vec<&'a str>> {

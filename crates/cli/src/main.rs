@@ -153,6 +153,13 @@ struct Limits {
     /// Bytes of values those waiting publications may hold; more closes the connection
     #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
     max_queued_bytes: usize,
+    /// Bytes of messages queued to one connection that does not read; more are dropped (and the
+    /// connection caught up once it reads again)
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
+    outbox_bytes: usize,
+    /// Bytes of messages queued to all connections together
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
+    outbox_total_bytes: usize,
 }
 
 impl Limits {
@@ -169,6 +176,8 @@ impl Limits {
         config.peer.max_clock_skew = self.max_clock_skew;
         config.peer.max_queued_publications = self.max_queued_publications;
         config.peer.max_queued_bytes = self.max_queued_bytes;
+        config.outbox_bytes = self.outbox_bytes;
+        config.outbox_total_bytes = self.outbox_total_bytes;
     }
 }
 

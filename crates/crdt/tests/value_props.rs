@@ -140,6 +140,11 @@ fn arb_json() -> impl Strategy<Value = serde_json::Value> {
 
 proptest! {
     #[test]
+    fn encoded_len_is_the_length_of_the_encoding(v in arb_value()) {
+        prop_assert_eq!(v.encoded_len(), v.encode().len());
+    }
+
+    #[test]
     fn decode_inverts_encode(v in arb_value()) {
         let bytes = v.encode();
         let back = Value::decode(&bytes).expect("own encoding decodes");

@@ -167,6 +167,24 @@ pub(crate) fn encode_into(value: &Value, out: &mut Vec<u8>) {
     encode(value, out);
 }
 
+/// Counts bytes instead of keeping them.
+struct Counter(usize);
+
+impl Sink for Counter {
+    fn put(&mut self, bytes: &[u8]) {
+        self.0 += bytes.len();
+    }
+    fn put_u8(&mut self, _: u8) {
+        self.0 += 1;
+    }
+}
+
+pub(crate) fn encoded_len(value: &Value) -> usize {
+    let mut counter = Counter(0);
+    encode(value, &mut counter);
+    counter.0
+}
+
 pub(crate) fn encode_to_hasher(value: &Value, hasher: &mut blake3::Hasher) {
     let mut sink = BlockHasher { hasher, buf: [0; 4096], len: 0 };
     encode(value, &mut sink);

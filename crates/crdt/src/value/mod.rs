@@ -78,6 +78,11 @@ impl Value {
         out
     }
 
+    /// The length of the canonical encoding, without making it.
+    pub fn encoded_len(&self) -> usize {
+        canonical::encoded_len(self)
+    }
+
     /// Appends the canonical encoding of this value to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         canonical::encode_into(self, out);

@@ -166,7 +166,11 @@ pub(crate) async fn run<S>(
             w.unwrap_or_else(|e| format!("writer failed: {e}"))
         }
     };
-    tracing::info!(conn, ?remote, %reason, "connection closed");
+    if reason.starts_with("write failed") {
+        tracing::warn!(conn, ?remote, %reason, "connection closed");
+    } else {
+        tracing::info!(conn, ?remote, %reason, "connection closed");
+    }
     let _ = core.send(CoreMsg::Input(Input::Closed { conn })).await;
     shared.metrics.lock().expect("poisoned").remove(&conn);
 }
@@ -286,15 +290,22 @@ where
                 for item in flow.down {
                     if let Item::Message(m) = item {
                         let bytes = m.encode();
+                        // A message over the frame limit would be refused by the remote (and by
+                        // the write buffer): never sent, so never retried in a loop.
+                        if bytes.len() > link.shared.config.ws.max_message {
+                            link.shared.refuse(Refusal::OversizeOutput);
+                            tracing::warn!(conn = link.conn, kind = m.kind(), bytes = bytes.len(), max = link.shared.config.ws.max_message, "not sending a message over the frame limit");
+                            continue;
+                        }
                         link.metrics.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                        if sink.feed(WsMessage::Binary(bytes.into())).await.is_err() {
-                            return "write failed".into();
+                        if let Err(e) = sink.feed(WsMessage::Binary(bytes.into())).await {
+                            return format!("write failed: {e}");
                         }
                     }
                 }
                 // Batch: flush when nothing more is queued right now.
-                if rx.is_empty() && sink.flush().await.is_err() {
-                    return "write failed".into();
+                if rx.is_empty() && let Err(e) = sink.flush().await {
+                    return format!("write failed: {e}");
                 }
             }
             _ = ping.tick() => {

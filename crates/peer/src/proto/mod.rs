@@ -7,6 +7,7 @@
 //!
 //! What goes on the wire is specified in `docs/design.md` (§ Protocol).
 
+mod catch_up;
 mod command;
 mod conn;
 pub mod hooks;
@@ -27,6 +28,7 @@ use std::sync::Arc;
 use replikativ_crdt::{ActorId, Address};
 use replikativ_store::Store;
 
+pub use catch_up::MAX_PART_ENTRIES;
 pub use command::{Command, CommitValue, Query, Reply};
 pub use message::{AnyOp, FrameError, Hello, Message, PROTOCOL_VERSION, Publish, Subscribe, Summary};
 pub use persist::{QUARANTINE_PREFIX, Quarantined, StoredValues};

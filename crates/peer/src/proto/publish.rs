@@ -514,7 +514,7 @@ impl Peer {
 
     /// A commit record and its params (from `known` or the store), as they travel inline; empty
     /// if the record is not at hand.
-    fn value_group(
+    pub(super) fn value_group(
         &self,
         cid: &ContentId,
         known: &HashMap<ContentId, Vec<u8>>,
@@ -528,56 +528,5 @@ impl Peer {
             .map(|c| c.transactions.iter().filter_map(|tx| fetch(&tx.params)).collect())
             .unwrap_or_default();
         std::iter::once(bytes).chain(params).collect()
-    }
-
-    /// Answers a summary with a catch-up op: split into publications whose values all travel
-    /// inline within the inline limit (so catch-up needs no fetch round trips), each marked
-    /// `catch_up` so it is not echoed back. Each value is read from the store once.
-    pub(crate) fn publish_catch_up(&mut self, conn: ConnId, address: &Address, op: AnyOp) {
-        let none = HashMap::new();
-        let parts: Vec<(AnyOp, Vec<ByteBuf>)> = match op {
-            // Commits come parents first; each part's commits have their parents in earlier parts
-            // or at the receiver already.
-            AnyOp::Cdvcs(op) => {
-                let mut parts = Vec::new();
-                let (mut commits, mut values, mut size) = (Vec::new(), Vec::new(), 0);
-                for entry in op.commits {
-                    let mut group = self.value_group(&entry.id, &none, &HashMap::new());
-                    let mut group_size: usize = group.iter().map(Vec::len).sum();
-                    // Larger than a whole publication may carry: the receiver fetches it.
-                    if group_size > self.config.inline_limit {
-                        group.clear();
-                        group_size = 0;
-                    }
-                    if !commits.is_empty() && size + group_size > self.config.inline_limit {
-                        parts.push((std::mem::take(&mut commits), std::mem::take(&mut values)));
-                        size = 0;
-                    }
-                    size += group_size;
-                    commits.push(entry);
-                    values.extend(group.into_iter().map(ByteBuf::from));
-                }
-                parts.push((commits, values));
-                parts
-                    .into_iter()
-                    .map(|(commits, values)| {
-                        let op =
-                            replikativ_crdt::CdvcsOp { method: op.method, commits, heads: op.heads.clone() };
-                        (AnyOp::Cdvcs(op), values)
-                    })
-                    .collect()
-            }
-            other => {
-                let values = self.inline_values(&other, &none, &HashMap::new());
-                vec![(other, values)]
-            }
-        };
-        for (op, values) in parts {
-            let id = self.next_id();
-            self.send(
-                conn,
-                Message::Publish(Publish { id, address: address.clone(), op, values, catch_up: true }),
-            );
-        }
     }
 }

@@ -69,11 +69,13 @@ pub enum Refusal {
     AcceptFailed,
     /// A stage command with an invalid argument (e.g. an address with a bad user).
     InvalidCommand,
+    /// A message this node would have sent over the frame limit (not sent; logged at WARN).
+    OversizeOutput,
 }
 
 impl Refusal {
     /// Every reason, in order.
-    pub const ALL: [Refusal; 29] = [
+    pub const ALL: [Refusal; 30] = [
         Refusal::MalformedFrame,
         Refusal::UnsupportedVersion,
         Refusal::UnknownKind,
@@ -103,6 +105,7 @@ impl Refusal {
         Refusal::IdleTimeout,
         Refusal::AcceptFailed,
         Refusal::InvalidCommand,
+        Refusal::OversizeOutput,
     ];
 
     /// The reason's stable name (kebab-case), as `status` shows it.
@@ -137,6 +140,7 @@ impl Refusal {
             Refusal::IdleTimeout => "idle-timeout",
             Refusal::AcceptFailed => "accept-failed",
             Refusal::InvalidCommand => "invalid-command",
+            Refusal::OversizeOutput => "oversize-output",
         }
     }
 }

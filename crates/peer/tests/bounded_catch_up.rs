@@ -1,0 +1,158 @@
+//! Catch-up answers are bounded: a fresh peer catches up a large OR-Map, G-Set and CDVCS through
+//! publications that each stay within the inline limit (plus framing), whatever the state's size.
+//! Before, an OR-Map's answer was one publication with every entry (~16 MiB at 200,000 entries),
+//! which the websocket refused; the connection was re-established and the same message sent again,
+//! forever.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use replikativ_crdt::{ActorId, Address, CrdtKind, Transaction, Value};
+use replikativ_peer::proto::{
+    Command, Direction, Input, MAX_PART_ENTRIES, Message, Output, Peer, PeerConfig,
+};
+use replikativ_store::{MemoryStore, Store};
+
+/// Values carried inline in one publication at most, in this test.
+const INLINE: usize = 32 << 10;
+/// No frame may be larger than this.
+const BOUND: usize = 64 << 10;
+
+fn address(n: u128) -> Address {
+    Address::new("mail:big@example.org", uuid::Uuid::from_u128(n)).unwrap()
+}
+
+fn config() -> PeerConfig {
+    PeerConfig {
+        anti_entropy: None,
+        inline_limit: INLINE,
+        fetch_reply_limit: INLINE,
+        ..PeerConfig::default()
+    }
+}
+
+struct Pair {
+    peers: [Peer; 2],
+    stores: [Arc<MemoryStore>; 2],
+    queue: VecDeque<(usize, Input)>,
+    largest: usize,
+    publications: usize,
+    now: u64,
+}
+
+impl Pair {
+    fn new() -> Pair {
+        let stores = [Arc::new(MemoryStore::new()), Arc::new(MemoryStore::new())];
+        let open = |i: usize| {
+            let store: Arc<dyn Store> = stores[i].clone();
+            Peer::open(store, &format!("p{i}"), true, ActorId::from_u128(i as u128 + 1), config()).unwrap()
+        };
+        Pair {
+            peers: [open(0), open(1)],
+            stores,
+            queue: VecDeque::new(),
+            largest: 0,
+            publications: 0,
+            now: 1,
+        }
+    }
+
+    /// Runs inputs and everything they cause; frames between the peers are encoded and measured.
+    fn pump(&mut self, node: usize, input: Input) {
+        self.queue.push_back((node, input));
+        while let Some((node, input)) = self.queue.pop_front() {
+            self.now += 1;
+            for output in self.peers[node].handle(input, self.now) {
+                match output {
+                    Output::Send { conn, msg } => {
+                        if matches!(msg, Message::Publish(_)) && node == 0 {
+                            self.publications += 1;
+                        }
+                        let frame = msg.encode();
+                        self.largest = self.largest.max(frame.len());
+                        assert!(frame.len() <= BOUND, "a {} of {} bytes", msg.kind(), frame.len());
+                        self.queue.push_back((1 - node, Input::Received { conn, frame }));
+                    }
+                    Output::Barrier { epoch } => {
+                        self.stores[node].sync().unwrap();
+                        self.queue.push_back((node, Input::BarrierDone { epoch }));
+                    }
+                    Output::Reply { result, .. } => {
+                        result.expect("the command succeeds");
+                    }
+                    Output::Close { reason, .. } => panic!("closed: {reason}"),
+                    Output::Schedule { .. } | Output::Event(_) => {}
+                }
+            }
+        }
+    }
+
+    fn command(&mut self, node: usize, id: u64, cmd: Command) {
+        self.pump(node, Input::Command { id, cmd });
+    }
+}
+
+#[test]
+fn a_fresh_peer_catches_up_large_states_through_bounded_publications() {
+    let mut pair = Pair::new();
+    let (map, set, log) = (address(1), address(2), address(3));
+    pair.command(0, 1, Command::Create { address: map.clone(), kind: CrdtKind::Ormap, author: "a".into() });
+    pair.command(0, 2, Command::Create { address: set.clone(), kind: CrdtKind::Gset, author: "a".into() });
+    pair.command(0, 3, Command::Create { address: log.clone(), kind: CrdtKind::Cdvcs, author: "a".into() });
+    let entries = 12_000u64;
+    let mut id = 10;
+    for i in 0..entries {
+        id += 1;
+        let txs = vec![Transaction::new("set", Value::from(format!("value-{i}-{}", "x".repeat(40))))];
+        let assoc = Command::Assoc {
+            address: map.clone(),
+            key: Value::from(format!("k{i}")),
+            txs,
+            author: "a".into(),
+        };
+        pair.command(0, id, assoc);
+        if i % 4 == 0 {
+            pair.command(
+                0,
+                id + entries,
+                Command::GsetAdd { address: set.clone(), element: Value::from(i as i64) },
+            );
+        }
+        if i % 6 == 0 {
+            let txs = vec![Transaction::new("add", Value::from(i as i64))];
+            pair.command(
+                0,
+                id + 2 * entries,
+                Command::Transact { address: log.clone(), txs, author: "a".into() },
+            );
+        }
+        if i % 10 == 0 {
+            let dissoc = Command::Dissoc {
+                address: map.clone(),
+                key: Value::from(format!("k{}", i / 2)),
+                revert: vec![],
+                author: "a".into(),
+            };
+            // Some keys are gone already: that refusal is fine.
+            let _ = pair.peers[0].handle(Input::Command { id: id + 3 * entries, cmd: dissoc }, 1);
+        }
+    }
+    // B subscribes to all three and connects: the whole of each state comes as catch-up.
+    let all = [map.clone(), set.clone(), log.clone()].into_iter().collect();
+    pair.command(1, 1, Command::Subscribe { addresses: all });
+    // Both ends open before either greeting arrives.
+    pair.queue.push_back((0, Input::Connected { conn: 1, direction: Direction::Inbound }));
+    pair.pump(1, Input::Connected { conn: 1, direction: Direction::Outbound });
+    for a in [&map, &set, &log] {
+        let digest = |i: usize| pair.peers[i].state(a).map(|s| s.digest());
+        assert!(digest(1).is_some() && digest(1) == digest(0), "B caught up {a}");
+    }
+    // Many bounded parts, not one huge publication.
+    let size = pair.peers[0].state(&map).unwrap().size() as usize;
+    assert!(
+        pair.publications > size / MAX_PART_ENTRIES,
+        "{} publications for {size} entries",
+        pair.publications
+    );
+    eprintln!("{} publications, the largest frame {} bytes (bound {BOUND})", pair.publications, pair.largest);
+}

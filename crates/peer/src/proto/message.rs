@@ -51,6 +51,19 @@ impl AnyOp {
         }
     }
 
+    /// Roughly the bytes the op takes encoded (keys and elements by their canonical length, ids
+    /// and framing estimated): what bounds folded relays and outbox budgets.
+    pub fn approx_bytes(&self) -> usize {
+        match self {
+            AnyOp::Ormap(op) => op.adds.iter().chain(&op.removals).map(|e| e.key.encoded_len() + 64).sum(),
+            AnyOp::Cdvcs(op) => {
+                op.commits.iter().map(|e| 34 * (e.parents.len() + 1) + 8).sum::<usize>() + 34 * op.heads.len()
+            }
+            AnyOp::Lww(op) => op.value.encoded_len() + 64,
+            AnyOp::Gset(op) => op.elements.iter().map(|e| e.encoded_len() + 8).sum(),
+        }
+    }
+
     /// Whether the op carries no entries (an empty state).
     pub fn is_empty(&self) -> bool {
         match self {
@@ -406,7 +419,9 @@ impl Message {
             Message::Subscribe(s) => addresses(&s.addresses),
             Message::Unsubscribe { addresses: a } => addresses(a),
             Message::Publish(p) => {
-                p.values.iter().map(|v| v.len() + 5).sum::<usize>() + p.op.len() * 64 + p.address.user.len()
+                p.values.iter().map(|v| v.len() + 5).sum::<usize>()
+                    + p.op.approx_bytes()
+                    + p.address.user.len()
             }
             Message::Fetch { ids, .. } => ids.len() * 34,
             Message::FetchReply { values, missing, .. } => {

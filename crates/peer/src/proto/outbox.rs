@@ -32,7 +32,7 @@ struct Open {
 pub(crate) struct FoldLimits {
     /// Op entries in one publication at most.
     pub(crate) entries: usize,
-    /// Bytes of inline values in one publication at most.
+    /// Bytes of op entries and inline values in one publication at most.
     pub(crate) bytes: usize,
 }
 
@@ -107,7 +107,8 @@ impl Outbox {
         limits: FoldLimits,
         new_id: impl FnOnce() -> u64,
     ) {
-        let size: usize = values.iter().map(|v| v.len()).sum();
+        // The op's own bytes count with its values: entries with large keys fold into fewer.
+        let size: usize = values.iter().map(|v| v.len()).sum::<usize>() + op.approx_bytes();
         let key = (conn, address.clone());
         if let Some(open) = self.relays.get(&key).copied()
             && open.entries + op.len() <= limits.entries
@@ -214,7 +215,7 @@ mod tests {
 
     use super::*;
 
-    const LIMITS: FoldLimits = FoldLimits { entries: 3, bytes: 100 };
+    const LIMITS: FoldLimits = FoldLimits { entries: 3, bytes: 1000 };
 
     fn address(n: u128) -> Address {
         Address::new("mail:a@b", uuid::Uuid::from_u128(n)).unwrap()
@@ -277,7 +278,7 @@ mod tests {
     fn a_relay_over_the_byte_limit_starts_a_new_publication() {
         let mut o = Outbox::default();
         let mut n = 0;
-        let value = || vec![ByteBuf::from(vec![0u8; 60])];
+        let value = || vec![ByteBuf::from(vec![0u8; 600])];
         o.relay(1, &address(1), &gset(1), value(), LIMITS, || {
             n += 1;
             n
@@ -286,6 +287,21 @@ mod tests {
         o.end_batch(false);
         o.barrier_done(1, |_| true);
         assert_eq!(publications(&o.take()), vec![(1, vec![1]), (1, vec![2])]);
+    }
+
+    #[test]
+    fn the_ops_own_bytes_count_toward_the_fold_limit() {
+        let mut o = Outbox::default();
+        let big = |n: i64| {
+            AnyOp::Gset(GSetOp { elements: [Value::from(vec![n as u8; 600])].into_iter().collect() })
+        };
+        let mut ids = 0..;
+        o.relay(1, &address(1), &big(1), vec![], LIMITS, || ids.next().unwrap());
+        o.relay(1, &address(1), &big(2), vec![], LIMITS, || ids.next().unwrap());
+        o.end_batch(false);
+        o.barrier_done(1, |_| true);
+        let out = o.take();
+        assert_eq!(out.len(), 2, "two elements of 600 bytes do not fit one publication of 1000: {out:?}");
     }
 
     #[test]

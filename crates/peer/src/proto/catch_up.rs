@@ -8,6 +8,14 @@
 //! same message sent again, forever). A part is a valid op on its own: OR-Map adds and removals
 //! and G-Set elements join by union (a removal that arrives before its add still hides it); CDVCS
 //! commits come parents first, so each part's parents are in earlier parts or at the receiver.
+//!
+//! OR-Map and G-Set parts go bucket by bucket (the buckets of `Summary::Buckets`): if the later
+//! parts of an answer are lost (a slow receiver's full outbox drops them), the receiver's first
+//! buckets are complete, match the next summary and are not sent again, so every round makes
+//! progress. (In key order, each round would complete no bucket and send the same first parts
+//! again.) Each answer on a connection starts at another bucket (a rotating offset), so even a
+//! receiver too small to send bucketed summaries (a digest names no bucket) gets other parts each
+//! round.
 
 use std::collections::{HashMap, HashSet};
 
@@ -83,6 +91,17 @@ impl Parts {
     }
 }
 
+/// The positions of `keys`, ordered by their bucket starting at bucket `offset` (then by
+/// position).
+fn by_bucket<'a>(keys: impl Iterator<Item = &'a Value>, offset: usize) -> Vec<usize> {
+    let buckets = super::state::BUCKETS;
+    let rotated = |b: usize| (b + buckets - offset % buckets) % buckets;
+    let mut order: Vec<(usize, usize)> =
+        keys.enumerate().map(|(i, k)| (rotated(super::state::bucket_of_encoded(&k.encode())), i)).collect();
+    order.sort_unstable();
+    order.into_iter().map(|(_, i)| i).collect()
+}
+
 /// Bytes an OR-Map entry takes in an op (roughly: key, dot, commit id, framing).
 fn entry_size(e: &OrEntry) -> usize {
     e.key.encoded_len() + 64
@@ -96,7 +115,7 @@ impl Peer {
     }
 
     /// Splits a catch-up op into bounded parts with their inline values (see the module docs).
-    pub(crate) fn catch_up_parts(&self, op: AnyOp) -> Vec<(AnyOp, Vec<ByteBuf>)> {
+    pub(crate) fn catch_up_parts(&self, op: AnyOp, offset: usize) -> Vec<(AnyOp, Vec<ByteBuf>)> {
         let mut parts = Parts::new(self.config.inline_limit);
         match op {
             AnyOp::Cdvcs(op) => {
@@ -116,8 +135,9 @@ impl Peer {
             }
             AnyOp::Ormap(op) => {
                 let n_adds = op.adds.len();
-                for (i, e) in op.adds.iter().chain(&op.removals).enumerate() {
-                    parts.push(i, entry_size(e), self.group_of(&e.commit));
+                let all: Vec<&OrEntry> = op.adds.iter().chain(&op.removals).collect();
+                for i in by_bucket(all.iter().map(|e| &e.key), offset) {
+                    parts.push(i, entry_size(all[i]), self.group_of(&all[i].commit));
                 }
                 let mut entries: Vec<Option<OrEntry>> =
                     op.adds.into_iter().chain(op.removals).map(Some).collect();
@@ -136,8 +156,8 @@ impl Peer {
             }
             AnyOp::Gset(op) => {
                 let elements: Vec<Value> = op.elements.into_iter().collect();
-                for (i, e) in elements.iter().enumerate() {
-                    parts.push(i, e.encoded_len() + 8, Vec::new());
+                for i in by_bucket(elements.iter(), offset) {
+                    parts.push(i, elements[i].encoded_len() + 8, Vec::new());
                 }
                 let mut elements: Vec<Option<Value>> = elements.into_iter().map(Some).collect();
                 parts
@@ -155,7 +175,15 @@ impl Peer {
 
     /// Answers a summary with what the remote lacks, in bounded parts (see the module docs).
     pub(crate) fn publish_catch_up(&mut self, conn: ConnId, address: &Address, op: AnyOp) {
-        for (op, values) in self.catch_up_parts(op) {
+        // A different first bucket for every answer on the connection (97 is prime to 256).
+        let offset = match self.conns.get_mut(&conn) {
+            Some(c) => {
+                c.answers = c.answers.wrapping_add(1);
+                c.answers as usize * 97
+            }
+            None => return,
+        };
+        for (op, values) in self.catch_up_parts(op, offset) {
             let id = self.next_id();
             self.send(
                 conn,

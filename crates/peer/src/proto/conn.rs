@@ -50,6 +50,8 @@ pub(crate) struct Conn {
     pub(crate) fetch_ticks: u32,
     /// Anti-entropy ticks without the remote's hello (the connection is closed after two).
     pub(crate) hello_ticks: u32,
+    /// Catch-up answers sent on this connection (rotates where the next one starts).
+    pub(crate) answers: u32,
     /// Summaries answered with catch-up since the last tick: the same summary arriving again
     /// (both sides' syncs crossing) is not answered twice. Cleared on every tick, so a lost answer
     /// is sent again.
@@ -86,6 +88,7 @@ impl Peer {
                 fetch_ticks: 0,
                 hello_ticks: 0,
                 answered: HashMap::new(),
+                answers: 0,
             },
         );
         let hello = Hello {

@@ -327,6 +327,6 @@ pub const BUCKET_DIGEST: usize = 16;
 
 /// The bucket of a key (an OR-Map key, a G-Set element) given its canonical encoding: the first
 /// byte of its content id.
-fn bucket_of_encoded(encoded: &[u8]) -> usize {
+pub(crate) fn bucket_of_encoded(encoded: &[u8]) -> usize {
     ContentId::hash_bytes(encoded).as_bytes()[0] as usize
 }

@@ -1,0 +1,193 @@
+//! `replikativ serve`: its flags and limits, signals, and running the node.
+
+use super::*;
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value_t = format!("127.0.0.1:{DEFAULT_PORT}"))]
+    pub(crate) listen: String,
+    /// Where to keep data: file:DIR (crash-safe embedded store), sled:DIR, or memory.
+    #[arg(long, default_value = "file:./replikativ-data")]
+    pub(crate) store: String,
+    /// A peer to connect to (ws://HOST:PORT), repeatable. It need not be up: the peer keeps
+    /// trying with backoff, and reconnects whenever the connection drops.
+    #[arg(long = "connect", value_name = "URL")]
+    pub(crate) connect: Vec<String>,
+    /// Behave as a client: only forward the subscriptions that overlap with this peer's own,
+    /// instead of taking on every subscription of its peers (a server).
+    #[arg(long)]
+    pub(crate) client: bool,
+    /// The peer id, used when the store has none yet (default: a random one).
+    #[arg(long)]
+    pub(crate) peer_id: Option<String>,
+    /// Log level; RUST_LOG overrides it.
+    #[arg(long, default_value = "info", value_parser = ["error", "warn", "info", "debug", "trace"])]
+    pub(crate) log_level: String,
+    #[command(flatten)]
+    pub(crate) limits: Limits,
+}
+
+/// What one connection, or all of them, may cost the peer. What is refused is counted by reason
+/// in `replikativ status`.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Limits (refusals are counted by reason in `status`)")]
+pub(crate) struct Limits {
+    /// Incoming connections open at once, handshakes included; more are refused with an HTTP 503
+    /// [default: the descriptor limit less 64, at most 10000]
+    #[arg(long, value_name = "N")]
+    pub(crate) max_connections: Option<usize>,
+    /// Time a client has to finish the websocket handshake (e.g. 10s, 500ms)
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub(crate) handshake_timeout: std::time::Duration,
+    /// Bytes a handshake request may have
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 10)]
+    pub(crate) max_handshake_bytes: usize,
+    /// A connection silent this long is closed
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub(crate) idle_timeout: std::time::Duration,
+    /// Largest websocket message accepted, in bytes
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
+    pub(crate) max_frame_bytes: usize,
+    /// Addresses the peer subscribes to at most; what its connections subscribe to beyond that is
+    /// not taken on
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub(crate) max_subscriptions: usize,
+    /// Addresses one subscribe message may name; more closes the connection
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub(crate) max_subscriptions_per_connection: usize,
+    /// How far ahead of this peer's clock a received LWW write may be stamped; later ones are
+    /// refused
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub(crate) max_clock_skew: std::time::Duration,
+    /// Publications waiting on one connection (for values being fetched); more closes it
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub(crate) max_queued_publications: usize,
+    /// Bytes of values those waiting publications may hold; more closes the connection
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+    pub(crate) max_queued_bytes: usize,
+    /// Bytes of messages queued to one connection that does not read; more are dropped (and the
+    /// connection caught up once it reads again)
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
+    pub(crate) outbox_bytes: usize,
+    /// Bytes of messages queued to all connections together
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
+    pub(crate) outbox_total_bytes: usize,
+}
+
+impl Limits {
+    /// The node configuration these limits make (everything else default).
+    pub(crate) fn apply(&self, config: &mut NodeConfig) {
+        config.max_connections = self.max_connections;
+        config.ws.handshake_timeout = self.handshake_timeout;
+        config.ws.max_handshake_bytes = self.max_handshake_bytes;
+        config.ws.idle_timeout = self.idle_timeout;
+        config.ws.max_frame = self.max_frame_bytes;
+        config.ws.max_message = self.max_frame_bytes;
+        config.peer.max_subscriptions = self.max_subscriptions;
+        config.peer.max_subscriptions_per_connection = self.max_subscriptions_per_connection;
+        config.peer.max_clock_skew = self.max_clock_skew;
+        config.peer.max_queued_publications = self.max_queued_publications;
+        config.peer.max_queued_bytes = self.max_queued_bytes;
+        config.outbox_bytes = self.outbox_bytes;
+        config.outbox_total_bytes = self.outbox_total_bytes;
+    }
+}
+
+/// A duration: a number with a unit, `ms`, `s`, `m` or `h` (e.g. `500ms`, `10s`, `10m`).
+pub(crate) fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 10s or 500ms"))?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1_000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => return Err(format!("{text:?} has no unit: use ms, s, m or h (e.g. 10s)")),
+    };
+    ms.map(std::time::Duration::from_millis).ok_or_else(|| format!("{text:?} is too long"))
+}
+
+/// SIGINT and SIGTERM, installed before anything starts so that neither kills the process abruptly.
+pub(crate) struct Signals {
+    pub(crate) interrupt: tokio::signal::unix::Signal,
+    pub(crate) terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub(crate) fn install() -> Result<Signals, Failure> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let install = |kind| signal(kind).map_err(|e| Failure(1, format!("cannot handle signals: {e}")));
+        Ok(Signals {
+            interrupt: install(SignalKind::interrupt())?,
+            terminate: install(SignalKind::terminate())?,
+        })
+    }
+
+    /// Waits for either signal; returns its name.
+    pub(crate) async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
+    }
+}
+
+pub(crate) async fn serve(args: ServeArgs) -> Result<(), Failure> {
+    let mut signals = Signals::install()?;
+    // A URL that can never work is a usage error, reported before anything starts.
+    if let Some(url) = args.connect.iter().find(|u| !u.starts_with("ws://")) {
+        return Err(Failure(
+            EXIT_USAGE,
+            format!("cannot connect to {url}: only ws://HOST:PORT URLs are supported"),
+        ));
+    }
+    let store = open_store(&args.store, Access::Create)?;
+    let mut config = NodeConfig {
+        peer_id: args
+            .peer_id
+            .unwrap_or_else(|| format!("peer-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])),
+        extend: !args.client,
+        remote_commands: true,
+        ..NodeConfig::default()
+    };
+    args.limits.apply(&mut config);
+    let node = match Node::start(store.clone(), config, ActorId::from(uuid::Uuid::new_v4())) {
+        Ok(node) => node,
+        Err(e) => {
+            let _ = store.close();
+            return Err(Failure(EXIT_DATA, format!("cannot start the peer: {e}")));
+        }
+    };
+    let started = async {
+        let addr = node.listen(&args.listen).await.map_err(|e| Failure(EXIT_USAGE, e.to_string()))?;
+        println!("replikativ peer {} listening on ws://{addr} (store: {})", node.peer_id(), args.store);
+        for url in &args.connect {
+            // An unreachable peer is normal at start: the node keeps trying in the background (each
+            // failed attempt is a WARN log line with the delay before the next one).
+            node.connect_retrying(url).map_err(|e| Failure(EXIT_USAGE, e.to_string()))?;
+            println!("connecting to {url} (retrying in the background)");
+        }
+        Ok(())
+    };
+    let started: Result<(), Failure> = started.await;
+    if started.is_ok() {
+        let signal = signals.recv().await;
+        println!("shutting down ({signal}): closing connections");
+    }
+    // A second signal while shutting down ends the process at once: what the peer acknowledged is
+    // durable already, and the store recovers whatever else was in flight like after a crash.
+    tokio::select! {
+        () = node.shutdown() => {}
+        signal = signals.recv() => {
+            eprintln!("error: {signal} while shutting down: exiting at once, without closing the store");
+            std::process::exit(1);
+        }
+    }
+    let closed = store.close().map_err(|e| Failure(EXIT_DATA, format!("closing the store failed: {e}")));
+    if started.is_ok() && closed.is_ok() {
+        println!("shut down cleanly: the store is closed");
+    }
+    started.and(closed)
+}

@@ -73,6 +73,9 @@ pub(crate) struct Limits {
     /// Bytes of messages queued to all connections together
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
     pub(crate) outbox_total_bytes: usize,
+    /// Bytes one catch-up answer sends at most; the rest follows in later rounds
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
+    pub(crate) max_answer_bytes: usize,
 }
 
 impl Limits {
@@ -91,6 +94,7 @@ impl Limits {
         config.peer.max_queued_bytes = self.max_queued_bytes;
         config.outbox_bytes = self.outbox_bytes;
         config.outbox_total_bytes = self.outbox_total_bytes;
+        config.peer.max_answer_bytes = self.max_answer_bytes;
     }
 }
 

@@ -205,7 +205,7 @@ impl Stage {
                         inbound.to_core
                     }
                     cmd = from_core.recv() => {
-                        let Some(ConnCmd::Item(item)) = cmd else { break };
+                        let Some(ConnCmd::Item(item, _)) = cmd else { break };
                         let flow = connection.send(item);
                         flow.down.into_iter().for_each(&deliver);
                         flow.up

@@ -40,15 +40,22 @@ struct Pair {
     queue: VecDeque<(usize, Input)>,
     largest: usize,
     publications: usize,
+    /// The most bytes of catch-up publications A sent in answer to one input (one summary).
+    round_bytes: usize,
     now: u64,
 }
 
 impl Pair {
     fn new() -> Pair {
+        Pair::with(config())
+    }
+
+    fn with(config: PeerConfig) -> Pair {
         let stores = [Arc::new(MemoryStore::new()), Arc::new(MemoryStore::new())];
         let open = |i: usize| {
             let store: Arc<dyn Store> = stores[i].clone();
-            Peer::open(store, &format!("p{i}"), true, ActorId::from_u128(i as u128 + 1), config()).unwrap()
+            Peer::open(store, &format!("p{i}"), true, ActorId::from_u128(i as u128 + 1), config.clone())
+                .unwrap()
         };
         Pair {
             allowance: None,
@@ -57,6 +64,7 @@ impl Pair {
             queue: VecDeque::new(),
             largest: 0,
             publications: 0,
+            round_bytes: 0,
             now: 1,
         }
     }
@@ -66,6 +74,7 @@ impl Pair {
         self.queue.push_back((node, input));
         while let Some((node, input)) = self.queue.pop_front() {
             self.now += 1;
+            let mut answer = 0;
             for output in self.peers[node].handle(input, self.now) {
                 match output {
                     Output::Send { conn, msg } => {
@@ -82,6 +91,10 @@ impl Pair {
                             *left -= 1;
                         }
                         let frame = msg.encode();
+                        if matches!(&msg, Message::Publish(p) if p.catch_up) && node == 0 {
+                            answer += frame.len();
+                            self.round_bytes = self.round_bytes.max(answer);
+                        }
                         self.largest = self.largest.max(frame.len());
                         assert!(frame.len() <= BOUND, "a {} of {} bytes", msg.kind(), frame.len());
                         self.queue.push_back((1 - node, Input::Received { conn, frame }));
@@ -170,15 +183,13 @@ fn a_fresh_peer_catches_up_large_states_through_bounded_publications() {
     eprintln!("{} publications, the largest frame {} bytes (bound {BOUND})", pair.publications, pair.largest);
 }
 
-/// A receiver that gets only the first few parts of every answer (its outbox keeps overflowing)
-/// still converges: parts go bucket by bucket, so each round completes buckets that the next
-/// summary then leaves out.
-#[test]
-fn a_receiver_that_loses_the_later_parts_of_every_answer_still_converges() {
-    let mut pair = Pair::new();
+/// A peer A holding an OR-Map of `entries` entries, and a fresh B subscribed to it and connected;
+/// then anti-entropy rounds (a tick on both sides, `allowance` catch-up publications from A each)
+/// until B equals A. Returns the rounds and the most catch-up bytes A sent in one answer.
+fn converge(mut pair: Pair, entries: u64, allowance: Option<usize>) -> (usize, usize) {
     let map = address(1);
     pair.command(0, 1, Command::Create { address: map.clone(), kind: CrdtKind::Ormap, author: "a".into() });
-    for i in 0..8_000u64 {
+    for i in 0..entries {
         let txs = vec![Transaction::new("set", Value::from(format!("value-{i}-{}", "y".repeat(40))))];
         let assoc = Command::Assoc {
             address: map.clone(),
@@ -189,19 +200,46 @@ fn a_receiver_that_loses_the_later_parts_of_every_answer_still_converges() {
         pair.command(0, 10 + i, assoc);
     }
     pair.command(1, 1, Command::Subscribe { addresses: [map.clone()].into_iter().collect() });
-    pair.allowance = Some(3);
+    pair.allowance = allowance;
+    pair.round_bytes = 0;
     pair.queue.push_back((0, Input::Connected { conn: 1, direction: Direction::Inbound }));
     pair.pump(1, Input::Connected { conn: 1, direction: Direction::Outbound });
+    let mut most = pair.round_bytes;
     let digest = |pair: &Pair, i: usize| pair.peers[i].state(&map).map(|s| s.digest());
     let mut rounds = 0;
     while digest(&pair, 1) != digest(&pair, 0) {
         rounds += 1;
         assert!(rounds <= 40, "no convergence after {rounds} anti-entropy rounds");
-        pair.allowance = Some(3);
+        pair.allowance = allowance;
+        pair.round_bytes = 0;
         // An anti-entropy tick on both sides (A forgets what it answered; B sends its summaries).
         pair.pump(0, Input::Timer(replikativ_peer::proto::Timer::AntiEntropy));
         pair.pump(1, Input::Timer(replikativ_peer::proto::Timer::AntiEntropy));
+        most = most.max(pair.round_bytes);
     }
+    (rounds, most)
+}
+
+/// A receiver that gets only the first few parts of every answer (its outbox keeps overflowing)
+/// still converges: parts go bucket by bucket, so each round completes buckets that the next
+/// summary then leaves out.
+#[test]
+fn a_receiver_that_loses_the_later_parts_of_every_answer_still_converges() {
+    let (rounds, _) = converge(Pair::new(), 8_000, Some(3));
     eprintln!("converged after {rounds} rounds of 3 parts");
     assert!(rounds >= 2, "the allowance did cut answers short");
+}
+
+/// An answer sends at most `max_answer_bytes` (plus the part that crossed it); the rest follows in
+/// later rounds, so answering a peer that lacks a huge state costs one budget per round.
+#[test]
+fn an_answer_is_bounded_by_the_answer_budget_and_the_rest_follows() {
+    let budget = 96 << 10;
+    let (rounds, most) =
+        converge(Pair::with(PeerConfig { max_answer_bytes: budget, ..config() }), 8_000, None);
+    eprintln!("converged after {rounds} rounds, at most {most} catch-up bytes in one answer");
+    assert!(rounds >= 2, "the budget did cut answers short");
+    // The budget counts entries and values; frames add their msgpack framing, and the part that
+    // crossed the budget goes whole.
+    assert!(most <= budget * 5 / 4 + 2 * INLINE, "an answer sent {most} bytes (budget {budget})");
 }

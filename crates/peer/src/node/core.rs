@@ -167,12 +167,21 @@ impl Core {
         }
     }
 
+    /// Queues `item` to `conn`; a message counts its size against the outbox budgets.
+    fn send_item(&mut self, conn: ConnId, item: Item) {
+        let size = match &item {
+            Item::Message(m) => m.approx_size(),
+            _ => 0,
+        };
+        self.send(conn, ConnCmd::Item(item, size));
+    }
+
     fn send(&mut self, conn: ConnId, cmd: ConnCmd) {
         let Some((tx, _, queued)) = self.conns.get(&conn) else { return };
         // Messages count against the outbox's byte budget and the node's (see `NodeConfig`).
         let size = match &cmd {
-            ConnCmd::Item(Item::Message(m)) => m.approx_size(),
-            _ => 0,
+            ConnCmd::Item(_, size) => *size,
+            ConnCmd::Close(_) => 0,
         };
         let held = queued.load(Ordering::Relaxed);
         let over = size > 0
@@ -230,7 +239,7 @@ impl Core {
 
     fn output(&mut self, output: Output) {
         match output {
-            Output::Send { conn, msg } => self.send(conn, ConnCmd::Item(Item::Message(msg))),
+            Output::Send { conn, msg } => self.send_item(conn, Item::Message(msg)),
             Output::Close { conn, reason } => self.send(conn, ConnCmd::Close(reason)),
             Output::Barrier { epoch } => {
                 let _ = self.barrier.send(epoch);
@@ -255,7 +264,7 @@ impl Core {
                     // Replies must not be lost, and the core must not wait for the stage (which
                     // may be waiting for the core): deliver from a task when the outbox is full.
                     if let Err(mpsc::error::TrySendError::Full(cmd)) =
-                        tx.try_send(ConnCmd::Item(Item::Reply { id, result }))
+                        tx.try_send(ConnCmd::Item(Item::Reply { id, result }, 0))
                     {
                         let tx = tx.clone();
                         self.runtime.spawn(async move {
@@ -268,7 +277,7 @@ impl Core {
                 let stages: Vec<ConnId> =
                     self.conns.iter().filter(|(_, (_, r, _))| *r == Remote::Stage).map(|(c, _)| *c).collect();
                 for conn in stages {
-                    self.send(conn, ConnCmd::Item(Item::Event(event.clone())));
+                    self.send_item(conn, Item::Event(event.clone()));
                 }
             }
         }

@@ -189,7 +189,9 @@ pub(crate) enum CoreMsg {
 /// What a connection task receives from the core.
 #[derive(Debug)]
 pub(crate) enum ConnCmd {
-    Item(Item),
+    /// An item, and the bytes the core counted for it against the outbox budget (the writer
+    /// takes them off when it takes the item).
+    Item(Item, usize),
     Close(String),
 }
 

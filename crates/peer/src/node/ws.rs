@@ -278,11 +278,11 @@ where
                         let _ = sink.send(close_frame(&reason)).await;
                         return reason;
                     }
-                    Some(ConnCmd::Item(item)) => item,
+                    Some(ConnCmd::Item(item, size)) => {
+                        link.queued.fetch_sub(size, Ordering::Relaxed);
+                        item
+                    }
                 };
-                if let Item::Message(m) = &item {
-                    link.queued.fetch_sub(m.approx_size(), Ordering::Relaxed);
-                }
                 let flow = link.connection.lock().expect("poisoned").send(item);
                 if link.to_core(flow.up).await.is_err() {
                     return "the node stopped".into();

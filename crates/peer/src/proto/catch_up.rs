@@ -9,6 +9,11 @@
 //! and G-Set elements join by union (a removal that arrives before its add still hides it); CDVCS
 //! commits come parents first, so each part's parents are in earlier parts or at the receiver.
 //!
+//! One answer takes at most `max_answer_bytes` (16 MiB, the outbox's budget): what does not fit
+//! waits for the next round (the receiver's next summary), so answering a peer that lacks a state of
+//! millions of entries costs one budget per round, not the whole state at once (most of which a
+//! full outbox would drop anyway).
+//!
 //! OR-Map and G-Set parts go bucket by bucket (the buckets of `Summary::Buckets`): if the later
 //! parts of an answer are lost (a slow receiver's full outbox drops them), the receiver's first
 //! buckets are complete, match the next summary and are not sent again, so every round makes
@@ -31,6 +36,9 @@ pub const MAX_PART_ENTRIES: usize = 2048;
 /// Gathers the parts of one answer.
 struct Parts {
     limit: usize,
+    /// Bytes the whole answer may take (`max_answer_bytes`), and what it takes so far.
+    budget: usize,
+    total: usize,
     parts: Vec<(Vec<usize>, Vec<ByteBuf>)>,
     entries: Vec<usize>,
     values: Vec<ByteBuf>,
@@ -40,15 +48,22 @@ struct Parts {
 }
 
 impl Parts {
-    fn new(limit: usize) -> Parts {
+    fn new(limit: usize, budget: usize) -> Parts {
         Parts {
             limit,
+            budget,
+            total: 0,
             parts: Vec::new(),
             entries: Vec::new(),
             values: Vec::new(),
             bytes: 0,
             sent: HashSet::new(),
         }
+    }
+
+    /// Whether the answer has used its budget (the rest waits for the next round).
+    fn full(&self) -> bool {
+        self.total >= self.budget
     }
 
     /// Adds entry `i` costing `size` bytes in the op, with its values (id and encoding): a new part
@@ -70,6 +85,7 @@ impl Parts {
             self.cut();
         }
         self.bytes += size + group_bytes;
+        self.total += size + group_bytes;
         self.entries.push(i);
         for (id, v) in fresh {
             self.sent.insert(id);
@@ -96,8 +112,19 @@ impl Parts {
 fn by_bucket<'a>(keys: impl Iterator<Item = &'a Value>, offset: usize) -> Vec<usize> {
     let buckets = super::state::BUCKETS;
     let rotated = |b: usize| (b + buckets - offset % buckets) % buckets;
-    let mut order: Vec<(usize, usize)> =
-        keys.enumerate().map(|(i, k)| (rotated(super::state::bucket_of_encoded(&k.encode())), i)).collect();
+    // Entries of one key come together (adds and removals are by key): hash each key once.
+    let mut last: Option<(&Value, usize)> = None;
+    let mut order: Vec<(usize, usize)> = keys
+        .enumerate()
+        .map(|(i, k)| {
+            let bucket = match last {
+                Some((lk, b)) if lk == k => b,
+                _ => rotated(super::state::bucket_of_encoded(&k.encode())),
+            };
+            last = Some((k, bucket));
+            (bucket, i)
+        })
+        .collect();
     order.sort_unstable();
     order.into_iter().map(|(_, i)| i).collect()
 }
@@ -108,18 +135,21 @@ fn entry_size(e: &OrEntry) -> usize {
 }
 
 impl Peer {
-    /// A commit record and its params with their ids, as they travel inline.
+    /// A commit record and its params with their ids (known: nothing is hashed again), as they
+    /// travel inline.
     fn group_of(&self, cid: &ContentId) -> Vec<(ContentId, Vec<u8>)> {
-        let group = self.value_group(cid, &HashMap::new(), &HashMap::new());
-        group.into_iter().map(|bytes| (ContentId::hash_bytes(&bytes), bytes)).collect()
+        self.value_group(cid, &HashMap::new(), &HashMap::new())
     }
 
     /// Splits a catch-up op into bounded parts with their inline values (see the module docs).
     pub(crate) fn catch_up_parts(&self, op: AnyOp, offset: usize) -> Vec<(AnyOp, Vec<ByteBuf>)> {
-        let mut parts = Parts::new(self.config.inline_limit);
+        let mut parts = Parts::new(self.config.inline_limit, self.config.max_answer_bytes);
         match op {
             AnyOp::Cdvcs(op) => {
                 for (i, entry) in op.commits.iter().enumerate() {
+                    if parts.full() {
+                        break;
+                    }
                     parts.push(i, 34 * (entry.parents.len() + 1) + 8, self.group_of(&entry.id));
                 }
                 let CdvcsOp { method, commits, heads } = op;
@@ -137,6 +167,9 @@ impl Peer {
                 let n_adds = op.adds.len();
                 let all: Vec<&OrEntry> = op.adds.iter().chain(&op.removals).collect();
                 for i in by_bucket(all.iter().map(|e| &e.key), offset) {
+                    if parts.full() {
+                        break;
+                    }
                     parts.push(i, entry_size(all[i]), self.group_of(&all[i].commit));
                 }
                 let mut entries: Vec<Option<OrEntry>> =
@@ -157,6 +190,9 @@ impl Peer {
             AnyOp::Gset(op) => {
                 let elements: Vec<Value> = op.elements.into_iter().collect();
                 for i in by_bucket(elements.iter(), offset) {
+                    if parts.full() {
+                        break;
+                    }
                     parts.push(i, elements[i].encoded_len() + 8, Vec::new());
                 }
                 let mut elements: Vec<Option<Value>> = elements.into_iter().map(Some).collect();

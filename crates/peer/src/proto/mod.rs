@@ -212,6 +212,6 @@ impl Peer {
 
     /// The peer record changed: it is written with this batch's writes.
     pub(crate) fn save_record(&mut self) {
-        self.persist.record_changed(&self.record);
+        self.persist.record_changed();
     }
 }

@@ -475,7 +475,7 @@ impl Peer {
     /// store refuses the writes, nothing waiting for this barrier is acknowledged (see
     /// `fail_epoch`). Returns whether the writes (if any) succeeded.
     pub(crate) fn flush_writes(&mut self) -> bool {
-        match self.persist.flush(&mut self.crdts) {
+        match self.persist.flush(&mut self.crdts, &self.record) {
             Ok(()) => true,
             Err(e) => {
                 self.fail_epoch(format!("cannot store applied ops: {e}"));
@@ -502,31 +502,31 @@ impl Peer {
         let mut budget = self.config.inline_limit;
         for cid in commit_ids(op) {
             let group = self.value_group(&cid, known, commits);
-            let size: usize = group.iter().map(Vec::len).sum();
+            let size: usize = group.iter().map(|(_, v)| v.len()).sum();
             if size > budget {
                 break;
             }
             budget -= size;
-            out.extend(group.into_iter().map(ByteBuf::from));
+            out.extend(group.into_iter().map(|(_, v)| ByteBuf::from(v)));
         }
         out
     }
 
-    /// A commit record and its params (from `known` or the store), as they travel inline; empty
-    /// if the record is not at hand.
+    /// A commit record and its params with their ids (from `known` or the store), as they travel
+    /// inline; empty if the record is not at hand.
     pub(super) fn value_group(
         &self,
         cid: &ContentId,
         known: &HashMap<ContentId, Vec<u8>>,
         commits: &HashMap<ContentId, Commit>,
-    ) -> Vec<Vec<u8>> {
-        let fetch = |id: &ContentId| -> Option<Vec<u8>> {
-            known.get(id).cloned().or_else(|| self.persist.value(id).ok().flatten())
+    ) -> Vec<(ContentId, Vec<u8>)> {
+        let fetch = |id: &ContentId| -> Option<(ContentId, Vec<u8>)> {
+            known.get(id).cloned().or_else(|| self.persist.value(id).ok().flatten()).map(|b| (*id, b))
         };
-        let Some(bytes) = fetch(cid) else { return Vec::new() };
-        let params: Vec<Vec<u8>> = commit_of(cid, &bytes, commits)
+        let Some((_, bytes)) = fetch(cid) else { return Vec::new() };
+        let params: Vec<(ContentId, Vec<u8>)> = commit_of(cid, &bytes, commits)
             .map(|c| c.transactions.iter().filter_map(|tx| fetch(&tx.params)).collect())
             .unwrap_or_default();
-        std::iter::once(bytes).chain(params).collect()
+        std::iter::once((*cid, bytes)).chain(params).collect()
     }
 }

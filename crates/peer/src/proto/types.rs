@@ -239,6 +239,9 @@ pub struct PeerConfig {
     pub bucketed_above: u64,
     /// Pull hooks run by this peer.
     pub hooks: Vec<hooks::PullHook>,
+    /// Bytes of entries and values one catch-up answer sends at most; the rest follows in later
+    /// rounds (see `catch_up.rs`). 16 MiB by default.
+    pub max_answer_bytes: usize,
     /// How far in the future of this peer's clock a received LWW stamp may be; a publication with
     /// a later stamp is refused ([`Refusal::ClockSkew`](super::Refusal::ClockSkew)), so a forged far-future write cannot win
     /// forever. 10 minutes by default.
@@ -265,6 +268,7 @@ impl Default for PeerConfig {
             anti_entropy: Some(Duration::from_secs(10)),
             bucketed_above: state::BUCKETED_ABOVE,
             hooks: Vec::new(),
+            max_answer_bytes: 16 << 20,
             max_clock_skew: Duration::from_secs(600),
             max_subscriptions: 100_000,
             max_subscriptions_per_connection: 10_000,
@@ -273,19 +277,12 @@ impl Default for PeerConfig {
     }
 }
 
-/// Why a peer could not be opened from its store.
+/// Why a peer could not be opened from its store (only the store failing: bad records are
+/// skipped, see [`Peer::recovery`](super::Peer::recovery)).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum OpenError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A stored record does not decode.
-    #[error("stored {what} does not decode: {reason}")]
-    Corrupt {
-        /// Which record.
-        what: String,
-        /// The decoder's complaint.
-        reason: String,
-    },
 }

@@ -20,6 +20,7 @@ use replikativ_store::{Batch, Store, StoreError};
 
 use super::Replica;
 use super::layout::{self, MAX_CHUNK, Snapshot, SnapshotRef};
+use crate::proto::PeerRecord;
 use crate::proto::message::AnyOp;
 
 /// Store writes of the ops handled since the last flush, written as one batch.
@@ -33,15 +34,15 @@ pub(super) struct Writes {
     last_log: HashMap<Address, usize>,
     /// Addresses to snapshot (their state covers their pending ops).
     snapshots: BTreeSet<Address>,
-    /// The peer record, encoded, if it changed.
-    pub(super) record: Option<Vec<u8>>,
+    /// Whether the peer record changed (it is encoded once, at the flush).
+    pub(super) record: bool,
     /// Bytes pending (roughly).
     pub(super) bytes: usize,
 }
 
 impl Writes {
     pub(super) fn is_empty(&self) -> bool {
-        self.values.is_empty() && self.logs.is_empty() && self.snapshots.is_empty() && self.record.is_none()
+        self.values.is_empty() && self.logs.is_empty() && self.snapshots.is_empty() && !self.record
     }
 
     pub(super) fn put_value(&mut self, id: ContentId, bytes: Vec<u8>) {
@@ -91,6 +92,7 @@ pub(super) fn flush(
     store: &dyn Store,
     writes: &mut Writes,
     replicas: &mut BTreeMap<Address, Replica>,
+    record: &PeerRecord,
 ) -> Result<(), StoreError> {
     let chunk = store.limits().max_value_len.min(MAX_CHUNK);
     let mut batch = Batch::new();
@@ -99,8 +101,8 @@ pub(super) fn flush(
     for (id, bytes) in writes.values.drain() {
         batch.push_put(layout::value_key(&id), bytes);
     }
-    if let Some(record) = writes.record.take() {
-        batch.push_put(layout::CONFIG_KEY.to_vec(), record);
+    if std::mem::take(&mut writes.record) {
+        batch.push_put(layout::CONFIG_KEY.to_vec(), rmp_serde::to_vec_named(record).expect("encodes"));
     }
     let mut snapshots = std::mem::take(&mut writes.snapshots);
     let mut logs = Vec::with_capacity(writes.logs.len());

@@ -150,19 +150,23 @@ impl ReplicaStore {
         self.writes.bytes >= WRITE_BATCH_BYTES
     }
 
-    /// The peer record changed: it is written with the next flush.
-    pub(crate) fn record_changed(&mut self, record: &PeerRecord) {
-        self.writes.record = Some(rmp_serde::to_vec_named(record).expect("encodes"));
+    /// The peer record changed: it is written (encoded once) with the next flush.
+    pub(crate) fn record_changed(&mut self) {
+        self.writes.record = true;
         self.unsynced = true;
     }
 
     /// Writes everything pending (`flush.rs`). On an error the pending writes are dropped; the
     /// store keeps what it had.
-    pub(crate) fn flush(&mut self, replicas: &mut BTreeMap<Address, Replica>) -> Result<(), StoreError> {
+    pub(crate) fn flush(
+        &mut self,
+        replicas: &mut BTreeMap<Address, Replica>,
+        record: &PeerRecord,
+    ) -> Result<(), StoreError> {
         if self.writes.is_empty() {
             return Ok(());
         }
-        flush::flush(self.store.as_ref(), &mut self.writes, replicas)
+        flush::flush(self.store.as_ref(), &mut self.writes, replicas, record)
     }
 
     /// Whether anything was written since the last call (a barrier is needed); resets it.

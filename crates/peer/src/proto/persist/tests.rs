@@ -138,7 +138,7 @@ fn record_and_flush(
     for (op, values) in ops {
         store.record(&a, replica, &op, values, &HashMap::new());
     }
-    store.flush(replicas)
+    store.flush(replicas, &crate::proto::PeerRecord::default())
 }
 
 #[test]

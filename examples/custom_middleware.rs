@@ -39,10 +39,12 @@ pub(crate) struct AllowList {
 impl Middleware for AllowList {
     fn inbound(&mut self, item: Item, emit: &mut Emit) {
         match item {
-            Item::Message(Message::Publish(p)) if !self.users.contains(&p.address.user) => {
+            // `written` covers every kind of message that writes (publications and catch-up batches).
+            Item::Message(m) if m.written().is_some_and(|(_, a)| !self.users.contains(&a.user)) => {
+                let (id, address) = m.written().expect("checked");
                 self.rejected.fetch_add(1, Ordering::Relaxed);
-                let reason = format!("{} is not on this node's allow-list", p.address.user);
-                emit.down(Item::Message(Message::Refused { id: p.id, reason }));
+                let reason = format!("{} is not on this node's allow-list", address.user);
+                emit.down(Item::Message(Message::Refused { id, reason }));
             }
             other => emit.up(other),
         }

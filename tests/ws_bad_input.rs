@@ -36,7 +36,7 @@ async fn oversized_frame_closes_only_that_connection() {
     let mut ws = raw_connect(&s.server).await;
     expect_hello(&mut ws).await;
     // A well-formed hello first, so the close can only be about the size.
-    send(&mut ws, WsMessage::Binary(hello_frame(1, 1, "attacker").into())).await;
+    send(&mut ws, WsMessage::Binary(hello_frame(2, 2, "attacker").into())).await;
     send(&mut ws, WsMessage::Binary(vec![0x42; MAX_FRAME * 2].into())).await;
     let closing = read_until_closed(&mut ws).await;
     assert_reason(&closing, &["too long", &MAX_FRAME.to_string()]);
@@ -45,13 +45,24 @@ async fn oversized_frame_closes_only_that_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_of_another_protocol_version_closes_only_that_connection() {
-    let s = setup().await;
-    let mut ws = raw_connect(&s.server).await;
-    expect_hello(&mut ws).await;
-    send(&mut ws, WsMessage::Binary(hello_frame(2, 2, "from-the-future").into())).await;
-    let closing = read_until_closed(&mut ws).await;
-    assert_reason(&closing, &["incompatible protocol version 2"]);
-    assert_still_serving(&s).await;
+    // A version-1 peer (before dot summaries and batches) and one from the future: each is told
+    // both versions.
+    for (v, name) in [(1, "version-one"), (3, "from-the-future")] {
+        let s = setup().await;
+        let mut ws = raw_connect(&s.server).await;
+        expect_hello(&mut ws).await;
+        send(&mut ws, WsMessage::Binary(hello_frame(v, v, name).into())).await;
+        let closing = read_until_closed(&mut ws).await;
+        assert_reason(
+            &closing,
+            &[
+                "unsupported-version",
+                &format!("incompatible protocol version {v}"),
+                "this peer speaks version 2",
+            ],
+        );
+        assert_still_serving(&s).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,7 +70,7 @@ async fn text_frame_closes_only_that_connection() {
     let s = setup().await;
     let mut ws = raw_connect(&s.server).await;
     expect_hello(&mut ws).await;
-    send(&mut ws, WsMessage::Binary(hello_frame(1, 1, "attacker").into())).await;
+    send(&mut ws, WsMessage::Binary(hello_frame(2, 2, "attacker").into())).await;
     send(&mut ws, WsMessage::Text("{\"kind\": \"hello\"}".into())).await;
     let closing = read_until_closed(&mut ws).await;
     assert_reason(&closing, &["text frames"]);

@@ -134,9 +134,8 @@ impl replikativ::peer::middleware::Middleware for Gate {
         emit: &mut replikativ::peer::middleware::Emit,
     ) {
         use replikativ::peer::middleware::Item;
-        use replikativ::peer::proto::Message;
         let closed = !self.open.load(std::sync::atomic::Ordering::SeqCst);
-        if closed && matches!(item, Item::Message(Message::Publish(_))) {
+        if closed && matches!(&item, Item::Message(m) if m.written().is_some()) {
             return;
         }
         emit.down(item);

@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::commit::{CrdtKind, Staged, Transaction, check_txs, make_commit};
 use crate::error::{OpError, ValidationError};
-use crate::{ActorId, ContentId, Crdt, Dot, Value};
+use crate::{ActorId, ContentId, Crdt, Dot, DotSet, Value};
 
 type Tagged = BTreeMap<Value, BTreeMap<Dot, ContentId>>;
 
@@ -50,6 +50,23 @@ pub struct OrMap {
     removals: Tagged,
     /// Highest counter seen per actor (derived from the dots above; makes fresh dots).
     clock: BTreeMap<ActorId, u64>,
+    /// The dots of every recorded add (derived: what a peer is told this replica has).
+    add_dots: DotSet,
+    /// The add dots whose removal is recorded (derived).
+    removed_dots: DotSet,
+    /// Sum (wrapping) of a 64-bit hash of every removal (key, dot, commit) (derived): tells two
+    /// replicas with the same removed dots whether they also hold the same removal commits.
+    removal_digest: u64,
+}
+
+/// A 64-bit hash of one removal entry.
+fn removal_hash(key: &Value, dot: &Dot, commit: &ContentId) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(&key.encode());
+    h.update(dot.actor.as_bytes());
+    h.update(&dot.counter.to_be_bytes());
+    h.update(commit.as_bytes());
+    u64::from_be_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
 /// One tagged entry on the wire: key, tag and commit.
@@ -136,6 +153,37 @@ impl OrMap {
     /// Every recorded removal as (key, tag of the removed add, removal commit), by key and tag.
     pub fn removal_tags(&self) -> impl Iterator<Item = (&Value, &Dot, &ContentId)> + '_ {
         self.removals.iter().flat_map(|(k, dots)| dots.iter().map(move |(d, c)| (k, d, c)))
+    }
+
+    /// The dots of every recorded add, live or removed.
+    pub fn add_dots(&self) -> &DotSet {
+        &self.add_dots
+    }
+
+    /// The dots of the adds whose removal is recorded.
+    pub fn removed_dots(&self) -> &DotSet {
+        &self.removed_dots
+    }
+
+    /// A digest of every removal with its commit (an order-independent sum of 64-bit hashes):
+    /// replicas with the same removed dots and the same digest hold the same removals.
+    pub fn removal_digest(&self) -> u64 {
+        self.removal_digest
+    }
+
+    /// Adds (or, with `removals`, removals) from key `from` on (inclusive) in key order, as (key,
+    /// tag, commit): where a catch-up stream resumes.
+    pub fn tags_from<'a>(
+        &'a self,
+        removals: bool,
+        from: Option<&Value>,
+    ) -> impl Iterator<Item = (&'a Value, &'a Dot, &'a ContentId)> + 'a {
+        let t = if removals { &self.removals } else { &self.adds };
+        let range = match from {
+            Some(k) => t.range::<Value, _>((std::ops::Bound::Included(k), std::ops::Bound::Unbounded)),
+            None => t.range::<Value, _>(..),
+        };
+        range.flat_map(|(k, dots)| dots.iter().map(move |(d, c)| (k, d, c)))
     }
 
     /// Number of tags recorded (adds and removals), live or not: the size of the state.
@@ -301,38 +349,63 @@ impl OrMap {
         Staged { op, values }
     }
 
-    fn check(existing: &Tagged, entries: &[OrEntry]) -> Result<(), ValidationError> {
+    /// An add's dot names one key and one commit forever: an add reusing a recorded dot (or one
+    /// of the same op) for another key or commit is refused. (So the dots a replica holds tell
+    /// exactly which adds it holds.)
+    fn check(existing: &Tagged, existing_dots: &DotSet, entries: &[OrEntry]) -> Result<(), ValidationError> {
         if !entries.iter().all(|e| e.key.within_depth_limit()) {
             return Err(ValidationError::TooDeep);
         }
-        let mut seen: BTreeMap<(&Value, Dot), ContentId> = BTreeMap::new();
+        let mut seen: BTreeMap<Dot, (&Value, ContentId)> = BTreeMap::new();
         for e in entries {
             if e.dot.counter > crate::causal::MAX_DOT_COUNTER {
                 return Err(ValidationError::BadOp { reason: "a dot counter beyond 2^53 - 1" });
             }
             let known = existing.get(&e.key).and_then(|d| d.get(&e.dot)).copied();
-            let earlier = seen.insert((&e.key, e.dot), e.commit);
-            if known.is_some_and(|c| c != e.commit) || earlier.is_some_and(|c| c != e.commit) {
+            let elsewhere = known.is_none() && existing_dots.contains(&e.dot);
+            let earlier = seen.insert(e.dot, (&e.key, e.commit));
+            if elsewhere
+                || known.is_some_and(|c| c != e.commit)
+                || earlier.is_some_and(|(k, c)| k != &e.key || c != e.commit)
+            {
                 return Err(ValidationError::DotReused { dot: format!("{:?}", e.dot) });
             }
         }
         Ok(())
     }
 
-    fn join_into(target: &mut Tagged, clock: &mut BTreeMap<ActorId, u64>, entries: &[OrEntry]) -> bool {
+    fn join_into(
+        target: &mut Tagged,
+        clock: &mut BTreeMap<ActorId, u64>,
+        seen: &mut DotSet,
+        mut digest: Option<&mut u64>,
+        entries: &[OrEntry],
+    ) -> bool {
         let mut changed = false;
         for e in entries {
             let c = clock.entry(e.dot.actor).or_default();
             *c = (*c).max(e.dot.counter);
-            let dots = target.entry(e.key.clone()).or_default();
+            let dots = match target.get_mut(&e.key) {
+                Some(dots) => dots,
+                None => target.entry(e.key.clone()).or_default(),
+            };
             match dots.get_mut(&e.dot) {
                 None => {
                     dots.insert(e.dot, e.commit);
+                    seen.insert(e.dot);
+                    if let Some(d) = digest.as_deref_mut() {
+                        *d = d.wrapping_add(removal_hash(&e.key, &e.dot, &e.commit));
+                    }
                     changed = true;
                 }
                 // Concurrent removals of one entry (or, for adds, only ops that failed
                 // validation): keep the larger commit id, so the join is deterministic.
                 Some(c) if *c < e.commit => {
+                    if let Some(d) = digest.as_deref_mut() {
+                        *d = d
+                            .wrapping_sub(removal_hash(&e.key, &e.dot, c))
+                            .wrapping_add(removal_hash(&e.key, &e.dot, &e.commit));
+                    }
                     *c = e.commit;
                     changed = true;
                 }
@@ -357,13 +430,19 @@ impl Crdt for OrMap {
         if op.removals.iter().any(|e| e.dot.counter > crate::causal::MAX_DOT_COUNTER) {
             return Err(ValidationError::BadOp { reason: "a dot counter beyond 2^53 - 1" });
         }
-        Self::check(&self.adds, &op.adds)
+        Self::check(&self.adds, &self.add_dots, &op.adds)
     }
 
     fn apply(&mut self, op: &OrMapOp) -> Result<bool, ValidationError> {
         self.validate_op(op)?;
-        let added = Self::join_into(&mut self.adds, &mut self.clock, &op.adds);
-        let removed = Self::join_into(&mut self.removals, &mut self.clock, &op.removals);
+        let added = Self::join_into(&mut self.adds, &mut self.clock, &mut self.add_dots, None, &op.adds);
+        let removed = Self::join_into(
+            &mut self.removals,
+            &mut self.clock,
+            &mut self.removed_dots,
+            Some(&mut self.removal_digest),
+            &op.removals,
+        );
         Ok(added || removed)
     }
 

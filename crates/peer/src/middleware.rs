@@ -330,7 +330,7 @@ impl Middleware for Metrics {
         let c = &self.counters;
         c.items_in.fetch_add(1, Ordering::Relaxed);
         match &item {
-            Item::Message(Message::Publish(_)) => {
+            Item::Message(Message::Publish(_) | Message::Batch(_)) => {
                 c.publications_in.fetch_add(1, Ordering::Relaxed);
             }
             Item::Message(Message::Fetch { .. }) => {
@@ -413,9 +413,10 @@ fn command_access(cmd: &Command) -> Vec<Access<'_>> {
 impl Middleware for AccessControl {
     fn inbound(&mut self, item: Item, emit: &mut Emit) {
         match item {
-            Item::Message(Message::Publish(p)) if !self.allowed(Access::Publish(&p.address)) => {
-                let reason = format!("not allowed to publish to {}", p.address);
-                emit.down(Item::Message(Message::Refused { id: p.id, reason }));
+            Item::Message(m) if m.written().is_some_and(|(_, a)| !self.allowed(Access::Publish(a))) => {
+                let (id, address) = m.written().expect("checked");
+                let reason = format!("not allowed to publish to {address}");
+                emit.down(Item::Message(Message::Refused { id, reason }));
             }
             Item::Message(Message::Subscribe(mut s)) => {
                 let before = s.addresses.len();

@@ -1,5 +1,6 @@
-//! Catch-up of large OR-Maps and G-Sets by bucket digests: a summary carries a digest per bucket of
-//! keys, and the answer holds only the entries of the buckets that differ, not the whole state.
+//! Catch-up of large G-Sets by bucket digests: a summary carries a digest per bucket of elements,
+//! and the answer holds only the entries of the buckets that differ, not the whole state. (OR-Maps
+//! summarize themselves by dots instead: `bounded_catch_up.rs`.)
 
 use replikativ_crdt::{ActorId, GSet, OrMap, Transaction, Value};
 use replikativ_peer::proto::state::{BUCKET_DIGEST, BUCKETED_ABOVE, BUCKETS};
@@ -36,21 +37,48 @@ fn exchange(a: &mut CrdtState, b: &mut CrdtState) -> usize {
     sent
 }
 
+fn gset(n: u32) -> GSet {
+    let mut g = GSet::default();
+    for i in 0..n {
+        g.add(Value::from(i as i64)).unwrap();
+    }
+    g
+}
+
 #[test]
 fn small_states_send_a_digest_large_ones_bucket_digests() {
-    let small = CrdtState::Ormap(ormap(0..10, 1));
+    let small = CrdtState::Gset(gset(10));
     assert!(matches!(small.summary(), Summary::Digest(_)));
-    let large = CrdtState::Ormap(ormap(0..BUCKETED_ABOVE as u32 + 1, 1));
+    let large = CrdtState::Gset(gset(BUCKETED_ABOVE as u32 + 1));
     match large.summary() {
         Summary::Buckets(b) => assert_eq!(b.len(), BUCKETS * BUCKET_DIGEST),
         other => panic!("expected buckets, got {other:?}"),
     }
-    let equal = CrdtState::Ormap(ormap(0..BUCKETED_ABOVE as u32 + 1, 1));
+    let equal = CrdtState::Gset(gset(BUCKETED_ABOVE as u32 + 1));
     assert_eq!(equal.compare(&large.summary(), true), (None, false), "equal states: nothing to send");
 }
 
+/// An OR-Map of any size summarizes itself by its dots: one run per writer without gaps.
 #[test]
-fn ormap_catch_up_sends_only_the_differing_buckets() {
+fn an_ormap_summary_is_its_dots() {
+    let mut m = ormap(0..5000, 1);
+    m.dissoc(&Value::from("k7"), vec![], "a", 2).unwrap();
+    match CrdtState::Ormap(m).summary() {
+        Summary::Dots(d) => {
+            assert_eq!(d.adds.range_count(), 1);
+            assert_eq!(d.adds.len(), 5000);
+            assert!(
+                matches!(d.removed, replikativ_peer::proto::Removed::Dots { dots, .. } if dots.len() == 1)
+            );
+        }
+        other => panic!("expected dots, got {other:?}"),
+    }
+}
+
+/// OR-Map catch-up by dots sends exactly the entries the other side lacks (a peer sends them as a
+/// stream of batches; see `bounded_catch_up.rs`).
+#[test]
+fn ormap_catch_up_sends_exactly_the_entries_the_other_lacks() {
     let base = ormap(0..4000, 1);
     let mut a = base.clone();
     let mut b = base;
@@ -77,15 +105,14 @@ fn ormap_catch_up_sends_only_the_differing_buckets() {
         .unwrap();
     }
     let (mut a, mut b) = (CrdtState::Ormap(a), CrdtState::Ormap(b));
-    let size = a.size() as usize;
+    assert_eq!(a.compare(&a.summary(), true), (None, false), "nothing lacks itself");
     let sent = exchange(&mut a, &mut b);
     assert_eq!(a, b, "converged");
     let CrdtState::Ormap(m) = &a else { unreachable!() };
     assert!(m.get(&Value::from("b2")).len() == 1 && m.get(&Value::from("a1")).len() == 1);
     assert!(m.get(&Value::from("k7")).is_empty(), "the removal arrived");
-    // 6 changed keys touch at most 6 of 256 buckets of ~16 keys each (and each side sends its own
-    // entries of those buckets): far below the 4000-entry state.
-    assert!(sent > 0 && sent < 6 * 2 * 40, "sent {sent} entries of a {size}-entry state");
+    // Exactly the difference: B's three adds and one removal, A's two adds.
+    assert_eq!(sent, 6, "entries sent of a {}-entry state", a.size());
 }
 
 #[test]
@@ -105,14 +132,14 @@ fn gset_catch_up_sends_only_the_differing_buckets() {
 
 #[test]
 fn a_bucket_summary_of_the_wrong_length_gets_the_whole_state() {
-    let a = CrdtState::Ormap(ormap(0..2000, 1));
+    let a = CrdtState::Gset(gset(2000));
     let bogus = Summary::Buckets(serde_bytes::ByteBuf::from(vec![0u8; 17]));
     let (op, lacks) = a.compare(&bogus, true);
     assert!(!lacks);
     assert_eq!(op.map(|o| o.len()), Some(2000));
 }
 
-/// What a peer holding a 10-entry OR-Map (bucketed above 2 entries) sends in its `sync` to a remote
+/// What a peer holding a 10-element G-Set (bucketed above 2 entries) sends in its `sync` to a remote
 /// whose hello announces `features`.
 fn summary_sent_to(features: Vec<String>) -> Summary {
     use replikativ_crdt::{Address, CrdtKind};
@@ -128,17 +155,12 @@ fn summary_sent_to(features: Vec<String>) -> Summary {
     let x = Address::new("mail:a@example.org", uuid::Uuid::from_u128(1)).unwrap();
     let mut inputs = vec![Input::Command {
         id: 1,
-        cmd: Command::Create { address: x.clone(), kind: CrdtKind::Ormap, author: "a".into() },
+        cmd: Command::Create { address: x.clone(), kind: CrdtKind::Gset, author: "a".into() },
     }];
     for i in 0..10 {
         inputs.push(Input::Command {
             id: 2 + i,
-            cmd: Command::Assoc {
-                address: x.clone(),
-                key: Value::from(i),
-                txs: vec![Transaction::new("set", i as i64)],
-                author: "a".into(),
-            },
+            cmd: Command::GsetAdd { address: x.clone(), element: Value::from(i as i64) },
         });
     }
     for o in peer.handle_batch(inputs, 1) {

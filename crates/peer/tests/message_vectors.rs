@@ -2,17 +2,21 @@
 //! every summary variant), built from fixed ids, must encode to exactly the bytes recorded in
 //! `tests/vectors/messages.json` (hex of `Message::encode()`) and decode back to the same message.
 //! A change of the encoding fails here; if it is intended, the vectors and the protocol version
-//! change together. Also: arbitrary bytes never make `Message::decode` panic.
+//! change together (`REPLIKATIV_WRITE_VECTORS=1 cargo test --test message_vectors` rewrites the file
+//! from the test's messages). Also: arbitrary bytes never make `Message::decode` panic.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
+use replikativ_peer::crdt::DotSet;
 use replikativ_peer::crdt::cdvcs::{CdvcsMethod, GraphEntry};
 use replikativ_peer::crdt::{
     ActorId, Address, CdvcsOp, Commit, ContentId, CrdtKind, Dot, GSetOp, Hlc, LwwOp, OrEntry, OrMapOp,
     Transaction, Value,
 };
-use replikativ_peer::proto::{AnyOp, Hello, Message, PROTOCOL_VERSION, Publish, Subscribe, Summary};
+use replikativ_peer::proto::{
+    AnyOp, Batch, DotSummary, Hello, Message, PROTOCOL_VERSION, Publish, Removed, Subscribe, Summary,
+};
 use serde_bytes::ByteBuf;
 use uuid::Uuid;
 
@@ -119,10 +123,52 @@ fn vectors() -> Vec<(&'static str, Message)> {
                 reply: false,
             },
         ),
+        (
+            "sync-dots",
+            Message::Summaries {
+                summaries: vec![(
+                    address(1),
+                    Summary::Dots(DotSummary {
+                        adds: dots(&[(1, 1, 9), (2, 1, 3), (2, 5, 5)]),
+                        removed: Removed::Dots { dots: dots(&[(1, 2, 2)]), digest: 0x0123_4567_89ab_cdef },
+                    }),
+                )],
+                reply: false,
+            },
+        ),
+        (
+            "sync-dots-buckets",
+            Message::Summaries {
+                summaries: vec![(
+                    address(1),
+                    Summary::Dots(DotSummary {
+                        adds: dots(&[(1, 1, 9)]),
+                        removed: Removed::Buckets(ByteBuf::from((0..32).collect::<Vec<u8>>())),
+                    }),
+                )],
+                reply: true,
+            },
+        ),
+        (
+            "batch",
+            Message::Batch(Batch {
+                id: 31,
+                address: address(1),
+                data: ByteBuf::from(vec![0x4b, 0x04, 0x00]),
+            }),
+        ),
         ("error", Message::Error { reason: "unknown message kind \"frobnicate\"; ignored".into() }),
         ("close", Message::Close { reason: "publication flood".into() }),
         ("custom", Message::Custom { tag: "chat".into(), data: ByteBuf::from(vec![0, 1, 2, 0xff]) }),
     ]
+}
+
+fn dots(runs: &[(u128, u64, u64)]) -> DotSet {
+    let mut s = DotSet::default();
+    for (a, start, end) in runs {
+        s.insert_run(actor(*a), *start, *end);
+    }
+    s
 }
 
 fn to_hex(bytes: &[u8]) -> String {
@@ -204,6 +250,14 @@ fn every_message_encodes_to_its_vector_and_decodes_back() {
                 .push(format!("{name}: the vector decodes to {:?}, not to {msg:?}", Message::decode(&bytes)));
         }
     }
+    if std::env::var_os("REPLIKATIV_WRITE_VECTORS").is_some() {
+        // Regenerates the file (run once after an intended change of the encoding).
+        let body: Vec<String> =
+            vectors().into_iter().map(|(n, m)| format!("  \"{n}\": \"{}\"", to_hex(&m.encode()))).collect();
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/messages.json");
+        std::fs::write(path, format!("{{\n{}\n}}\n", body.join(",\n"))).expect("writes the vectors");
+        return;
+    }
     assert!(failures.is_empty(), "encoding changed:\n{}", failures.join("\n"));
 }
 
@@ -217,6 +271,7 @@ fn vectors_cover_every_kind() {
         "subscribe-ack",
         "unsubscribe",
         "publish",
+        "batch",
         "publish-ack",
         "refused",
         "fetch",
@@ -246,22 +301,24 @@ fn vectors_cover_every_kind() {
                     Summary::Digest(_) => "digest",
                     Summary::Empty => "empty",
                     Summary::Buckets(_) => "buckets",
+                    Summary::Dots(_) => "dots",
                 }));
             }
             _ => {}
         }
     }
     assert_eq!(ops, BTreeSet::from(["ormap", "cdvcs", "lww", "gset"]));
-    assert_eq!(summaries, BTreeSet::from(["heads", "digest", "empty", "buckets"]));
+    assert_eq!(summaries, BTreeSet::from(["heads", "digest", "empty", "buckets", "dots"]));
 }
 
 /// Kinds whose bodies the decoder parses, plus one it does not know.
-const KINDS: [&str; 14] = [
+const KINDS: [&str; 15] = [
     "hello",
     "subscribe",
     "subscribe-ack",
     "unsubscribe",
     "publish",
+    "batch",
     "publish-ack",
     "refused",
     "fetch",

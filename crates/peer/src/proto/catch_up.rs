@@ -24,10 +24,13 @@
 
 use std::collections::{HashMap, HashSet};
 
-use replikativ_crdt::{Address, CdvcsOp, ContentId, GSetOp, OrEntry, OrMapOp, Value};
+use replikativ_crdt::{Address, CdvcsOp, ContentId, Dot, DotSet, GSetOp, OrEntry, OrMapOp, Value};
 use serde_bytes::ByteBuf;
 
-use super::message::{AnyOp, Message, Publish};
+use super::batch::{BatchEncoder, CommitSource};
+use super::message::{AnyOp, Batch, DotSummary, Message, Publish};
+use super::persist::commit_of;
+use super::state::{CrdtState, Known};
 use super::{ConnId, Peer};
 
 /// Op entries in one catch-up publication at most.
@@ -225,6 +228,229 @@ impl Peer {
                 conn,
                 Message::Publish(Publish { id, address: address.clone(), op, values, catch_up: true }),
             );
+        }
+    }
+}
+
+/// Catch-up batches one connection may have unacknowledged at most: the receiver's
+/// acknowledgements (sent once a batch is applied and durable) pace the sender, so a slow receiver
+/// slows its sender and never makes it queue more than this many batches.
+pub const STREAM_WINDOW: usize = 4;
+/// Entries in one catch-up batch at most (the byte bound, `inline_limit`, usually comes first).
+pub const MAX_BATCH_PART_ENTRIES: usize = 8192;
+
+/// Dots sent on a connection for one address (see `Conn::sent_dots`).
+#[derive(Clone, Default, Debug)]
+pub(crate) struct SentDots {
+    pub(crate) adds: DotSet,
+    pub(crate) removed: DotSet,
+}
+
+/// What remains to send of one OR-Map to one connection: the entries whose dots the remote did
+/// not name in its summary, in key order from `cursor` (adds first, then removals).
+#[derive(Debug)]
+pub(crate) struct Stream {
+    address: Address,
+    known: Known,
+    /// 0 adds, 1 removals, 2 done.
+    phase: u8,
+    cursor: Option<Value>,
+}
+
+/// A sent-dots set grows past this many runs (scattered removals): it is forgotten (costs at most
+/// a resend), so it never grows without bound.
+const MAX_SENT_RUNS: usize = 1 << 16;
+
+impl Peer {
+    /// Remembers that `op`'s OR-Map dots are on their way to `conn`.
+    pub(crate) fn note_sent(&mut self, conn: ConnId, address: &Address, op: &AnyOp) {
+        let AnyOp::Ormap(o) = op else { return };
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let sent = c.sent_dots.entry(address.clone()).or_default();
+        for e in &o.adds {
+            sent.adds.insert(e.dot);
+        }
+        for e in &o.removals {
+            sent.removed.insert(e.dot);
+        }
+        if sent.adds.range_count() + sent.removed.range_count() > MAX_SENT_RUNS {
+            c.sent_dots.remove(address);
+        }
+    }
+
+    /// Forgets what was sent on `conn` and its streams: messages to it may have been lost.
+    pub(crate) fn forget_sent(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.sent_dots.clear();
+            c.sent_before.clear();
+            c.streams.clear();
+            c.in_flight.clear();
+        }
+    }
+
+    /// An anti-entropy tick: what was sent two ticks ago and batches unacknowledged for two ticks
+    /// are forgotten (see `Conn::sent_dots`), and streams whose window freed go on.
+    pub(crate) fn age_sent(&mut self) {
+        let mut freed = Vec::new();
+        for (conn, c) in &mut self.conns {
+            c.sent_before = std::mem::take(&mut c.sent_dots);
+            let before = c.in_flight.len();
+            c.in_flight.retain(|_, ticks| {
+                *ticks += 1;
+                *ticks < 2
+            });
+            if c.in_flight.len() != before && !c.streams.is_empty() {
+                freed.push(*conn);
+            }
+        }
+        for conn in freed {
+            self.pump_streams(conn);
+        }
+    }
+
+    /// The dots sent on `conn` for `address` in this tick and the one before.
+    fn sent_to(&self, conn: ConnId, address: &Address) -> SentDots {
+        let mut sent = SentDots::default();
+        if let Some(c) = self.conns.get(&conn) {
+            for s in [c.sent_dots.get(address), c.sent_before.get(address)].into_iter().flatten() {
+                sent.adds.extend(&s.adds);
+                sent.removed.extend(&s.removed);
+            }
+        }
+        sent
+    }
+
+    /// Answers an OR-Map summary: when the remote lacks entries (not counting those already on
+    /// their way to it), a stream of batches sends them (see [`Stream`]).
+    pub(crate) fn on_dots(&mut self, conn: ConnId, address: &Address, theirs: DotSummary) {
+        let Some(CrdtState::Ormap(m)) = self.crdts.get(address).map(|r| &r.state) else { return };
+        if !self.conns.contains_key(&conn) {
+            return;
+        }
+        let sent = self.sent_to(conn, address);
+        let known = Known::new(m, theirs);
+        let (adds_covered, removals_covered) = known.covers(m, &sent.adds, &sent.removed);
+        if adds_covered && removals_covered {
+            return;
+        }
+        let c = self.conns.get_mut(&conn).expect("checked");
+        if let Some(s) = c.streams.iter_mut().find(|s| &s.address == address) {
+            // A stream is on its way: what the remote now says it has is skipped too.
+            s.known.merge(m, known.theirs);
+        } else {
+            let phase = if adds_covered { 1 } else { 0 };
+            c.streams.push_back(Stream { address: address.clone(), known, phase, cursor: None });
+        }
+        self.pump_streams(conn);
+    }
+
+    /// Sends catch-up batches to `conn` while fewer than [`STREAM_WINDOW`] are unacknowledged.
+    pub(crate) fn pump_streams(&mut self, conn: ConnId) {
+        loop {
+            let Some(c) = self.conns.get_mut(&conn) else { return };
+            if c.in_flight.len() >= STREAM_WINDOW {
+                return;
+            }
+            let Some(mut stream) = c.streams.pop_front() else { return };
+            let sent = self.sent_to(conn, &stream.address);
+            let (data, taken) = self.stream_part(&mut stream, &sent);
+            let address = stream.address.clone();
+            let id = self.next_id();
+            let c = self.conns.get_mut(&conn).expect("present");
+            let now = c.sent_dots.entry(address.clone()).or_default();
+            for (removal, dot) in taken {
+                if removal {
+                    now.removed.insert(dot);
+                } else {
+                    now.adds.insert(dot);
+                }
+            }
+            if stream.phase < 2 {
+                c.streams.push_back(stream);
+            }
+            if let Some(data) = data {
+                c.in_flight.insert(id, 0);
+                self.batches_sent += 1;
+                self.send(conn, Message::Batch(Batch { id, address, data: ByteBuf::from(data) }));
+            }
+        }
+    }
+
+    /// The next batch of a stream (`None` if nothing was left), with the dots it carries.
+    fn stream_part(&self, stream: &mut Stream, sent: &SentDots) -> (Option<Vec<u8>>, Vec<(bool, Dot)>) {
+        let Some(CrdtState::Ormap(m)) = self.crdts.get(&stream.address).map(|r| &r.state) else {
+            stream.phase = 2;
+            return (None, Vec::new());
+        };
+        let limit = self.config.inline_limit;
+        let mut enc = BatchEncoder::default();
+        let mut taken = Vec::new();
+        let no_commits = HashMap::new();
+        'phases: while stream.phase < 2 {
+            let removals = stream.phase == 1;
+            let mut cache = None;
+            for (key, dot, commit) in m.tags_from(removals, stream.cursor.as_ref()) {
+                let sent_already =
+                    if removals { sent.removed.contains(dot) } else { sent.adds.contains(dot) };
+                if sent_already || stream.known.has(removals, key, dot, &mut cache) {
+                    continue;
+                }
+                let entry = OrEntry { key: key.clone(), dot: *dot, commit: *commit };
+                let record = self.persist.value(commit).ok().flatten();
+                let parsed = record.as_ref().and_then(|r| commit_of(commit, r, &no_commits));
+                let params: HashMap<ContentId, Vec<u8>> = parsed
+                    .iter()
+                    .flat_map(|c| c.transactions.iter())
+                    .filter_map(|t| self.persist.value(&t.params).ok().flatten().map(|v| (t.params, v)))
+                    .collect();
+                // An upper bound of what the entry adds to the batch.
+                let bound = key.encoded_len()
+                    + 40
+                    + record.as_ref().map_or(40, |r| r.len())
+                    + params
+                        .values()
+                        .map(|v| v.len().min(super::batch::MAX_INLINE_PARAMS) + 16)
+                        .sum::<usize>();
+                if enc.len() > 0 && (enc.len() >= MAX_BATCH_PART_ENTRIES || enc.raw_bytes() + bound > limit) {
+                    stream.cursor = Some(key.clone());
+                    break 'phases;
+                }
+                let source = match (&record, &parsed) {
+                    (Some(r), Some(c)) => Some(CommitSource { record: r, commit: c }),
+                    _ => None,
+                };
+                enc.push(removals, &entry, source, &|id| params.get(id).cloned());
+                taken.push((removals, *dot));
+            }
+            stream.phase += 1;
+            stream.cursor = None;
+        }
+        if enc.len() == 0 {
+            return (None, taken);
+        }
+        (Some(enc.finish()), taken)
+    }
+
+    /// A publication (or batch) of this peer was applied by the remote: catch-up batches up to it
+    /// are done, and the streams go on.
+    pub(crate) fn on_publish_ack(&mut self, conn: ConnId, id: u64) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        // An acknowledgement covers every earlier publication of this peer on the connection.
+        let before = c.in_flight.len();
+        c.in_flight.retain(|x, _| *x > id);
+        if c.in_flight.len() != before || !c.streams.is_empty() {
+            self.pump_streams(conn);
+        }
+    }
+
+    /// A publication of this peer was refused: what was sent on the connection may not all have
+    /// arrived, so it is forgotten (the next anti-entropy round sends what is missing).
+    pub(crate) fn on_refused(&mut self, conn: ConnId, id: u64) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        c.sent_dots.clear();
+        c.sent_before.clear();
+        if c.in_flight.remove(&id).is_some() {
+            self.pump_streams(conn);
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Connections: their state, the handshake, and the dispatch of a connection's messages.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use replikativ_crdt::{Address, ContentId};
 
@@ -56,6 +56,19 @@ pub(crate) struct Conn {
     /// (both sides' syncs crossing) is not answered twice. Cleared on every tick, so a lost answer
     /// is sent again.
     pub(crate) answered: HashMap<Address, Summary>,
+    /// OR-Map catch-up streams to this connection, served round-robin (see `catch_up.rs`).
+    pub(crate) streams: VecDeque<super::catch_up::Stream>,
+    /// Catch-up batches sent and not yet acknowledged (at most `STREAM_WINDOW`), with the
+    /// anti-entropy ticks they have waited (forgotten after two: a lost batch does not stall the
+    /// stream).
+    pub(crate) in_flight: BTreeMap<u64, u32>,
+    /// Per OR-Map address, the dots sent on this connection (live and catch-up) since the last
+    /// anti-entropy tick, and (`sent_before`) in the tick before: they are on their way, so
+    /// anti-entropy does not send them again. Anything sent two ticks ago that the remote's
+    /// summary still lacks was lost and is sent again. Forgotten at once when messages to the
+    /// connection may have been lost (a full outbox) or refused.
+    pub(crate) sent_dots: HashMap<Address, super::catch_up::SentDots>,
+    pub(crate) sent_before: HashMap<Address, super::catch_up::SentDots>,
 }
 
 impl Peer {
@@ -89,6 +102,10 @@ impl Peer {
                 hello_ticks: 0,
                 answered: HashMap::new(),
                 answers: 0,
+                streams: VecDeque::new(),
+                in_flight: BTreeMap::new(),
+                sent_dots: HashMap::new(),
+                sent_before: HashMap::new(),
             },
         );
         let hello = Hello {
@@ -156,10 +173,12 @@ impl Peer {
                     c.unacked_sub = None;
                 }
             }
-            Message::PublishAck { .. } | Message::Error { .. } => {}
+            Message::Error { .. } => {}
+            Message::PublishAck { id } => self.on_publish_ack(conn, id),
             Message::Refused { id, reason } => {
                 let reason = message::clip(&reason);
                 tracing::info!(peer = %self.record.id, conn, id, %reason, "publication refused by remote");
+                self.on_refused(conn, id);
             }
             Message::Unsubscribe { addresses } => {
                 if let Some(c) = self.conns.get_mut(&conn) {
@@ -167,6 +186,7 @@ impl Peer {
                 }
             }
             Message::Publish(p) => self.on_publish(conn, p),
+            Message::Batch(b) => self.on_batch(conn, b),
             Message::Fetch { id, ids } => self.on_fetch(conn, id, ids),
             Message::FetchReply { id, values, missing } => self.on_fetch_reply(conn, id, values, missing),
             Message::Summaries { summaries, reply } => self.on_sync(conn, summaries, reply),

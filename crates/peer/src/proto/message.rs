@@ -8,12 +8,12 @@
 
 use std::collections::BTreeSet;
 
-use replikativ_crdt::{Address, CdvcsOp, ContentId, CrdtKind, GSetOp, LwwOp, OrMapOp};
+use replikativ_crdt::{Address, CdvcsOp, ContentId, CrdtKind, DotSet, GSetOp, LwwOp, OrMapOp};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 /// The protocol version this peer speaks. Peers refuse a different major version in `Hello`.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// An op of any datatype, tagged with its kind.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -114,6 +114,50 @@ pub enum Summary {
     Buckets(ByteBuf),
     /// The sender has nothing at the address yet.
     Empty,
+    /// An OR-Map's dots: the receiver sends the entries whose dots are not in it (and not already
+    /// sent on this connection), as compact batches.
+    Dots(DotSummary),
+}
+
+/// What an OR-Map replica holds, by dots (see [`Summary::Dots`]).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct DotSummary {
+    /// The dots of every add the sender holds, live or removed.
+    pub adds: DotSet,
+    /// What the sender holds of removals.
+    pub removed: Removed,
+}
+
+/// What an OR-Map replica holds of removals (see [`DotSummary`]).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Removed {
+    /// The add dots whose removal it holds, when they take at most
+    /// [`MAX_SUMMARY_RUNS`](super::state::MAX_SUMMARY_RUNS) runs, with the digest of its removals
+    /// and their commits (`OrMap::removal_digest`): equal dots with another digest mean concurrent
+    /// removals of one entry with different commits, and the receiver sends its removals.
+    Dots {
+        /// The removed dots.
+        dots: DotSet,
+        /// The removal digest.
+        digest: u64,
+    },
+    /// Else digests of its removals in [`state::BUCKETS`](super::state::BUCKETS) buckets by key
+    /// ([`state::BUCKET_DIGEST`](super::state::BUCKET_DIGEST) bytes each): the receiver sends the
+    /// removals of the differing buckets.
+    Buckets(ByteBuf),
+}
+
+/// A compact catch-up part of an OR-Map: entries with their commit records and params, columnar,
+/// without ids, compressed (see [`batch`](super::batch)). Answered like a publication.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Batch {
+    /// Publication id (per sender), echoed by the ack.
+    pub id: u64,
+    /// Where.
+    pub address: Address,
+    /// The compressed columns.
+    pub data: ByteBuf,
 }
 
 /// The first message each way.
@@ -178,6 +222,8 @@ pub enum Message {
     },
     /// An op on an address.
     Publish(Publish),
+    /// A compact catch-up part of an OR-Map.
+    Batch(Batch),
     /// A publication is applied and durable.
     PublishAck {
         /// The publication id.
@@ -318,6 +364,17 @@ fn body<T: Serialize>(t: &T) -> ByteBuf {
 }
 
 impl Message {
+    /// For a message that writes to an address (a `publish` or a catch-up `batch`): its
+    /// publication id and the address. Middleware that filters writes by address must look at
+    /// both kinds: this is the one place that knows which kinds write.
+    pub fn written(&self) -> Option<(u64, &Address)> {
+        match self {
+            Message::Publish(p) => Some((p.id, &p.address)),
+            Message::Batch(b) => Some((b.id, &b.address)),
+            _ => None,
+        }
+    }
+
     /// The kind's wire name.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -326,6 +383,7 @@ impl Message {
             Message::SubscribeAck { .. } => "subscribe-ack",
             Message::Unsubscribe { .. } => "unsubscribe",
             Message::Publish(_) => "publish",
+            Message::Batch(_) => "batch",
             Message::PublishAck { .. } => "publish-ack",
             Message::Refused { .. } => "refused",
             Message::Fetch { .. } => "fetch",
@@ -345,6 +403,7 @@ impl Message {
             Message::SubscribeAck { id } | Message::PublishAck { id } => body(&IdBody { id: *id }),
             Message::Unsubscribe { addresses } => body(&AddressesBody { addresses: addresses.clone() }),
             Message::Publish(p) => body(p),
+            Message::Batch(b) => body(b),
             Message::Refused { id, reason } => body(&RefusedBody { id: *id, reason: reason.clone() }),
             Message::Fetch { id, ids } => body(&FetchBody { id: *id, ids: ids.clone() }),
             Message::FetchReply { id, values, missing } => {
@@ -383,6 +442,7 @@ impl Message {
                 Message::Unsubscribe { addresses: parse::<AddressesBody>(&kind, bytes)?.addresses }
             }
             "publish" => Message::Publish(parse(&kind, bytes)?),
+            "batch" => Message::Batch(parse(&kind, bytes)?),
             "publish-ack" => Message::PublishAck { id: parse::<IdBody>(&kind, bytes)?.id },
             "refused" => {
                 let b: RefusedBody = parse(&kind, bytes)?;
@@ -423,6 +483,7 @@ impl Message {
                     + p.op.approx_bytes()
                     + p.address.user.len()
             }
+            Message::Batch(b) => b.data.len() + b.address.user.len(),
             Message::Fetch { ids, .. } => ids.len() * 34,
             Message::FetchReply { values, missing, .. } => {
                 values.iter().map(|v| v.len() + 5).sum::<usize>() + missing.len() * 34
@@ -436,6 +497,13 @@ impl Message {
                             Summary::Heads(h) => h.len() * 34,
                             Summary::Buckets(b) => b.len(),
                             Summary::Digest(_) | Summary::Empty => 34,
+                            Summary::Dots(d) => {
+                                20 * d.adds.range_count()
+                                    + match &d.removed {
+                                        Removed::Dots { dots, .. } => 20 * dots.range_count() + 9,
+                                        Removed::Buckets(b) => b.len(),
+                                    }
+                            }
                         }
                 })
                 .sum(),

@@ -7,6 +7,7 @@
 //!
 //! What goes on the wire is specified in `docs/design.md` (§ Protocol).
 
+pub mod batch;
 mod catch_up;
 mod command;
 mod conn;
@@ -28,9 +29,12 @@ use std::sync::Arc;
 use replikativ_crdt::{ActorId, Address};
 use replikativ_store::Store;
 
-pub use catch_up::MAX_PART_ENTRIES;
+pub use catch_up::{MAX_BATCH_PART_ENTRIES, MAX_PART_ENTRIES, STREAM_WINDOW};
 pub use command::{Command, CommitValue, Query, Reply};
-pub use message::{AnyOp, FrameError, Hello, Message, PROTOCOL_VERSION, Publish, Subscribe, Summary};
+pub use message::{
+    AnyOp, Batch, DotSummary, FrameError, Hello, Message, PROTOCOL_VERSION, Publish, Removed, Subscribe,
+    Summary,
+};
 pub use persist::{QUARANTINE_PREFIX, Quarantined, StoredValues};
 pub use refusal::{CloseReason, Refusal, Refusals};
 pub use state::{ApplyError, CrdtState, PeerRecord};
@@ -69,6 +73,8 @@ pub struct Peer {
     pub(crate) refusals: Refusals,
     /// Stored records skipped when the peer opened.
     pub(crate) recovery: Vec<Quarantined>,
+    /// Catch-up batches sent (see `catch_up.rs`).
+    pub(crate) batches_sent: u64,
 }
 
 impl Peer {
@@ -99,12 +105,18 @@ impl Peer {
             now_ms: 0,
             refusals: Refusals::default(),
             recovery,
+            batches_sent: 0,
         })
     }
 
     /// The peer id.
     pub fn id(&self) -> &str {
         &self.record.id
+    }
+
+    /// Catch-up batches this peer sent since it opened.
+    pub fn batches_sent(&self) -> u64 {
+        self.batches_sent
     }
 
     /// What the core refused since it opened, by reason.

@@ -40,35 +40,49 @@ impl Peer {
         self.send(conn, Message::Refused { id, reason });
     }
 
-    pub(crate) fn on_publish(&mut self, conn: ConnId, p: Publish) {
+    /// The checks every publication (and batch) passes before it is queued: both sides subscribe
+    /// to the address, the op is of the address's kind and passes `check_remote_op`. Returns
+    /// false when the publication was answered already (refused, closed, or acknowledged as a
+    /// duplicate this peer holds entirely).
+    fn admit(&mut self, conn: ConnId, id: u64, address: &Address, op: &AnyOp) -> bool {
         // Only addresses both sides subscribe to: this peer (it holds them) and the connection
         // (it asked for them here; a peer publishes only what its remote subscribed to, and never
         // to what it did not itself subscribe to).
-        let asked = self.conns.get(&conn).is_some_and(|c| c.interest.contains(&p.address));
-        if !self.record.subscriptions.contains(&p.address) || !asked {
+        let asked = self.conns.get(&conn).is_some_and(|c| c.interest.contains(address));
+        if !self.record.subscriptions.contains(address) || !asked {
             let reason = if asked {
-                format!("this peer does not subscribe to {}", p.address)
+                format!("this peer does not subscribe to {address}")
             } else {
-                format!("publication for {}, which this connection did not subscribe to", p.address)
+                format!("publication for {address}, which this connection did not subscribe to")
             };
-            return self.refuse(conn, p.id, Refusal::NotSubscribed, reason);
+            self.refuse(conn, id, Refusal::NotSubscribed, reason);
+            return false;
         }
-        if let Some(replica) = self.crdts.get(&p.address)
-            && replica.state.kind() != p.op.kind()
+        if let Some(replica) = self.crdts.get(address)
+            && replica.state.kind() != op.kind()
         {
             let reason =
-                format!("{:?} op for {}, which holds a {:?}", p.op.kind(), p.address, replica.state.kind());
-            return self.close(conn, Refusal::WrongKind, reason);
+                format!("{:?} op for {address}, which holds a {:?}", op.kind(), replica.state.kind());
+            self.close(conn, Refusal::WrongKind, reason);
+            return false;
         }
-        if let Err((why, reason)) = self.check_remote_op(&p.address, &p.op) {
-            return self.refuse(conn, p.id, why, reason);
+        if let Err((why, reason)) = self.check_remote_op(address, op) {
+            self.refuse(conn, id, why, reason);
+            return false;
         }
         // An op this peer already holds entirely (the echo of its own publication, a duplicate):
         // nothing to fetch, store or relay, only the acknowledgement once what holds it is durable.
         // Only when nothing waits ahead of it, so acknowledgements keep their order.
         let idle = self.conns.get(&conn).is_some_and(|c| c.queue.is_empty() && c.fetching.is_none());
-        if idle && self.crdts.get(&p.address).is_some_and(|r| r.state.includes(&p.op)) {
-            self.ack(conn, p.id);
+        if idle && self.crdts.get(address).is_some_and(|r| r.state.includes(op)) {
+            self.ack(conn, id);
+            return false;
+        }
+        true
+    }
+
+    pub(crate) fn on_publish(&mut self, conn: ConnId, p: Publish) {
+        if !self.admit(conn, p.id, &p.address, &p.op) {
             return;
         }
         // Every inline value must decode; the op's commit records are parsed right away (once).
@@ -92,10 +106,40 @@ impl Peer {
             }
             values.insert(id, bytes.into_vec());
         }
+        self.enqueue(conn, p.id, p.address, p.op, values, commits, p.catch_up);
+    }
+
+    /// A compact catch-up batch: decoded (every id computed here), then handled like a catch-up
+    /// publication of its op with its values inline.
+    pub(crate) fn on_batch(&mut self, conn: ConnId, b: super::message::Batch) {
+        let decoded = match super::batch::decode(&b.data) {
+            Ok(d) => d,
+            Err(e) => return self.close(conn, Refusal::BadBatch, format!("batch {}: {e}", b.id)),
+        };
+        let op = AnyOp::Ormap(decoded.op);
+        if !self.admit(conn, b.id, &b.address, &op) {
+            return;
+        }
+        self.enqueue(conn, b.id, b.address, op, decoded.values, decoded.commits, true);
+    }
+
+    /// Queues a publication whose inline values are decoded and verified (keyed by the hash of
+    /// their bytes), within the connection's queue limits.
+    #[allow(clippy::too_many_arguments)]
+    fn enqueue(
+        &mut self,
+        conn: ConnId,
+        id: u64,
+        address: Address,
+        op: AnyOp,
+        values: HashMap<ContentId, Vec<u8>>,
+        commits: HashMap<ContentId, Commit>,
+        catch_up: bool,
+    ) {
         let limit = self.config.max_queued_publications;
         let max_bytes = self.config.max_queued_bytes;
         let bytes: usize = values.values().map(Vec::len).sum();
-        let c = self.conns.get_mut(&conn).expect("caller checked");
+        let Some(c) = self.conns.get_mut(&conn) else { return };
         if c.queue.len() >= limit {
             let reason = format!("publication flood: more than {limit} publications waiting");
             return self.close(conn, Refusal::PublicationFlood, reason);
@@ -105,15 +149,7 @@ impl Peer {
             return self.close(conn, Refusal::QueuedBytes, reason);
         }
         c.queued_bytes += bytes;
-        c.queue.push_back(Pending {
-            bytes,
-            id: p.id,
-            address: p.address,
-            op: p.op,
-            values,
-            commits,
-            catch_up: p.catch_up,
-        });
+        c.queue.push_back(Pending { bytes, id, address, op, values, commits, catch_up });
         if c.fetching.is_none() {
             self.process_queue(conn);
         }
@@ -456,6 +492,7 @@ impl Peer {
     /// already waiting for this barrier if there is one (within [`MAX_RELAY_ENTRIES`] entries and
     /// the inline limit): under load many ops travel in one frame.
     fn relay(&mut self, conn: ConnId, address: &Address, op: &AnyOp, values: Vec<ByteBuf>) {
+        self.note_sent(conn, address, op);
         let limits = FoldLimits { entries: MAX_RELAY_ENTRIES, bytes: self.config.inline_limit };
         let next_id = &mut self.next_id;
         self.outbox.relay(conn, address, op, values, limits, || {

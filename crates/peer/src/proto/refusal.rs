@@ -71,11 +71,13 @@ pub enum Refusal {
     InvalidCommand,
     /// A message this node would have sent over the frame limit (not sent; logged at WARN).
     OversizeOutput,
+    /// A catch-up batch that does not decompress or decode (see `proto::batch`).
+    BadBatch,
 }
 
 impl Refusal {
     /// Every reason, in order.
-    pub const ALL: [Refusal; 30] = [
+    pub const ALL: [Refusal; 31] = [
         Refusal::MalformedFrame,
         Refusal::UnsupportedVersion,
         Refusal::UnknownKind,
@@ -106,6 +108,7 @@ impl Refusal {
         Refusal::AcceptFailed,
         Refusal::InvalidCommand,
         Refusal::OversizeOutput,
+        Refusal::BadBatch,
     ];
 
     /// The reason's stable name (kebab-case), as `status` shows it.
@@ -138,6 +141,7 @@ impl Refusal {
             Refusal::BadWebsocketFrame => "bad-websocket-frame",
             Refusal::TextFrame => "text-frame",
             Refusal::IdleTimeout => "idle-timeout",
+            Refusal::BadBatch => "bad-batch",
             Refusal::AcceptFailed => "accept-failed",
             Refusal::InvalidCommand => "invalid-command",
             Refusal::OversizeOutput => "oversize-output",

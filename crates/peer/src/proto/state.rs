@@ -8,7 +8,7 @@ use replikativ_crdt::{
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use super::message::{AnyOp, Summary};
+use super::message::{AnyOp, DotSummary, Removed, Summary};
 
 /// The state of one replicated datatype.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
@@ -89,6 +89,7 @@ impl CrdtState {
     pub fn summary_bucketed_above(&self, bucketed_above: u64) -> Summary {
         match self {
             CrdtState::Cdvcs(c) => Summary::Heads(c.graph().complete_frontier()),
+            CrdtState::Ormap(m) => Summary::Dots(dot_summary(m)),
             other if other.size() > bucketed_above => match other.bucket_digests() {
                 Some(digests) => Summary::Buckets(ByteBuf::from(digests)),
                 None => Summary::Digest(other.digest()),
@@ -258,6 +259,29 @@ impl CrdtState {
                 let differs = differing.iter().any(|d| *d);
                 (if differs && answer { state.buckets_op(&differing) } else { None }, differs)
             }
+            // A peer answers with a stream of batches (`catch_up.rs`) of the same entries.
+            (CrdtState::Ormap(m), Summary::Dots(theirs)) => {
+                let lacks = lacks_dots(m, theirs);
+                if !answer {
+                    return (None, lacks);
+                }
+                let known = Known::new(m, theirs.clone());
+                let mut op = replikativ_crdt::OrMapOp::default();
+                for (removal, list) in [(false, &mut op.adds), (true, &mut op.removals)] {
+                    let mut cache = None;
+                    for (key, dot, commit) in m.tags_from(removal, None) {
+                        if !known.has(removal, key, dot, &mut cache) {
+                            list.push(replikativ_crdt::OrEntry {
+                                key: key.clone(),
+                                dot: *dot,
+                                commit: *commit,
+                            });
+                        }
+                    }
+                }
+                let op = AnyOp::Ormap(op);
+                (if op.is_empty() { None } else { Some(op) }, lacks)
+            }
             // Empty, or a summary of another kind: send everything, lack nothing.
             (state, _) => (answer.then(|| state.state_op()), false),
         }
@@ -316,6 +340,152 @@ pub struct PeerRecord {
     pub extend: bool,
     /// The peer's subscriptions.
     pub subscriptions: BTreeSet<Address>,
+}
+
+/// Runs of removed dots an OR-Map summary lists at most; beyond, it sends removal bucket digests.
+pub const MAX_SUMMARY_RUNS: usize = 256;
+
+/// An OR-Map's summary: its add dots, and its removed dots or, when they are too scattered,
+/// bucket digests of its removals.
+pub(crate) fn dot_summary(m: &OrMap) -> DotSummary {
+    let removed = if m.removed_dots().range_count() <= MAX_SUMMARY_RUNS {
+        Removed::Dots { dots: m.removed_dots().clone(), digest: m.removal_digest() }
+    } else {
+        Removed::Buckets(ByteBuf::from(removal_bucket_digests(m)))
+    };
+    DotSummary { adds: m.add_dots().clone(), removed }
+}
+
+/// What a peer said it holds of an OR-Map (its [`DotSummary`], with the differing removal buckets
+/// worked out): which entries it need not be sent.
+#[derive(Clone, Debug)]
+pub(crate) struct Known {
+    pub(crate) theirs: DotSummary,
+    /// With bucketed removals: which buckets differ from this replica's. With removed dots equal
+    /// to this replica's but another digest: all of them.
+    pub(crate) differing: Option<Vec<bool>>,
+}
+
+impl Known {
+    pub(crate) fn new(m: &OrMap, theirs: DotSummary) -> Known {
+        let differing = match &theirs.removed {
+            // Concurrent removals of one entry with different commits: every removal is sent
+            // (the join keeps the larger commit on both sides).
+            Removed::Dots { dots, digest } if dots == m.removed_dots() && *digest != m.removal_digest() => {
+                Some(vec![true; BUCKETS])
+            }
+            Removed::Dots { .. } => None,
+            Removed::Buckets(b) if b.len() == BUCKETS * BUCKET_DIGEST => Some(
+                removal_bucket_digests(m)
+                    .chunks(BUCKET_DIGEST)
+                    .zip(b.chunks(BUCKET_DIGEST))
+                    .map(|(a, b)| a != b)
+                    .collect(),
+            ),
+            // Malformed digests: every removal is sent.
+            Removed::Buckets(_) => Some(vec![true; BUCKETS]),
+        };
+        Known { theirs, differing }
+    }
+
+    /// Whether the peer holds the add (or removal) of `dot` under `key`, as far as its summary
+    /// tells. `cache` keeps the last key's bucket (entries come by key).
+    pub(crate) fn has<'a>(
+        &self,
+        removal: bool,
+        key: &'a Value,
+        dot: &Dot,
+        cache: &mut Option<(&'a Value, bool)>,
+    ) -> bool {
+        if !removal {
+            return self.theirs.adds.contains(dot);
+        }
+        match (&self.theirs.removed, &self.differing) {
+            (Removed::Dots { dots, .. }, None) => dots.contains(dot),
+            (_, Some(differing)) => {
+                let wanted = match cache {
+                    Some((k, w)) if *k == key => *w,
+                    _ => {
+                        let w = differing[bucket_of_encoded(&key.encode())];
+                        *cache = Some((key, w));
+                        w
+                    }
+                };
+                !wanted
+            }
+            (Removed::Buckets(_), None) => false,
+        }
+    }
+
+    /// Whether the peer holds every entry of `m` but those in `sent` (on their way to it).
+    pub(crate) fn covers(
+        &self,
+        m: &OrMap,
+        sent_adds: &replikativ_crdt::DotSet,
+        sent_removed: &replikativ_crdt::DotSet,
+    ) -> (bool, bool) {
+        let mut adds = self.theirs.adds.clone();
+        adds.extend(sent_adds);
+        let adds_covered = adds.covers(m.add_dots());
+        let removals_covered = match (&self.theirs.removed, &self.differing) {
+            (Removed::Dots { dots, .. }, None) => {
+                let mut known = dots.clone();
+                known.extend(sent_removed);
+                known.covers(m.removed_dots())
+            }
+            (_, Some(differing)) => !differing.iter().any(|d| *d),
+            (Removed::Buckets(_), None) => false,
+        };
+        (adds_covered, removals_covered)
+    }
+
+    /// Adds what a newer summary of the same peer says it holds.
+    pub(crate) fn merge(&mut self, m: &OrMap, newer: DotSummary) {
+        self.theirs.adds.extend(&newer.adds);
+        match (&mut self.theirs.removed, newer.removed) {
+            (Removed::Dots { dots: a, .. }, Removed::Dots { dots: b, .. }) if self.differing.is_none() => {
+                a.extend(&b)
+            }
+            (_, other) => {
+                let adds = std::mem::take(&mut self.theirs.adds);
+                *self = Known::new(m, DotSummary { adds, removed: other });
+            }
+        }
+    }
+}
+
+/// Whether a peer's OR-Map summary names entries this replica lacks.
+pub(crate) fn lacks_dots(m: &OrMap, theirs: &DotSummary) -> bool {
+    !m.add_dots().covers(&theirs.adds)
+        || match &theirs.removed {
+            Removed::Dots { dots, digest } => {
+                !m.removed_dots().covers(dots) || (dots == m.removed_dots() && *digest != m.removal_digest())
+            }
+            Removed::Buckets(b) => removal_bucket_digests(m) != b.as_slice(),
+        }
+}
+
+/// Digests of an OR-Map's removals in [`BUCKETS`] buckets by key.
+pub(crate) fn removal_bucket_digests(m: &OrMap) -> Vec<u8> {
+    let mut hashers = vec![blake3::Hasher::new(); BUCKETS];
+    let mut current: Option<(&Value, usize, Vec<u8>)> = None;
+    for (key, dot, commit) in m.removal_tags() {
+        if current.as_ref().is_none_or(|(k, _, _)| *k != key) {
+            let encoded = key.encode();
+            current = Some((key, bucket_of_encoded(&encoded), encoded));
+        }
+        let (_, bucket, encoded) = current.as_ref().expect("set above");
+        let h = &mut hashers[*bucket];
+        h.update(encoded);
+        h.update(dot.actor.as_bytes());
+        h.update(&dot.counter.to_be_bytes());
+        h.update(commit.as_bytes());
+    }
+    let mut out = Vec::with_capacity(BUCKETS * BUCKET_DIGEST);
+    for h in hashers {
+        out.extend_from_slice(&h.finalize().as_bytes()[..BUCKET_DIGEST]);
+    }
+    out
 }
 
 /// OR-Maps and G-Sets of more entries than this summarize themselves by bucket digests.

@@ -14,7 +14,9 @@ use std::collections::BTreeSet;
 
 use replikativ_crdt::Address;
 
-use super::message::{Message, Subscribe, Summary};
+use replikativ_crdt::DotSet;
+
+use super::message::{DotSummary, Message, Removed, Subscribe, Summary};
 use super::{ConnId, FEATURE_BUCKETS, Peer};
 
 impl Peer {
@@ -184,6 +186,28 @@ impl Peer {
         for (address, summary) in summaries {
             let interested = self.conns.get(&conn).is_some_and(|c| c.interest.contains(&address));
             match self.crdts.get(&address) {
+                // An OR-Map is answered by a stream of batches (an empty summary: all of it).
+                // (An empty map to a peer without it goes as one empty publication: that creates it.)
+                Some(replica)
+                    if matches!(&replica.state, super::state::CrdtState::Ormap(m) if m.tag_count() > 0)
+                        && matches!(summary, Summary::Dots(_) | Summary::Empty) =>
+                {
+                    let theirs = match summary {
+                        Summary::Dots(d) => d,
+                        _ => DotSummary {
+                            adds: DotSet::default(),
+                            removed: Removed::Dots { dots: DotSet::default(), digest: 0 },
+                        },
+                    };
+                    if let super::state::CrdtState::Ormap(m) = &replica.state
+                        && super::state::lacks_dots(m, &theirs)
+                    {
+                        lacking.push(address.clone());
+                    }
+                    if interested {
+                        self.on_dots(conn, &address, theirs);
+                    }
+                }
                 Some(replica) => {
                     let (missing, lacks) = replica.state.compare(&summary, interested);
                     if lacks || replica.state.is_incomplete() {
@@ -215,16 +239,23 @@ impl Peer {
         for c in self.conns.values_mut() {
             c.answered.clear();
         }
+        self.age_sent();
         let conns: Vec<ConnId> =
             self.conns.iter().filter(|(_, c)| c.remote.is_some()).map(|(c, _)| *c).collect();
         for conn in conns {
-            self.resync(conn);
+            self.resync_summaries(conn);
         }
     }
 
     /// Sends summaries of every address shared with one connection (anti-entropy for one peer, e.g.
     /// after messages to it were dropped).
     pub(crate) fn resync(&mut self, conn: ConnId) {
+        self.forget_sent(conn);
+        self.resync_summaries(conn);
+    }
+
+    /// Sends summaries of every address shared with one connection.
+    fn resync_summaries(&mut self, conn: ConnId) {
         let Some(c) = self.conns.get(&conn).filter(|c| c.remote.is_some()) else { return };
         let shared: BTreeSet<Address> = c
             .interest

@@ -37,6 +37,13 @@ impl Network {
             for (i, p) in self.peers.iter().enumerate() {
                 let state = p.peer.as_ref().expect("running").state(address);
                 if state != reference {
+                    if std::env::var_os("SIM_DEBUG").is_some() {
+                        eprintln!(
+                            "peer 0: {:?}\npeer {i}: {:?}",
+                            reference.map(|s| s.summary()),
+                            state.map(|s| s.summary())
+                        );
+                    }
                     return Err(format!("peer {i} differs from peer 0 at {address}"));
                 }
                 if state.is_some_and(CrdtState::is_incomplete) {

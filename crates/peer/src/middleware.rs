@@ -418,6 +418,12 @@ impl Middleware for AccessControl {
                 let reason = format!("not allowed to publish to {address}");
                 emit.down(Item::Message(Message::Refused { id, reason }));
             }
+            // A subscription by digest names addresses this layer cannot see: refused, so the
+            // remote subscribes in full and the policy filters the list.
+            Item::Message(Message::Resubscribe(r)) => {
+                let reason = "resubscribe is not accepted under access control; subscribe in full".to_owned();
+                emit.down(Item::Message(Message::Refused { id: r.id, reason }));
+            }
             Item::Message(Message::Subscribe(mut s)) => {
                 let before = s.addresses.len();
                 s.addresses.retain(|a| (self.policy)(&self.remote, Access::Subscribe(a)));

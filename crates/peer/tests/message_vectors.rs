@@ -15,7 +15,8 @@ use replikativ_peer::crdt::{
     Transaction, Value,
 };
 use replikativ_peer::proto::{
-    AnyOp, Batch, DotSummary, Hello, Message, PROTOCOL_VERSION, Publish, Removed, Subscribe, Summary,
+    AnyOp, Batch, Bucket, DotSummary, Hello, Message, PROTOCOL_VERSION, Publish, Recon, Removed, Resubscribe,
+    Subscribe, Summary,
 };
 use serde_bytes::ByteBuf;
 use uuid::Uuid;
@@ -94,6 +95,7 @@ fn vectors() -> Vec<(&'static str, Message)> {
                 extend: true,
             }),
         ),
+        ("resubscribe", Message::Resubscribe(Resubscribe { id: 8, digest: cid(7), extend: false })),
         ("subscribe-ack", Message::SubscribeAck { id: 7 }),
         ("unsubscribe", Message::Unsubscribe { addresses: BTreeSet::from([address(2)]) }),
         ("publish-ormap", publish(11, 1, ormap, vec![commit_record()])),
@@ -155,6 +157,21 @@ fn vectors() -> Vec<(&'static str, Message)> {
                 id: 31,
                 address: address(1),
                 data: ByteBuf::from(vec![0x4b, 0x04, 0x00]),
+            }),
+        ),
+        (
+            "recon-nodes",
+            Message::Recon(Recon::Nodes(vec![(
+                Bucket { depth: 1, prefix: 0xa000_0000_0000_0000 },
+                ByteBuf::from((0..192).map(|i| i as u8).collect::<Vec<u8>>()),
+            )])),
+        ),
+        ("recon-list", Message::Recon(Recon::List(vec![Bucket { depth: 2, prefix: 0xa300_0000_0000_0000 }]))),
+        (
+            "recon-listed",
+            Message::Recon(Recon::Listed {
+                buckets: vec![Bucket { depth: 2, prefix: 0xa300_0000_0000_0000 }],
+                summaries: vec![(address(4), Summary::Empty)],
             }),
         ),
         ("error", Message::Error { reason: "unknown message kind \"frobnicate\"; ignored".into() }),
@@ -268,6 +285,7 @@ fn vectors_cover_every_kind() {
     let all = [
         "hello",
         "subscribe",
+        "resubscribe",
         "subscribe-ack",
         "unsubscribe",
         "publish",
@@ -277,6 +295,7 @@ fn vectors_cover_every_kind() {
         "fetch",
         "fetch-reply",
         "sync",
+        "recon",
         "error",
         "close",
         "custom",
@@ -312,9 +331,11 @@ fn vectors_cover_every_kind() {
 }
 
 /// Kinds whose bodies the decoder parses, plus one it does not know.
-const KINDS: [&str; 15] = [
+const KINDS: [&str; 17] = [
     "hello",
     "subscribe",
+    "resubscribe",
+    "recon",
     "subscribe-ack",
     "unsubscribe",
     "publish",

@@ -318,20 +318,53 @@ impl BatchEncoder {
 /// A decoded batch: the op, and the values it carried by the ids computed here from their bytes,
 /// with the commit records parsed.
 #[derive(Debug)]
-pub(crate) struct Decoded {
-    pub(crate) op: OrMapOp,
-    pub(crate) values: HashMap<ContentId, Vec<u8>>,
-    pub(crate) commits: HashMap<ContentId, Commit>,
+pub struct Decoded {
+    /// The entries, as an op.
+    pub op: OrMapOp,
+    /// Commit records and params, by the hash of their bytes.
+    pub values: HashMap<ContentId, Vec<u8>>,
+    /// The commit records among `values` that parse.
+    pub commits: HashMap<ContentId, Commit>,
 }
 
-/// Decodes a batch (see the module docs for what is checked).
-pub(crate) fn decode(data: &[u8]) -> Result<Decoded, BatchError> {
+/// Encodes entries (`true` for a removal) as one batch, reading commit records and params from
+/// `value` (tools and tests; the peer builds its batches entry by entry with the same encoder).
+pub fn encode(entries: &[(bool, OrEntry)], value: &dyn Fn(&ContentId) -> Option<Vec<u8>>) -> Vec<u8> {
+    let mut enc = BatchEncoder::default();
+    for (removal, e) in entries {
+        let record = value(&e.commit);
+        let commit =
+            record.as_ref().and_then(|r| Value::decode(r).ok()).and_then(|v| Commit::from_value(&v).ok());
+        let source = match (&record, &commit) {
+            (Some(r), Some(c)) => Some(CommitSource { record: r, commit: c }),
+            _ => None,
+        };
+        enc.push(*removal, e, source, value);
+    }
+    enc.finish()
+}
+
+/// DEFLATE-compresses raw columns as a batch carries them (fuzzing explores the columns).
+pub fn compress(raw: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(raw).expect("writing to memory");
+    enc.finish().expect("writing to memory")
+}
+
+/// The raw columns of a batch (at most [`MAX_BATCH_BYTES`]).
+pub fn decompress(data: &[u8]) -> Result<Vec<u8>, BatchError> {
     let mut raw = Vec::new();
     let mut dec = flate2::read::DeflateDecoder::new(data).take(MAX_BATCH_BYTES as u64 + 1);
     dec.read_to_end(&mut raw).map_err(|e| bad(format!("does not decompress: {e}")))?;
     if raw.len() > MAX_BATCH_BYTES {
         return Err(bad(format!("more than {MAX_BATCH_BYTES} bytes decompressed")));
     }
+    Ok(raw)
+}
+
+/// Decodes a batch (see the module docs for what is checked).
+pub fn decode(data: &[u8]) -> Result<Decoded, BatchError> {
+    let raw = decompress(data)?;
     let c: Columns = super::message::from_msgpack(&raw).map_err(|e| bad(format!("columns: {e}")))?;
     if c.format != BATCH_FORMAT {
         return Err(bad(format!("format {} (this peer reads format {BATCH_FORMAT})", c.format)));

@@ -38,8 +38,10 @@ pub(crate) struct Conn {
     pub(crate) remote_extend: bool,
     /// The last subscription sent.
     pub(crate) sent: Option<BTreeSet<Address>>,
-    /// Id of the last subscription sent, until its ack arrives (sent again on a timer tick).
+    /// Id of the last subscription sent, until its ack arrives (sent again on a timer tick), with
+    /// its set's digest and whether it went as a `resubscribe`.
     pub(crate) unacked_sub: Option<u64>,
+    pub(crate) unacked_digest: Option<(ContentId, bool)>,
     /// Inbound publications, applied in order.
     pub(crate) queue: VecDeque<Pending>,
     /// Bytes of values held by `queue`.
@@ -95,6 +97,7 @@ impl Peer {
                 remote_extend: false,
                 sent: None,
                 unacked_sub: None,
+                unacked_digest: None,
                 queue: VecDeque::new(),
                 queued_bytes: 0,
                 fetching: None,
@@ -166,19 +169,15 @@ impl Peer {
         match msg {
             Message::Hello(_) => self.close(conn, Refusal::HelloTwice, "hello sent twice".into()),
             Message::Subscribe(sub) => self.on_subscribe(conn, sub),
-            Message::SubscribeAck { id } => {
-                if let Some(c) = self.conns.get_mut(&conn)
-                    && c.unacked_sub == Some(id)
-                {
-                    c.unacked_sub = None;
-                }
-            }
+            Message::Resubscribe(r) => self.on_resubscribe(conn, r),
+            Message::SubscribeAck { id } => self.on_subscribe_ack(conn, id),
             Message::Error { .. } => {}
             Message::PublishAck { id } => self.on_publish_ack(conn, id),
             Message::Refused { id, reason } => {
                 let reason = message::clip(&reason);
                 tracing::info!(peer = %self.record.id, conn, id, %reason, "publication refused by remote");
                 self.on_refused(conn, id);
+                self.on_subscription_refused(conn, id);
             }
             Message::Unsubscribe { addresses } => {
                 if let Some(c) = self.conns.get_mut(&conn) {
@@ -190,6 +189,7 @@ impl Peer {
             Message::Fetch { id, ids } => self.on_fetch(conn, id, ids),
             Message::FetchReply { id, values, missing } => self.on_fetch_reply(conn, id, values, missing),
             Message::Summaries { summaries, reply } => self.on_sync(conn, summaries, reply),
+            Message::Recon(r) => self.on_recon(conn, r),
             Message::Close { reason } => {
                 let reason = message::clip(&reason);
                 tracing::info!(peer = %self.record.id, conn, %reason, "remote closed");

@@ -148,6 +148,36 @@ pub enum Removed {
     Buckets(ByteBuf),
 }
 
+/// A bucket of the reconciliation trie: the addresses whose 64-bit hash starts with the `depth`
+/// nibbles of `prefix` (the high bits).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub struct Bucket {
+    /// Nibbles fixed (0 = the root, every address).
+    pub depth: u8,
+    /// The fixed nibbles, in the high bits (the rest zero).
+    pub prefix: u64,
+}
+
+/// Collection-level anti-entropy for connections that share many addresses (see
+/// [`recon`](super::recon)): fingerprints instead of one summary per address.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Recon {
+    /// For each bucket, its 16 children's item count and fingerprint (16 x 12 bytes: count u32,
+    /// fingerprint u64, little-endian).
+    Nodes(Vec<(Bucket, ByteBuf)>),
+    /// Asks for the summaries of every shared address in these buckets.
+    List(Vec<Bucket>),
+    /// The summaries of every shared address in these buckets (the answer to `List`): an address of
+    /// the buckets missing here is one the sender does not have.
+    Listed {
+        /// The buckets listed.
+        buckets: Vec<Bucket>,
+        /// Their addresses' summaries.
+        summaries: Vec<(Address, Summary)>,
+    },
+}
+
 /// A compact catch-up part of an OR-Map: entries with their commit records and params, columnar,
 /// without ids, compressed (see [`batch`](super::batch)). Answered like a publication.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -184,6 +214,25 @@ pub struct Subscribe {
     pub extend: bool,
 }
 
+/// Subscribes to the same addresses as a `subscribe` the sender sent the receiver before (on an
+/// earlier connection), named by the digest of its address set ([`set_digest`]): a reconnecting
+/// peer with 10,000 subscriptions sends 50 bytes instead of the list. A receiver that does not
+/// remember that set answers `refused` with the id, and the sender subscribes in full.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Resubscribe {
+    /// Subscription id, echoed by the ack (or the refusal).
+    pub id: u64,
+    /// The digest of the address set.
+    pub digest: ContentId,
+    /// Whether the sender extends its subscriptions with those of its peers.
+    pub extend: bool,
+}
+
+/// The digest of a set of addresses that a [`Resubscribe`] names.
+pub fn set_digest(addresses: &BTreeSet<Address>) -> ContentId {
+    ContentId::hash_bytes(&rmp_serde::to_vec(addresses).expect("addresses encode"))
+}
+
 /// Publishes an op on an address.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct Publish {
@@ -210,6 +259,8 @@ pub enum Message {
     Hello(Hello),
     /// Subscribe to addresses.
     Subscribe(Subscribe),
+    /// Subscribe to the same addresses as before, by digest.
+    Resubscribe(Resubscribe),
     /// A subscription was processed.
     SubscribeAck {
         /// The subscription id.
@@ -261,6 +312,8 @@ pub enum Message {
         /// Whether this answers other summaries.
         reply: bool,
     },
+    /// Collection-level anti-entropy (wire kind `recon`).
+    Recon(Recon),
     /// A message was refused without closing the connection (e.g. an unknown kind).
     Error {
         /// Why.
@@ -380,6 +433,7 @@ impl Message {
         match self {
             Message::Hello(_) => "hello",
             Message::Subscribe(_) => "subscribe",
+            Message::Resubscribe(_) => "resubscribe",
             Message::SubscribeAck { .. } => "subscribe-ack",
             Message::Unsubscribe { .. } => "unsubscribe",
             Message::Publish(_) => "publish",
@@ -389,6 +443,7 @@ impl Message {
             Message::Fetch { .. } => "fetch",
             Message::FetchReply { .. } => "fetch-reply",
             Message::Summaries { .. } => "sync",
+            Message::Recon(_) => "recon",
             Message::Error { .. } => "error",
             Message::Close { .. } => "close",
             Message::Custom { .. } => "custom",
@@ -404,11 +459,13 @@ impl Message {
             Message::Unsubscribe { addresses } => body(&AddressesBody { addresses: addresses.clone() }),
             Message::Publish(p) => body(p),
             Message::Batch(b) => body(b),
+            Message::Resubscribe(r) => body(r),
             Message::Refused { id, reason } => body(&RefusedBody { id: *id, reason: reason.clone() }),
             Message::Fetch { id, ids } => body(&FetchBody { id: *id, ids: ids.clone() }),
             Message::FetchReply { id, values, missing } => {
                 body(&FetchReplyBody { id: *id, values: values.clone(), missing: missing.clone() })
             }
+            Message::Recon(r) => body(r),
             Message::Summaries { summaries, reply } => {
                 body(&SummariesBody { summaries: summaries.clone(), reply: *reply })
             }
@@ -443,6 +500,7 @@ impl Message {
             }
             "publish" => Message::Publish(parse(&kind, bytes)?),
             "batch" => Message::Batch(parse(&kind, bytes)?),
+            "resubscribe" => Message::Resubscribe(parse(&kind, bytes)?),
             "publish-ack" => Message::PublishAck { id: parse::<IdBody>(&kind, bytes)?.id },
             "refused" => {
                 let b: RefusedBody = parse(&kind, bytes)?;
@@ -460,6 +518,7 @@ impl Message {
                 let b: SummariesBody = parse(&kind, bytes)?;
                 Message::Summaries { summaries: b.summaries, reply: b.reply }
             }
+            "recon" => Message::Recon(parse(&kind, bytes)?),
             "error" => Message::Error { reason: parse::<ReasonBody>(&kind, bytes)?.reason },
             "close" => Message::Close { reason: parse::<ReasonBody>(&kind, bytes)?.reason },
             "custom" => {
@@ -488,36 +547,43 @@ impl Message {
             Message::FetchReply { values, missing, .. } => {
                 values.iter().map(|v| v.len() + 5).sum::<usize>() + missing.len() * 34
             }
-            Message::Summaries { summaries, .. } => summaries
-                .iter()
-                .map(|(a, s)| {
-                    a.user.len()
-                        + 24
-                        + match s {
-                            Summary::Heads(h) => h.len() * 34,
-                            Summary::Buckets(b) => b.len(),
-                            Summary::Digest(_) | Summary::Empty => 34,
-                            Summary::Dots(d) => {
-                                20 * d.adds.range_count()
-                                    + match &d.removed {
-                                        Removed::Dots { dots, .. } => 20 * dots.range_count() + 9,
-                                        Removed::Buckets(b) => b.len(),
-                                    }
-                            }
-                        }
-                })
-                .sum(),
+            Message::Summaries { summaries, .. } => {
+                summaries.iter().map(|(a, s)| a.user.len() + 24 + summary_size(s)).sum()
+            }
+            Message::Recon(Recon::Nodes(n)) => n.iter().map(|(_, c)| c.len() + 12).sum(),
+            Message::Recon(Recon::List(b)) => b.len() * 12,
+            Message::Recon(Recon::Listed { buckets, summaries }) => {
+                buckets.len() * 12
+                    + summaries.iter().map(|(a, s)| a.user.len() + 24 + summary_size(s)).sum::<usize>()
+            }
             Message::Refused { reason, .. } | Message::Error { reason } | Message::Close { reason } => {
                 reason.len()
             }
             Message::Custom { tag, data } => tag.len() + data.len(),
             Message::SubscribeAck { .. } | Message::PublishAck { .. } => 0,
+            Message::Resubscribe(_) => 42,
         }
     }
 
     /// The version field of a frame, if the frame has an envelope at all.
     pub fn frame_version(frame: &[u8]) -> Option<u16> {
         from_msgpack::<Envelope>(frame).ok().map(|e| e.v)
+    }
+}
+
+/// Roughly the bytes a summary takes encoded.
+fn summary_size(s: &Summary) -> usize {
+    match s {
+        Summary::Heads(h) => h.len() * 34,
+        Summary::Buckets(b) => b.len(),
+        Summary::Digest(_) | Summary::Empty => 34,
+        Summary::Dots(d) => {
+            20 * d.adds.range_count()
+                + match &d.removed {
+                    Removed::Dots { dots, .. } => 20 * dots.range_count() + 9,
+                    Removed::Buckets(b) => b.len(),
+                }
+        }
     }
 }
 

@@ -18,22 +18,23 @@ mod outbox;
 pub mod persist;
 mod publish;
 mod query;
+pub mod recon;
 pub mod refusal;
 pub mod state;
 mod subscribe;
 mod types;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use replikativ_crdt::{ActorId, Address};
+use replikativ_crdt::{ActorId, Address, ContentId};
 use replikativ_store::Store;
 
 pub use catch_up::{MAX_BATCH_PART_ENTRIES, MAX_PART_ENTRIES, STREAM_WINDOW};
 pub use command::{Command, CommitValue, Query, Reply};
 pub use message::{
-    AnyOp, Batch, DotSummary, FrameError, Hello, Message, PROTOCOL_VERSION, Publish, Removed, Subscribe,
-    Summary,
+    AnyOp, Batch, Bucket, DotSummary, FrameError, Hello, Message, PROTOCOL_VERSION, Publish, Recon, Removed,
+    Resubscribe, Subscribe, Summary,
 };
 pub use persist::{QUARANTINE_PREFIX, Quarantined, StoredValues};
 pub use refusal::{CloseReason, Refusal, Refusals};
@@ -75,7 +76,15 @@ pub struct Peer {
     pub(crate) recovery: Vec<Quarantined>,
     /// Catch-up batches sent (see `catch_up.rs`).
     pub(crate) batches_sent: u64,
+    /// Per remote peer id, the last address set it subscribed to here in full, by digest (so it
+    /// may `resubscribe` to it after a reconnect). At most [`MAX_REMEMBERED_SETS`] peers.
+    pub(crate) remembered: HashMap<String, (ContentId, BTreeSet<Address>)>,
+    /// Per remote peer id, the digest of the last subscription it acknowledged from this peer.
+    pub(crate) told: HashMap<String, ContentId>,
 }
+
+/// Remote peers whose last subscription set a peer remembers for `resubscribe`.
+pub const MAX_REMEMBERED_SETS: usize = 1024;
 
 impl Peer {
     /// Opens the peer stored in `store`, or creates one with `peer_id` and `extend` if the store
@@ -106,6 +115,8 @@ impl Peer {
             refusals: Refusals::default(),
             recovery,
             batches_sent: 0,
+            remembered: HashMap::new(),
+            told: HashMap::new(),
         })
     }
 

@@ -73,11 +73,13 @@ pub enum Refusal {
     OversizeOutput,
     /// A catch-up batch that does not decompress or decode (see `proto::batch`).
     BadBatch,
+    /// A `recon` message naming too many buckets or a malformed one (see `proto::recon`).
+    BadRecon,
 }
 
 impl Refusal {
     /// Every reason, in order.
-    pub const ALL: [Refusal; 31] = [
+    pub const ALL: [Refusal; 32] = [
         Refusal::MalformedFrame,
         Refusal::UnsupportedVersion,
         Refusal::UnknownKind,
@@ -109,6 +111,7 @@ impl Refusal {
         Refusal::InvalidCommand,
         Refusal::OversizeOutput,
         Refusal::BadBatch,
+        Refusal::BadRecon,
     ];
 
     /// The reason's stable name (kebab-case), as `status` shows it.
@@ -142,6 +145,7 @@ impl Refusal {
             Refusal::TextFrame => "text-frame",
             Refusal::IdleTimeout => "idle-timeout",
             Refusal::BadBatch => "bad-batch",
+            Refusal::BadRecon => "bad-recon",
             Refusal::AcceptFailed => "accept-failed",
             Refusal::InvalidCommand => "invalid-command",
             Refusal::OversizeOutput => "oversize-output",

@@ -16,7 +16,7 @@ use replikativ_crdt::Address;
 
 use replikativ_crdt::DotSet;
 
-use super::message::{DotSummary, Message, Removed, Subscribe, Summary};
+use super::message::{DotSummary, Message, Removed, Resubscribe, Subscribe, Summary};
 use super::{ConnId, FEATURE_BUCKETS, Peer};
 
 impl Peer {
@@ -47,12 +47,31 @@ impl Peer {
         }
         let new: Vec<Address> =
             addresses.iter().filter(|a| previous.as_ref().is_none_or(|p| !p.contains(*a))).cloned().collect();
+        let digest = super::message::set_digest(&addresses);
+        // The remote acknowledged this very set from this peer before (on an earlier connection):
+        // name it by its digest. (Not when sent again: a retry or the fallback goes in full.)
+        let first = c.sent.is_none();
+        let resume = (first || !force)
+            && c.remote.as_ref().is_some_and(|h| self.told.get(&h.peer_id) == Some(&digest));
         let id = self.next_id();
         let c = self.conns.get_mut(&conn).expect("checked");
         c.sent = Some(addresses.clone());
         c.unacked_sub = Some(id);
+        c.unacked_digest = Some((digest, resume));
         let extend = self.record.extend;
-        self.send(conn, Message::Subscribe(Subscribe { id, addresses, extend }));
+        if resume {
+            self.send(conn, Message::Resubscribe(Resubscribe { id, digest, extend }));
+        } else {
+            self.send(conn, Message::Subscribe(Subscribe { id, addresses, extend }));
+        }
+        if new.len() > self.config.recon_above {
+            // Many addresses: fingerprints, not a summary each (see `recon.rs`). The exchange
+            // settles both directions, so only the side that connected out starts it.
+            if self.conns.get(&conn).is_some_and(|c| c.direction == super::Direction::Outbound) {
+                self.start_recon(conn);
+            }
+            return;
+        }
         let summaries = self.summaries(conn, new.iter());
         if !summaries.is_empty() {
             self.send(conn, Message::Summaries { summaries, reply: false });
@@ -71,7 +90,7 @@ impl Peer {
     /// Summaries of addresses (an address without state is summarized as `Empty`).
     /// Summaries for `conn`: bucketed ones only if its hello announced [`FEATURE_BUCKETS`] (a peer
     /// that does not know the variant gets digests).
-    fn summaries<'a>(
+    pub(crate) fn summaries<'a>(
         &self,
         conn: ConnId,
         addresses: impl Iterator<Item = &'a Address>,
@@ -153,12 +172,63 @@ impl Peer {
         }
     }
 
+    /// A subscription was acknowledged: the remote now knows its set (a later connection may
+    /// `resubscribe` to it).
+    pub(crate) fn on_subscribe_ack(&mut self, conn: ConnId, id: u64) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        if c.unacked_sub != Some(id) {
+            return;
+        }
+        c.unacked_sub = None;
+        if let (Some((digest, _)), Some(h)) = (c.unacked_digest.take(), c.remote.as_ref()) {
+            if self.told.len() >= super::MAX_REMEMBERED_SETS && !self.told.contains_key(&h.peer_id) {
+                self.told.clear();
+            }
+            self.told.insert(h.peer_id.clone(), digest);
+        }
+    }
+
+    /// A `resubscribe` was refused (the remote does not remember the set): subscribe in full.
+    pub(crate) fn on_subscription_refused(&mut self, conn: ConnId, id: u64) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        if c.unacked_sub != Some(id) || !c.unacked_digest.is_some_and(|(_, resume)| resume) {
+            return;
+        }
+        if let Some(h) = c.remote.as_ref() {
+            self.told.remove(&h.peer_id);
+        }
+        self.send_subscription(conn, true);
+    }
+
+    /// A subscription by digest: the set this remote peer last subscribed to here in full, if this
+    /// peer remembers it; else refused, and the remote subscribes in full.
+    pub(crate) fn on_resubscribe(&mut self, conn: ConnId, r: Resubscribe) {
+        let peer = self.conns.get(&conn).and_then(|c| c.remote.as_ref()).map(|h| h.peer_id.clone());
+        match peer.and_then(|p| self.remembered.get(&p)) {
+            Some((digest, set)) if *digest == r.digest => {
+                let addresses = set.clone();
+                self.on_subscribe(conn, Subscribe { id: r.id, addresses, extend: r.extend });
+            }
+            _ => {
+                let reason = "resubscribe to a subscription this peer does not remember".to_owned();
+                self.send(conn, Message::Refused { id: r.id, reason });
+            }
+        }
+    }
+
     pub(crate) fn on_subscribe(&mut self, conn: ConnId, sub: Subscribe) {
         let max = self.config.max_subscriptions_per_connection;
         if sub.addresses.len() > max {
             let reason =
                 format!("subscription of {} addresses (at most {max} per connection)", sub.addresses.len());
             return self.close(conn, super::Refusal::SubscriptionsPerConnection, reason);
+        }
+        if let Some(h) = self.conns.get(&conn).and_then(|c| c.remote.as_ref()) {
+            let peer = h.peer_id.clone();
+            if self.remembered.len() >= super::MAX_REMEMBERED_SETS && !self.remembered.contains_key(&peer) {
+                self.remembered.clear();
+            }
+            self.remembered.insert(peer, (super::message::set_digest(&sub.addresses), sub.addresses.clone()));
         }
         let c = self.conns.get_mut(&conn).expect("caller checked");
         let redundant = c.subscribed && c.interest == sub.addresses && c.remote_extend == sub.extend;
@@ -254,17 +324,16 @@ impl Peer {
         self.resync_summaries(conn);
     }
 
-    /// Sends summaries of every address shared with one connection.
+    /// Sends summaries of every address shared with one connection (fingerprints when there are
+    /// many: `recon.rs`).
     fn resync_summaries(&mut self, conn: ConnId) {
-        let Some(c) = self.conns.get(&conn).filter(|c| c.remote.is_some()) else { return };
-        let shared: BTreeSet<Address> = c
-            .interest
-            .iter()
-            .chain(c.sent.iter().flatten())
-            .filter(|a| self.crdts.contains_key(*a) || self.record.subscriptions.contains(*a))
-            .cloned()
-            .collect();
-        if !shared.is_empty() {
+        if self.conns.get(&conn).is_none_or(|c| c.remote.is_none()) {
+            return;
+        }
+        let shared = self.shared_with(conn);
+        if shared.len() > self.config.recon_above {
+            self.start_recon(conn);
+        } else if !shared.is_empty() {
             let summaries = self.summaries(conn, shared.iter());
             self.send(conn, Message::Summaries { summaries, reply: false });
         }

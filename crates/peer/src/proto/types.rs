@@ -237,6 +237,10 @@ pub struct PeerConfig {
     /// OR-Maps and G-Sets of more entries than this summarize themselves by bucket digests, so
     /// catch-up sends only the differing buckets (see `Summary::Buckets`).
     pub bucketed_above: u64,
+    /// Connections that share more addresses than this reconcile them by fingerprints instead of a
+    /// summary per address (see `recon.rs`). [`recon::RECON_ABOVE`](super::recon::RECON_ABOVE) = 64 by
+    /// default.
+    pub recon_above: usize,
     /// Pull hooks run by this peer.
     pub hooks: Vec<hooks::PullHook>,
     /// Bytes of entries and values one catch-up answer sends at most; the rest follows in later
@@ -267,6 +271,7 @@ impl Default for PeerConfig {
             fetch_reply_limit: 4 << 20,
             anti_entropy: Some(Duration::from_secs(10)),
             bucketed_above: state::BUCKETED_ABOVE,
+            recon_above: super::recon::RECON_ABOVE,
             hooks: Vec::new(),
             max_answer_bytes: 16 << 20,
             max_clock_skew: Duration::from_secs(600),

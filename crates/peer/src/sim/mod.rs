@@ -152,6 +152,8 @@ fn peer_config() -> PeerConfig {
         snapshot_every: 8,
         // Small enough that OR-Maps and G-Sets use both summary forms.
         bucketed_above: 12,
+        // Small, so reconciliation by fingerprints runs under faults too.
+        recon_above: 2,
         anti_entropy: Some(Duration::from_millis(ANTI_ENTROPY_MS)),
         ..PeerConfig::default()
     }

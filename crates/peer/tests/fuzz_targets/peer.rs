@@ -142,6 +142,8 @@ struct ConnModel {
     /// Ids of publications, subscriptions and fetches received from the remote.
     publishes: HashSet<u64>,
     subscribes: HashSet<u64>,
+    /// Ids of the resubscribes it sent (refused when the peer does not remember the set).
+    resubscribes: HashSet<u64>,
     fetches: HashMap<u64, HashSet<ContentId>>,
     /// The peer's last fetch on this connection.
     last_fetch: Option<(u64, Vec<ContentId>)>,
@@ -301,6 +303,14 @@ impl Harness {
                 Message::Subscribe(s) => {
                     c.subscribes.insert(s.id);
                 }
+                // A batch is a publication; a resubscribe a subscription (refused when unknown).
+                Message::Batch(b) => {
+                    c.publishes.insert(b.id);
+                }
+                Message::Resubscribe(r) => {
+                    c.subscribes.insert(r.id);
+                    c.resubscribes.insert(r.id);
+                }
                 Message::Fetch { id, ids } => c.fetches.entry(id).or_default().extend(ids),
                 Message::Close { .. } => c.remote_closed = true,
                 _ => {}
@@ -417,8 +427,9 @@ impl Harness {
                 assert_eq!(h.peer_id, "p");
             }
             Message::PublishAck { id } | Message::Refused { id, .. } => {
+                let resubscribe = matches!(msg, Message::Refused { .. }) && c.resubscribes.contains(id);
                 assert!(
-                    c.publishes.contains(id),
+                    c.publishes.contains(id) || resubscribe,
                     "{} of publication {id}, which {conn} never sent",
                     msg.kind()
                 );

@@ -41,7 +41,58 @@ use crate::commit::{CrdtKind, Staged, Transaction, check_txs, make_commit};
 use crate::error::{OpError, ValidationError};
 use crate::{ActorId, ContentId, Crdt, Dot, DotSet, Value};
 
-type Tagged = BTreeMap<Value, BTreeMap<Dot, ContentId>>;
+type Tagged = BTreeMap<Value, DotMap>;
+
+/// The tags of one key: (dot, commit) pairs sorted by dot. Almost every key has one or two, so a
+/// sorted vector (one small allocation) instead of a `BTreeMap` (a ~600-byte node per key).
+#[derive(Clone, Default, PartialEq, Eq, Debug)]
+struct DotMap(Vec<(Dot, ContentId)>);
+
+impl DotMap {
+    fn find(&self, dot: &Dot) -> Result<usize, usize> {
+        self.0.binary_search_by(|(d, _)| d.cmp(dot))
+    }
+
+    fn get(&self, dot: &Dot) -> Option<&ContentId> {
+        self.find(dot).ok().map(|i| &self.0[i].1)
+    }
+
+    fn get_mut(&mut self, dot: &Dot) -> Option<&mut ContentId> {
+        self.find(dot).ok().map(|i| &mut self.0[i].1)
+    }
+
+    fn contains_key(&self, dot: &Dot) -> bool {
+        self.find(dot).is_ok()
+    }
+
+    /// Inserts or replaces.
+    fn insert(&mut self, dot: Dot, commit: ContentId) {
+        match self.find(&dot) {
+            Ok(i) => self.0[i].1 = commit,
+            Err(i) => self.0.insert(i, (dot, commit)),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&Dot, &ContentId)> + '_ {
+        self.0.iter().map(|(d, c)| (d, c))
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl<'a> IntoIterator for &'a DotMap {
+    type Item = (&'a Dot, &'a ContentId);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (Dot, ContentId)>,
+        fn(&'a (Dot, ContentId)) -> (&'a Dot, &'a ContentId),
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(d, c)| (d, c))
+    }
+}
 
 /// An OR-Map replica (see the module docs).
 #[derive(Clone, Default, PartialEq, Eq, Debug)]
@@ -92,8 +143,9 @@ pub struct OrMapOp {
 fn tagged(entries: &[OrEntry]) -> Tagged {
     let mut t = Tagged::new();
     for e in entries {
-        let slot = t.entry(e.key.clone()).or_default().entry(e.dot).or_insert(e.commit);
-        *slot = (*slot).max(e.commit);
+        let dots = t.entry(e.key.clone()).or_default();
+        let commit = dots.get(&e.dot).map_or(e.commit, |c| (*c).max(e.commit));
+        dots.insert(e.dot, commit);
     }
     t
 }
@@ -188,7 +240,7 @@ impl OrMap {
 
     /// Number of tags recorded (adds and removals), live or not: the size of the state.
     pub fn tag_count(&self) -> usize {
-        self.adds.values().chain(self.removals.values()).map(BTreeMap::len).sum()
+        self.adds.values().chain(self.removals.values()).map(DotMap::len).sum()
     }
 
     /// Whether no key has a live value.
@@ -470,7 +522,7 @@ impl Serialize for OrMap {
         struct Entries<'a>(&'a Tagged);
         impl Serialize for Entries<'_> {
             fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                let len = self.0.values().map(BTreeMap::len).sum();
+                let len = self.0.values().map(DotMap::len).sum();
                 let mut seq = serializer.serialize_seq(Some(len))?;
                 for (key, dots) in self.0 {
                     for (dot, commit) in dots {

@@ -8,7 +8,11 @@
 //! Commands reach A in batches of 64 and each peer handles what queued up for it as one batch, as
 //! the node does. Runs on mimalloc, the allocator of the `replikativ` binary.
 //!
+//! `ormap-catch-up`: A makes N assocs while not connected, then B connects: the time until B applied
+//! all of them (the catch-up stream of compact batches, `proto/catch_up.rs`).
+//!
 //! `cargo bench -p replikativ-peer --bench core` (environment: `CORE_BENCH_N=10000,100000`,
+//! `CORE_BENCH_CASES=ormap-catch-up` (a comma-separated list of the cases above),
 //! `CORE_BENCH_REPS=5`, `CORE_BENCH_SNAPSHOT_EVERY=1024`, the peers' `snapshot_every`);
 //! `--features bench-system-allocator` runs it on the system allocator.
 
@@ -155,6 +159,46 @@ fn run(kind: CrdtKind, n: u64) -> Duration {
     elapsed
 }
 
+/// One catch-up run: A makes `n` OR-Map assocs with no connection (untimed), then the peers
+/// connect; returns the time until B applied all of them.
+fn catch_up(n: u64) -> Duration {
+    let mut pair = Pair::new();
+    let address = Address::new("mail:bench@example.org", Uuid::from_u128(1)).expect("valid");
+    pair.sides[0].inbox.push_back(Input::Command {
+        id: 1,
+        cmd: Command::Create { address: address.clone(), kind: CrdtKind::Ormap, author: "bench".into() },
+    });
+    pair.sides[1].inbox.push_back(Input::Command {
+        id: 1,
+        cmd: Command::Subscribe { addresses: BTreeSet::from([address.clone()]) },
+    });
+    pair.pump();
+    let mut commands = Vec::new();
+    for i in 0..n {
+        let cmd = Command::Assoc {
+            address: address.clone(),
+            key: Value::from(format!("k{i}")),
+            txs: vec![Transaction::new("assoc", Value::Int(i.into()))],
+            author: "bench".into(),
+        };
+        commands.push(Input::Command { id: i + 2, cmd });
+        if commands.len() == 64 {
+            pair.step(0, std::mem::take(&mut commands));
+        }
+    }
+    pair.step(0, commands);
+    pair.pump();
+    pair.b_applied = 0;
+    let start = Instant::now();
+    pair.sides[0].inbox.push_back(Input::Connected { conn: CONN, direction: Direction::Inbound });
+    pair.sides[1].inbox.push_back(Input::Connected { conn: CONN, direction: Direction::Outbound });
+    pair.pump();
+    let elapsed = start.elapsed();
+    assert_eq!(pair.b_applied, n, "B applied every entry");
+    assert_eq!(pair.sides[0].peer.state(&address), pair.sides[1].peer.state(&address), "A and B agree");
+    elapsed
+}
+
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     let m = xs.len() / 2;
@@ -171,10 +215,24 @@ fn main() {
         "{:<16} {:>8} {:>5} {:>14} {:>12} {:>14} {:>14}",
         "case", "ops", "reps", "median ops/s", "median", "min ops/s", "max ops/s"
     );
-    for (name, kind) in [("ormap-assoc", CrdtKind::Ormap), ("cdvcs-transact", CrdtKind::Cdvcs)] {
+    let cases = env("CORE_BENCH_CASES").unwrap_or_else(|| "ormap-assoc,cdvcs-transact,ormap-catch-up".into());
+    for (name, kind) in [
+        ("ormap-assoc", Some(CrdtKind::Ormap)),
+        ("cdvcs-transact", Some(CrdtKind::Cdvcs)),
+        ("ormap-catch-up", None),
+    ] {
+        if !cases.split(',').any(|c| c.trim() == name) {
+            continue;
+        }
         for &n in &ns {
             let reps = reps.unwrap_or(if n >= 100_000 { 3 } else { 7 });
-            let times: Vec<f64> = (0..reps).map(|_| run(kind, n).as_secs_f64()).collect();
+            let times: Vec<f64> = (0..reps)
+                .map(|_| match kind {
+                    Some(kind) => run(kind, n),
+                    None => catch_up(n),
+                })
+                .map(|d| d.as_secs_f64())
+                .collect();
             let rates: Vec<f64> = times.iter().map(|t| n as f64 / t).collect();
             let lo = rates.iter().copied().fold(f64::INFINITY, f64::min);
             let hi = rates.iter().copied().fold(0.0, f64::max);

@@ -108,6 +108,54 @@ impl Pair {
     }
 }
 
+/// Anti-entropy while nothing changes costs under 100 bytes per address and tick, with a summary
+/// per address (40 OR-Maps of 100 entries, below `recon_above`) and with fingerprints (2,000
+/// G-Sets).
+#[test]
+fn idle_anti_entropy_costs_under_100_bytes_per_address_per_tick() {
+    for (count, kind) in [(40u128, CrdtKind::Ormap), (2_000, CrdtKind::Gset)] {
+        let mut pair = Pair::new();
+        let mut id = 0;
+        for n in 0..count {
+            id += 1;
+            pair.run(
+                0,
+                Input::Command { id, cmd: Command::Create { address: address(n), kind, author: "a".into() } },
+            );
+            for i in 0..if kind == CrdtKind::Ormap { 100 } else { 1 } {
+                id += 1;
+                let cmd = match kind {
+                    CrdtKind::Ormap => Command::Assoc {
+                        address: address(n),
+                        key: Value::from(format!("k{i}")),
+                        txs: vec![replikativ_crdt::Transaction::new("set", i as i64)],
+                        author: "a".into(),
+                    },
+                    _ => Command::GsetAdd { address: address(n), element: Value::from(i as i64) },
+                };
+                pair.run(0, Input::Command { id, cmd });
+            }
+        }
+        let all: BTreeSet<Address> = (0..count).map(address).collect();
+        pair.run(1, Input::Command { id: 1, cmd: Command::Subscribe { addresses: all } });
+        pair.connect();
+        pair.reset();
+        let ticks = 3;
+        for _ in 0..ticks {
+            pair.run(0, Input::Timer(replikativ_peer::proto::Timer::AntiEntropy));
+            pair.run(1, Input::Timer(replikativ_peer::proto::Timer::AntiEntropy));
+        }
+        // Both sides tick: per address and per side's tick.
+        let per = pair.bytes as f64 / (count as f64 * ticks as f64 * 2.0);
+        eprintln!(
+            "{count} {kind:?}: idle anti-entropy {per:.1} bytes per address per tick, {:?}",
+            pair.kinds
+        );
+        assert!(per <= 100.0, "{per} bytes per address per tick");
+        assert_eq!(pair.last_data_hop, 0, "idle anti-entropy sent data: {:?}", pair.kinds);
+    }
+}
+
 #[test]
 fn ten_changed_of_ten_thousand_addresses_cost_a_few_kib_after_a_reconnect() {
     let mut pair = Pair::new();

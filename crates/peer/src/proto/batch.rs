@@ -255,11 +255,10 @@ impl BatchEncoder {
             return;
         };
         let c = source.commit;
-        let rebuilt = c.crdt == CrdtKind::Ormap && c.parents.is_empty() && {
-            // The columns reproduce the record only if it is the canonical form of the commit.
-            let v = c.to_value();
-            v.encoded_len() == source.record.len() && v.encode() == source.record && v.content_id() == *id
-        };
+        // The columns reproduce the record only if it is the canonical form of the commit (then
+        // the receiver's hash of the rebuilt record is `id`, the hash of these bytes).
+        let rebuilt =
+            c.crdt == CrdtKind::Ormap && c.parents.is_empty() && c.to_value().encode() == source.record;
         if !rebuilt {
             self.c.mode.push(1);
             put_varint(&mut self.c.raw, source.record.len() as u64);

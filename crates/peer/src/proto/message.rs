@@ -115,12 +115,16 @@ pub enum Summary {
     /// The sender has nothing at the address yet.
     Empty,
     /// An OR-Map's dots: the receiver sends the entries whose dots are not in it (and not already
-    /// sent on this connection), as compact batches.
+    /// sent on this connection), as compact batches. Wire name `o`.
+    #[serde(rename = "o")]
     Dots(DotSummary),
 }
 
-/// What an OR-Map replica holds, by dots (see [`Summary::Dots`]).
+/// What an OR-Map replica holds, by dots (see [`Summary::Dots`]). On the wire a pair
+/// `[adds, removed]` with `removed` as `{d: [dots, digest]}` or `{b: buckets}`: it is sent for every
+/// OR-Map on every anti-entropy tick, so field names would be a third of it.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(from = "DotSummaryWire", into = "DotSummaryWire")]
 pub struct DotSummary {
     /// The dots of every add the sender holds, live or removed.
     pub adds: DotSet,
@@ -128,9 +132,39 @@ pub struct DotSummary {
     pub removed: Removed,
 }
 
+#[derive(Serialize, Deserialize)]
+struct DotSummaryWire(DotSet, RemovedWire);
+
+#[derive(Serialize, Deserialize)]
+enum RemovedWire {
+    #[serde(rename = "d")]
+    Dots(DotSet, u64),
+    #[serde(rename = "b")]
+    Buckets(ByteBuf),
+}
+
+impl From<DotSummaryWire> for DotSummary {
+    fn from(w: DotSummaryWire) -> DotSummary {
+        let removed = match w.1 {
+            RemovedWire::Dots(dots, digest) => Removed::Dots { dots, digest },
+            RemovedWire::Buckets(b) => Removed::Buckets(b),
+        };
+        DotSummary { adds: w.0, removed }
+    }
+}
+
+impl From<DotSummary> for DotSummaryWire {
+    fn from(s: DotSummary) -> DotSummaryWire {
+        let removed = match s.removed {
+            Removed::Dots { dots, digest } => RemovedWire::Dots(dots, digest),
+            Removed::Buckets(b) => RemovedWire::Buckets(b),
+        };
+        DotSummaryWire(s.adds, removed)
+    }
+}
+
 /// What an OR-Map replica holds of removals (see [`DotSummary`]).
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Removed {
     /// The add dots whose removal it holds, when they take at most
     /// [`MAX_SUMMARY_RUNS`](super::state::MAX_SUMMARY_RUNS) runs, with the digest of its removals

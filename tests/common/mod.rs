@@ -103,12 +103,21 @@ pub async fn link(from: &TestPeer, to: &TestPeer) {
 }
 
 /// Polls `check` every 20 ms until it holds, failing after [`WAIT`].
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
+pub async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
+    eventually_within(what, WAIT, check).await
+}
+
+/// [`eventually`] with another deadline (for work that is large on purpose).
+pub async fn eventually_within<F, Fut>(what: &str, wait: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + wait;
     loop {
         if tokio::time::timeout(WAIT, check()).await.unwrap_or(false) {
             return;

@@ -129,6 +129,8 @@ impl Core {
                         refusals,
                         recovery: peer.recovery().to_vec(),
                         max_connections: self.max_connections,
+                        catch_up_batches: peer.batches_sent(),
+                        catch_up_publications: peer.catch_up_publications(),
                     });
                 }
                 CoreMsg::Shutdown(done) => {

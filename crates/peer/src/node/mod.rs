@@ -214,6 +214,11 @@ pub struct NodeStatus {
     pub recovery: Vec<Quarantined>,
     /// The effective cap on incoming connections.
     pub max_connections: usize,
+    /// Catch-up batches (OR-Map) and catch-up publications (other kinds) sent since the node
+    /// started: what anti-entropy cost beyond live publications.
+    pub catch_up_batches: u64,
+    /// See `catch_up_batches`.
+    pub catch_up_publications: u64,
 }
 
 pub(crate) struct Shared {

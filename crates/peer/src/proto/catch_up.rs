@@ -224,6 +224,7 @@ impl Peer {
         };
         for (op, values) in self.catch_up_parts(op, offset) {
             let id = self.next_id();
+            self.catch_up_publications += 1;
             self.send(
                 conn,
                 Message::Publish(Publish { id, address: address.clone(), op, values, catch_up: true }),

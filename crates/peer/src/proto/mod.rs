@@ -76,6 +76,8 @@ pub struct Peer {
     pub(crate) recovery: Vec<Quarantined>,
     /// Catch-up batches sent (see `catch_up.rs`).
     pub(crate) batches_sent: u64,
+    /// Catch-up publications sent (CDVCS, G-Set, LWW and empty-map answers).
+    pub(crate) catch_up_publications: u64,
     /// Per remote peer id, the last address set it subscribed to here in full, by digest (so it
     /// may `resubscribe` to it after a reconnect). At most [`MAX_REMEMBERED_SETS`] peers.
     pub(crate) remembered: HashMap<String, (ContentId, BTreeSet<Address>)>,
@@ -115,6 +117,7 @@ impl Peer {
             refusals: Refusals::default(),
             recovery,
             batches_sent: 0,
+            catch_up_publications: 0,
             remembered: HashMap::new(),
             told: HashMap::new(),
         })
@@ -128,6 +131,11 @@ impl Peer {
     /// Catch-up batches this peer sent since it opened.
     pub fn batches_sent(&self) -> u64 {
         self.batches_sent
+    }
+
+    /// Catch-up publications (not batches) this peer sent since it opened.
+    pub fn catch_up_publications(&self) -> u64 {
+        self.catch_up_publications
     }
 
     /// What the core refused since it opened, by reason.

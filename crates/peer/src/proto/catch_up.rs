@@ -212,8 +212,26 @@ impl Peer {
         }
     }
 
-    /// Answers a summary with what the remote lacks, in bounded parts (see the module docs).
+    /// Answers a summary with what the remote lacks, in bounded parts (see the module docs). A
+    /// CDVCS answer goes as a stream paced by acknowledgements (one per connection and address:
+    /// while it runs, newer summaries are not answered again; new commits travel live).
     pub(crate) fn publish_catch_up(&mut self, conn: ConnId, address: &Address, op: AnyOp) {
+        let op = match op {
+            AnyOp::Cdvcs(o) => {
+                let Some(c) = self.conns.get_mut(&conn) else { return };
+                if !c.commit_streams.iter().any(|s| &s.address == address) && !o.commits.is_empty() {
+                    c.commit_streams.push_back(CommitStream {
+                        address: address.clone(),
+                        method: o.method,
+                        heads: o.heads,
+                        commits: o.commits.into(),
+                    });
+                    self.pump_streams(conn);
+                }
+                return;
+            }
+            other => other,
+        };
         // A different first bucket for every answer on the connection (97 is prime to 256).
         let offset = match self.conns.get_mut(&conn) {
             Some(c) => {
@@ -258,6 +276,17 @@ pub(crate) struct Stream {
     cursor: Option<Value>,
 }
 
+/// What remains to send of a CDVCS catch-up answer to one connection: the graph entries (parents
+/// first) not reachable from the remote's heads, sent in bounded publications with their commit
+/// records and params inline, paced by acknowledgements like batches.
+#[derive(Debug)]
+pub(crate) struct CommitStream {
+    address: Address,
+    method: replikativ_crdt::cdvcs::CdvcsMethod,
+    heads: std::collections::BTreeSet<ContentId>,
+    commits: std::collections::VecDeque<replikativ_crdt::cdvcs::GraphEntry>,
+}
+
 /// A sent-dots set grows past this many runs (scattered removals): it is forgotten (costs at most
 /// a resend), so it never grows without bound.
 const MAX_SENT_RUNS: usize = 1 << 16;
@@ -285,6 +314,7 @@ impl Peer {
             c.sent_dots.clear();
             c.sent_before.clear();
             c.streams.clear();
+            c.commit_streams.clear();
             c.in_flight.clear();
         }
     }
@@ -300,7 +330,7 @@ impl Peer {
                 *ticks += 1;
                 *ticks < 2
             });
-            if c.in_flight.len() != before && !c.streams.is_empty() {
+            if c.in_flight.len() != before && !(c.streams.is_empty() && c.commit_streams.is_empty()) {
                 freed.push(*conn);
             }
         }
@@ -352,7 +382,12 @@ impl Peer {
             if c.in_flight.len() >= STREAM_WINDOW {
                 return;
             }
-            let Some(mut stream) = c.streams.pop_front() else { return };
+            let Some(mut stream) = c.streams.pop_front() else {
+                if !self.pump_commits(conn) {
+                    return;
+                }
+                continue;
+            };
             let sent = self.sent_to(conn, &stream.address);
             let (data, taken) = self.stream_part(&mut stream, &sent);
             let address = stream.address.clone();
@@ -375,6 +410,43 @@ impl Peer {
                 self.send(conn, Message::Batch(Batch { id, address, data: ByteBuf::from(data) }));
             }
         }
+    }
+
+    /// Sends the next part of the first CDVCS stream of `conn`; false if there is none.
+    fn pump_commits(&mut self, conn: ConnId) -> bool {
+        let Some(c) = self.conns.get_mut(&conn) else { return false };
+        let Some(mut stream) = c.commit_streams.pop_front() else { return false };
+        let limit = self.config.inline_limit;
+        let (mut entries, mut values, mut bytes) = (Vec::new(), Vec::new(), 0usize);
+        let mut seen = HashSet::new();
+        while let Some(entry) = stream.commits.front() {
+            let group: Vec<(ContentId, Vec<u8>)> =
+                self.group_of(&entry.id).into_iter().filter(|(id, _)| !seen.contains(id)).collect();
+            let size = 34 * (entry.parents.len() + 1) + 8 + group.iter().map(|(_, v)| v.len()).sum::<usize>();
+            if !entries.is_empty() && (entries.len() >= MAX_PART_ENTRIES || bytes + size > limit) {
+                break;
+            }
+            bytes += size;
+            // A group larger than a whole part goes without its values (the receiver fetches them).
+            if size <= limit {
+                for (id, v) in group {
+                    seen.insert(id);
+                    values.push(ByteBuf::from(v));
+                }
+            }
+            entries.push(stream.commits.pop_front().expect("front"));
+        }
+        let address = stream.address.clone();
+        let op = AnyOp::Cdvcs(CdvcsOp { method: stream.method, commits: entries, heads: stream.heads.clone() });
+        let id = self.next_id();
+        let c = self.conns.get_mut(&conn).expect("present");
+        if !stream.commits.is_empty() {
+            c.commit_streams.push_back(stream);
+        }
+        c.in_flight.insert(id, 0);
+        self.catch_up_publications += 1;
+        self.send(conn, Message::Publish(Publish { id, address, op, values, catch_up: true }));
+        true
     }
 
     /// The next batch of a stream (`None` if nothing was left), with the dots it carries.
@@ -439,7 +511,7 @@ impl Peer {
         // An acknowledgement covers every earlier publication of this peer on the connection.
         let before = c.in_flight.len();
         c.in_flight.retain(|x, _| *x > id);
-        if c.in_flight.len() != before || !c.streams.is_empty() {
+        if c.in_flight.len() != before || !c.streams.is_empty() || !c.commit_streams.is_empty() {
             self.pump_streams(conn);
         }
     }

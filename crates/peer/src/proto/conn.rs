@@ -60,6 +60,8 @@ pub(crate) struct Conn {
     pub(crate) answered: HashMap<Address, Summary>,
     /// OR-Map catch-up streams to this connection, served round-robin (see `catch_up.rs`).
     pub(crate) streams: VecDeque<super::catch_up::Stream>,
+    /// CDVCS catch-up streams to this connection.
+    pub(crate) commit_streams: VecDeque<super::catch_up::CommitStream>,
     /// Catch-up batches sent and not yet acknowledged (at most `STREAM_WINDOW`), with the
     /// anti-entropy ticks they have waited (forgotten after two: a lost batch does not stall the
     /// stream).
@@ -106,6 +108,7 @@ impl Peer {
                 answered: HashMap::new(),
                 answers: 0,
                 streams: VecDeque::new(),
+                commit_streams: VecDeque::new(),
                 in_flight: BTreeMap::new(),
                 sent_dots: HashMap::new(),
                 sent_before: HashMap::new(),

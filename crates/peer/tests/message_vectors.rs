@@ -126,6 +126,16 @@ fn vectors() -> Vec<(&'static str, Message)> {
             },
         ),
         (
+            "sync-graph",
+            Message::Summaries {
+                summaries: vec![(
+                    address(2),
+                    Summary::Graph { heads: BTreeSet::from([cid(5)]), samples: vec![cid(3), cid(4)] },
+                )],
+                reply: false,
+            },
+        ),
+        (
             "sync-dots",
             Message::Summaries {
                 summaries: vec![(
@@ -321,13 +331,14 @@ fn vectors_cover_every_kind() {
                     Summary::Empty => "empty",
                     Summary::Buckets(_) => "buckets",
                     Summary::Dots(_) => "dots",
+                    Summary::Graph { .. } => "graph",
                 }));
             }
             _ => {}
         }
     }
     assert_eq!(ops, BTreeSet::from(["ormap", "cdvcs", "lww", "gset"]));
-    assert_eq!(summaries, BTreeSet::from(["heads", "digest", "empty", "buckets", "dots"]));
+    assert_eq!(summaries, BTreeSet::from(["heads", "digest", "empty", "buckets", "dots", "graph"]));
 }
 
 /// Kinds whose bodies the decoder parses, plus one it does not know.

@@ -317,6 +317,39 @@ impl CommitGraph {
             .collect()
     }
 
+    /// Ancestors of `heads` at exponentially growing first-parent distances (1, 2, 4, 8, ... from
+    /// the head of the highest generation, at most `max`), ending with the root: what a replica
+    /// sends beside its heads so that a peer whose history diverged from it finds a recent common
+    /// ancestor (the highest sample it knows) without either side shipping its whole history. A
+    /// divergence `d` commits deep costs the peer at most about `2d` commits sent (git's
+    /// "skipping" negotiation). The walk costs the first-parent depth of the history.
+    pub fn samples(&self, heads: &BTreeSet<ContentId>, max: usize) -> Vec<ContentId> {
+        let start = heads
+            .iter()
+            .filter_map(|h| self.present_index(h))
+            .max_by_key(|&i| (self.gen_of(i) != UNKNOWN, self.gen_of(i)));
+        let Some(mut i) = start else { return Vec::new() };
+        let (mut out, mut distance, mut next) = (Vec::new(), 0u64, 1u64);
+        loop {
+            let Some(&p) = self.parent_indices(i).first() else { break };
+            if self.parents[p as usize].is_none() {
+                break;
+            }
+            i = p;
+            distance += 1;
+            if distance == next {
+                if out.len() + 1 < max {
+                    out.push(self.ids[i as usize]);
+                }
+                next *= 2;
+            }
+        }
+        if out.last() != Some(&self.ids[i as usize]) && distance > 0 {
+            out.push(self.ids[i as usize]);
+        }
+        out
+    }
+
     /// The present commits reachable from `heads` but not from any present commit of `exclude`
     /// (git's `rev-list heads ^exclude`), parents before children: what a replica whose heads are
     /// `exclude` lacks. Unknown ids in `exclude` are ignored.

@@ -437,7 +437,8 @@ impl Peer {
             entries.push(stream.commits.pop_front().expect("front"));
         }
         let address = stream.address.clone();
-        let op = AnyOp::Cdvcs(CdvcsOp { method: stream.method, commits: entries, heads: stream.heads.clone() });
+        let op =
+            AnyOp::Cdvcs(CdvcsOp { method: stream.method, commits: entries, heads: stream.heads.clone() });
         let id = self.next_id();
         let c = self.conns.get_mut(&conn).expect("present");
         if !stream.commits.is_empty() {

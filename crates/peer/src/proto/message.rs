@@ -114,6 +114,17 @@ pub enum Summary {
     Buckets(ByteBuf),
     /// The sender has nothing at the address yet.
     Empty,
+    /// A CDVCS's heads with samples of their ancestry (`CommitGraph::samples`: first-parent
+    /// ancestors at distances 1, 2, 4, ...): the receiver sends the commits reachable neither from
+    /// the heads nor from any sample it knows, so a diverged history costs about twice the
+    /// divergence, not the whole history. Wire name `g`.
+    #[serde(rename = "g")]
+    Graph {
+        /// The heads (the complete frontier of a history with gaps).
+        heads: BTreeSet<ContentId>,
+        /// Ancestor samples, newest first (at most [`MAX_SAMPLES`]).
+        samples: Vec<ContentId>,
+    },
     /// An OR-Map's dots: the receiver sends the entries whose dots are not in it (and not already
     /// sent on this connection), as compact batches. Wire name `o`.
     #[serde(rename = "o")]
@@ -367,6 +378,9 @@ pub enum Message {
     },
 }
 
+/// Ancestor samples a CDVCS summary carries at most (`Summary::Graph`).
+pub const MAX_SAMPLES: usize = 64;
+
 /// Most ids one `Fetch` may ask for.
 pub const MAX_FETCH_IDS: usize = 1000;
 
@@ -609,6 +623,7 @@ impl Message {
 fn summary_size(s: &Summary) -> usize {
     match s {
         Summary::Heads(h) => h.len() * 34,
+        Summary::Graph { heads, samples } => (heads.len() + samples.len()) * 34,
         Summary::Buckets(b) => b.len(),
         Summary::Digest(_) | Summary::Empty => 34,
         Summary::Dots(d) => {

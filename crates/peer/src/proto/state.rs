@@ -88,7 +88,11 @@ impl CrdtState {
     /// [`CrdtState::summary`] with another size from which OR-Maps and G-Sets are bucketed.
     pub fn summary_bucketed_above(&self, bucketed_above: u64) -> Summary {
         match self {
-            CrdtState::Cdvcs(c) => Summary::Heads(c.graph().complete_frontier()),
+            CrdtState::Cdvcs(c) => {
+                let heads = c.graph().complete_frontier();
+                let samples = c.graph().samples(&heads, super::message::MAX_SAMPLES);
+                Summary::Graph { heads, samples }
+            }
             CrdtState::Ormap(m) => Summary::Dots(dot_summary(m)),
             other if other.size() > bucketed_above => match other.bucket_digests() {
                 Some(digests) => Summary::Buckets(ByteBuf::from(digests)),
@@ -219,12 +223,18 @@ impl CrdtState {
     /// and whether the summary names something this replica lacks. A digest is computed once.
     pub fn compare(&self, summary: &Summary, answer: bool) -> (Option<AnyOp>, bool) {
         match (self, summary) {
-            (CrdtState::Cdvcs(c), Summary::Heads(theirs)) => {
+            (CrdtState::Cdvcs(c), Summary::Heads(theirs) | Summary::Graph { heads: theirs, .. }) => {
                 let lacks = theirs.iter().any(|h| !c.graph().contains(h));
                 if !answer {
                     return (None, lacks);
                 }
-                let exclude: Vec<ContentId> = theirs.iter().copied().collect();
+                // Their heads and the samples of their ancestry this replica knows: everything
+                // reachable from those they have.
+                let samples = match summary {
+                    Summary::Graph { samples, .. } => samples.iter().take(super::message::MAX_SAMPLES),
+                    _ => [].iter().take(0),
+                };
+                let exclude: Vec<ContentId> = theirs.iter().chain(samples).copied().collect();
                 let ids = c.graph().commits_since(c.heads(), &exclude);
                 if ids.is_empty() {
                     return (None, lacks);

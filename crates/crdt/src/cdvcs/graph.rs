@@ -330,8 +330,7 @@ impl CommitGraph {
             .max_by_key(|&i| (self.gen_of(i) != UNKNOWN, self.gen_of(i)));
         let Some(mut i) = start else { return Vec::new() };
         let (mut out, mut distance, mut next) = (Vec::new(), 0u64, 1u64);
-        loop {
-            let Some(&p) = self.parent_indices(i).first() else { break };
+        while let Some(&p) = self.parent_indices(i).first() {
             if self.parents[p as usize].is_none() {
                 break;
             }

@@ -26,12 +26,12 @@ use super::{CANONICAL_NAN_BITS, Value, canonical_float_bits};
 const TAG_NIL: u8 = 0x00;
 const TAG_FALSE: u8 = 0x01;
 const TAG_TRUE: u8 = 0x02;
-const TAG_INT: u8 = 0x03;
+pub(crate) const TAG_INT: u8 = 0x03;
 const TAG_FLOAT: u8 = 0x04;
-const TAG_STRING: u8 = 0x05;
-const TAG_BYTES: u8 = 0x06;
-const TAG_LIST: u8 = 0x07;
-const TAG_MAP: u8 = 0x08;
+pub(crate) const TAG_STRING: u8 = 0x05;
+pub(crate) const TAG_BYTES: u8 = 0x06;
+pub(crate) const TAG_LIST: u8 = 0x07;
+pub(crate) const TAG_MAP: u8 = 0x08;
 
 /// Deepest nesting of lists and maps the decoder accepts (bounds its recursion on hostile input).
 pub const MAX_DEPTH: usize = 128;
@@ -138,7 +138,7 @@ impl Sink for BlockHasher<'_> {
     }
 }
 
-fn put_varint(out: &mut impl Sink, mut n: u128) {
+pub(crate) fn put_varint(out: &mut impl Sink, mut n: u128) {
     let mut buf = [0u8; 19];
     let mut i = 0;
     loop {
@@ -155,7 +155,7 @@ fn put_varint(out: &mut impl Sink, mut n: u128) {
     out.put(&buf[..i]);
 }
 
-fn zigzag(i: i128) -> u128 {
+pub(crate) fn zigzag(i: i128) -> u128 {
     ((i << 1) ^ (i >> 127)) as u128
 }
 

@@ -5,7 +5,7 @@
 //! `docs/design.md`) and its content id is the blake3 hash of that encoding ([`Value::content_id`]).
 //! Any serde type converts to and from a value with [`to_value`] and [`from_value`].
 
-mod canonical;
+pub(crate) mod canonical;
 mod de;
 mod error;
 mod ser;

@@ -257,8 +257,7 @@ impl BatchEncoder {
         let c = source.commit;
         // The columns reproduce the record only if it is the canonical form of the commit (then
         // the receiver's hash of the rebuilt record is `id`, the hash of these bytes).
-        let rebuilt =
-            c.crdt == CrdtKind::Ormap && c.parents.is_empty() && c.to_value().encode() == source.record;
+        let rebuilt = c.crdt == CrdtKind::Ormap && c.parents.is_empty() && c.encode() == source.record;
         if !rebuilt {
             self.c.mode.push(1);
             put_varint(&mut self.c.raw, source.record.len() as u64);
@@ -434,7 +433,7 @@ pub fn decode(data: &[u8]) -> Result<Decoded, BatchError> {
                         author: who,
                         ts: last_ts,
                     };
-                    let bytes = commit.to_value().encode();
+                    let bytes = commit.encode();
                     let id = ContentId::hash_bytes(&bytes);
                     values.insert(id, bytes);
                     commits.insert(id, commit);

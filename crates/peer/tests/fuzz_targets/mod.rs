@@ -223,6 +223,7 @@ pub fn commit(data: &[u8]) -> bool {
     );
     assert_eq!(back.encode(), data, "a parsed commit re-encodes to other bytes");
     assert_eq!(c.id(), ContentId::hash_bytes(data), "the commit id is not the hash of its record");
+    assert_eq!(c.encode(), data, "the direct encoding of a parsed commit is not its record");
     assert_eq!(Commit::from_value(&back).as_ref(), Ok(&c), "the record parses to the same commit again");
     true
 }

@@ -239,6 +239,8 @@ pub(crate) struct Shared {
     pub(crate) finished: Mutex<Option<oneshot::Receiver<()>>>,
     /// Permits for incoming connections (`max_connections`).
     pub(crate) connections: Arc<tokio::sync::Semaphore>,
+    /// Their number.
+    pub(crate) max_connections: usize,
     /// What the transport refused, by reason (the core counts its own).
     pub(crate) refusals: Arc<Mutex<Refusals>>,
 }
@@ -300,6 +302,7 @@ impl Node {
             shutdown,
             listening: Arc::new(Mutex::new(Vec::new())),
             connections: Arc::new(tokio::sync::Semaphore::new(max_connections)),
+            max_connections,
             finished: Mutex::new(None),
             refusals: refusals.clone(),
         });
@@ -424,6 +427,11 @@ impl Node {
         for task in tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
+        // Incoming connections' tasks hold a permit each until they end: wait (bounded) until they
+        // sent their close frames, so remotes learn why (before, a process exiting right after
+        // shutdown could cut them off: the remote saw the socket end without a reason).
+        let all = u32::try_from(self.shared.max_connections).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.shared.connections.acquire_many(all)).await;
         let finished = self.shared.finished.lock().expect("poisoned").take();
         if let Some(finished) = finished {
             let _ = finished.await;

@@ -354,12 +354,12 @@ async fn a_client_that_never_reads_gets_no_more_than_its_outbox_budget() {
     for id in 0..400 {
         send(&mut ws, msg(&Message::Fetch { id, ids: vec![params] })).await;
     }
-    eventually("replies beyond the budget are dropped", || async {
-        bounded("status", s.server.stage.node().status()).await.unwrap().dropped > 0
+    // (Waits for the count itself: right after the first drop the node may still be answering
+    // the rest, so reading the count once then was racy under load.)
+    eventually("at least 100 of the 400 replies beyond the budget are dropped", || async {
+        bounded("status", s.server.stage.node().status()).await.unwrap().dropped >= 100
     })
     .await;
-    let dropped = bounded("status", s.server.stage.node().status()).await.unwrap().dropped;
-    assert!(dropped >= 100, "only {dropped} of 400 replies were dropped: the budget is not kept");
     drop(ws);
     assert_still_serving(&s).await;
 }

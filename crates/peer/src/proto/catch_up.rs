@@ -412,41 +412,46 @@ impl Peer {
         }
     }
 
-    /// Sends the next part of the first CDVCS stream of `conn`; false if there is none.
+    /// Sends the next part of the first CDVCS stream of `conn` as a compact batch; false if there
+    /// is none.
     fn pump_commits(&mut self, conn: ConnId) -> bool {
         let Some(c) = self.conns.get_mut(&conn) else { return false };
         let Some(mut stream) = c.commit_streams.pop_front() else { return false };
         let limit = self.config.inline_limit;
-        let (mut entries, mut values, mut bytes) = (Vec::new(), Vec::new(), 0usize);
-        let mut seen = HashSet::new();
+        let mut enc = BatchEncoder::cdvcs();
+        let no_commits = HashMap::new();
         while let Some(entry) = stream.commits.front() {
-            let group: Vec<(ContentId, Vec<u8>)> =
-                self.group_of(&entry.id).into_iter().filter(|(id, _)| !seen.contains(id)).collect();
-            let size = 34 * (entry.parents.len() + 1) + 8 + group.iter().map(|(_, v)| v.len()).sum::<usize>();
-            if !entries.is_empty() && (entries.len() >= MAX_PART_ENTRIES || bytes + size > limit) {
+            let record = self.persist.value(&entry.id).ok().flatten();
+            let parsed = record.as_ref().and_then(|r| commit_of(&entry.id, r, &no_commits));
+            let params: HashMap<ContentId, Vec<u8>> = parsed
+                .iter()
+                .flat_map(|c| c.transactions.iter())
+                .filter_map(|t| self.persist.value(&t.params).ok().flatten().map(|v| (t.params, v)))
+                .collect();
+            // An upper bound of what the entry adds to the batch.
+            let bound = 40 * (entry.parents.len() + 1)
+                + record.as_ref().map_or(40, |r| r.len())
+                + params.values().map(|v| v.len().min(super::batch::MAX_INLINE_PARAMS) + 16).sum::<usize>();
+            if enc.len() > 0 && (enc.len() >= MAX_BATCH_PART_ENTRIES || enc.raw_bytes() + bound > limit) {
                 break;
             }
-            bytes += size;
-            // A group larger than a whole part goes without its values (the receiver fetches them).
-            if size <= limit {
-                for (id, v) in group {
-                    seen.insert(id);
-                    values.push(ByteBuf::from(v));
-                }
-            }
-            entries.push(stream.commits.pop_front().expect("front"));
+            let source = match (&record, &parsed) {
+                (Some(r), Some(c)) => Some(CommitSource { record: r, commit: c }),
+                _ => None,
+            };
+            enc.push_commit_entry(entry, source, &|id| params.get(id).cloned());
+            stream.commits.pop_front();
         }
         let address = stream.address.clone();
-        let op =
-            AnyOp::Cdvcs(CdvcsOp { method: stream.method, commits: entries, heads: stream.heads.clone() });
+        let data = enc.finish_cdvcs(stream.method, &stream.heads);
         let id = self.next_id();
         let c = self.conns.get_mut(&conn).expect("present");
         if !stream.commits.is_empty() {
             c.commit_streams.push_back(stream);
         }
         c.in_flight.insert(id, 0);
-        self.catch_up_publications += 1;
-        self.send(conn, Message::Publish(Publish { id, address, op, values, catch_up: true }));
+        self.batches_sent += 1;
+        self.send(conn, Message::Batch(Batch { id, address, data: ByteBuf::from(data) }));
         true
     }
 

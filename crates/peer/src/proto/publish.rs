@@ -116,7 +116,7 @@ impl Peer {
             Ok(d) => d,
             Err(e) => return self.close(conn, Refusal::BadBatch, format!("batch {}: {e}", b.id)),
         };
-        let op = AnyOp::Ormap(decoded.op);
+        let op = decoded.op;
         if !self.admit(conn, b.id, &b.address, &op) {
             return;
         }

@@ -76,14 +76,21 @@ pub fn batch(data: &[u8]) -> bool {
         assert_eq!(commit.to_value().content_id(), *id, "a parsed commit does not hash to its id");
         assert!(d.values.contains_key(id), "a parsed commit without its record");
     }
-    let entries: Vec<(bool, OrEntry)> =
-        d.op.adds
-            .iter()
-            .map(|e| (false, e.clone()))
-            .chain(d.op.removals.iter().map(|e| (true, e.clone())))
-            .collect();
-    let again = batch::decode(&batch::encode(&entries, &|id| d.values.get(id).cloned()))
-        .expect("a re-encoded batch decodes");
+    let lookup = |id: &ContentId| d.values.get(id).cloned();
+    let encoded = match &d.op {
+        AnyOp::Ormap(op) => {
+            let entries: Vec<(bool, OrEntry)> = op
+                .adds
+                .iter()
+                .map(|e| (false, e.clone()))
+                .chain(op.removals.iter().map(|e| (true, e.clone())))
+                .collect();
+            batch::encode(&entries, &lookup)
+        }
+        AnyOp::Cdvcs(op) => batch::encode_cdvcs(op, &lookup),
+        other => panic!("a batch decoded to a {:?} op", other.kind()),
+    };
+    let again = batch::decode(&encoded).expect("a re-encoded batch decodes");
     assert_eq!(again.op, d.op, "re-encoding a decoded batch changes its entries");
     true
 }
@@ -104,12 +111,29 @@ pub fn batch_seeds() -> Vec<Vec<u8>> {
     entries.extend(rm.op.removals.iter().map(|e| (true, e.clone())));
     values.extend(rm.values.into_iter().map(|(id, v)| (id, v.encode())));
     // Prefixes of the entries (1 to all), raw columns each.
-    (1..=entries.len())
+    let mut out: Vec<Vec<u8>> = (1..=entries.len())
         .map(|k| {
             let data = replikativ_peer::proto::batch::encode(&entries[..k], &|id| values.get(id).cloned());
             replikativ_peer::proto::batch::decompress(&data).expect("decompresses")
         })
-        .collect()
+        .collect();
+    // A CDVCS history of a root, two branches and a merge.
+    let (mut a, root) = Cdvcs::new("a", 1);
+    values.extend(root.values.into_iter().map(|(id, v)| (id, v.encode())));
+    let mut b = a.clone();
+    for i in 0..3i64 {
+        let s = a.transact("a", 10, vec![Transaction::new("add", i)]).unwrap();
+        values.extend(s.values.into_iter().map(|(id, v)| (id, v.encode())));
+        let s = b.transact("b", 11, vec![Transaction::new("sub", i)]).unwrap();
+        values.extend(s.values.into_iter().map(|(id, v)| (id, v.encode())));
+    }
+    a.apply(&b.state_op()).unwrap();
+    let heads: Vec<ContentId> = a.heads().iter().copied().collect();
+    let s = a.merge("a", 20, &heads, None, vec![]).unwrap();
+    values.extend(s.values.into_iter().map(|(id, v)| (id, v.encode())));
+    let data = replikativ_peer::proto::batch::encode_cdvcs(&a.state_op(), &|id| values.get(id).cloned());
+    out.push(replikativ_peer::proto::batch::decompress(&data).expect("decompresses"));
+    out
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -154,6 +154,9 @@ fn peer_config() -> PeerConfig {
         bucketed_above: 12,
         // Small, so reconciliation by fingerprints runs under faults too.
         recon_above: 2,
+        // Small, so catch-up states are larger than one batch or publication: streams of several
+        // parts run under loss, duplication, reordering and restarts.
+        inline_limit: 256,
         anti_entropy: Some(Duration::from_millis(ANTI_ENTROPY_MS)),
         ..PeerConfig::default()
     }

@@ -203,9 +203,11 @@ fn load_replica(
         for entry in entries {
             let applied = from_msgpack::<AnyOp>(&entry.data)
                 .map_err(|e| format!("does not decode: {e}"))
-                .and_then(|op| state.apply(&op).map_err(|e| format!("does not apply: {e}")));
+                .and_then(|op| {
+                    state.apply(&op).map(|_| op.len().max(1)).map_err(|e| format!("does not apply: {e}"))
+                });
             match applied {
-                Ok(_) => since_snapshot += 1,
+                Ok(entries) => since_snapshot += entries as u64,
                 Err(reason) => {
                     // The op is skipped; a copy is kept (the log itself is pruned at the next snapshot).
                     let mut at = b"log/".to_vec();

@@ -111,8 +111,8 @@ impl ReplicaStore {
 
     /// Keeps what an applied op needs and produced: its commit records and their params (moved
     /// out of `values`; other values that travelled along are not kept), and its op-log entry, or
-    /// a snapshot of the state once max(`snapshot_every`, state size) ops were logged since the
-    /// last (so a snapshot's cost per op stays constant as the state grows). Returns whether the
+    /// a snapshot of the state once max(`snapshot_every`, state size) op entries were logged since
+    /// the last (so a snapshot's cost per entry stays constant as the state grows). Returns whether the
     /// pending writes are large enough to flush now.
     pub(crate) fn record(
         &mut self,
@@ -136,15 +136,19 @@ impl ReplicaStore {
                 self.writes.put_value(id, bytes);
             }
         }
+        // Counted in entries, not ops: a catch-up batch of 8,192 entries is one op, and counting
+        // ops left a caught-up replica as one snapshot of its first batch plus the whole rest in
+        // the op log (replayed on every open).
+        let entries = op.len().max(1) as u64;
         if replica.since_snapshot == u64::MAX
-            || replica.since_snapshot + 1 >= self.snapshot_every.max(replica.snapshot_after)
+            || replica.since_snapshot + entries >= self.snapshot_every.max(replica.snapshot_after)
         {
             replica.since_snapshot = 0;
             replica.snapshot_after = replica.state.size();
             self.writes.snapshot(address, replica.snapshot_after);
         } else {
             self.writes.log(address, op);
-            replica.since_snapshot += 1;
+            replica.since_snapshot += entries;
         }
         self.unsynced = true;
         self.writes.bytes >= WRITE_BATCH_BYTES

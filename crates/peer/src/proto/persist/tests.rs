@@ -200,3 +200,35 @@ fn a_flush_cut_off_after_any_write_opens_as_the_old_or_the_new_state() {
     let total = total.expect("some cut lets the flush finish");
     assert!(total >= 4, "the flush writes chunks, the batch, stale chunks and the prune: {total} writes");
 }
+
+/// Snapshots are due by logged entries, not ops: a replica filled by a few large ops (catch-up
+/// batches of thousands of entries) is snapshotted as it grows, so its op log holds less than
+/// its state (before, only the first op was snapshotted and the rest of a catch-up stayed in the
+/// log, replayed on every open).
+#[test]
+fn large_ops_are_snapshotted_by_their_entries() {
+    let sim = Arc::new(SimStore::new());
+    let mut store = ReplicaStore::open(sim.clone(), "p", true, 1024).unwrap().store;
+    let mut replicas = BTreeMap::new();
+    let mut map = OrMap::default();
+    for round in 0..8u32 {
+        // One op of 2,000 entries, as a catch-up batch would be.
+        let ops = assocs(&mut map, round * 2000, (round + 1) * 2000);
+        let mut op = replikativ_crdt::OrMapOp::default();
+        let mut values = HashMap::new();
+        for (o, v) in ops {
+            if let AnyOp::Ormap(o) = o {
+                op.adds.extend(o.adds);
+            }
+            values.extend(v);
+        }
+        record_and_flush(&mut store, &mut replicas, &map, vec![(AnyOp::Ormap(op), values)]).unwrap();
+    }
+    let bounds = sim.log_bounds(&layout::log_name(&address())).unwrap();
+    let logged_ops = bounds.next - bounds.first;
+    // 8 ops of 2,000 entries into a state of 16,000: snapshots at 2k, 4k, 8k and 16k entries
+    // (each once as many entries as the state were logged since): nothing left in the log.
+    assert!(logged_ops <= 1, "{logged_ops} ops in the log after snapshots");
+    let reopened = ReplicaStore::open(sim, "p", true, 1024).unwrap();
+    assert_eq!(reopened.replicas[&address()].state, CrdtState::Ormap(map));
+}

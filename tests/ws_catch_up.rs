@@ -11,16 +11,36 @@ use replikativ::crdt::{Transaction, Value};
 
 /// Entries of the map a fresh peer catches up (`REPLIKATIV_CATCH_UP_ENTRIES`, 300,000 by default).
 fn entries() -> usize {
-    std::env::var("REPLIKATIV_CATCH_UP_ENTRIES").ok().and_then(|s| s.parse().ok()).unwrap_or(300_000)
+    env_or("REPLIKATIV_CATCH_UP_ENTRIES", 300_000)
+}
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
+/// A test node whose websocket takes messages of at most 1 MiB.
+fn one_mib_frames(name: &str) -> replikativ::peer::node::NodeConfig {
+    let mut cfg = common::config(name);
+    cfg.ws.max_frame = 1 << 20;
+    cfg.ws.max_message = 1 << 20;
+    cfg
+}
+
+/// Nothing was refused for its size on these peers (no frame over the limit was received, none
+/// left unsent).
+async fn assert_no_size_refusals(peers: &[&common::TestPeer]) {
+    for peer in peers {
+        let refused = bounded("status", peer.stage.node().status()).await.unwrap().refusals;
+        assert_eq!(refused.get(replikativ::peer::proto::Refusal::BadWebsocketFrame), 0, "{refused:?}");
+        assert_eq!(refused.get(replikativ::peer::proto::Refusal::OversizeOutput), 0, "{refused:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_peer_catches_up_a_large_ormap_within_a_one_mib_frame_limit() {
     let n = entries();
     let config = |name: &str| {
-        let mut cfg = common::config(name);
-        cfg.ws.max_frame = 1 << 20;
-        cfg.ws.max_message = 1 << 20;
+        let mut cfg = one_mib_frames(name);
         cfg.peer.inline_limit = 512 << 10;
         cfg
     };
@@ -52,18 +72,14 @@ async fn a_fresh_peer_catches_up_a_large_ormap_within_a_one_mib_frame_limit() {
     // (Connection 1 is the stage; 2 is the node's first websocket connection.)
     let conns = common::peer_conns(&fresh).await;
     assert_eq!(conns, vec![(2, Some("server".to_owned()))], "the connection was not re-established");
-    for peer in [&server, &fresh] {
-        let refused = bounded("status", peer.stage.node().status()).await.unwrap().refusals;
-        assert_eq!(refused.get(replikativ::peer::proto::Refusal::BadWebsocketFrame), 0, "{refused:?}");
-        assert_eq!(refused.get(replikativ::peer::proto::Refusal::OversizeOutput), 0, "{refused:?}");
-    }
+    assert_no_size_refusals(&[&server, &fresh]).await;
     bounded("shutdown", fresh.stage.shutdown()).await;
     bounded("shutdown", server.stage.shutdown()).await;
 }
 
 /// Edits (`REPLIKATIV_OFFLINE_EDITS`, 100,000 by default) made while a peer was offline.
 fn offline_edits() -> usize {
-    std::env::var("REPLIKATIV_OFFLINE_EDITS").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000)
+    env_or("REPLIKATIV_OFFLINE_EDITS", 100_000)
 }
 
 /// A peer on a file store is offline (shut down) while the other makes many edits, assocs and
@@ -72,12 +88,7 @@ fn offline_edits() -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_offline_during_many_edits_catches_up_and_equals_the_other() {
     let edits = offline_edits();
-    let config = |name: &str| {
-        let mut cfg = common::config(name);
-        cfg.ws.max_frame = 1 << 20;
-        cfg.ws.max_message = 1 << 20;
-        cfg
-    };
+    let config = one_mib_frames;
     let dir = || Arc::new(tempfile::tempdir().unwrap());
     let server = spawn_with("server", Backend::Memory, dir(), config("server")).await;
     let map = bounded("create", server.stage.create_ormap(None)).await.unwrap();
@@ -116,13 +127,7 @@ async fn a_peer_offline_during_many_edits_catches_up_and_equals_the_other() {
         back.stage.state(&map).await.ok().flatten().is_some_and(|s| s.digest() == want)
     })
     .await;
-    let status = bounded("status", back.stage.node().status()).await.unwrap();
-    for why in [
-        replikativ::peer::proto::Refusal::BadWebsocketFrame,
-        replikativ::peer::proto::Refusal::OversizeOutput,
-    ] {
-        assert_eq!(status.refusals.get(why), 0, "{:?}", status.refusals);
-    }
+    assert_no_size_refusals(&[&back, &server]).await;
     bounded("shutdown", back.stage.shutdown()).await;
     bounded("shutdown", server.stage.shutdown()).await;
 }

@@ -80,7 +80,6 @@ impl DotSet {
     /// Adds every dot of `other`.
     pub fn extend(&mut self, other: &DotSet) {
         for (actor, start, end) in other.runs() {
-            // Runs are short lists in practice; insert run ends and fill between by merging.
             self.insert_run(actor, start, end);
         }
     }

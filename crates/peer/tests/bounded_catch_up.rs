@@ -146,6 +146,24 @@ impl Pair {
     fn command(&mut self, node: usize, id: u64, cmd: Command) {
         self.pump(node, Input::Command { id, cmd });
     }
+
+    /// A assocs key `k{i}` of `map` to `value` (command id 10 + i).
+    fn assoc(&mut self, map: &Address, i: u64, value: Value) {
+        let txs = vec![Transaction::new("set", value)];
+        let cmd = Command::Assoc {
+            address: map.clone(),
+            key: Value::from(format!("k{i}")),
+            txs,
+            author: "a".into(),
+        };
+        self.command(0, 10 + i, cmd);
+    }
+
+    /// Connects A (in) and B (out): both ends open before either greeting arrives.
+    fn connect(&mut self) {
+        self.queue.push_back((0, Input::Connected { conn: 1, direction: Direction::Inbound }));
+        self.pump(1, Input::Connected { conn: 1, direction: Direction::Outbound });
+    }
 }
 
 #[test]
@@ -226,24 +244,16 @@ fn converge(mut pair: Pair, entries: u64, allowance: Option<usize>, gset: bool) 
     pair.command(0, 1, Command::Create { address: map.clone(), kind, author: "a".into() });
     for i in 0..entries {
         let value = Value::from(format!("value-{i}-{}", "y".repeat(40)));
-        let cmd = if gset {
-            Command::GsetAdd { address: map.clone(), element: value }
+        if gset {
+            pair.command(0, 10 + i, Command::GsetAdd { address: map.clone(), element: value });
         } else {
-            let txs = vec![Transaction::new("set", value)];
-            Command::Assoc {
-                address: map.clone(),
-                key: Value::from(format!("k{i}")),
-                txs,
-                author: "a".into(),
-            }
-        };
-        pair.command(0, 10 + i, cmd);
+            pair.assoc(&map, i, value);
+        }
     }
     pair.command(1, 1, Command::Subscribe { addresses: [map.clone()].into_iter().collect() });
     pair.allowance = allowance;
     pair.round_bytes = 0;
-    pair.queue.push_back((0, Input::Connected { conn: 1, direction: Direction::Inbound }));
-    pair.pump(1, Input::Connected { conn: 1, direction: Direction::Outbound });
+    pair.connect();
     let mut most = pair.round_bytes;
     let digest = |pair: &Pair, i: usize| pair.peers[i].state(&map).map(|s| s.digest());
     let mut rounds = 0;
@@ -300,19 +310,11 @@ fn a_receiver_that_does_not_acknowledge_stops_its_sender_after_the_window() {
     let map = address(1);
     pair.command(0, 1, Command::Create { address: map.clone(), kind: CrdtKind::Ormap, author: "a".into() });
     for i in 0..20_000u64 {
-        let txs = vec![Transaction::new("set", Value::from(format!("value-{i}-{}", "z".repeat(40))))];
-        let assoc = Command::Assoc {
-            address: map.clone(),
-            key: Value::from(format!("k{i}")),
-            txs,
-            author: "a".into(),
-        };
-        pair.command(0, 10 + i, assoc);
+        pair.assoc(&map, i, Value::from(format!("value-{i}-{}", "z".repeat(40))));
     }
     pair.command(1, 1, Command::Subscribe { addresses: [map.clone()].into_iter().collect() });
     pair.hold_acks = true;
-    pair.queue.push_back((0, Input::Connected { conn: 1, direction: Direction::Inbound }));
-    pair.pump(1, Input::Connected { conn: 1, direction: Direction::Outbound });
+    pair.connect();
     assert_eq!(pair.batches, STREAM_WINDOW, "batches sent without an acknowledgement");
     assert_eq!(pair.held.len(), STREAM_WINDOW, "B acknowledged each batch it applied");
     // One acknowledgement: one more batch.
@@ -338,28 +340,20 @@ fn anti_entropy_during_a_live_stream_resends_nothing_in_flight() {
     let map = address(1);
     pair.command(0, 1, Command::Create { address: map.clone(), kind: CrdtKind::Ormap, author: "a".into() });
     pair.command(1, 1, Command::Subscribe { addresses: [map.clone()].into_iter().collect() });
-    pair.queue.push_back((0, Input::Connected { conn: 1, direction: Direction::Inbound }));
-    pair.pump(1, Input::Connected { conn: 1, direction: Direction::Outbound });
+    pair.connect();
     // (The empty map reached B as one catch-up publication, which created it there.)
     assert!(pair.peers[1].state(&map).is_some());
     pair.catch_ups = 0;
     // Frames from A to B are held (in flight) while A makes ops and both sides tick.
     pair.hold_to_b = true;
     for i in 0..3_000u64 {
-        let txs = vec![Transaction::new("set", Value::from(i as i64))];
-        let assoc = Command::Assoc {
-            address: map.clone(),
-            key: Value::from(format!("k{i}")),
-            txs,
-            author: "a".into(),
-        };
-        pair.command(0, 10 + i, assoc);
+        pair.assoc(&map, i, Value::from(i as i64));
         if i % 1000 == 999 {
             pair.pump(0, Input::Timer(replikativ_peer::proto::Timer::AntiEntropy));
             pair.pump(1, Input::Timer(replikativ_peer::proto::Timer::AntiEntropy));
-            // The stream arrives after the ticks (a stream that lags by more than two ticks is
-            // sent again: see `Conn::sent_dots`).
-            let arrived: Vec<Input> = pair.in_flight.drain(..).collect();
+            // Half of the stream arrives, the rest stays in flight across the next ticks (the
+            // dots are on their way until B acknowledges them, however many ticks that takes).
+            let arrived: Vec<Input> = pair.in_flight.drain(..pair.in_flight.len() / 2).collect();
             for input in arrived {
                 pair.pump(1, input);
             }

@@ -261,3 +261,42 @@ fn diverged_histories_exchange_about_the_divergence_not_the_history() {
         assert!(pair.commits_sent[side] <= 2 * 500, "side {side} sent {} commits", pair.commits_sent[side]);
     }
 }
+
+/// A `recon` message that names one bucket many times (a hostile or broken peer) is answered once
+/// per bucket, not once per repeat: 1,000 copies of the root whose 16 children all differ get 16
+/// child nodes back, not 16,000 (3.3 MB).
+#[test]
+fn a_recon_naming_a_bucket_many_times_is_answered_once() {
+    use replikativ_peer::proto::{Bucket, Recon};
+    let mut pair = Pair::new();
+    let count = 400u128;
+    for n in 0..count {
+        pair.run(
+            0,
+            Input::Command {
+                id: 2 * n as u64 + 1,
+                cmd: Command::Create { address: address(n), kind: CrdtKind::Gset, author: "a".into() },
+            },
+        );
+        let cmd = Command::GsetAdd { address: address(n), element: Value::from(n as i64) };
+        pair.run(0, Input::Command { id: 2 * n as u64 + 2, cmd });
+    }
+    let all: BTreeSet<Address> = (0..count).map(address).collect();
+    pair.run(1, Input::Command { id: 1, cmd: Command::Subscribe { addresses: all } });
+    pair.connect();
+    assert!(pair.equal());
+    // Every child "holds" 100 items with a fingerprint nobody has: A (about 25 items per child)
+    // descends into each.
+    let root = Bucket { depth: 0, prefix: 0 };
+    let children: Vec<u8> =
+        (0..16).flat_map(|_| 100u32.to_le_bytes().into_iter().chain(1u64.to_le_bytes())).collect();
+    let frame =
+        Message::Recon(Recon::Nodes(vec![(root, serde_bytes::ByteBuf::from(children)); 1000])).encode();
+    let mut nodes = 0;
+    for output in pair.peers[0].handle(Input::Received { conn: 1, frame }, 1) {
+        if let Output::Send { msg: Message::Recon(Recon::Nodes(n)), .. } = output {
+            nodes += n.len();
+        }
+    }
+    assert_eq!(nodes, 16, "child nodes sent back for 1,000 copies of the root");
+}

@@ -251,6 +251,11 @@ impl BatchEncoder {
         self.finish()
     }
 
+    /// Whether the batch holds this commit already (an entry naming it again needs no record).
+    pub(crate) fn has_commit(&self, id: &ContentId) -> bool {
+        self.commits.contains_key(id)
+    }
+
     /// Entries so far.
     pub(crate) fn len(&self) -> usize {
         self.entries
@@ -406,18 +411,28 @@ pub struct Decoded {
     pub commits: HashMap<ContentId, Commit>,
 }
 
+/// A commit record from `value`, parsed.
+fn record_of(
+    id: &ContentId,
+    value: &dyn Fn(&ContentId) -> Option<Vec<u8>>,
+) -> (Option<Vec<u8>>, Option<Commit>) {
+    let record = value(id);
+    let commit =
+        record.as_ref().and_then(|r| Value::decode(r).ok()).and_then(|v| Commit::from_value(&v).ok());
+    (record, commit)
+}
+
+fn source<'a>(record: &'a Option<Vec<u8>>, commit: &'a Option<Commit>) -> Option<CommitSource<'a>> {
+    Some(CommitSource { record: record.as_ref()?, commit: commit.as_ref()? })
+}
+
 /// Encodes entries (`true` for a removal) as one batch, reading commit records and params from
 /// `value` (tools and tests; the peer builds its batches entry by entry with the same encoder).
 pub fn encode(entries: &[(bool, OrEntry)], value: &dyn Fn(&ContentId) -> Option<Vec<u8>>) -> Vec<u8> {
     let mut enc = BatchEncoder::default();
     for (removal, e) in entries {
-        let record = value(&e.commit);
-        let commit =
-            record.as_ref().and_then(|r| Value::decode(r).ok()).and_then(|v| Commit::from_value(&v).ok());
-        let source = match (&record, &commit) {
-            (Some(r), Some(c)) => Some(CommitSource { record: r, commit: c }),
-            _ => None,
-        };
+        let (record, commit) = record_of(&e.commit, value);
+        let source = source(&record, &commit);
         enc.push(*removal, e, source, value);
     }
     enc.finish()
@@ -428,13 +443,8 @@ pub fn encode(entries: &[(bool, OrEntry)], value: &dyn Fn(&ContentId) -> Option<
 pub fn encode_cdvcs(op: &replikativ_crdt::CdvcsOp, value: &dyn Fn(&ContentId) -> Option<Vec<u8>>) -> Vec<u8> {
     let mut enc = BatchEncoder::cdvcs();
     for e in &op.commits {
-        let record = value(&e.id);
-        let commit =
-            record.as_ref().and_then(|r| Value::decode(r).ok()).and_then(|v| Commit::from_value(&v).ok());
-        let source = match (&record, &commit) {
-            (Some(r), Some(c)) => Some(CommitSource { record: r, commit: c }),
-            _ => None,
-        };
+        let (record, commit) = record_of(&e.id, value);
+        let source = source(&record, &commit);
         enc.push_commit_entry(e, source, value);
     }
     enc.finish_cdvcs(op.method, &op.heads)

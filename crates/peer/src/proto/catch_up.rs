@@ -1,34 +1,27 @@
-//! Catch-up answers: what a remote lacks, sent as a sequence of bounded publications whose values
-//! travel inline (so catch-up needs no fetch round trips), each marked `catch_up` so it is not
-//! echoed back.
+//! Catch-up answers: what a remote lacks, with the values inline (so catch-up needs no fetch
+//! round trips), never as one message that grows with the state.
 //!
-//! Every part carries at most [`MAX_PART_ENTRIES`] op entries and about `inline_limit` bytes of
-//! inline values, whatever the size of the state (an OR-Map of 200,000 entries used to go as one
-//! publication of ~16 MiB, which the websocket refused, and the connection was re-established and the
-//! same message sent again, forever). A part is a valid op on its own: OR-Map adds and removals
-//! and G-Set elements join by union (a removal that arrives before its add still hides it); CDVCS
-//! commits come parents first, so each part's parents are in earlier parts or at the receiver.
-//!
-//! One answer takes at most `max_answer_bytes` (16 MiB, the outbox's budget): what does not fit
-//! waits for the next round (the receiver's next summary), so answering a peer that lacks a state of
-//! millions of entries costs one budget per round, not the whole state at once (most of which a
-//! full outbox would drop anyway).
-//!
-//! OR-Map and G-Set parts go bucket by bucket (the buckets of `Summary::Buckets`): if the later
-//! parts of an answer are lost (a slow receiver's full outbox drops them), the receiver's first
-//! buckets are complete, match the next summary and are not sent again, so every round makes
-//! progress. (In key order, each round would complete no bucket and send the same first parts
-//! again.) Each answer on a connection starts at another bucket (a rotating offset), so even a
-//! receiver too small to send bucketed summaries (a digest names no bucket) gets other parts each
-//! round.
+//! - OR-Maps and CDVCSs answer with streams (`Stream`, `CommitStream`) of compact batches
+//!   (`batch.rs`), each within `inline_limit` bytes, at most [`STREAM_WINDOW`] unacknowledged per
+//!   connection: the receiver's acknowledgements pace the sender (design §6.5.1). An OR-Map stream
+//!   walks the map in key order from a cursor, skipping what the remote's summary names and what
+//!   is on its way to the remote (sent and not yet acknowledged: [`SentLog`]).
+//! - G-Sets and LWW registers (and OR-Maps a remote summarized otherwise than by dots) answer with
+//!   bounded publications: at most [`MAX_PART_ENTRIES`] entries and about `inline_limit` bytes each,
+//!   at most `max_answer_bytes` per answer (the rest waits for the next round). Their parts go
+//!   bucket by bucket (the buckets of `Summary::Buckets`), each answer on a connection starting at
+//!   another bucket, so a receiver whose outbox drops the later parts still completes buckets every
+//!   round. A part is a valid op on its own (entries join by union).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use replikativ_crdt::{Address, CdvcsOp, ContentId, Dot, DotSet, GSetOp, OrEntry, OrMapOp, Value};
+use std::borrow::Cow;
+
+use replikativ_crdt::{Address, Commit, ContentId, Dot, DotSet, GSetOp, OrEntry, OrMapOp, Value};
 use serde_bytes::ByteBuf;
 
 use super::batch::{BatchEncoder, CommitSource};
-use super::message::{AnyOp, Batch, DotSummary, Message, Publish};
+use super::message::{AnyOp, Batch, Message, Publish};
 use super::persist::commit_of;
 use super::state::{CrdtState, Known};
 use super::{ConnId, Peer};
@@ -148,24 +141,6 @@ impl Peer {
     pub(crate) fn catch_up_parts(&self, op: AnyOp, offset: usize) -> Vec<(AnyOp, Vec<ByteBuf>)> {
         let mut parts = Parts::new(self.config.inline_limit, self.config.max_answer_bytes);
         match op {
-            AnyOp::Cdvcs(op) => {
-                for (i, entry) in op.commits.iter().enumerate() {
-                    if parts.full() {
-                        break;
-                    }
-                    parts.push(i, 34 * (entry.parents.len() + 1) + 8, self.group_of(&entry.id));
-                }
-                let CdvcsOp { method, commits, heads } = op;
-                let mut commits: Vec<Option<_>> = commits.into_iter().map(Some).collect();
-                parts
-                    .finish()
-                    .into_iter()
-                    .map(|(idx, values)| {
-                        let commits = idx.iter().filter_map(|&i| commits[i].take()).collect();
-                        (AnyOp::Cdvcs(CdvcsOp { method, commits, heads: heads.clone() }), values)
-                    })
-                    .collect()
-            }
             AnyOp::Ormap(op) => {
                 let n_adds = op.adds.len();
                 let all: Vec<&OrEntry> = op.adds.iter().chain(&op.removals).collect();
@@ -208,7 +183,8 @@ impl Peer {
                     })
                     .collect()
             }
-            lww @ AnyOp::Lww(_) => vec![(lww, Vec::new())],
+            // (CDVCS answers are streams: `publish_catch_up` never hands them here.)
+            single @ (AnyOp::Lww(_) | AnyOp::Cdvcs(_)) => vec![(single, Vec::new())],
         }
     }
 
@@ -258,11 +234,88 @@ pub const STREAM_WINDOW: usize = 4;
 /// Entries in one catch-up batch at most (the byte bound, `inline_limit`, usually comes first).
 pub const MAX_BATCH_PART_ENTRIES: usize = 8192;
 
-/// Dots sent on a connection for one address (see `Conn::sent_dots`).
+/// Dots sent on a connection for one address.
 #[derive(Clone, Default, Debug)]
 pub(crate) struct SentDots {
     pub(crate) adds: DotSet,
     pub(crate) removed: DotSet,
+}
+
+/// Anti-entropy ticks after which dots sent and still not acknowledged are forgotten (their
+/// frames were lost: only the simulation loses frames on a live connection), so they go again.
+pub const SENT_TICKS: u64 = 6;
+
+/// The OR-Map dots on their way to one connection: those of every publication and batch sent and
+/// not yet acknowledged. The remote acknowledges in order once it applied (or refused, or dropped)
+/// a publication, and sends its summaries in order too: a summary that arrives before the
+/// acknowledgement was made without those dots, one made after it includes them (if they were
+/// applied). So anti-entropy never sends what is in flight, however long the stream lags, and sends
+/// again at once what an acknowledgement shows was not applied. (Ids are taken in creation order,
+/// and a relayed publication held for its barrier can leave after a later batch: an
+/// acknowledgement of the batch then forgets the relay's dots early, which costs at most a resend.)
+#[derive(Debug, Default)]
+pub(crate) struct SentLog {
+    /// Unacknowledged publication id -> its address and the tick it was sent in.
+    by_id: BTreeMap<u64, (Address, u64)>,
+    /// Per address, the dots of each of them.
+    dots: HashMap<Address, BTreeMap<u64, SentDots>>,
+}
+
+impl SentLog {
+    /// Notes dots of publication `id` (folded relays share one id) on `address`.
+    fn note(&mut self, id: u64, address: &Address, tick: u64, f: impl FnOnce(&mut SentDots)) {
+        self.by_id.entry(id).or_insert_with(|| (address.clone(), tick));
+        let of = self.dots.entry(address.clone()).or_default();
+        let entry = of.entry(id).or_default();
+        f(entry);
+        if entry.adds.range_count() + entry.removed.range_count() > MAX_SENT_RUNS {
+            // Too scattered to keep: forgotten (costs at most a resend).
+            of.remove(&id);
+        }
+    }
+
+    /// Publications up to `id` were handled by the remote.
+    fn acked(&mut self, id: u64) {
+        let rest = self.by_id.split_off(&id.saturating_add(1));
+        for (pid, (address, _)) in std::mem::replace(&mut self.by_id, rest) {
+            self.forget(pid, &address);
+        }
+    }
+
+    /// Forgets what was sent before tick `before`.
+    fn expire(&mut self, before: u64) {
+        while let Some((&pid, (_, tick))) = self.by_id.first_key_value() {
+            if *tick >= before {
+                break;
+            }
+            let (address, _) = self.by_id.remove(&pid).expect("present");
+            self.forget(pid, &address);
+        }
+    }
+
+    fn forget(&mut self, id: u64, address: &Address) {
+        if let Some(of) = self.dots.get_mut(address) {
+            of.remove(&id);
+            if of.is_empty() {
+                self.dots.remove(address);
+            }
+        }
+    }
+
+    /// Every dot of `address` on its way.
+    fn of(&self, address: &Address) -> SentDots {
+        let mut sent = SentDots::default();
+        for s in self.dots.get(address).into_iter().flat_map(BTreeMap::values) {
+            sent.adds.extend(&s.adds);
+            sent.removed.extend(&s.removed);
+        }
+        sent
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.by_id.clear();
+        self.dots.clear();
+    }
 }
 
 /// What remains to send of one OR-Map to one connection: the entries whose dots the remote did
@@ -287,44 +340,62 @@ pub(crate) struct CommitStream {
     commits: std::collections::VecDeque<replikativ_crdt::cdvcs::GraphEntry>,
 }
 
-/// A sent-dots set grows past this many runs (scattered removals): it is forgotten (costs at most
-/// a resend), so it never grows without bound.
+/// A commit record read for a batch: its encoding, parsed, its params, and an upper bound of what
+/// it adds to a batch.
+struct CommitInput<'a> {
+    record: Option<Vec<u8>>,
+    parsed: Option<Cow<'a, Commit>>,
+    params: HashMap<ContentId, Vec<u8>>,
+    bound: usize,
+}
+
+impl CommitInput<'_> {
+    fn source(&self) -> Option<CommitSource<'_>> {
+        match (&self.record, &self.parsed) {
+            (Some(record), Some(commit)) => Some(CommitSource { record, commit }),
+            _ => None,
+        }
+    }
+}
+
+/// A publication's sent dots take more than this many runs (scattered removals): they are not
+/// kept (costs at most a resend), so the log never grows without bound.
 const MAX_SENT_RUNS: usize = 1 << 16;
 
 impl Peer {
-    /// Remembers that `op`'s OR-Map dots are on their way to `conn`.
-    pub(crate) fn note_sent(&mut self, conn: ConnId, address: &Address, op: &AnyOp) {
+    /// Remembers that `op`'s OR-Map dots are on their way to `conn` in publication `id`.
+    pub(crate) fn note_sent(&mut self, conn: ConnId, address: &Address, op: &AnyOp, id: u64) {
         let AnyOp::Ormap(o) = op else { return };
+        let tick = self.ticks;
         let Some(c) = self.conns.get_mut(&conn) else { return };
-        let sent = c.sent_dots.entry(address.clone()).or_default();
-        for e in &o.adds {
-            sent.adds.insert(e.dot);
-        }
-        for e in &o.removals {
-            sent.removed.insert(e.dot);
-        }
-        if sent.adds.range_count() + sent.removed.range_count() > MAX_SENT_RUNS {
-            c.sent_dots.remove(address);
-        }
+        c.in_transit.note(id, address, tick, |sent| {
+            for e in &o.adds {
+                sent.adds.insert(e.dot);
+            }
+            for e in &o.removals {
+                sent.removed.insert(e.dot);
+            }
+        });
     }
 
     /// Forgets what was sent on `conn` and its streams: messages to it may have been lost.
     pub(crate) fn forget_sent(&mut self, conn: ConnId) {
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.sent_dots.clear();
-            c.sent_before.clear();
+            c.in_transit.clear();
             c.streams.clear();
             c.commit_streams.clear();
             c.in_flight.clear();
         }
     }
 
-    /// An anti-entropy tick: what was sent two ticks ago and batches unacknowledged for two ticks
-    /// are forgotten (see `Conn::sent_dots`), and streams whose window freed go on.
+    /// An anti-entropy tick: dots unacknowledged for [`SENT_TICKS`] ticks and batches
+    /// unacknowledged for two are forgotten (lost frames), and streams whose window freed go on.
     pub(crate) fn age_sent(&mut self) {
+        self.ticks += 1;
+        let before_tick = self.ticks.saturating_sub(SENT_TICKS);
         let mut freed = Vec::new();
         for (conn, c) in &mut self.conns {
-            c.sent_before = std::mem::take(&mut c.sent_dots);
+            c.in_transit.expire(before_tick);
             let before = c.in_flight.len();
             c.in_flight.retain(|_, ticks| {
                 *ticks += 1;
@@ -339,27 +410,19 @@ impl Peer {
         }
     }
 
-    /// The dots sent on `conn` for `address` in this tick and the one before.
+    /// The dots on their way to `conn` for `address`.
     fn sent_to(&self, conn: ConnId, address: &Address) -> SentDots {
-        let mut sent = SentDots::default();
-        if let Some(c) = self.conns.get(&conn) {
-            for s in [c.sent_dots.get(address), c.sent_before.get(address)].into_iter().flatten() {
-                sent.adds.extend(&s.adds);
-                sent.removed.extend(&s.removed);
-            }
-        }
-        sent
+        self.conns.get(&conn).map(|c| c.in_transit.of(address)).unwrap_or_default()
     }
 
     /// Answers an OR-Map summary: when the remote lacks entries (not counting those already on
     /// their way to it), a stream of batches sends them (see [`Stream`]).
-    pub(crate) fn on_dots(&mut self, conn: ConnId, address: &Address, theirs: DotSummary) {
+    pub(crate) fn on_dots(&mut self, conn: ConnId, address: &Address, known: Known) {
         let Some(CrdtState::Ormap(m)) = self.crdts.get(address).map(|r| &r.state) else { return };
         if !self.conns.contains_key(&conn) {
             return;
         }
         let sent = self.sent_to(conn, address);
-        let known = Known::new(m, theirs);
         let (adds_covered, removals_covered) = known.covers(m, &sent.adds, &sent.removed);
         if adds_covered && removals_covered {
             return;
@@ -392,14 +455,18 @@ impl Peer {
             let (data, taken) = self.stream_part(&mut stream, &sent);
             let address = stream.address.clone();
             let id = self.next_id();
+            let tick = self.ticks;
             let c = self.conns.get_mut(&conn).expect("present");
-            let now = c.sent_dots.entry(address.clone()).or_default();
-            for (removal, dot) in taken {
-                if removal {
-                    now.removed.insert(dot);
-                } else {
-                    now.adds.insert(dot);
-                }
+            if !taken.is_empty() {
+                c.in_transit.note(id, &address, tick, |now| {
+                    for (removal, dot) in taken {
+                        if removal {
+                            now.removed.insert(dot);
+                        } else {
+                            now.adds.insert(dot);
+                        }
+                    }
+                });
             }
             if stream.phase < 2 {
                 c.streams.push_back(stream);
@@ -412,6 +479,24 @@ impl Peer {
         }
     }
 
+    /// Reads a commit record and its params from the store for a batch.
+    fn commit_input<'a>(
+        &self,
+        id: &ContentId,
+        no_commits: &'a HashMap<ContentId, Commit>,
+    ) -> CommitInput<'a> {
+        let record = self.persist.value(id).ok().flatten();
+        let parsed = record.as_ref().and_then(|r| commit_of(id, r, no_commits));
+        let params: HashMap<ContentId, Vec<u8>> = parsed
+            .iter()
+            .flat_map(|c| c.transactions.iter())
+            .filter_map(|t| self.persist.value(&t.params).ok().flatten().map(|v| (t.params, v)))
+            .collect();
+        let bound = record.as_ref().map_or(40, Vec::len)
+            + params.values().map(|v| v.len().min(super::batch::MAX_INLINE_PARAMS) + 16).sum::<usize>();
+        CommitInput { record, parsed, params, bound }
+    }
+
     /// Sends the next part of the first CDVCS stream of `conn` as a compact batch; false if there
     /// is none.
     fn pump_commits(&mut self, conn: ConnId) -> bool {
@@ -421,25 +506,13 @@ impl Peer {
         let mut enc = BatchEncoder::cdvcs();
         let no_commits = HashMap::new();
         while let Some(entry) = stream.commits.front() {
-            let record = self.persist.value(&entry.id).ok().flatten();
-            let parsed = record.as_ref().and_then(|r| commit_of(&entry.id, r, &no_commits));
-            let params: HashMap<ContentId, Vec<u8>> = parsed
-                .iter()
-                .flat_map(|c| c.transactions.iter())
-                .filter_map(|t| self.persist.value(&t.params).ok().flatten().map(|v| (t.params, v)))
-                .collect();
+            let input = self.commit_input(&entry.id, &no_commits);
             // An upper bound of what the entry adds to the batch.
-            let bound = 40 * (entry.parents.len() + 1)
-                + record.as_ref().map_or(40, |r| r.len())
-                + params.values().map(|v| v.len().min(super::batch::MAX_INLINE_PARAMS) + 16).sum::<usize>();
+            let bound = 40 * (entry.parents.len() + 1) + input.bound;
             if enc.len() > 0 && (enc.len() >= MAX_BATCH_PART_ENTRIES || enc.raw_bytes() + bound > limit) {
                 break;
             }
-            let source = match (&record, &parsed) {
-                (Some(r), Some(c)) => Some(CommitSource { record: r, commit: c }),
-                _ => None,
-            };
-            enc.push_commit_entry(entry, source, &|id| params.get(id).cloned());
+            enc.push_commit_entry(entry, input.source(), &|id| input.params.get(id).cloned());
             stream.commits.pop_front();
         }
         let address = stream.address.clone();
@@ -475,30 +548,20 @@ impl Peer {
                     continue;
                 }
                 let entry = OrEntry { key: key.clone(), dot: *dot, commit: *commit };
-                let record = self.persist.value(commit).ok().flatten();
-                let parsed = record.as_ref().and_then(|r| commit_of(commit, r, &no_commits));
-                let params: HashMap<ContentId, Vec<u8>> = parsed
-                    .iter()
-                    .flat_map(|c| c.transactions.iter())
-                    .filter_map(|t| self.persist.value(&t.params).ok().flatten().map(|v| (t.params, v)))
-                    .collect();
+                // A commit the batch holds already (one dissoc's removal commit for several
+                // entries) is not read again.
+                let input = (!enc.has_commit(commit)).then(|| self.commit_input(commit, &no_commits));
                 // An upper bound of what the entry adds to the batch.
-                let bound = key.encoded_len()
-                    + 40
-                    + record.as_ref().map_or(40, |r| r.len())
-                    + params
-                        .values()
-                        .map(|v| v.len().min(super::batch::MAX_INLINE_PARAMS) + 16)
-                        .sum::<usize>();
+                let bound = key.encoded_len() + 40 + input.as_ref().map_or(0, |i| i.bound);
                 if enc.len() > 0 && (enc.len() >= MAX_BATCH_PART_ENTRIES || enc.raw_bytes() + bound > limit) {
                     stream.cursor = Some(key.clone());
                     break 'phases;
                 }
-                let source = match (&record, &parsed) {
-                    (Some(r), Some(c)) => Some(CommitSource { record: r, commit: c }),
-                    _ => None,
-                };
-                enc.push(removals, &entry, source, &|id| params.get(id).cloned());
+                let no_params = HashMap::new();
+                let params = input.as_ref().map_or(&no_params, |i| &i.params);
+                enc.push(removals, &entry, input.as_ref().and_then(CommitInput::source), &|id| {
+                    params.get(id).cloned()
+                });
                 taken.push((removals, *dot));
             }
             stream.phase += 1;
@@ -517,6 +580,7 @@ impl Peer {
         // An acknowledgement covers every earlier publication of this peer on the connection.
         let before = c.in_flight.len();
         c.in_flight.retain(|x, _| *x > id);
+        c.in_transit.acked(id);
         if c.in_flight.len() != before || !c.streams.is_empty() || !c.commit_streams.is_empty() {
             self.pump_streams(conn);
         }
@@ -526,8 +590,7 @@ impl Peer {
     /// arrived, so it is forgotten (the next anti-entropy round sends what is missing).
     pub(crate) fn on_refused(&mut self, conn: ConnId, id: u64) {
         let Some(c) = self.conns.get_mut(&conn) else { return };
-        c.sent_dots.clear();
-        c.sent_before.clear();
+        c.in_transit.clear();
         if c.in_flight.remove(&id).is_some() {
             self.pump_streams(conn);
         }

@@ -66,13 +66,10 @@ pub(crate) struct Conn {
     /// anti-entropy ticks they have waited (forgotten after two: a lost batch does not stall the
     /// stream).
     pub(crate) in_flight: BTreeMap<u64, u32>,
-    /// Per OR-Map address, the dots sent on this connection (live and catch-up) since the last
-    /// anti-entropy tick, and (`sent_before`) in the tick before: they are on their way, so
-    /// anti-entropy does not send them again. Anything sent two ticks ago that the remote's
-    /// summary still lacks was lost and is sent again. Forgotten at once when messages to the
-    /// connection may have been lost (a full outbox) or refused.
-    pub(crate) sent_dots: HashMap<Address, super::catch_up::SentDots>,
-    pub(crate) sent_before: HashMap<Address, super::catch_up::SentDots>,
+    /// The OR-Map dots on their way to the remote (sent, live or catch-up, and not yet
+    /// acknowledged): anti-entropy does not send them again. Forgotten at once when messages to
+    /// the connection may have been lost (a full outbox) or refused.
+    pub(crate) in_transit: super::catch_up::SentLog,
 }
 
 impl Peer {
@@ -110,8 +107,7 @@ impl Peer {
                 streams: VecDeque::new(),
                 commit_streams: VecDeque::new(),
                 in_flight: BTreeMap::new(),
-                sent_dots: HashMap::new(),
-                sent_before: HashMap::new(),
+                in_transit: Default::default(),
             },
         );
         let hello = Hello {

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use replikativ_crdt::{ActorId, Address, ContentId};
 use replikativ_store::Store;
 
-pub use catch_up::{MAX_BATCH_PART_ENTRIES, MAX_PART_ENTRIES, STREAM_WINDOW};
+pub use catch_up::{MAX_BATCH_PART_ENTRIES, MAX_PART_ENTRIES, SENT_TICKS, STREAM_WINDOW};
 pub use command::{Command, CommitValue, Query, Reply};
 pub use message::{
     AnyOp, Batch, Bucket, DotSummary, FrameError, Hello, Message, PROTOCOL_VERSION, Publish, Recon, Removed,
@@ -78,6 +78,8 @@ pub struct Peer {
     pub(crate) batches_sent: u64,
     /// Catch-up publications sent (CDVCS, G-Set, LWW and empty-map answers).
     pub(crate) catch_up_publications: u64,
+    /// Anti-entropy ticks so far (what sent dots are aged by).
+    pub(crate) ticks: u64,
     /// Per remote peer id, the last address set it subscribed to here in full, by digest (so it
     /// may `resubscribe` to it after a reconnect). At most [`MAX_REMEMBERED_SETS`] peers.
     pub(crate) remembered: HashMap<String, (ContentId, BTreeSet<Address>)>,
@@ -118,6 +120,7 @@ impl Peer {
             recovery,
             batches_sent: 0,
             catch_up_publications: 0,
+            ticks: 0,
             remembered: HashMap::new(),
             told: HashMap::new(),
         })

@@ -97,7 +97,7 @@ impl Outbox {
 
     /// Relays `op` on `address` to `conn` after the barrier, folded into this epoch's publication
     /// of the address to the connection if there is one with room ([`AnyOp::absorb`]); otherwise
-    /// a new publication with the id `new_id` gives.
+    /// a new publication with the id `new_id` gives. Returns the publication's id.
     pub(crate) fn relay(
         &mut self,
         conn: ConnId,
@@ -106,7 +106,7 @@ impl Outbox {
         values: Vec<ByteBuf>,
         limits: FoldLimits,
         new_id: impl FnOnce() -> u64,
-    ) {
+    ) -> u64 {
         // The op's own bytes count with its values: entries with large keys fold into fewer.
         let size: usize = values.iter().map(|v| v.len()).sum::<usize>() + op.approx_bytes();
         let key = (conn, address.clone());
@@ -117,13 +117,15 @@ impl Outbox {
             && p.op.absorb(op.clone()).is_ok()
         {
             p.values.extend(values);
+            let id = p.id;
             let open = self.relays.get_mut(&key).expect("present");
             open.entries += op.len();
             open.bytes += size;
-            return;
+            return id;
         }
+        let id = new_id();
         let msg = Message::Publish(Publish {
-            id: new_id(),
+            id,
             address: address.clone(),
             op: op.clone(),
             values,
@@ -132,6 +134,7 @@ impl Outbox {
         self.after_barrier(Output::Send { conn, msg });
         let at = self.position_of_last();
         self.relays.insert(key, Open { at, entries: op.len(), bytes: size });
+        id
     }
 
     /// Acknowledges publication `id` of `conn` after the barrier. An acknowledgement covers every

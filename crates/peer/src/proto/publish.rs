@@ -492,13 +492,13 @@ impl Peer {
     /// already waiting for this barrier if there is one (within [`MAX_RELAY_ENTRIES`] entries and
     /// the inline limit): under load many ops travel in one frame.
     fn relay(&mut self, conn: ConnId, address: &Address, op: &AnyOp, values: Vec<ByteBuf>) {
-        self.note_sent(conn, address, op);
         let limits = FoldLimits { entries: MAX_RELAY_ENTRIES, bytes: self.config.inline_limit };
         let next_id = &mut self.next_id;
-        self.outbox.relay(conn, address, op, values, limits, || {
+        let id = self.outbox.relay(conn, address, op, values, limits, || {
             *next_id += 1;
             *next_id
         });
+        self.note_sent(conn, address, op, id);
     }
 
     /// Acknowledges publication `id` of `conn` after the barrier (folded: see `Outbox::ack`).

@@ -36,6 +36,8 @@ pub const RECON_ABOVE: usize = 64;
 pub const LEAF: u32 = 8;
 /// Bytes of one node's children: 16 x (count u32, fingerprint u64).
 const NODE_BYTES: usize = 16 * 12;
+/// Nodes one `recon nodes` message of this peer carries at most (about 840 KB).
+const MAX_NODES_PER_MESSAGE: usize = 4096;
 /// Buckets one `recon` message may name at most.
 pub const MAX_RECON_BUCKETS: usize = 1 << 16;
 
@@ -149,7 +151,10 @@ impl Peer {
         let items = self.recon_items(conn);
         match r {
             Recon::Nodes(nodes) => {
-                let (mut deeper, mut list, mut send_all) = (Vec::new(), Vec::new(), Vec::new());
+                // A bucket named twice is answered once (else one message of repeats would make
+                // this peer send its answer many times over).
+                let nodes: std::collections::BTreeMap<Bucket, ByteBuf> = nodes.into_iter().rev().collect();
+                let (mut deeper, mut list, mut send_all) = (Vec::new(), BTreeSet::new(), BTreeSet::new());
                 for (bucket, children) in nodes {
                     for i in 0..16u64 {
                         let at = i as usize * 12;
@@ -162,19 +167,19 @@ impl Peer {
                         }
                         if theirs_count == 0 {
                             // They hold none of these: send ours.
-                            send_all.push(c);
+                            send_all.insert(c);
                         } else if count <= LEAF || theirs_count <= LEAF || c.depth >= 16 {
-                            list.push(c);
+                            list.insert(c);
                         } else {
                             deeper.push((c, items.node(c)));
                         }
                     }
                 }
-                if !deeper.is_empty() {
-                    self.send(conn, Message::Recon(Recon::Nodes(deeper)));
+                for part in deeper.chunks(MAX_NODES_PER_MESSAGE) {
+                    self.send(conn, Message::Recon(Recon::Nodes(part.to_vec())));
                 }
                 if !list.is_empty() {
-                    self.send(conn, Message::Recon(Recon::List(list)));
+                    self.send(conn, Message::Recon(Recon::List(list.into_iter().collect())));
                 }
                 if !send_all.is_empty() {
                     let absent: Vec<(Address, Summary)> = send_all
@@ -185,17 +190,18 @@ impl Peer {
                 }
             }
             Recon::List(buckets) => {
-                let addresses: Vec<Address> =
+                // (Buckets may repeat or nest: every address once.)
+                let addresses: BTreeSet<Address> =
                     buckets.iter().flat_map(|b| items.within(*b).iter().map(|(_, _, a)| a.clone())).collect();
                 let summaries = self.summaries(conn, addresses.iter());
                 self.send(conn, Message::Recon(Recon::Listed { buckets, summaries }));
             }
             Recon::Listed { buckets, mut summaries } => {
                 // Their summaries of the buckets, and ours they did not list (they lack them).
-                let listed: BTreeSet<Address> = summaries.iter().map(|(a, _)| a.clone()).collect();
+                let mut listed: BTreeSet<Address> = summaries.iter().map(|(a, _)| a.clone()).collect();
                 for b in &buckets {
                     for (_, _, a) in items.within(*b) {
-                        if !listed.contains(a) {
+                        if listed.insert(a.clone()) {
                             summaries.push((a.clone(), Summary::Empty));
                         }
                     }

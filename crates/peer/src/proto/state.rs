@@ -271,11 +271,11 @@ impl CrdtState {
             }
             // A peer answers with a stream of batches (`catch_up.rs`) of the same entries.
             (CrdtState::Ormap(m), Summary::Dots(theirs)) => {
-                let lacks = lacks_dots(m, theirs);
+                let known = Known::new(m, theirs.clone());
+                let lacks = known.lacks(m);
                 if !answer {
                     return (None, lacks);
                 }
-                let known = Known::new(m, theirs.clone());
                 let mut op = replikativ_crdt::OrMapOp::default();
                 for (removal, list) in [(false, &mut op.adds), (true, &mut op.removals)] {
                     let mut cache = None;
@@ -427,6 +427,19 @@ impl Known {
         }
     }
 
+    /// Whether the peer's summary names entries `m` lacks (the differing removal buckets were
+    /// worked out once, in [`Known::new`]).
+    pub(crate) fn lacks(&self, m: &OrMap) -> bool {
+        !m.add_dots().covers(&self.theirs.adds)
+            || match (&self.theirs.removed, &self.differing) {
+                (Removed::Dots { dots, digest }, _) => {
+                    !m.removed_dots().covers(dots)
+                        || (dots == m.removed_dots() && *digest != m.removal_digest())
+                }
+                (Removed::Buckets(_), differing) => differing.as_ref().is_none_or(|d| d.iter().any(|x| *x)),
+            }
+    }
+
     /// Whether the peer holds every entry of `m` but those in `sent` (on their way to it).
     pub(crate) fn covers(
         &self,
@@ -462,17 +475,6 @@ impl Known {
             }
         }
     }
-}
-
-/// Whether a peer's OR-Map summary names entries this replica lacks.
-pub(crate) fn lacks_dots(m: &OrMap, theirs: &DotSummary) -> bool {
-    !m.add_dots().covers(&theirs.adds)
-        || match &theirs.removed {
-            Removed::Dots { dots, digest } => {
-                !m.removed_dots().covers(dots) || (dots == m.removed_dots() && *digest != m.removal_digest())
-            }
-            Removed::Buckets(b) => removal_bucket_digests(m) != b.as_slice(),
-        }
 }
 
 /// Digests of an OR-Map's removals in [`BUCKETS`] buckets by key.

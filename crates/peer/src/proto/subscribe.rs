@@ -269,13 +269,14 @@ impl Peer {
                             removed: Removed::Dots { dots: DotSet::default(), digest: 0 },
                         },
                     };
-                    if let super::state::CrdtState::Ormap(m) = &replica.state
-                        && super::state::lacks_dots(m, &theirs)
-                    {
-                        lacking.push(address.clone());
-                    }
-                    if interested {
-                        self.on_dots(conn, &address, theirs);
+                    if let super::state::CrdtState::Ormap(m) = &replica.state {
+                        let known = super::state::Known::new(m, theirs);
+                        if known.lacks(m) {
+                            lacking.push(address.clone());
+                        }
+                        if interested {
+                            self.on_dots(conn, &address, known);
+                        }
                     }
                 }
                 Some(replica) => {

@@ -474,7 +474,10 @@ impl Peer {
             if let Some(data) = data {
                 c.in_flight.insert(id, 0);
                 self.batches_sent += 1;
-                self.send(conn, Message::Batch(Batch { id, address, data: ByteBuf::from(data) }));
+                self.send(
+                    conn,
+                    Message::Batch(Batch { id, address, data: ByteBuf::from(data), live: false }),
+                );
             }
         }
     }
@@ -524,7 +527,7 @@ impl Peer {
         }
         c.in_flight.insert(id, 0);
         self.batches_sent += 1;
-        self.send(conn, Message::Batch(Batch { id, address, data: ByteBuf::from(data) }));
+        self.send(conn, Message::Batch(Batch { id, address, data: ByteBuf::from(data), live: false }));
         true
     }
 

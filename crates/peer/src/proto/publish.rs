@@ -14,13 +14,15 @@ use replikativ_crdt::{Address, Commit, ContentId, Value};
 use serde_bytes::ByteBuf;
 
 use super::message::{AnyOp, MAX_FETCH_IDS, Message, Publish};
-use super::outbox::FoldLimits;
+use super::outbox::{FoldLimits, Sources};
 use super::persist::commit_of;
 use super::state::{CrdtState, commit_ids};
 use super::{ConnId, Event, Output, Peer, Pending, Refusal, Replica, StageError};
 
-/// Entries folded into one relayed publication at most.
+/// Entries folded into one relayed publication (LWW, G-Set) at most.
 pub(crate) const MAX_RELAY_ENTRIES: usize = 1024;
+/// Entries folded into one live batch (OR-Map, CDVCS) at most.
+pub(crate) const MAX_BATCH_RELAY_ENTRIES: usize = 8192;
 
 /// Where an op came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,8 +111,8 @@ impl Peer {
         self.enqueue(conn, p.id, p.address, p.op, values, commits, p.catch_up);
     }
 
-    /// A compact catch-up batch: decoded (every id computed here), then handled like a catch-up
-    /// publication of its op with its values inline.
+    /// A compact batch: decoded (every id computed here), then handled like a publication of its
+    /// op with its values inline (a catch-up one unless it is `live`).
     pub(crate) fn on_batch(&mut self, conn: ConnId, b: super::message::Batch) {
         let decoded = match super::batch::decode(&b.data) {
             Ok(d) => d,
@@ -120,7 +122,7 @@ impl Peer {
         if !self.admit(conn, b.id, &b.address, &op) {
             return;
         }
-        self.enqueue(conn, b.id, b.address, op, decoded.values, decoded.commits, true);
+        self.enqueue(conn, b.id, b.address, op, decoded.values, decoded.commits, !b.live);
     }
 
     /// Queues a publication whose inline values are decoded and verified (keyed by the hash of
@@ -464,18 +466,16 @@ impl Peer {
             })
             .map(|(id, _)| *id)
             .collect();
-        let mut relay_values =
-            if targets.is_empty() { Vec::new() } else { self.inline_values(op, &values, commits) };
+        // Relayed before the values move into the store's pending writes (a live batch reads
+        // them); if those writes fail, the whole epoch's outputs are dropped (`fail_epoch`), these
+        // relays with them.
+        for conn in targets {
+            self.relay(conn, address, op, &values, commits);
+        }
         // A failed write is neither relayed nor reported (nor acknowledged: see `fail_epoch`).
         let replica = self.crdts.get_mut(address).expect("applied state exists");
         if self.persist.record(address, replica, op, values, commits) && !self.flush_writes() {
             return Err(StageError::Store("cannot store applied ops (see the log)".into()));
-        }
-        for (i, conn) in targets.iter().enumerate() {
-            // The last target takes the values; the others get copies.
-            let values =
-                if i + 1 == targets.len() { std::mem::take(&mut relay_values) } else { relay_values.clone() };
-            self.relay(*conn, address, op, values);
         }
         let event = Event { address: address.clone(), op: op.clone(), local: origin == Origin::Local };
         self.after_barrier(Output::Event(event));
@@ -490,14 +490,36 @@ impl Peer {
 
     /// Sends `op` to `conn` after the barrier, folded into the publication of the same address
     /// already waiting for this barrier if there is one (within [`MAX_RELAY_ENTRIES`] entries and
-    /// the inline limit): under load many ops travel in one frame.
-    fn relay(&mut self, conn: ConnId, address: &Address, op: &AnyOp, values: Vec<ByteBuf>) {
-        let limits = FoldLimits { entries: MAX_RELAY_ENTRIES, bytes: self.config.inline_limit };
+    /// the inline limit): under load many ops travel in one frame. OR-Map and CDVCS ops travel as
+    /// live batches (`Outbox::relay_batch`), the others as publications.
+    fn relay(
+        &mut self,
+        conn: ConnId,
+        address: &Address,
+        op: &AnyOp,
+        values: &HashMap<ContentId, Vec<u8>>,
+        commits: &HashMap<ContentId, Commit>,
+    ) {
         let next_id = &mut self.next_id;
-        let id = self.outbox.relay(conn, address, op, values, limits, || {
+        let new_id = || {
             *next_id += 1;
             *next_id
-        });
+        };
+        let id = match op {
+            AnyOp::Ormap(_) | AnyOp::Cdvcs(_) => {
+                let persist = &self.persist;
+                let bytes =
+                    |id: &ContentId| values.get(id).cloned().or_else(|| persist.value(id).ok().flatten());
+                let sources = Sources { bytes: &bytes, commits };
+                let limits = FoldLimits { entries: MAX_BATCH_RELAY_ENTRIES, bytes: self.config.inline_limit };
+                self.outbox.relay_batch(conn, address, op, &sources, limits, new_id)
+            }
+            // (LWW and G-Set ops name no commit records: nothing travels beside them.)
+            AnyOp::Lww(_) | AnyOp::Gset(_) => {
+                let limits = FoldLimits { entries: MAX_RELAY_ENTRIES, bytes: self.config.inline_limit };
+                self.outbox.relay(conn, address, op, Vec::new(), limits, new_id)
+            }
+        };
         self.note_sent(conn, address, op, id);
     }
 
@@ -526,27 +548,6 @@ impl Peer {
     pub(crate) fn fail_epoch(&mut self, error: String) {
         tracing::error!(peer = %self.record.id, %error, "store write failed; not acknowledging");
         self.outbox.fail_current(&error);
-    }
-
-    /// The values to send with an op: its commit records and their params, up to the inline limit.
-    fn inline_values(
-        &self,
-        op: &AnyOp,
-        known: &HashMap<ContentId, Vec<u8>>,
-        commits: &HashMap<ContentId, Commit>,
-    ) -> Vec<ByteBuf> {
-        let mut out = Vec::new();
-        let mut budget = self.config.inline_limit;
-        for cid in commit_ids(op) {
-            let group = self.value_group(&cid, known, commits);
-            let size: usize = group.iter().map(|(_, v)| v.len()).sum();
-            if size > budget {
-                break;
-            }
-            budget -= size;
-            out.extend(group.into_iter().map(|(_, v)| ByteBuf::from(v)));
-        }
-        out
     }
 
     /// A commit record and its params with their ids (from `known` or the store), as they travel

@@ -18,8 +18,8 @@
 //! builds too). Decoding is bounded: at most [`MAX_BATCH_BYTES`] decompressed, every count checked
 //! against what is left, every key and value decoded with the canonical decoder.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::io::{Read, Write};
 
 use replikativ_crdt::{ActorId, Commit, ContentId, CrdtKind, Dot, OrEntry, OrMapOp, TxRef, Value};
 
@@ -390,12 +390,7 @@ impl BatchEncoder {
     pub(crate) fn finish(mut self) -> Vec<u8> {
         self.c.format = BATCH_FORMAT;
         let raw = rmp_serde::to_vec(&self.c).expect("columns always encode");
-        let mut enc = flate2::write::DeflateEncoder::new(
-            Vec::with_capacity(raw.len() / 3),
-            flate2::Compression::new(3),
-        );
-        enc.write_all(&raw).expect("writing to memory");
-        enc.finish().expect("writing to memory")
+        deflate(&raw, 3)
     }
 }
 
@@ -452,20 +447,82 @@ pub fn encode_cdvcs(op: &replikativ_crdt::CdvcsOp, value: &dyn Fn(&ContentId) ->
 
 /// DEFLATE-compresses raw columns as a batch carries them (fuzzing explores the columns).
 pub fn compress(raw: &[u8]) -> Vec<u8> {
-    let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
-    enc.write_all(raw).expect("writing to memory");
-    enc.finish().expect("writing to memory")
+    deflate(raw, 1)
 }
 
-/// The raw columns of a batch (at most [`MAX_BATCH_BYTES`]).
+thread_local! {
+    // One compressor and one decompressor per thread, reset for every batch: a fresh DEFLATE
+    // state zeroes a few hundred KiB of tables, which cost more than compressing a live batch of a
+    // few dozen ops.
+    static DEFLATE: RefCell<Option<(u32, flate2::Compress)>> = const { RefCell::new(None) };
+    static INFLATE: RefCell<Option<flate2::Decompress>> = const { RefCell::new(None) };
+}
+
+/// Raw DEFLATE of `raw` at `level`, with this thread's compressor.
+fn deflate(raw: &[u8], level: u32) -> Vec<u8> {
+    use flate2::{Compress, Compression, FlushCompress, Status};
+    DEFLATE.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let c = match &mut *cell {
+            Some((l, c)) if *l == level => {
+                c.reset();
+                c
+            }
+            slot => &mut slot.insert((level, Compress::new(Compression::new(level), false))).1,
+        };
+        let mut out = Vec::with_capacity(raw.len() / 2 + 64);
+        loop {
+            let done = c.total_in() as usize;
+            match c
+                .compress_vec(&raw[done..], &mut out, FlushCompress::Finish)
+                .expect("compressing in memory")
+            {
+                Status::StreamEnd => return out,
+                Status::Ok | Status::BufError => out.reserve(out.capacity().max(256)),
+            }
+        }
+    })
+}
+
+/// The raw columns of a batch (at most [`MAX_BATCH_BYTES`]): the input must be exactly one raw
+/// DEFLATE stream.
 pub fn decompress(data: &[u8]) -> Result<Vec<u8>, BatchError> {
-    let mut raw = Vec::new();
-    let mut dec = flate2::read::DeflateDecoder::new(data).take(MAX_BATCH_BYTES as u64 + 1);
-    dec.read_to_end(&mut raw).map_err(|e| bad(format!("does not decompress: {e}")))?;
-    if raw.len() > MAX_BATCH_BYTES {
-        return Err(bad(format!("more than {MAX_BATCH_BYTES} bytes decompressed")));
-    }
-    Ok(raw)
+    use flate2::{Decompress, FlushDecompress, Status};
+    INFLATE.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let d = match &mut *cell {
+            Some(d) => {
+                d.reset(false);
+                d
+            }
+            slot => slot.insert(Decompress::new(false)),
+        };
+        let mut out = Vec::with_capacity(data.len().saturating_mul(4).clamp(256, MAX_BATCH_BYTES + 1));
+        loop {
+            let (read, written) = (d.total_in() as usize, d.total_out());
+            let status = d
+                .decompress_vec(&data[read..], &mut out, FlushDecompress::None)
+                .map_err(|e| bad(format!("does not decompress: {e}")))?;
+            if out.len() > MAX_BATCH_BYTES {
+                return Err(bad(format!("more than {MAX_BATCH_BYTES} bytes decompressed")));
+            }
+            match status {
+                Status::StreamEnd if (d.total_in() as usize) < data.len() => {
+                    return Err(bad("bytes after the end of the compressed stream"));
+                }
+                Status::StreamEnd => return Ok(out),
+                Status::Ok | Status::BufError => {
+                    if out.len() == out.capacity() {
+                        // Room for more, never beyond one byte over the bound (then refused above).
+                        let more = out.capacity().min(MAX_BATCH_BYTES + 1 - out.len());
+                        out.reserve_exact(more);
+                    } else if d.total_in() as usize == read && d.total_out() == written {
+                        return Err(bad("does not decompress: the compressed stream ends early"));
+                    }
+                }
+            }
+        }
+    })
 }
 
 /// Reads the commits of a batch from its columns, keeping every value under the hash of its bytes.
@@ -701,6 +758,8 @@ fn decode_ormap(c: &Columns) -> Result<Decoded, BatchError> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
+
     use super::*;
     use replikativ_crdt::{Crdt, OrMap, Transaction};
     use std::collections::BTreeMap;
@@ -837,6 +896,14 @@ mod tests {
             }
         }
         assert!(decode(b"not deflate at all").is_err());
+        // Truncated anywhere, or followed by anything: an error, never a hang.
+        for cut in 0..data.len() {
+            assert!(decode(&data[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut trailing = data.clone();
+        trailing.push(0);
+        assert!(decode(&trailing).unwrap_err().0.contains("after the end"));
+        assert!(decode(&data).is_ok(), "the thread's decompressor is reset after errors");
         // A bomb: far more than MAX_BATCH_BYTES of zeros compressed.
         let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
         enc.write_all(&vec![0u8; MAX_BATCH_BYTES + 10]).unwrap();

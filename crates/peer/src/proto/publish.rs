@@ -425,7 +425,7 @@ impl Peer {
                 // A new address is recorded even if the op changed nothing (an empty state).
                 let stored = !(changed || fresh) || {
                     let origin = if p.catch_up { Origin::CatchUp(conn) } else { Origin::Remote(conn) };
-                    self.record_applied(&p.address, &p.op, p.values, &p.commits, origin).is_ok()
+                    self.record_applied(&p.address, p.op, p.values, &p.commits, origin).is_ok()
                 };
                 // (An op whose writes failed is not acknowledged.)
                 if stored {
@@ -448,7 +448,7 @@ impl Peer {
     pub(crate) fn record_applied(
         &mut self,
         address: &Address,
-        op: &AnyOp,
+        op: AnyOp,
         values: HashMap<ContentId, Vec<u8>>,
         commits: &HashMap<ContentId, Commit>,
         origin: Origin,
@@ -470,16 +470,17 @@ impl Peer {
         // them); if those writes fail, the whole epoch's outputs are dropped (`fail_epoch`), these
         // relays with them.
         for conn in targets {
-            self.relay(conn, address, op, &values, commits);
+            self.relay(conn, address, &op, &values, commits);
         }
         // A failed write is neither relayed nor reported (nor acknowledged: see `fail_epoch`).
         let replica = self.crdts.get_mut(address).expect("applied state exists");
-        if self.persist.record(address, replica, op, values, commits) && !self.flush_writes() {
+        if self.persist.record(address, replica, &op, values, commits) && !self.flush_writes() {
             return Err(StageError::Store("cannot store applied ops (see the log)".into()));
         }
-        let event = Event { address: address.clone(), op: op.clone(), local: origin == Origin::Local };
+        let cdvcs = matches!(op, AnyOp::Cdvcs(_));
+        let event = Event { address: address.clone(), op, local: origin == Origin::Local };
         self.after_barrier(Output::Event(event));
-        if matches!(op, AnyOp::Cdvcs(_)) && !self.config.hooks.is_empty() {
+        if cdvcs && !self.config.hooks.is_empty() {
             // Integrity checks read the store: give them what is pending.
             if self.flush_writes() {
                 self.run_hooks(address);

@@ -21,7 +21,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use replikativ_crdt::{ActorId, Commit, ContentId, CrdtKind, Dot, OrEntry, OrMapOp, TxRef, Value};
+use replikativ_crdt::{ActorId, Commit, ContentId, CrdtKind, Dot, IdMap, OrEntry, OrMapOp, TxRef, Value};
 
 use super::message::AnyOp;
 use serde::{Deserialize, Serialize};
@@ -175,7 +175,7 @@ pub(crate) struct BatchEncoder {
     last_counter: Vec<u64>,
     authors: HashMap<String, usize>,
     functions: HashMap<String, usize>,
-    commits: HashMap<ContentId, usize>,
+    commits: IdMap<usize>,
     last_ts: u64,
     bytes: usize,
     /// The parents a CDVCS commit being added must have (checked against its record).
@@ -401,9 +401,9 @@ pub struct Decoded {
     /// The entries, as an op (an OR-Map or a CDVCS op).
     pub op: AnyOp,
     /// Commit records and params, by the hash of their bytes.
-    pub values: HashMap<ContentId, Vec<u8>>,
+    pub values: IdMap<Vec<u8>>,
     /// The commit records among `values` that parse.
-    pub commits: HashMap<ContentId, Commit>,
+    pub commits: IdMap<Commit>,
 }
 
 /// A commit record from `value`, parsed.
@@ -537,8 +537,8 @@ struct CommitReader<'a> {
     raw: Col<'a>,
     ids: Col<'a>,
     last_ts: u64,
-    values: HashMap<ContentId, Vec<u8>>,
-    commits: HashMap<ContentId, Commit>,
+    values: IdMap<Vec<u8>>,
+    commits: IdMap<Commit>,
     /// The batch's commits in order (what references point into).
     table: Vec<ContentId>,
 }
@@ -556,8 +556,8 @@ impl<'a> CommitReader<'a> {
             raw: Col::new("raw", &c.raw),
             ids: Col::new("ids", &c.ids),
             last_ts: 0,
-            values: HashMap::new(),
-            commits: HashMap::new(),
+            values: IdMap::default(),
+            commits: IdMap::default(),
             table: Vec::new(),
         }
     }
@@ -764,12 +764,12 @@ mod tests {
     use replikativ_crdt::{Crdt, OrMap, Transaction};
     use std::collections::BTreeMap;
 
-    type Built = (OrMap, Vec<(bool, OrEntry)>, HashMap<ContentId, Vec<u8>>);
+    type Built = (OrMap, Vec<(bool, OrEntry)>, IdMap<Vec<u8>>);
 
     fn build(n: u64) -> Built {
         let actor = ActorId::from_u128(9);
         let mut m = OrMap::default();
-        let mut store = HashMap::new();
+        let mut store = IdMap::default();
         let mut entries = Vec::new();
         for i in 0..n {
             let s = m
@@ -790,7 +790,7 @@ mod tests {
         (m, entries, store)
     }
 
-    fn encode(entries: &[(bool, OrEntry)], store: &HashMap<ContentId, Vec<u8>>) -> Vec<u8> {
+    fn encode(entries: &[(bool, OrEntry)], store: &IdMap<Vec<u8>>) -> Vec<u8> {
         let mut enc = BatchEncoder::default();
         let lookup = |id: &ContentId| store.get(id).cloned();
         for (removal, e) in entries {
@@ -850,7 +850,7 @@ mod tests {
     #[test]
     fn a_cdvcs_batch_round_trips_parents_and_merges() {
         use replikativ_crdt::Cdvcs;
-        let mut store: HashMap<ContentId, Vec<u8>> = HashMap::new();
+        let mut store: IdMap<Vec<u8>> = IdMap::default();
         let mut keep = |values: BTreeMap<ContentId, Value>| {
             store.extend(values.into_iter().map(|(id, v)| (id, v.encode())));
         };

@@ -2,10 +2,10 @@
 //! replica and enters the path remote publications take from applying on (`record_applied`:
 //! store, relay, acknowledge after the barrier).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use replikativ_crdt::{
-    Address, Cdvcs, Commit, ContentId, CrdtKind, GSet, LwwRegister, OpError, OrMap, Staged,
+    Address, Cdvcs, Commit, ContentId, CrdtKind, GSet, IdMap, LwwRegister, OpError, OrMap, Staged,
 };
 use replikativ_crdt::{Transaction, Value};
 
@@ -18,8 +18,8 @@ use super::{Peer, Reply, StageError};
 /// New values of a local op as canonical encodings, and its commit records parsed (the staged
 /// op's own records are encoded directly; other values that are records are parsed).
 fn bytes_of<O>(staged: &mut Staged<O>) -> Known {
-    let mut commits: HashMap<ContentId, Commit> = std::mem::take(&mut staged.commits).into_iter().collect();
-    let mut bytes = HashMap::with_capacity(staged.values.len());
+    let mut commits: IdMap<Commit> = std::mem::take(&mut staged.commits).into_iter().collect();
+    let mut bytes = IdMap::with_capacity_and_hasher(staged.values.len(), Default::default());
     for (id, v) in std::mem::take(&mut staged.values) {
         let encoded = match commits.get(&id) {
             Some(c) => c.encode(),
@@ -35,7 +35,7 @@ fn bytes_of<O>(staged: &mut Staged<O>) -> Known {
     (bytes, commits)
 }
 
-type Known = (HashMap<ContentId, Vec<u8>>, HashMap<ContentId, Commit>);
+type Known = (IdMap<Vec<u8>>, IdMap<Commit>);
 
 /// The typed replica of a kind, mutably.
 macro_rules! typed_mut {

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use replikativ_crdt::{Address, CdvcsOp, ContentId, CrdtKind, DotSet, GSetOp, LwwOp, OrMapOp};
+use replikativ_crdt::{Address, CdvcsOp, ContentId, CrdtKind, DotSet, GSetOp, IdSet, LwwOp, OrMapOp};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
@@ -84,7 +84,7 @@ impl AnyOp {
                 a.removals.extend(b.removals);
             }
             (AnyOp::Cdvcs(a), AnyOp::Cdvcs(b)) if a.method == b.method => {
-                let known: std::collections::HashSet<ContentId> = a.commits.iter().map(|e| e.id).collect();
+                let known: IdSet = a.commits.iter().map(|e| e.id).collect();
                 a.commits.extend(b.commits.into_iter().filter(|e| !known.contains(&e.id)));
                 a.heads = b.heads;
             }

@@ -13,7 +13,7 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use replikativ_crdt::cdvcs::CdvcsMethod;
-use replikativ_crdt::{Address, Commit, ContentId, Value};
+use replikativ_crdt::{Address, Commit, ContentId, IdMap, Value};
 use serde_bytes::ByteBuf;
 
 use super::batch::{BatchEncoder, CommitSource};
@@ -78,13 +78,13 @@ impl std::fmt::Debug for Building {
 /// records already parsed.
 pub(crate) struct Sources<'a> {
     pub(crate) bytes: &'a dyn Fn(&ContentId) -> Option<Vec<u8>>,
-    pub(crate) commits: &'a HashMap<ContentId, Commit>,
+    pub(crate) commits: &'a IdMap<Commit>,
 }
 
 /// An op's commit records with their params, read once for sizing and encoding.
 struct Gathered {
-    records: HashMap<ContentId, (Vec<u8>, Commit)>,
-    params: HashMap<ContentId, Vec<u8>>,
+    records: IdMap<(Vec<u8>, Commit)>,
+    params: IdMap<Vec<u8>>,
     bytes: usize,
 }
 
@@ -92,7 +92,7 @@ impl Gathered {
     /// The op's commit records and params, as many as fit `budget` bytes (the rest travels by id
     /// and the receiver fetches it).
     fn of(op: &AnyOp, sources: &Sources<'_>, budget: usize) -> Gathered {
-        let mut g = Gathered { records: HashMap::new(), params: HashMap::new(), bytes: 0 };
+        let mut g = Gathered { records: IdMap::default(), params: IdMap::default(), bytes: 0 };
         let mut inline = 0;
         for cid in commit_ids(op) {
             if g.records.contains_key(&cid) {

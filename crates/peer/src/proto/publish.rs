@@ -8,9 +8,9 @@
 //! the barrier that makes the op durable; a peer relays only ops that changed its state, which ends
 //! echo loops in any graph.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
-use replikativ_crdt::{Address, Commit, ContentId, Value};
+use replikativ_crdt::{Address, Commit, ContentId, IdMap, IdSet, Value};
 use serde_bytes::ByteBuf;
 
 use super::message::{AnyOp, MAX_FETCH_IDS, Message, Publish};
@@ -88,9 +88,9 @@ impl Peer {
             return;
         }
         // Every inline value must decode; the op's commit records are parsed right away (once).
-        let records: std::collections::HashSet<ContentId> = commit_ids(&p.op).into_iter().collect();
-        let mut values = HashMap::with_capacity(p.values.len());
-        let mut commits = HashMap::new();
+        let records: IdSet = commit_ids(&p.op).into_iter().collect();
+        let mut values = IdMap::with_capacity_and_hasher(p.values.len(), Default::default());
+        let mut commits = IdMap::default();
         for bytes in p.values {
             let value = match Value::decode(&bytes) {
                 Ok(v) => v,
@@ -134,8 +134,8 @@ impl Peer {
         id: u64,
         address: Address,
         op: AnyOp,
-        values: HashMap<ContentId, Vec<u8>>,
-        commits: HashMap<ContentId, Commit>,
+        values: IdMap<Vec<u8>>,
+        commits: IdMap<Commit>,
         catch_up: bool,
     ) {
         let limit = self.config.max_queued_publications;
@@ -449,8 +449,8 @@ impl Peer {
         &mut self,
         address: &Address,
         op: AnyOp,
-        values: HashMap<ContentId, Vec<u8>>,
-        commits: &HashMap<ContentId, Commit>,
+        values: IdMap<Vec<u8>>,
+        commits: &IdMap<Commit>,
         origin: Origin,
     ) -> Result<(), StageError> {
         // Every subscribed connection but the one the op came from (which has it: unlike the
@@ -498,8 +498,8 @@ impl Peer {
         conn: ConnId,
         address: &Address,
         op: &AnyOp,
-        values: &HashMap<ContentId, Vec<u8>>,
-        commits: &HashMap<ContentId, Commit>,
+        values: &IdMap<Vec<u8>>,
+        commits: &IdMap<Commit>,
     ) {
         let next_id = &mut self.next_id;
         let new_id = || {
@@ -556,8 +556,8 @@ impl Peer {
     pub(super) fn value_group(
         &self,
         cid: &ContentId,
-        known: &HashMap<ContentId, Vec<u8>>,
-        commits: &HashMap<ContentId, Commit>,
+        known: &IdMap<Vec<u8>>,
+        commits: &IdMap<Commit>,
     ) -> Vec<(ContentId, Vec<u8>)> {
         let fetch = |id: &ContentId| -> Option<(ContentId, Vec<u8>)> {
             known.get(id).cloned().or_else(|| self.persist.value(id).ok().flatten()).map(|b| (*id, b))

@@ -279,9 +279,8 @@ impl BatchEncoder {
         let before = self.size();
         self.entries += 1;
         self.c.flags.push(u8::from(removal));
-        let key = entry.key.encode();
-        put_varint(&mut self.c.keys, key.len() as u64);
-        self.c.keys.extend_from_slice(&key);
+        put_varint(&mut self.c.keys, entry.key.encoded_len() as u64);
+        entry.key.encode_into(&mut self.c.keys);
         let next = self.actors.len();
         let a = *self.actors.entry(entry.dot.actor).or_insert(next);
         if a == next {
@@ -357,21 +356,29 @@ impl BatchEncoder {
             return;
         }
         self.c.mode.push(0);
-        let next = self.authors.len();
-        let a = *self.authors.entry(c.author.clone()).or_insert(next);
-        if a == next {
-            self.c.authors.push(c.author.clone());
-        }
+        let a = match self.authors.get(&c.author) {
+            Some(&a) => a,
+            None => {
+                let a = self.authors.len();
+                self.authors.insert(c.author.clone(), a);
+                self.c.authors.push(c.author.clone());
+                a
+            }
+        };
         put_varint(&mut self.c.author, a as u64);
         put_varint(&mut self.c.ts, zigzag(c.ts as i64 - self.last_ts as i64));
         self.last_ts = c.ts;
         put_varint(&mut self.c.ntx, c.transactions.len() as u64);
         for tx in &c.transactions {
-            let next = self.functions.len();
-            let f = *self.functions.entry(tx.function.clone()).or_insert(next);
-            if f == next {
-                self.c.functions.push(tx.function.clone());
-            }
+            let f = match self.functions.get(&tx.function) {
+                Some(&f) => f,
+                None => {
+                    let f = self.functions.len();
+                    self.functions.insert(tx.function.clone(), f);
+                    self.c.functions.push(tx.function.clone());
+                    f
+                }
+            };
             put_varint(&mut self.c.func, f as u64);
             match params(&tx.params).filter(|v| v.len() <= MAX_INLINE_PARAMS) {
                 Some(v) => {

@@ -10,6 +10,7 @@
 //!   never across epochs, and never into an output already released or failed.
 //! - A failed epoch releases nothing of its own: its replies become errors, the rest is dropped.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use replikativ_crdt::cdvcs::CdvcsMethod;
@@ -77,21 +78,22 @@ impl std::fmt::Debug for Building {
 /// Where a live batch reads an op's commit records and params: their bytes by id, and the
 /// records already parsed.
 pub(crate) struct Sources<'a> {
-    pub(crate) bytes: &'a dyn Fn(&ContentId) -> Option<Vec<u8>>,
+    pub(crate) bytes: &'a dyn Fn(&ContentId) -> Option<Cow<'a, [u8]>>,
     pub(crate) commits: &'a IdMap<Commit>,
 }
 
-/// An op's commit records with their params, read once for sizing and encoding.
-struct Gathered {
-    records: IdMap<(Vec<u8>, Commit)>,
-    params: IdMap<Vec<u8>>,
+/// An op's commit records with their params, read once for sizing and encoding (borrowed where
+/// the applied op's values hold them).
+struct Gathered<'a> {
+    records: IdMap<(Cow<'a, [u8]>, Cow<'a, Commit>)>,
+    params: IdMap<Cow<'a, [u8]>>,
     bytes: usize,
 }
 
-impl Gathered {
+impl<'a> Gathered<'a> {
     /// The op's commit records and params, as many as fit `budget` bytes (the rest travels by id
     /// and the receiver fetches it).
-    fn of(op: &AnyOp, sources: &Sources<'_>, budget: usize) -> Gathered {
+    fn of(op: &AnyOp, sources: &Sources<'a>, budget: usize) -> Gathered<'a> {
         let mut g = Gathered { records: IdMap::default(), params: IdMap::default(), bytes: 0 };
         let mut inline = 0;
         for cid in commit_ids(op) {
@@ -100,9 +102,9 @@ impl Gathered {
             }
             let Some(record) = (sources.bytes)(&cid) else { continue };
             let commit = match sources.commits.get(&cid) {
-                Some(c) => c.clone(),
+                Some(c) => Cow::Borrowed(c),
                 None => match Value::decode(&record).ok().and_then(|v| Commit::from_value(&v).ok()) {
-                    Some(c) => c,
+                    Some(c) => Cow::Owned(c),
                     // Not a commit record: the batch names it by id (the receiver fetches it).
                     None => continue,
                 },
@@ -132,7 +134,7 @@ impl Gathered {
 
     /// Adds the op's entries to `b`.
     fn push(&self, b: &mut Building, op: &AnyOp) {
-        let params = |id: &ContentId| self.params.get(id).cloned();
+        let params = |id: &ContentId| self.params.get(id).map(|v| v.to_vec());
         match op {
             AnyOp::Ormap(o) => {
                 for (removal, e) in

@@ -8,6 +8,7 @@
 //! the barrier that makes the op durable; a peer relays only ops that changed its state, which ends
 //! echo loops in any graph.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use replikativ_crdt::{Address, Commit, ContentId, IdMap, IdSet, Value};
@@ -509,8 +510,10 @@ impl Peer {
         let id = match op {
             AnyOp::Ormap(_) | AnyOp::Cdvcs(_) => {
                 let persist = &self.persist;
-                let bytes =
-                    |id: &ContentId| values.get(id).cloned().or_else(|| persist.value(id).ok().flatten());
+                let bytes = |id: &ContentId| match values.get(id) {
+                    Some(v) => Some(Cow::Borrowed(v.as_slice())),
+                    None => persist.value(id).ok().flatten().map(Cow::Owned),
+                };
                 let sources = Sources { bytes: &bytes, commits };
                 let limits = FoldLimits { entries: MAX_BATCH_RELAY_ENTRIES, bytes: self.config.inline_limit };
                 self.outbox.relay_batch(conn, address, op, &sources, limits, new_id)

@@ -475,6 +475,32 @@ impl Harness {
                     assert!(Value::decode(v).is_ok(), "published a non-canonical value");
                 }
             }
+            // A batch (catch-up part or live) decodes, names the values it carries by the ids
+            // they hash to, and holds only what the peer holds.
+            Message::Batch(b) => {
+                assert!(
+                    self.peer.subscriptions().contains(&b.address),
+                    "batch for {}, which the peer does not subscribe to",
+                    b.address
+                );
+                let decoded = replikativ_peer::proto::batch::decode(&b.data)
+                    .unwrap_or_else(|e| panic!("the peer sent a batch that does not decode: {e}"));
+                let state = self
+                    .peer
+                    .state(&b.address)
+                    .unwrap_or_else(|| panic!("batch for {} without a state", b.address));
+                let mut copy = state.clone();
+                assert_eq!(
+                    copy.apply(&decoded.op),
+                    Ok(false),
+                    "a batch on {} the peer does not hold",
+                    b.address
+                );
+                for (id, v) in &decoded.values {
+                    assert_eq!(ContentId::hash_bytes(v), *id, "a batch value under another id");
+                    assert!(Value::decode(v).is_ok(), "a batch carries a non-canonical value");
+                }
+            }
             Message::Summaries { summaries, .. } => {
                 for (a, s) in summaries {
                     if let Summary::Buckets(b) = s {

@@ -9,6 +9,9 @@
 //!   the entry and byte limits) and acknowledgements of one connection into one (the latest id);
 //!   never across epochs, and never into an output already released or failed.
 //! - A failed epoch releases nothing of its own: its replies become errors, the rest is dropped.
+//! - OR-Map and CDVCS relays fold the same way into live batches (`relay_batch`), held as a
+//!   placeholder and encoded when the epoch's barrier is requested, so a released batch always
+//!   carries its data and decodes to the union of the ops folded into it.
 
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -526,6 +529,103 @@ mod tests {
         let out = o.take();
         assert_eq!(acks(&out), vec![(1, 1), (1, 3)]);
         assert_eq!(publications(&out), vec![(1, vec![2])]);
+    }
+
+    /// OR-Map assocs `from..to` by one writer, with their records and params, as stage commands
+    /// make them.
+    fn assocs(from: i64, to: i64) -> Vec<(AnyOp, IdMap<Vec<u8>>, IdMap<Commit>)> {
+        let mut m = replikativ_crdt::OrMap::default();
+        (from..to)
+            .map(|i| {
+                let txs = vec![replikativ_crdt::Transaction::new("set", i)];
+                let staged =
+                    m.assoc(Value::from(i), txs, replikativ_crdt::ActorId::from_u128(1), "a", 0).unwrap();
+                let values = staged.values.iter().map(|(id, v)| (*id, v.encode())).collect();
+                let commits = staged.commits.into_iter().collect();
+                (AnyOp::Ormap(staged.op), values, commits)
+            })
+            .collect()
+    }
+
+    fn relay_all(
+        o: &mut Outbox,
+        conn: ConnId,
+        ops: &[(AnyOp, IdMap<Vec<u8>>, IdMap<Commit>)],
+        ids: &mut u64,
+    ) {
+        for (op, values, commits) in ops {
+            let bytes = |id: &ContentId| values.get(id).map(|v| Cow::Borrowed(v.as_slice()));
+            let sources = Sources { bytes: &bytes, commits };
+            o.relay_batch(conn, &address(1), op, &sources, LIMITS, || {
+                *ids += 1;
+                *ids
+            });
+        }
+    }
+
+    /// The keys of the live batches in `out`, per batch, decoded as a receiver does.
+    fn batches(out: &[Output]) -> Vec<(ConnId, Vec<i64>)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Send { conn, msg: Message::Batch(b) } => {
+                    assert!(b.live);
+                    let decoded = super::super::batch::decode(&b.data).expect("a released batch decodes");
+                    let AnyOp::Ormap(op) = decoded.op else { panic!("an OR-Map batch") };
+                    assert_eq!(decoded.values.len(), 2 * op.adds.len(), "records and params inline");
+                    Some((*conn, op.adds.iter().map(|e| e.key.as_i64().unwrap()).collect()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn live_batches_fold_within_an_epoch_and_its_limits_and_carry_their_data() {
+        let mut o = Outbox::default();
+        let mut ids = 0;
+        relay_all(&mut o, 1, &assocs(0, 4), &mut ids);
+        relay_all(&mut o, 2, &assocs(10, 11), &mut ids);
+        assert!(o.end_batch(false).iter().all(|x| matches!(x, Output::Barrier { .. })));
+        // A relay after the barrier request starts a batch of the next epoch.
+        relay_all(&mut o, 1, &assocs(20, 21), &mut ids);
+        o.barrier_done(1, |_| true);
+        assert_eq!(
+            batches(&o.take()),
+            vec![(1, vec![0, 1, 2]), (1, vec![3]), (2, vec![10])],
+            "three entries fit one batch; other connections get their own"
+        );
+        o.end_batch(false);
+        o.barrier_done(2, |_| true);
+        assert_eq!(batches(&o.take()), vec![(1, vec![20])]);
+    }
+
+    #[test]
+    fn a_failed_epoch_drops_its_live_batches_and_nothing_folds_into_them() {
+        let mut o = Outbox::default();
+        let mut ids = 0;
+        relay_all(&mut o, 1, &assocs(0, 2), &mut ids);
+        o.fail_current("disk full");
+        relay_all(&mut o, 1, &assocs(5, 6), &mut ids);
+        o.end_batch(false);
+        o.barrier_done(1, |_| true);
+        assert_eq!(batches(&o.take()), vec![(1, vec![5])]);
+    }
+
+    #[test]
+    fn values_beyond_the_inline_limit_travel_by_id() {
+        let mut o = Outbox::default();
+        let ops = assocs(0, 1);
+        let (op, values, commits) = &ops[0];
+        let bytes = |id: &ContentId| values.get(id).map(|v| Cow::Borrowed(v.as_slice()));
+        let none = FoldLimits { entries: 10, bytes: 0 };
+        o.relay_batch(1, &address(1), op, &Sources { bytes: &bytes, commits }, none, || 1);
+        o.end_batch(false);
+        o.barrier_done(1, |_| true);
+        let out = o.take();
+        let Some(Output::Send { msg: Message::Batch(b), .. }) = out.first() else { panic!("{out:?}") };
+        let decoded = super::super::batch::decode(&b.data).unwrap();
+        assert!(decoded.values.is_empty(), "nothing inline with an inline limit of 0");
+        assert_eq!(&decoded.op, op, "the op names its commit by id");
     }
 
     #[test]

@@ -531,9 +531,12 @@ mod tests {
         assert_eq!(publications(&out), vec![(1, vec![2])]);
     }
 
+    /// An op with its values (records and params) and its records parsed.
+    type Made = (AnyOp, IdMap<Vec<u8>>, IdMap<Commit>);
+
     /// OR-Map assocs `from..to` by one writer, with their records and params, as stage commands
     /// make them.
-    fn assocs(from: i64, to: i64) -> Vec<(AnyOp, IdMap<Vec<u8>>, IdMap<Commit>)> {
+    fn assocs(from: i64, to: i64) -> Vec<Made> {
         let mut m = replikativ_crdt::OrMap::default();
         (from..to)
             .map(|i| {
@@ -547,12 +550,7 @@ mod tests {
             .collect()
     }
 
-    fn relay_all(
-        o: &mut Outbox,
-        conn: ConnId,
-        ops: &[(AnyOp, IdMap<Vec<u8>>, IdMap<Commit>)],
-        ids: &mut u64,
-    ) {
+    fn relay_all(o: &mut Outbox, conn: ConnId, ops: &[Made], ids: &mut u64) {
         for (op, values, commits) in ops {
             let bytes = |id: &ContentId| values.get(id).map(|v| Cow::Borrowed(v.as_slice()));
             let sources = Sources { bytes: &bytes, commits };

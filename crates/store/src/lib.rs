@@ -69,11 +69,15 @@ mod group_commit;
 mod keys;
 mod lock;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod sled_store;
 
 pub use error::{Result, StoreError};
 pub use file::{FileStore, FileStoreOptions, FileStoreStats, RecoveryReport};
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::{PG_BLOB_CHUNK, PG_MAX_NAMESPACE_LEN, PG_SCHEMA_VERSION, PgOptions, PgStore};
 pub use sled_store::{SLED_MAX_VALUE_LEN, SledStore};
 
 /// Default maximum key length (also the maximum log name length): 1 KiB.

@@ -535,6 +535,17 @@ impl PgStore {
     /// Opens the store described by `opts`. Fails with [`StoreError::NamespaceLocked`] if another node
     /// (or another handle in this process) holds the namespace.
     pub fn open(opts: PgOptions) -> Result<PgStore> {
+        PgStore::open_with(opts, true)
+    }
+
+    /// Opens an existing namespace like [`PgStore::open`], but never creates one: fails with
+    /// [`StoreError::NotFound`] if the namespace was never opened for writing (the schema itself is
+    /// created or migrated if needed).
+    pub fn open_existing(opts: PgOptions) -> Result<PgStore> {
+        PgStore::open_with(opts, false)
+    }
+
+    fn open_with(opts: PgOptions, create: bool) -> Result<PgStore> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("replikativ-pg")
@@ -550,6 +561,18 @@ impl PgStore {
                 let mut setup = connect(&o).await?;
                 migrate(&mut setup).await?;
                 let ns = o.namespace.clone();
+                if !create {
+                    let known = setup
+                        .query_opt("SELECT 1 FROM rk_ns WHERE ns = $1", &[&ns])
+                        .await
+                        .map_err(|e| db_err("look up the namespace", e))?;
+                    if known.is_none() {
+                        return Err(StoreError::NotFound {
+                            path: PathBuf::from(o.shown.clone()),
+                            reason: "the namespace does not exist in this database",
+                        });
+                    }
+                }
                 let epoch: i64 = setup
                     .query_one(
                         "INSERT INTO rk_ns (ns, epoch) VALUES ($1, 1) \

@@ -12,8 +12,20 @@ use replikativ::crdt::{Address, Transaction, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shut_down_peer_restarts_from_its_store_and_catches_up() {
-    let a = spawn_peer("a", Backend::File).await;
-    let b = spawn_peer("b", Backend::File).await;
+    restart_and_catch_up(Backend::File).await;
+}
+
+/// The same on PostgreSQL namespaces: shutting down releases the lease, the restarted peer takes it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shut_down_peer_restarts_from_its_postgres_namespace_and_catches_up() {
+    if common::postgres_available() {
+        restart_and_catch_up(Backend::Postgres).await;
+    }
+}
+
+async fn restart_and_catch_up(backend: Backend) {
+    let a = spawn_peer("a", backend).await;
+    let b = spawn_peer("b", backend).await;
     link(&b, &a).await;
     let map = bounded("create", a.stage.create_ormap(None)).await.unwrap();
     let log = bounded("create", a.stage.create_cdvcs(None)).await.unwrap();
@@ -42,7 +54,7 @@ async fn shut_down_peer_restarts_from_its_store_and_catches_up() {
     }
 
     // B comes back from its store: its own acknowledged writes are there at once, and it catches up.
-    let b = spawn_in("b", Backend::File, b_dir).await;
+    let b = spawn_in("b", backend, b_dir).await;
     let m = bounded("read", b.stage.ormap(&map)).await.unwrap();
     assert!(m.len() >= 20, "b's acknowledged writes survived the restart");
     link(&b, &a).await;

@@ -44,11 +44,23 @@ pub fn open_store(backend: Backend, dir: &Path) -> Arc<dyn Store> {
         Backend::Postgres => {
             let base = pg::base_url().expect("REPLIKATIV_PG_URL is set (check postgres_available first)");
             let name = dir.file_name().and_then(|n| n.to_str()).expect("utf8 directory name");
-            let ns: String = format!("peer-{}-{name}", std::process::id())
+            let ns: String = format!("peer-{name}")
                 .chars()
                 .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
                 .collect();
-            Arc::new(replikativ::store::PgStore::open_url(&pg::url(&base, &ns)).expect("postgres store opens"))
+            // A killed holder's lease ends when the server notices its closed socket: wait for that.
+            let start = std::time::Instant::now();
+            loop {
+                match replikativ::store::PgStore::open_url(&pg::url(&base, &ns)) {
+                    Ok(s) => break Arc::new(s),
+                    Err(replikativ::store::StoreError::NamespaceLocked { .. })
+                        if start.elapsed() < Duration::from_secs(10) =>
+                    {
+                        std::thread::sleep(Duration::from_millis(10))
+                    }
+                    Err(e) => panic!("postgres store opens: {e}"),
+                }
+            }
         }
     }
 }

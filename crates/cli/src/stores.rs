@@ -24,7 +24,8 @@ pub(crate) fn open_store(spec: &str, access: Access) -> Result<Arc<dyn Store>, F
         // postgres://USER@HOST:PORT/DB?namespace=NAME; the password comes from PGPASSWORD or
         // password_file=PATH, never from the URL (it is printed and logged).
         ("postgres" | "postgresql", _) => {
-            let opts = replikativ_store::PgOptions::from_url(spec).map_err(|e| Failure(EXIT_USAGE, e.to_string()))?;
+            let opts = replikativ_store::PgOptions::from_url(spec)
+                .map_err(|e| Failure(EXIT_USAGE, e.to_string()))?;
             let store = match access {
                 Access::Create => replikativ_store::PgStore::open(opts),
                 // A PostgreSQL namespace has no read-only open: reads take the lease like writes.
@@ -67,7 +68,12 @@ pub(crate) fn open_failure(spec: &str, access: Access, e: replikativ_store::Stor
 }
 
 pub(crate) fn unknown_store(spec: &str) -> Failure {
-    Failure(EXIT_USAGE, format!("unknown store {spec:?}: use file:DIR, sled:DIR, postgres://USER@HOST:PORT/DB?namespace=NAME or memory"))
+    Failure(
+        EXIT_USAGE,
+        format!(
+            "unknown store {spec:?}: use file:DIR, sled:DIR, postgres://USER@HOST:PORT/DB?namespace=NAME or memory"
+        ),
+    )
 }
 
 /// Whether an IO error means the file system refused a write (permissions, a read-only mount).

@@ -20,7 +20,8 @@ fn data_commands_create_edit_and_read_a_namespace() {
     assert_eq!(ok(&["ormap", "keys", &map, "--store", &store]), r#""milk""#);
     // A namespace that was never created is refused by reads and edits, and not created.
     let missing = pg::url(&base, &pg::unique_ns("cli-typo"));
-    for args in [vec!["ormap", "keys", &map, "--store", &missing], vec!["lww", "set", &map, "1", "--store", &missing]]
+    for args in
+        [vec!["ormap", "keys", &map, "--store", &missing], vec!["lww", "set", &map, "1", "--store", &missing]]
     {
         let out = run(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -34,7 +34,10 @@ fn haproxy() -> Option<String> {
     if found.is_none() {
         let ci = std::env::var("CI").is_ok_and(|v| v == "true");
         let required = std::env::var("REPLIKATIV_REQUIRE_PG").is_ok_and(|v| v == "1");
-        assert!(!ci && !required, "haproxy is not installed, but the scale-out test must run (.ci/run installs it)");
+        assert!(
+            !ci && !required,
+            "haproxy is not installed, but the scale-out test must run (.ci/run installs it)"
+        );
         eprintln!("skipped: haproxy not installed (apt-get install haproxy)");
     }
     found
@@ -96,7 +99,12 @@ fn three_nodes_behind_haproxy_converge() {
         ),
     )
     .unwrap();
-    let lb = Command::new(&haproxy).args(["-f", cfg.to_str().unwrap(), "-db"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let lb = Command::new(&haproxy)
+        .args(["-f", cfg.to_str().unwrap(), "-db"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     procs.0.push(lb);
     let lb_url = format!("ws://127.0.0.1:{port}");
     eventually("haproxy accepts", || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
@@ -116,6 +124,8 @@ fn three_nodes_behind_haproxy_converge() {
     // Writers through haproxy (each command its own connection, so on a different node each time).
     let map = ok(&["ormap", "create", "--peer", &lb_url, "--user", "mail:alice@example.org"]);
     let keys: Vec<String> = (0..9).map(|i| format!("k{i}")).collect();
+    // An edit that fails (e.g. a try that reached a node as it was killed) is repeated, bounded; each
+    // failure is printed.
     let assoc = |k: &str, i: usize| {
         let tx = format!(r#"[["set", {i}]]"#);
         let deadline = Instant::now() + WAIT;
@@ -124,6 +134,7 @@ fn three_nodes_behind_haproxy_converge() {
             if out.status.success() {
                 break;
             }
+            eprintln!("assoc {k} refused, retrying: {}", String::from_utf8_lossy(&out.stderr).trim());
             assert!(Instant::now() < deadline, "assoc {k}: {}", String::from_utf8_lossy(&out.stderr));
             std::thread::sleep(Duration::from_millis(100));
         }

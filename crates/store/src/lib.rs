@@ -25,6 +25,10 @@
 //!   in-memory index, compaction, blobs as separate files. Format and crash contract: `docs/design.md` §7.
 //! * [`SledStore`]: sled 0.34.7 with our own checksums and a real `fsync` in the barrier.
 //!
+//! * `PgStore` (feature `postgres`): one namespace of a PostgreSQL database per node, under a lease (a second
+//!   opener gets [`StoreError::NamespaceLocked`]); every write is a committed transaction, so it is durable
+//!   when it returns. Schema, lease and failure handling: `docs/design.md` §7.7.
+//!
 //! Opening a directory that another handle or process holds fails with [`StoreError::Locked`].
 //!
 //! # Example
@@ -56,6 +60,31 @@
 //! store.close()?;
 //! # Ok(())
 //! # }
+//! ```
+
+//! With the `postgres` feature, the same calls on a PostgreSQL namespace (the example runs when
+//! `REPLIKATIV_PG_URL` names a server, e.g. `postgres://replikativ@127.0.0.1:5432/postgres`; the password,
+//! if any, comes from `PGPASSWORD` or `&password_file=PATH`, never from the URL):
+//!
+//! ```
+//! # #[cfg(feature = "postgres")]
+//! # fn main() -> Result<(), replikativ_store::StoreError> {
+//! use replikativ_store::{PgStore, Store, StoreError};
+//!
+//! let Ok(base) = std::env::var("REPLIKATIV_PG_URL") else { return Ok(()) };
+//! let ns = format!("doc-{}", std::process::id());
+//! let store = PgStore::open_url(&format!("{base}?namespace={ns}"))?;
+//! store.put(b"user/alice", b"hello")?; // committed: durable on return
+//! assert!(matches!(
+//!     PgStore::open_url(&format!("{base}?namespace={ns}")),
+//!     Err(StoreError::NamespaceLocked { .. })
+//! ));
+//! assert_eq!(store.get(b"user/alice")?, Some(b"hello".to_vec()));
+//! store.close()?; // releases the lease
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "postgres"))]
+//! # fn main() {}
 //! ```
 
 use std::fmt;

@@ -1,5 +1,5 @@
 //! The PostgreSQL backend (feature `postgres`): one namespace of a shared database per node, guarded by a
-//! lease. Schema, lease and crash contract: `docs/design.md` §7.6.
+//! lease. Schema, lease and crash contract: `docs/design.md` §7.7.
 
 use std::future::Future;
 use std::io::{self, Read};
@@ -14,7 +14,7 @@ use crate::engine::{self, Engine, RawOp, engine_store_methods, lock};
 use crate::error::{Result, StoreError};
 use crate::{Limits, Store};
 
-/// The schema version this build creates and understands. Version history: `docs/design.md` §7.6.
+/// The schema version this build creates and understands. Version history: `docs/design.md` §7.7.
 pub const PG_SCHEMA_VERSION: i32 = 1;
 
 /// Size of one blob chunk row: 256 KiB.
@@ -124,8 +124,8 @@ impl PgOptions {
                 }
             }
         }
-        let namespace =
-            namespace.ok_or_else(|| invalid("the URL names no namespace: add ?namespace=NAME (one per node)"))?;
+        let namespace = namespace
+            .ok_or_else(|| invalid("the URL names no namespace: add ?namespace=NAME (one per node)"))?;
         check_namespace(&namespace)?;
         let base = format!("postgres://{location}");
         let rebuilt = if passed.is_empty() { base } else { format!("{base}?{}", passed.join("&")) };
@@ -278,7 +278,10 @@ impl Shared {
                     Ok(r) => r,
                     Err(_) => Err(StoreError::Database {
                         op: "operation",
-                        reason: format!("no answer from PostgreSQL within {} s (timed out)", OP_TIMEOUT.as_secs()),
+                        reason: format!(
+                            "no answer from PostgreSQL within {} s (timed out)",
+                            OP_TIMEOUT.as_secs()
+                        ),
                     }),
                 };
                 let _ = tx.send(r);
@@ -375,7 +378,10 @@ impl Shared {
             if let Some(rt) = &*lock(&self.rt) {
                 rt.spawn(async move {
                     let unlock = async {
-                        conns.lease.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", &[&key]).await
+                        conns
+                            .lease
+                            .execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", &[&key])
+                            .await
                     };
                     let _ = tokio::time::timeout(Duration::from_secs(5), unlock).await;
                     drop(conns);
@@ -413,7 +419,10 @@ async fn connect_lease(opts: &PgOptions, key: &str) -> Result<Client> {
         .await
         .map_err(|e| db_err("take the namespace lock", e))?;
     if !row.get::<_, bool>(0) {
-        return Err(StoreError::NamespaceLocked { namespace: opts.namespace.clone(), server: opts.shown.clone() });
+        return Err(StoreError::NamespaceLocked {
+            namespace: opts.namespace.clone(),
+            server: opts.shown.clone(),
+        });
     }
     Ok(lease)
 }
@@ -494,7 +503,9 @@ async fn check_lease(
         Ok(())
     } else {
         Err(StoreError::Poisoned {
-            reason: format!("the namespace {ns} was taken over by another node (lease epoch {epoch}, now {current:?})"),
+            reason: format!(
+                "the namespace {ns} was taken over by another node (lease epoch {epoch}, now {current:?})"
+            ),
         })
     }
 }
@@ -686,7 +697,8 @@ impl Engine for PgStore {
     fn raw_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let key = key.to_vec();
         self.shared.run(move |c, ns, _| async move {
-            let row = c.read.client.query_opt(&c.read.st.get, &[&ns, &key]).await.map_err(|e| db_err("get", e))?;
+            let row =
+                c.read.client.query_opt(&c.read.st.get, &[&ns, &key]).await.map_err(|e| db_err("get", e))?;
             Ok(row.map(|r| r.get::<_, Vec<u8>>(0)))
         })
     }
@@ -719,11 +731,15 @@ impl Engine for PgStore {
                             tx.execute(&st.delete, &[&ns, del]).await.map_err(|e| db_err("delete", e))?;
                         }
                         if !put_k.is_empty() {
-                            tx.execute(&st.upsert, &[&ns, put_k, put_v]).await.map_err(|e| db_err("put", e))?;
+                            tx.execute(&st.upsert, &[&ns, put_k, put_v])
+                                .await
+                                .map_err(|e| db_err("put", e))?;
                         }
                     }
                     Segment::Range(s, e) => {
-                        tx.execute(&st.delete_range, &[&ns, s, e]).await.map_err(|e| db_err("delete range", e))?;
+                        tx.execute(&st.delete_range, &[&ns, s, e])
+                            .await
+                            .map_err(|e| db_err("delete range", e))?;
                     }
                 }
             }
@@ -747,7 +763,7 @@ impl Store for PgStore {
         let ns = sh.opts.namespace.clone();
         let epoch = sh.epoch;
         let name = name.to_vec();
-        let w = sh.block(conns.write.clone().lock_owned_ok())?;
+        let w = sh.block(lock_writer(conns.write.clone()))?;
         // Each step runs on the store's runtime, holding the writer session between steps.
         let step = |w: tokio::sync::OwnedMutexGuard<Conn>, what: Step| {
             let (ns, name) = (ns.clone(), name.clone());
@@ -821,8 +837,12 @@ impl Store for PgStore {
         engine::check_blob_name(&self.engine_limits(), name)?;
         let n = name.to_vec();
         let meta = self.shared.run(move |c, ns, _| async move {
-            let row =
-                c.read.client.query_opt(&c.read.st.blob_meta, &[&ns, &n]).await.map_err(|e| db_err("open blob", e))?;
+            let row = c
+                .read
+                .client
+                .query_opt(&c.read.st.blob_meta, &[&ns, &n])
+                .await
+                .map_err(|e| db_err("open blob", e))?;
             Ok(row.map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1), r.get::<_, i64>(2), r.get::<_, i32>(3))))
         })?;
         Ok(meta.map(|(generation, len, crc, chunks)| {
@@ -852,7 +872,8 @@ impl Store for PgStore {
             let Conn { client, st } = &mut *w;
             let tx = client.transaction().await.map_err(|e| db_err("begin", e))?;
             check_lease(&tx, st, &ns, epoch).await?;
-            let old = tx.query_opt(&st.blob_unlink, &[&ns, &name]).await.map_err(|e| db_err("delete blob", e))?;
+            let old =
+                tx.query_opt(&st.blob_unlink, &[&ns, &name]).await.map_err(|e| db_err("delete blob", e))?;
             let existed = match old {
                 Some(row) => {
                     let generation: i64 = row.get(0);
@@ -909,9 +930,13 @@ async fn run_step(w: &Conn, ns: &String, name: &Vec<u8>, epoch: i64, step: Step)
             Ok(0)
         }
         Step::Link { generation, len, crc, chunks } => {
-            if let Some(row) = c.query_opt(&st.blob_unlink, &[ns, name]).await.map_err(|e| db_err("replace blob", e))? {
+            if let Some(row) =
+                c.query_opt(&st.blob_unlink, &[ns, name]).await.map_err(|e| db_err("replace blob", e))?
+            {
                 let old: i64 = row.get(0);
-                c.execute(&st.blob_drop_chunks, &[ns, name, &old]).await.map_err(|e| db_err("drop old blob", e))?;
+                c.execute(&st.blob_drop_chunks, &[ns, name, &old])
+                    .await
+                    .map_err(|e| db_err("drop old blob", e))?;
             }
             c.execute(&st.blob_link, &[ns, name, &generation, &len, &crc, &chunks])
                 .await
@@ -927,14 +952,8 @@ async fn run_step(w: &Conn, ns: &String, name: &Vec<u8>, epoch: i64, step: Step)
 }
 
 /// Locking a session as a `Result` future (for [`Shared::block`]).
-trait LockOwnedOk {
-    fn lock_owned_ok(self) -> impl Future<Output = Result<tokio::sync::OwnedMutexGuard<Conn>>> + Send + 'static;
-}
-
-impl LockOwnedOk for Arc<tokio::sync::Mutex<Conn>> {
-    fn lock_owned_ok(self) -> impl Future<Output = Result<tokio::sync::OwnedMutexGuard<Conn>>> + Send + 'static {
-        async move { Ok(self.lock_owned().await) }
-    }
+async fn lock_writer(w: Arc<tokio::sync::Mutex<Conn>>) -> Result<tokio::sync::OwnedMutexGuard<Conn>> {
+    Ok(w.lock_owned().await)
 }
 
 /// Streams a blob one chunk row at a time and checks its CRC at the end.
@@ -955,7 +974,10 @@ struct PgBlobReader {
 
 impl std::fmt::Debug for PgBlobReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgBlobReader").field("generation", &self.generation).field("next", &self.next).finish()
+        f.debug_struct("PgBlobReader")
+            .field("generation", &self.generation)
+            .field("next", &self.next)
+            .finish()
     }
 }
 
@@ -983,7 +1005,10 @@ impl PgBlobReader {
             }
             None => Err(io::Error::new(
                 io::ErrorKind::NotFound,
-                format!("blob {} was replaced or deleted while it was read", crate::keys::display_key(&self.name)),
+                format!(
+                    "blob {} was replaced or deleted while it was read",
+                    crate::keys::display_key(&self.name)
+                ),
             )),
         }
     }
@@ -1024,8 +1049,11 @@ mod tests {
 
     #[test]
     fn url_parses_and_never_shows_the_password() {
-        let o = PgOptions::from_url_with("postgres://alice@db.example:5433/rk?namespace=node-1", Some("s3cret".into()))
-            .expect("parse");
+        let o = PgOptions::from_url_with(
+            "postgres://alice@db.example:5433/rk?namespace=node-1",
+            Some("s3cret".into()),
+        )
+        .expect("parse");
         assert_eq!(o.namespace(), "node-1");
         assert_eq!(o.to_string(), "postgres://alice@db.example:5433/rk?namespace=node-1");
         assert!(!format!("{o:?}").contains("s3cret"));
@@ -1043,7 +1071,9 @@ mod tests {
         assert!(err("postgres://alice@h/db?namespace=a/b").contains("namespace"));
         assert!(err("postgres://alice@h/db?namespace=a&sslmode=require").contains("unknown URL parameter"));
         assert!(err("mysql://alice@h/db?namespace=a").contains("postgres://"));
-        assert!(err("postgres://alice@h/db?namespace=a&password_file=/nonexistent/pw").contains("password file"));
+        assert!(
+            err("postgres://alice@h/db?namespace=a&password_file=/nonexistent/pw").contains("password file")
+        );
     }
 
     #[test]
@@ -1068,7 +1098,10 @@ mod tests {
         assert_eq!(segs.len(), 3);
         match &segs[0] {
             Segment::Keys { put_k, put_v, del } => {
-                assert_eq!((put_k.clone(), put_v.clone(), del.clone()), (vec![b"a".to_vec()], vec![b"2".to_vec()], vec![b"b".to_vec()]));
+                assert_eq!(
+                    (put_k.clone(), put_v.clone(), del.clone()),
+                    (vec![b"a".to_vec()], vec![b"2".to_vec()], vec![b"b".to_vec()])
+                );
             }
             Segment::Range(..) => panic!("expected keys first"),
         }

@@ -317,7 +317,8 @@ fn postgres_matches_model() {
         .run(&prop::collection::vec(op(), 1..60), |ops| {
             let ns = pg::unique_ns("conf");
             let open = |_: &Path| {
-                Box::new(replikativ_store::PgStore::open_url(&pg::url(&base, &ns)).expect("open")) as Box<dyn Store>
+                Box::new(replikativ_store::PgStore::open_url(&pg::url(&base, &ns)).expect("open"))
+                    as Box<dyn Store>
             };
             run(&ops, &open, true, false);
             Ok(())

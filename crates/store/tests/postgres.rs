@@ -14,7 +14,11 @@ use std::time::{Duration, Instant};
 use replikativ_store::{Batch, MAX_KEY_LEN, MAX_VALUE_LEN, PG_SCHEMA_VERSION, PgStore, Store, StoreError};
 
 /// Runs SQL as an administrator on the server at `base` (one short-lived session).
-fn admin(base: &str, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Vec<tokio_postgres::Row> {
+fn admin(
+    base: &str,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Vec<tokio_postgres::Row> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
         let (c, conn) = tokio_postgres::connect(base, tokio_postgres::NoTls).await.expect("admin connect");
@@ -155,8 +159,11 @@ fn lost_sessions_are_reconnected_and_keep_the_lease() {
     let a = PgStore::open_url(&format!("{}&application_name={app}", pg::url(&base, &ns))).expect("open");
     a.put(b"before", b"1").expect("put");
     let epoch = a.lease_epoch();
-    let killed =
-        admin(&base, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1", &[&app]);
+    let killed = admin(
+        &base,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+        &[&app],
+    );
     assert_eq!(killed.len(), 3, "lease, writer and reader sessions");
     // The first operation may fail with a clear database error; a later one reconnects.
     let mut errors = Vec::new();
@@ -218,7 +225,9 @@ fn limits_are_enforced_before_anything_is_sent() {
     assert_eq!(store.limits().max_key_len, MAX_KEY_LEN);
     assert_eq!(store.limits().max_value_len, MAX_VALUE_LEN);
     let long_key = vec![b'k'; MAX_KEY_LEN + 1];
-    assert!(matches!(store.put(&long_key, b"v"), Err(StoreError::KeyTooLarge { len, max }) if len == MAX_KEY_LEN + 1 && max == MAX_KEY_LEN));
+    assert!(
+        matches!(store.put(&long_key, b"v"), Err(StoreError::KeyTooLarge { len, max }) if len == MAX_KEY_LEN + 1 && max == MAX_KEY_LEN)
+    );
     assert!(matches!(store.get(&long_key), Err(StoreError::KeyTooLarge { .. })));
     assert!(matches!(
         store.apply(&Batch::new().put(b"a".to_vec(), b"ok".to_vec()).put(long_key.clone(), b"v".to_vec())),
@@ -240,7 +249,8 @@ fn limits_are_enforced_before_anything_is_sent() {
 fn blobs_stream_in_chunks_and_replace_atomically() {
     let Some(base) = pg::base_url() else { return };
     let store = Arc::new(PgStore::open_url(&pg::url(&base, &pg::unique_ns("blob"))).expect("open"));
-    let data: Vec<u8> = (0..(3 * replikativ_store::PG_BLOB_CHUNK + 17)).map(|i| (i * 31 % 251) as u8).collect();
+    let data: Vec<u8> =
+        (0..(3 * replikativ_store::PG_BLOB_CHUNK + 17)).map(|i| (i * 31 % 251) as u8).collect();
     assert_eq!(store.put_blob(b"big", &mut data.as_slice()).expect("put"), data.len() as u64);
     let mut r = store.open_blob(b"big").expect("open").expect("exists");
     let mut got = Vec::new();
@@ -261,7 +271,8 @@ fn blobs_stream_in_chunks_and_replace_atomically() {
     }
     assert!(store.put_blob(b"big", &mut Failing(replikativ_store::PG_BLOB_CHUNK + 5)).is_err());
     let mut got = Vec::new();
-    std::io::Read::read_to_end(&mut store.open_blob(b"big").expect("open").expect("exists"), &mut got).expect("read");
+    std::io::Read::read_to_end(&mut store.open_blob(b"big").expect("open").expect("exists"), &mut got)
+        .expect("read");
     assert_eq!(got, data, "the old blob survives a failed replacement");
     store.put(b"still", b"writable").expect("the writer session is usable after the rollback");
     assert!(store.delete_blob(b"big").expect("delete"));
@@ -270,7 +281,8 @@ fn blobs_stream_in_chunks_and_replace_atomically() {
     // Empty blob.
     assert_eq!(store.put_blob(b"empty", &mut &b""[..]).expect("put"), 0);
     let mut got = Vec::new();
-    std::io::Read::read_to_end(&mut store.open_blob(b"empty").expect("open").expect("exists"), &mut got).expect("read");
+    std::io::Read::read_to_end(&mut store.open_blob(b"empty").expect("open").expect("exists"), &mut got)
+        .expect("read");
     assert!(got.is_empty());
 }
 
@@ -311,7 +323,12 @@ const KEYS_PER_BATCH: u64 = 5;
 
 /// Writes numbered batches (keys, counter and a log entry in one batch) and records each acknowledged one;
 /// after an error it re-reads the counter, so a batch whose commit outcome was lost is never doubled.
-fn writer(store: Arc<PgStore>, stop: Arc<AtomicBool>, acked: Arc<Mutex<Vec<u64>>>, errors: Arc<Mutex<Vec<String>>>) {
+fn writer(
+    store: Arc<PgStore>,
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<u64>>>,
+    errors: Arc<Mutex<Vec<String>>>,
+) {
     while !stop.load(Ordering::SeqCst) {
         let next = match store.get(b"next") {
             Ok(v) => v.map_or(0, |v| u64::from_le_bytes(v.try_into().expect("u64"))),
@@ -353,7 +370,11 @@ fn postgres_restart_mid_writes_loses_nothing_acknowledged() {
     let wait_for = |n: usize| {
         let start = Instant::now();
         while acked.lock().expect("lock").len() < n {
-            assert!(start.elapsed() < Duration::from_secs(60), "the writer stalled: {:?}", errors.lock().expect("lock"));
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the writer stalled: {:?}",
+                errors.lock().expect("lock")
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     };

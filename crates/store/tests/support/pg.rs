@@ -26,9 +26,8 @@ pub fn base_url() -> Option<String> {
 /// A namespace no other test (of this or an earlier run) uses.
 pub fn unique_ns(tag: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     format!("{tag}-{}-{nanos:x}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
@@ -78,7 +77,8 @@ impl PrivateServer {
                 .is_ok_and(|s| s.success());
             assert!(ok, "chown the server directory to postgres");
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
         let server = PrivateServer { dir, port, bin };
         let data = server.data();
         let out = server.pg("initdb", &["-D", &data, "-A", "trust", "-U", "replikativ", "--no-sync"]);
@@ -95,7 +95,10 @@ impl PrivateServer {
     pub fn start_again(&self) {
         let opts = format!("-c listen_addresses=127.0.0.1 -p {} -k {}", self.port, self.dir.path().display());
         let log = self.dir.path().join("log");
-        let out = self.pg("pg_ctl", &["-D", &self.data(), "-l", log.to_str().expect("utf8"), "-w", "-o", &opts, "start"]);
+        let out = self.pg(
+            "pg_ctl",
+            &["-D", &self.data(), "-l", log.to_str().expect("utf8"), "-w", "-o", &opts, "start"],
+        );
         assert!(out.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&out.stderr));
     }
 

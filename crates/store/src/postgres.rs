@@ -182,12 +182,9 @@ fn db_err(op: &'static str, e: tokio_postgres::Error) -> StoreError {
     StoreError::Database { op, reason }
 }
 
-/// Whether an error leaves the connection unusable (anything that is not an error the server reported).
-fn breaks_connection(e: &StoreError) -> bool {
-    match e {
-        StoreError::Database { reason, .. } => !reason.ends_with(')') || reason.contains("timed out"),
-        _ => false,
-    }
+/// Whether an error is a timeout (the session may be stuck: replace it).
+fn timed_out(e: &StoreError) -> bool {
+    matches!(e, StoreError::Database { reason, .. } if reason.contains("(timed out)"))
 }
 
 /// Prepared statements of one connection.
@@ -241,7 +238,7 @@ struct Conn {
 
 /// The three sessions of an open store: the lease session (holds the advisory lock), the writer, a reader.
 struct Conns {
-    lease: Client,
+    lease: Arc<Client>,
     write: Arc<tokio::sync::Mutex<Conn>>,
     read: Arc<Conn>,
     broken: AtomicBool,
@@ -249,7 +246,21 @@ struct Conns {
 
 impl Conns {
     fn usable(&self) -> bool {
-        !self.broken.load(Ordering::SeqCst) && !self.lease.is_closed() && !self.read.client.is_closed()
+        !self.broken.load(Ordering::SeqCst) && !self.any_closed()
+    }
+
+    /// Whether a session's connection has ended (the writer is checked only if it is not in use).
+    fn any_closed(&self) -> bool {
+        self.lease.is_closed()
+            || self.read.client.is_closed()
+            || self.write.try_lock().is_ok_and(|w| w.client.is_closed())
+    }
+
+    /// After a failed operation: marks the sessions for replacement if the failure was the connection's.
+    fn note_failure(&self, e: &StoreError) {
+        if timed_out(e) || self.any_closed() {
+            self.broken.store(true, Ordering::SeqCst);
+        }
     }
 }
 
@@ -309,15 +320,20 @@ impl Shared {
         {
             return Ok(c.clone());
         }
-        if let Some(old) = guard.take() {
+        // A lease session that is still alive is kept: it holds the lock (a new session could not take
+        // it until the server has ended the old one).
+        let old_lease = guard.take().and_then(|old| {
             tracing::warn!(store = %self.opts, "connection to PostgreSQL lost; reconnecting");
-            drop(old);
-        }
+            (!old.lease.is_closed()).then(|| old.lease.clone())
+        });
         let opts = self.opts.clone();
         let key = self.lock_key.clone();
         let epoch = self.epoch;
         let conns = self.block(async move {
-            let lease = connect_lease(&opts, &key).await?;
+            let lease = match old_lease {
+                Some(l) => l,
+                None => Arc::new(retake_lease(&opts, &key).await?),
+            };
             let ns = opts.namespace.clone();
             let row = lease
                 .query_opt("SELECT epoch FROM rk_ns WHERE ns = $1", &[&ns])
@@ -357,9 +373,7 @@ impl Shared {
         let conns = self.conns()?;
         let r = self.block(f(conns.clone(), self.opts.namespace.clone(), self.epoch));
         if let Err(e) = &r {
-            if breaks_connection(e) {
-                conns.broken.store(true, Ordering::SeqCst);
-            }
+            conns.note_failure(e);
             if let StoreError::Poisoned { reason } = e {
                 *lock(&self.poisoned) = Some(reason.clone());
             }
@@ -411,6 +425,20 @@ async fn connect(opts: &PgOptions) -> Result<Client> {
     Ok(client)
 }
 
+/// Takes the lock again after the lease session was lost. The server may not have ended the old session
+/// yet (its lock then still looks held), so a refusal is retried for up to 2 s.
+async fn retake_lease(opts: &PgOptions, key: &str) -> Result<Client> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match connect_lease(opts, key).await {
+            Err(StoreError::NamespaceLocked { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Connects the lease session and takes the namespace's advisory lock.
 async fn connect_lease(opts: &PgOptions, key: &str) -> Result<Client> {
     let lease = connect(opts).await?;
@@ -437,7 +465,7 @@ async fn open_conn(opts: &PgOptions) -> Result<Conn> {
     Ok(Conn { client, st })
 }
 
-async fn open_sessions(opts: &PgOptions, lease: Client) -> Result<Conns> {
+async fn open_sessions(opts: &PgOptions, lease: Arc<Client>) -> Result<Conns> {
     let write = open_conn(opts).await?;
     let read = open_conn(opts).await?;
     Ok(Conns {
@@ -594,7 +622,7 @@ impl PgStore {
                     .map_err(|e| db_err("take the lease", e))?
                     .get(0);
                 drop(setup);
-                Ok::<_, StoreError>((open_sessions(&o, lease).await?, epoch))
+                Ok::<_, StoreError>((open_sessions(&o, Arc::new(lease)).await?, epoch))
             })
             .await
             .unwrap_or_else(|_| Err(invalid("opening the PostgreSQL store timed out")));
@@ -823,9 +851,7 @@ impl Store for PgStore {
         }
         drop(w);
         if let Err(e) = &result {
-            if breaks_connection(e) {
-                conns.broken.store(true, Ordering::SeqCst);
-            }
+            conns.note_failure(e);
             if let StoreError::Poisoned { reason } = e {
                 *lock(&sh.poisoned) = Some(reason.clone());
             }

@@ -184,6 +184,42 @@ fn lost_sessions_are_reconnected_and_keep_the_lease() {
     assert_eq!(a.get(b"after").expect("get"), Some(b"2".to_vec()));
     // It still holds the namespace.
     assert!(matches!(PgStore::open_url(&pg::url(&base, &ns)), Err(StoreError::NamespaceLocked { .. })));
+
+    // Only the writer and reader sessions die: the lease session (and with it the lock) is kept.
+    let lease_pid = |app: &str| -> Vec<i32> {
+        admin(
+            &base,
+            "SELECT l.pid FROM pg_locks l JOIN pg_stat_activity s ON s.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND s.application_name = $1",
+            &[&app],
+        )
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    };
+    let holder = lease_pid(&app);
+    assert_eq!(holder.len(), 1);
+    let killed = admin(
+        &base,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1 \
+         AND pid NOT IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory')",
+        &[&app],
+    );
+    assert_eq!(killed.len(), 2, "writer and reader sessions");
+    let start = Instant::now();
+    loop {
+        match a.put(b"later", b"3") {
+            Ok(()) => break,
+            Err(e @ StoreError::Database { .. }) if start.elapsed() < Duration::from_secs(10) => {
+                errors.push(e.to_string());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("reconnect with the kept lease failed: {e} (after {errors:?})"),
+        }
+    }
+    assert_eq!(a.get(b"later").expect("get"), Some(b"3".to_vec()));
+    assert_eq!(a.lease_epoch(), epoch);
+    assert_eq!(lease_pid(&app), holder, "the same lease session still holds the lock");
 }
 
 #[test]

@@ -15,7 +15,7 @@ use crate::error::{Result, StoreError};
 use crate::{Limits, Store};
 
 /// The schema version this build creates and understands. Version history: `docs/design.md` §7.7.
-pub const PG_SCHEMA_VERSION: i32 = 1;
+pub const PG_SCHEMA_VERSION: i32 = 2;
 
 /// Size of one blob chunk row: 256 KiB.
 pub const PG_BLOB_CHUNK: usize = 256 * 1024;
@@ -40,7 +40,16 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE rk_blob_chunk (ns text NOT NULL, name bytea NOT NULL, generation bigint NOT NULL, seq int NOT NULL,
                                  chunk bytea NOT NULL, PRIMARY KEY (ns, name, generation, seq));
      CREATE SEQUENCE rk_blob_gen;",
+    // v2: the lease check of a write batch as one function, so a batch is a single round trip.
+    "CREATE FUNCTION rk_fence(p_ns text, p_epoch bigint) RETURNS void LANGUAGE plpgsql AS $$
+     BEGIN
+       PERFORM 1 FROM rk_ns WHERE ns = p_ns AND epoch = p_epoch FOR SHARE;
+       IF NOT FOUND THEN RAISE EXCEPTION 'replikativ: lease lost'; END IF;
+     END $$;",
 ];
+
+/// The message `rk_fence` raises when the namespace's lease epoch is no longer this node's.
+const LEASE_LOST: &str = "replikativ: lease lost";
 
 /// Where a [`PgStore`] lives: server, database, user, namespace, and the password (never displayed).
 ///
@@ -192,9 +201,6 @@ struct Stmts {
     lease: Statement,
     get: Statement,
     range: Statement,
-    upsert: Statement,
-    delete: Statement,
-    delete_range: Statement,
     blob_meta: Statement,
     blob_chunk: Statement,
     blob_gen: Statement,
@@ -211,11 +217,6 @@ impl Stmts {
             lease: p("SELECT epoch FROM rk_ns WHERE ns = $1 FOR SHARE").await?,
             get: p("SELECT v FROM rk_kv WHERE ns = $1 AND k = $2").await?,
             range: p("SELECT k, v FROM rk_kv WHERE ns = $1 AND k >= $2 AND k < $3 ORDER BY k LIMIT $4").await?,
-            upsert: p("INSERT INTO rk_kv (ns, k, v) SELECT $1, k, v FROM unnest($2::bytea[], $3::bytea[]) AS t(k, v) \
-                       ON CONFLICT (ns, k) DO UPDATE SET v = EXCLUDED.v")
-            .await?,
-            delete: p("DELETE FROM rk_kv WHERE ns = $1 AND k = ANY($2::bytea[])").await?,
-            delete_range: p("DELETE FROM rk_kv WHERE ns = $1 AND k >= $2 AND k < $3").await?,
             blob_meta: p("SELECT generation, len, crc, chunks FROM rk_blob WHERE ns = $1 AND name = $2").await?,
             blob_chunk: p("SELECT chunk FROM rk_blob_chunk WHERE ns = $1 AND name = $2 AND generation = $3 AND seq = $4")
                 .await?,
@@ -458,7 +459,7 @@ async fn connect_lease(opts: &PgOptions, key: &str) -> Result<Client> {
 async fn open_conn(opts: &PgOptions) -> Result<Conn> {
     let client = connect(opts).await?;
     client
-        .batch_execute("SET synchronous_commit = on")
+        .batch_execute("SET synchronous_commit = on; SET standard_conforming_strings = on")
         .await
         .map_err(|e| db_err("configure the session", e))?;
     let st = Stmts::prepare(&client).await?;
@@ -715,6 +716,69 @@ fn segments(ops: Vec<RawOp>) -> Vec<Segment> {
     out
 }
 
+/// Appends `'\x<hex>'` (a bytea literal; the session has `standard_conforming_strings = on`).
+fn push_bytea(out: &mut String, b: &[u8]) {
+    out.push_str("'\\x");
+    out.push_str(&crate::keys::hex(b));
+    out.push('\'');
+}
+
+/// One multi-statement simple query for a batch: the lease check, then the segments in order. PostgreSQL
+/// runs such a query as one implicit transaction (an error anywhere rolls all of it back) and commits it
+/// at the end, so a batch is atomic and costs one round trip. Only hex digits, the checked namespace
+/// (`A-Z a-z 0-9 - _ .`) and integers are spliced into the text.
+fn batch_sql(ns: &str, epoch: i64, segs: Vec<Segment>) -> String {
+    let size: usize = segs
+        .iter()
+        .map(|s| match s {
+            Segment::Keys { put_k, put_v, del } => {
+                put_k.iter().chain(put_v).chain(del).map(|b| 2 * b.len() + 16).sum::<usize>() + 64
+            }
+            Segment::Range(a, b) => 2 * (a.len() + b.len()) + 96,
+        })
+        .sum();
+    let mut q = String::with_capacity(size + 128);
+    q.push_str(&format!("SELECT rk_fence('{ns}', {epoch});"));
+    for seg in segs {
+        match seg {
+            Segment::Keys { put_k, put_v, del } => {
+                if !del.is_empty() {
+                    q.push_str(&format!("DELETE FROM rk_kv WHERE ns = '{ns}' AND k IN ("));
+                    for (i, k) in del.iter().enumerate() {
+                        if i > 0 {
+                            q.push(',');
+                        }
+                        push_bytea(&mut q, k);
+                    }
+                    q.push_str(");");
+                }
+                if !put_k.is_empty() {
+                    q.push_str("INSERT INTO rk_kv (ns, k, v) VALUES ");
+                    for (i, (k, v)) in put_k.iter().zip(&put_v).enumerate() {
+                        if i > 0 {
+                            q.push(',');
+                        }
+                        q.push_str(&format!("('{ns}',"));
+                        push_bytea(&mut q, k);
+                        q.push(',');
+                        push_bytea(&mut q, v);
+                        q.push(')');
+                    }
+                    q.push_str(" ON CONFLICT (ns, k) DO UPDATE SET v = EXCLUDED.v;");
+                }
+            }
+            Segment::Range(a, b) => {
+                q.push_str(&format!("DELETE FROM rk_kv WHERE ns = '{ns}' AND k >= "));
+                push_bytea(&mut q, &a);
+                q.push_str(" AND k < ");
+                push_bytea(&mut q, &b);
+                q.push(';');
+            }
+        }
+    }
+    q
+}
+
 impl Engine for PgStore {
     fn write_guard(&self) -> Result<MutexGuard<'_, ()>> {
         let g = lock(&self.writer);
@@ -746,32 +810,16 @@ impl Engine for PgStore {
     }
 
     fn raw_apply(&self, ops: Vec<RawOp>) -> Result<()> {
-        let segs = segments(ops);
+        let sql = batch_sql(&self.shared.opts.namespace, self.shared.epoch, segments(ops));
         self.shared.run(move |c, ns, epoch| async move {
-            let mut w = c.write.clone().lock_owned().await;
-            let Conn { client, st } = &mut *w;
-            let tx = client.transaction().await.map_err(|e| db_err("begin", e))?;
-            check_lease(&tx, st, &ns, epoch).await?;
-            for seg in &segs {
-                match seg {
-                    Segment::Keys { put_k, put_v, del } => {
-                        if !del.is_empty() {
-                            tx.execute(&st.delete, &[&ns, del]).await.map_err(|e| db_err("delete", e))?;
-                        }
-                        if !put_k.is_empty() {
-                            tx.execute(&st.upsert, &[&ns, put_k, put_v])
-                                .await
-                                .map_err(|e| db_err("put", e))?;
-                        }
-                    }
-                    Segment::Range(s, e) => {
-                        tx.execute(&st.delete_range, &[&ns, s, e])
-                            .await
-                            .map_err(|e| db_err("delete range", e))?;
-                    }
-                }
+            let w = c.write.clone().lock_owned().await;
+            match w.client.batch_execute(&sql).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.as_db_error().is_some_and(|d| d.message() == LEASE_LOST) => Err(StoreError::Poisoned {
+                    reason: format!("the namespace {ns} was taken over by another node (this node's lease epoch {epoch})"),
+                }),
+                Err(e) => Err(db_err("write batch", e)),
             }
-            tx.commit().await.map_err(|e| db_err("commit", e))
         })
     }
 

@@ -245,6 +245,15 @@ fn schema_is_versioned_and_a_newer_one_is_refused() {
         other => panic!("expected a refusal of the newer schema, got {other:?}"),
     }
     admin(&db_base, "UPDATE rk_schema SET version = $1", &[&PG_SCHEMA_VERSION]);
+    // A database at version 1 (before the batch fence function) is migrated on open and keeps its data.
+    admin(&db_base, "DROP FUNCTION rk_fence(text, bigint)", &[]);
+    admin(&db_base, "UPDATE rk_schema SET version = 1", &[]);
+    let store = PgStore::open_url(&url).expect("open migrates from version 1");
+    assert_eq!(store.get(b"k").expect("get"), Some(b"v".to_vec()));
+    store.apply(&Batch::new().put(b"k2".to_vec(), b"v2".to_vec())).expect("batch after the migration");
+    drop(store);
+    let version: i32 = admin(&db_base, "SELECT version FROM rk_schema", &[])[0].get(0);
+    assert_eq!(version, PG_SCHEMA_VERSION);
     let tables: i64 = admin(
         &db_base,
         "SELECT count(*) FROM information_schema.tables WHERE table_name IN ('rk_kv','rk_blob','rk_blob_chunk','rk_ns')",
@@ -436,4 +445,24 @@ fn postgres_restart_mid_writes_loses_nothing_acknowledged() {
     let log = store.log_read(b"log", 0, usize::MAX).expect("log");
     assert_eq!(log.len() as u64, next);
     assert!(log.iter().enumerate().all(|(i, e)| e.seq == i as u64 && e.data == (i as u64).to_le_bytes()));
+}
+
+#[test]
+fn every_write_checks_the_lease_epoch() {
+    let Some(base) = pg::base_url() else { return };
+    let ns = pg::unique_ns("epoch");
+    let a = PgStore::open_url(&pg::url(&base, &ns)).expect("open");
+    a.put(b"k", b"1").expect("put");
+    // As if another node had taken the namespace over while every session of a stayed connected.
+    admin(&base, "UPDATE rk_ns SET epoch = epoch + 1 WHERE ns = $1", &[&ns]);
+    let err = a
+        .apply(&Batch::new().put(b"k".to_vec(), b"2".to_vec()).put(b"other".to_vec(), b"x".to_vec()))
+        .expect_err("the batch is fenced off");
+    assert!(matches!(err, StoreError::Poisoned { .. }), "{err:?}");
+    assert!(matches!(a.put_blob(b"b", &mut &b"x"[..]), Err(StoreError::Poisoned { .. })));
+    assert!(matches!(a.sync(), Err(StoreError::Poisoned { .. })), "the handle stays poisoned");
+    drop(a);
+    let b = PgStore::open_url(&pg::url(&base, &ns)).expect("reopen");
+    assert_eq!(b.get(b"k").expect("get"), Some(b"1".to_vec()), "nothing of the fenced batch was written");
+    assert_eq!(b.get(b"other").expect("get"), None);
 }

@@ -199,6 +199,10 @@ fn timed_out(e: &StoreError) -> bool {
 /// Prepared statements of one connection.
 struct Stmts {
     lease: Statement,
+    fence: Statement,
+    upsert: Statement,
+    delete: Statement,
+    delete_range: Statement,
     get: Statement,
     range: Statement,
     blob_meta: Statement,
@@ -217,6 +221,12 @@ impl Stmts {
             lease: p("SELECT epoch FROM rk_ns WHERE ns = $1 FOR SHARE").await?,
             get: p("SELECT v FROM rk_kv WHERE ns = $1 AND k = $2").await?,
             range: p("SELECT k, v FROM rk_kv WHERE ns = $1 AND k >= $2 AND k < $3 ORDER BY k LIMIT $4").await?,
+            fence: p("SELECT rk_fence($1, $2)").await?,
+            upsert: p("INSERT INTO rk_kv (ns, k, v) SELECT $1, k, v FROM unnest($2::bytea[], $3::bytea[]) AS t(k, v) \
+                       ON CONFLICT (ns, k) DO UPDATE SET v = EXCLUDED.v")
+            .await?,
+            delete: p("DELETE FROM rk_kv WHERE ns = $1 AND k = ANY($2::bytea[])").await?,
+            delete_range: p("DELETE FROM rk_kv WHERE ns = $1 AND k >= $2 AND k < $3").await?,
             blob_meta: p("SELECT generation, len, crc, chunks FROM rk_blob WHERE ns = $1 AND name = $2").await?,
             blob_chunk: p("SELECT chunk FROM rk_blob_chunk WHERE ns = $1 AND name = $2 AND generation = $3 AND seq = $4")
                 .await?,
@@ -716,6 +726,19 @@ fn segments(ops: Vec<RawOp>) -> Vec<Segment> {
     out
 }
 
+/// Batches of at most this many key and value bytes go as one query of hex text (one round trip);
+/// larger ones as binary arrays through prepared statements (a few round trips, half the bytes).
+const SMALL_BATCH: usize = 64 * 1024;
+
+fn segment_bytes(segs: &[Segment]) -> usize {
+    segs.iter()
+        .map(|s| match s {
+            Segment::Keys { put_k, put_v, del } => put_k.iter().chain(put_v).chain(del).map(Vec::len).sum(),
+            Segment::Range(a, b) => a.len() + b.len(),
+        })
+        .sum()
+}
+
 /// Appends `'\x<hex>'` (a bytea literal; the session has `standard_conforming_strings = on`).
 fn push_bytea(out: &mut String, b: &[u8]) {
     out.push_str("'\\x");
@@ -810,16 +833,55 @@ impl Engine for PgStore {
     }
 
     fn raw_apply(&self, ops: Vec<RawOp>) -> Result<()> {
-        let sql = batch_sql(&self.shared.opts.namespace, self.shared.epoch, segments(ops));
+        let segs = segments(ops);
+        let lease_lost = |ns: &str, epoch: i64| StoreError::Poisoned {
+            reason: format!(
+                "the namespace {ns} was taken over by another node (this node's lease epoch {epoch})"
+            ),
+        };
+        let fenced = |e: &tokio_postgres::Error| e.as_db_error().is_some_and(|d| d.message() == LEASE_LOST);
+        if segment_bytes(&segs) <= SMALL_BATCH {
+            // Small: one round trip of hex text.
+            let sql = batch_sql(&self.shared.opts.namespace, self.shared.epoch, segs);
+            return self.shared.run(move |c, ns, epoch| async move {
+                let w = c.write.clone().lock_owned().await;
+                match w.client.batch_execute(&sql).await {
+                    Ok(()) => Ok(()),
+                    Err(e) if fenced(&e) => Err(lease_lost(&ns, epoch)),
+                    Err(e) => Err(db_err("write batch", e)),
+                }
+            });
+        }
+        // Large: binary arrays through prepared statements in one explicit transaction.
         self.shared.run(move |c, ns, epoch| async move {
-            let w = c.write.clone().lock_owned().await;
-            match w.client.batch_execute(&sql).await {
-                Ok(()) => Ok(()),
-                Err(e) if e.as_db_error().is_some_and(|d| d.message() == LEASE_LOST) => Err(StoreError::Poisoned {
-                    reason: format!("the namespace {ns} was taken over by another node (this node's lease epoch {epoch})"),
-                }),
-                Err(e) => Err(db_err("write batch", e)),
+            let mut w = c.write.clone().lock_owned().await;
+            let Conn { client, st } = &mut *w;
+            let tx = client.transaction().await.map_err(|e| db_err("begin", e))?;
+            match tx.execute(&st.fence, &[&ns, &epoch]).await {
+                Ok(_) => {}
+                Err(e) if fenced(&e) => return Err(lease_lost(&ns, epoch)),
+                Err(e) => return Err(db_err("check the lease", e)),
             }
+            for seg in &segs {
+                match seg {
+                    Segment::Keys { put_k, put_v, del } => {
+                        if !del.is_empty() {
+                            tx.execute(&st.delete, &[&ns, del]).await.map_err(|e| db_err("delete", e))?;
+                        }
+                        if !put_k.is_empty() {
+                            tx.execute(&st.upsert, &[&ns, put_k, put_v])
+                                .await
+                                .map_err(|e| db_err("put", e))?;
+                        }
+                    }
+                    Segment::Range(s, e) => {
+                        tx.execute(&st.delete_range, &[&ns, s, e])
+                            .await
+                            .map_err(|e| db_err("delete range", e))?;
+                    }
+                }
+            }
+            tx.commit().await.map_err(|e| db_err("commit", e))
         })
     }
 

@@ -97,3 +97,64 @@ fn serve_holds_the_namespace_and_what_it_acknowledged_survives_kill_9() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// PostgreSQL restarts under a running node: edits during the outage fail with an error (nothing is
+/// acknowledged that is not committed), the node reconnects by itself, later edits succeed, and every
+/// acknowledged edit is in the database.
+#[test]
+fn serve_survives_a_postgres_restart() {
+    let Some(_) = pg::base_url() else { return };
+    let server = pg::PrivateServer::start();
+    let store = pg::url(&server.url(), "restart");
+    let mut node = bin()
+        .args(["serve", "--listen", "127.0.0.1:0", "--store", &store])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = listening_url(&mut node);
+    let map = ok(&["ormap", "create", "--peer", &url, "--user", "mail:alice@example.org"]);
+    ok(&["ormap", "assoc", &map, "before", r#"[["set", 1]]"#, "--peer", &url]);
+    server.stop_immediate();
+    let during = run(&["ormap", "assoc", &map, "during", r#"[["set", 2]]"#, "--peer", &url]);
+    eprintln!(
+        "edit during the outage: {:?} {}",
+        during.status.code(),
+        String::from_utf8_lossy(&during.stderr).trim()
+    );
+    server.start_again();
+    // The node is still up and takes edits again once it has reconnected.
+    let deadline = Instant::now() + WAIT;
+    let mut refusals = Vec::new();
+    loop {
+        assert!(node.try_wait().unwrap().is_none(), "the node exited: {refusals:?}");
+        let out = run(&["ormap", "assoc", &map, "after", r#"[["set", 3]]"#, "--peer", &url]);
+        if out.status.success() {
+            break;
+        }
+        refusals.push(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+        assert!(Instant::now() < deadline, "no edit succeeded after the restart: {refusals:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("edits refused after the restart before one succeeded: {refusals:?}");
+    let keys = ok(&["ormap", "keys", &map, "--peer", &url]);
+    eprintln!("keys on the node after the restart: {keys:?}");
+    assert!(keys.contains("\"before\"") && keys.contains("\"after\""), "{keys}");
+    let _ = node.kill();
+    let _ = node.wait();
+    // Every acknowledged edit is in the database (the during-outage edit only if it was acknowledged).
+    let deadline = Instant::now() + WAIT;
+    let keys = loop {
+        let out = run(&["ormap", "keys", &map, "--store", &store]);
+        if out.status.success() {
+            eprintln!("keys in the database: {:?}", String::from_utf8_lossy(&out.stdout));
+            break String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(Instant::now() < deadline, "{}", String::from_utf8_lossy(&out.stderr));
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(keys.contains("\"before\"") && keys.contains("\"after\""), "{keys}");
+    if during.status.success() {
+        assert!(keys.contains("\"during\""), "an acknowledged edit was lost: {keys}");
+    }
+}

@@ -1,5 +1,5 @@
 //! Storage for replikativ peers, in the spirit of konserve: one small synchronous [`Store`] trait and three
-//! backends behind it.
+//! backends behind it, plus a PostgreSQL backend with the `postgres` feature.
 //!
 //! # Data model
 //!

@@ -60,6 +60,8 @@ async fn bounded<T>(what: &str, f: impl Future<Output = T>) -> T {
 enum Backend {
     Memory,
     File,
+    /// A namespace of the PostgreSQL server at `REPLIKATIV_PG_URL` (only when that is set).
+    Postgres,
 }
 
 impl Backend {
@@ -67,6 +69,16 @@ impl Backend {
         match self {
             Backend::Memory => "MemoryStore",
             Backend::File => "FileStore",
+            Backend::Postgres => "PgStore",
+        }
+    }
+
+    /// The word that selects it in `REPLIKATIV_BENCH_ONLY`.
+    fn key(self) -> &'static str {
+        match self {
+            Backend::Memory => "memory",
+            Backend::File => "file",
+            Backend::Postgres => "postgres",
         }
     }
 
@@ -74,6 +86,18 @@ impl Backend {
         match self {
             Backend::Memory => Arc::new(MemoryStore::new()),
             Backend::File => Arc::new(FileStore::open(dir).expect("file store opens")),
+            Backend::Postgres => {
+                let base = std::env::var("REPLIKATIV_PG_URL").expect("REPLIKATIV_PG_URL");
+                let name: String = dir
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("dir")
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                    .collect();
+                let url = format!("{base}?namespace=bench-{}-{name}", std::process::id());
+                Arc::new(replikativ::store::PgStore::open_url(&url).expect("postgres store opens"))
+            }
         }
     }
 }
@@ -477,14 +501,16 @@ async fn run() {
     let (n, m, k) = if quick { (5_000, 200, 1_000) } else { (100_000, 1_000, 10_000) };
     let n = env_usize("REPLIKATIV_BENCH_N").unwrap_or(n);
     // A filter on the sections to run: "1", "2", "3" or a combination ("13"); the store: "memory"
-    // or "file".
+    // "file" or "postgres" (PgStore runs when REPLIKATIV_PG_URL names a server).
     let only = std::env::var("REPLIKATIV_BENCH_ONLY").unwrap_or_default();
     let section = |s: char| only.chars().all(|c| !c.is_ascii_digit()) || only.contains(s);
-    let backends: Vec<Backend> = [Backend::Memory, Backend::File]
+    let pg = std::env::var("REPLIKATIV_PG_URL").is_ok_and(|u| !u.is_empty());
+    let all = [Backend::Memory, Backend::File, Backend::Postgres];
+    let named = all.iter().any(|b| only.contains(b.key()));
+    let backends: Vec<Backend> = all
         .into_iter()
-        .filter(|b| {
-            !only.contains("memory") && !only.contains("file") || only.contains(&b.name()[..4].to_lowercase())
-        })
+        .filter(|b| *b != Backend::Postgres || pg)
+        .filter(|b| !named || only.contains(b.key()))
         .collect();
     println!(
         "replication benchmarks: N={n} assocs, M={m} commits, K={k} catch-up commits; median of {runs} runs{}",

@@ -12,8 +12,20 @@ use replikativ::crdt::{Address, Transaction, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shut_down_peer_restarts_from_its_store_and_catches_up() {
-    let a = spawn_peer("a", Backend::File).await;
-    let b = spawn_peer("b", Backend::File).await;
+    restart_and_catch_up(Backend::File).await;
+}
+
+/// The same on PostgreSQL namespaces: shutting down releases the lease, the restarted peer takes it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shut_down_peer_restarts_from_its_postgres_namespace_and_catches_up() {
+    if common::postgres_available() {
+        restart_and_catch_up(Backend::Postgres).await;
+    }
+}
+
+async fn restart_and_catch_up(backend: Backend) {
+    let a = spawn_peer("a", backend).await;
+    let b = spawn_peer("b", backend).await;
     link(&b, &a).await;
     let map = bounded("create", a.stage.create_ormap(None)).await.unwrap();
     let log = bounded("create", a.stage.create_cdvcs(None)).await.unwrap();
@@ -42,7 +54,7 @@ async fn shut_down_peer_restarts_from_its_store_and_catches_up() {
     }
 
     // B comes back from its store: its own acknowledged writes are there at once, and it catches up.
-    let b = spawn_in("b", Backend::File, b_dir).await;
+    let b = spawn_in("b", backend, b_dir).await;
     let m = bounded("read", b.stage.ormap(&map)).await.unwrap();
     assert!(m.len() >= 20, "b's acknowledged writes survived the restart");
     link(&b, &a).await;
@@ -67,7 +79,11 @@ async fn child_process_writer() {
     ) else {
         return; // Run as a normal test: nothing to do (the parent test runs this as a child).
     };
-    let store = common::open_store(Backend::File, std::path::Path::new(&dir));
+    let backend = match std::env::var("REPLIKATIV_CHILD_BACKEND").as_deref() {
+        Ok("postgres") => Backend::Postgres,
+        _ => Backend::File,
+    };
+    let store = common::open_store(backend, std::path::Path::new(&dir));
     let stage = replikativ::peer::stage::Stage::builder(store)
         .user("mail:child@example.org")
         .config(common::config("child"))
@@ -87,7 +103,20 @@ async fn child_process_writer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_peer_restarts_and_loses_nothing_acknowledged() {
-    let a = spawn_peer("a", Backend::File).await;
+    killed_peer_restarts(Backend::File).await;
+}
+
+/// The same with the killed peer on a PostgreSQL namespace: its lease dies with it, and the restarted
+/// peer finds every acknowledged write in the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_postgres_peer_restarts_and_loses_nothing_acknowledged() {
+    if common::postgres_available() {
+        killed_peer_restarts(Backend::Postgres).await;
+    }
+}
+
+async fn killed_peer_restarts(backend: Backend) {
+    let a = spawn_peer("a", backend).await;
     let map = bounded("create", a.stage.create_ormap(None)).await.unwrap();
     let child_dir = Arc::new(tempfile::tempdir().unwrap());
     let mut child = Command::new(std::env::current_exe().unwrap())
@@ -95,6 +124,7 @@ async fn killed_peer_restarts_and_loses_nothing_acknowledged() {
         .env("REPLIKATIV_CHILD_DIR", child_dir.path())
         .env("REPLIKATIV_CHILD_PEER", a.url())
         .env("REPLIKATIV_CHILD_ADDRESS", map.to_string())
+        .env("REPLIKATIV_CHILD_BACKEND", if backend == Backend::Postgres { "postgres" } else { "file" })
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -119,7 +149,7 @@ async fn killed_peer_restarts_and_loses_nothing_acknowledged() {
     assert!(acknowledged.len() >= 10, "the child acknowledged writes before it died: {}", acknowledged.len());
 
     // Restart the killed peer from its store (in this process): every acknowledged write is there.
-    let child = spawn_in("child", Backend::File, child_dir).await;
+    let child = spawn_in("child", backend, child_dir).await;
     let m = bounded("read", child.stage.ormap(&map)).await.unwrap();
     for key in &acknowledged {
         assert!(!m.get(&Value::from(key.as_str())).is_empty(), "acknowledged {key} survived SIGKILL");

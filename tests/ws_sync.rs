@@ -158,6 +158,27 @@ async fn cycle_with_sled_stores() {
     cycle(Backend::Sled).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn line_with_postgres_stores() {
+    if common::postgres_available() {
+        line(Backend::Postgres).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn star_with_postgres_stores() {
+    if common::postgres_available() {
+        star(Backend::Postgres).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cycle_with_postgres_stores() {
+    if common::postgres_available() {
+        cycle(Backend::Postgres).await;
+    }
+}
+
 /// After `unsubscribe`, a peer no longer receives changes of that address (checked against a
 /// later change of another address, which travels on the same connection after it), while what it
 /// stored stays readable.

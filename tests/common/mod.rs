@@ -22,13 +22,46 @@ pub enum Backend {
     Memory,
     File,
     Sled,
+    /// A namespace of the PostgreSQL server at `REPLIKATIV_PG_URL`, named after the directory (so a
+    /// peer restarted on the same directory reopens the same namespace).
+    Postgres,
 }
+
+/// Whether the PostgreSQL tests can run: `REPLIKATIV_PG_URL` is set. When it is not, prints why and
+/// returns false, unless `CI=true` or `REPLIKATIV_REQUIRE_PG=1`, where it fails the test.
+pub fn postgres_available() -> bool {
+    pg::base_url().is_some()
+}
+
+#[path = "../../crates/store/tests/support/pg.rs"]
+pub mod pg;
 
 pub fn open_store(backend: Backend, dir: &Path) -> Arc<dyn Store> {
     match backend {
         Backend::Memory => Arc::new(MemoryStore::new()),
         Backend::File => Arc::new(FileStore::open(dir).expect("file store opens")),
         Backend::Sled => Arc::new(SledStore::open(dir).expect("sled store opens")),
+        Backend::Postgres => {
+            let base = pg::base_url().expect("REPLIKATIV_PG_URL is set (check postgres_available first)");
+            let name = dir.file_name().and_then(|n| n.to_str()).expect("utf8 directory name");
+            let ns: String = format!("peer-{name}")
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+                .collect();
+            // A killed holder's lease ends when the server notices its closed socket: wait for that.
+            let start = std::time::Instant::now();
+            loop {
+                match replikativ::store::PgStore::open_url(&pg::url(&base, &ns)) {
+                    Ok(s) => break Arc::new(s),
+                    Err(replikativ::store::StoreError::NamespaceLocked { .. })
+                        if start.elapsed() < Duration::from_secs(10) =>
+                    {
+                        std::thread::sleep(Duration::from_millis(10))
+                    }
+                    Err(e) => panic!("postgres store opens: {e}"),
+                }
+            }
+        }
     }
 }
 

@@ -21,6 +21,18 @@ pub(crate) fn open_store(spec: &str, access: Access) -> Result<Arc<dyn Store>, F
     let open_err = |e: StoreError| open_failure(spec, access, e);
     let store: Arc<dyn Store> = match (kind, access) {
         ("memory", _) => Arc::new(MemoryStore::new()),
+        // postgres://USER@HOST:PORT/DB?namespace=NAME; the password comes from PGPASSWORD or
+        // password_file=PATH, never from the URL (it is printed and logged).
+        ("postgres" | "postgresql", _) => {
+            let opts = replikativ_store::PgOptions::from_url(spec)
+                .map_err(|e| Failure(EXIT_USAGE, e.to_string()))?;
+            let store = match access {
+                Access::Create => replikativ_store::PgStore::open(opts),
+                // A PostgreSQL namespace has no read-only open: reads take the lease like writes.
+                Access::Existing | Access::ReadOnly => replikativ_store::PgStore::open_existing(opts),
+            };
+            Arc::new(store.map_err(open_err)?)
+        }
         ("file" | "sled", _) if path.is_empty() => return Err(unknown_store(spec)),
         ("file", Access::Create) => Arc::new(FileStore::open(&dir).map_err(open_err)?),
         ("file", Access::Existing) => Arc::new(FileStore::open_existing(&dir).map_err(open_err)?),
@@ -39,7 +51,7 @@ pub(crate) fn open_failure(spec: &str, access: Access, e: replikativ_store::Stor
     use replikativ_store::StoreError;
     let (kind, path) = spec.split_once(':').unwrap_or((spec, ""));
     match &e {
-        StoreError::Locked { .. } => Failure(
+        StoreError::Locked { .. } | StoreError::NamespaceLocked { .. } => Failure(
             EXIT_DATA,
             format!(
                 "cannot open the store {spec}: {e} (a running peer holds it: use --peer ws://HOST:PORT to work through that peer)"
@@ -56,7 +68,12 @@ pub(crate) fn open_failure(spec: &str, access: Access, e: replikativ_store::Stor
 }
 
 pub(crate) fn unknown_store(spec: &str) -> Failure {
-    Failure(EXIT_USAGE, format!("unknown store {spec:?}: use file:DIR, sled:DIR or memory"))
+    Failure(
+        EXIT_USAGE,
+        format!(
+            "unknown store {spec:?}: use file:DIR, sled:DIR, postgres://USER@HOST:PORT/DB?namespace=NAME or memory"
+        ),
+    )
 }
 
 /// Whether an IO error means the file system refused a write (permissions, a read-only mount).

@@ -80,6 +80,29 @@ pub enum StoreError {
         /// Description of the original failure.
         reason: String,
     },
+    /// Another node (or another handle in this process) holds this PostgreSQL namespace.
+    #[error("the PostgreSQL namespace {namespace} ({server}) is held by another node or handle")]
+    NamespaceLocked {
+        /// The namespace.
+        namespace: String,
+        /// Where it lives (never with a password).
+        server: String,
+    },
+    /// The database server refused an operation or could not be reached. The operation did not happen
+    /// (or, for a lost commit acknowledgement, may have happened; it was not acknowledged).
+    #[error("database error during {op}: {reason}")]
+    Database {
+        /// What the store was doing.
+        op: &'static str,
+        /// The server's message (with its SQLSTATE code in parentheses) or the connection failure.
+        reason: String,
+    },
+    /// A store location or option is malformed (e.g. a PostgreSQL URL without a namespace).
+    #[error("invalid store configuration: {reason}")]
+    InvalidConfig {
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
     /// An error reported by the sled engine.
     #[error("sled error during {op}: {source}")]
     Sled {

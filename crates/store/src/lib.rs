@@ -1,5 +1,5 @@
 //! Storage for replikativ peers, in the spirit of konserve: one small synchronous [`Store`] trait and three
-//! backends behind it.
+//! backends behind it, plus a PostgreSQL backend with the `postgres` feature.
 //!
 //! # Data model
 //!
@@ -24,6 +24,10 @@
 //! * [`FileStore`]: the embedded default. An append-only log of checksummed records in segment files, an
 //!   in-memory index, compaction, blobs as separate files. Format and crash contract: `docs/design.md` §7.
 //! * [`SledStore`]: sled 0.34.7 with our own checksums and a real `fsync` in the barrier.
+//!
+//! * `PgStore` (feature `postgres`): one namespace of a PostgreSQL database per node, under a lease (a second
+//!   opener gets [`StoreError::NamespaceLocked`]); every write is a committed transaction, so it is durable
+//!   when it returns. Schema, lease and failure handling: `docs/design.md` §7.7.
 //!
 //! Opening a directory that another handle or process holds fails with [`StoreError::Locked`].
 //!
@@ -58,6 +62,31 @@
 //! # }
 //! ```
 
+//! With the `postgres` feature, the same calls on a PostgreSQL namespace (the example runs when
+//! `REPLIKATIV_PG_URL` names a server, e.g. `postgres://replikativ@127.0.0.1:5432/postgres`; the password,
+//! if any, comes from `PGPASSWORD` or `&password_file=PATH`, never from the URL):
+//!
+//! ```
+//! # #[cfg(feature = "postgres")]
+//! # fn main() -> Result<(), replikativ_store::StoreError> {
+//! use replikativ_store::{PgStore, Store, StoreError};
+//!
+//! let Ok(base) = std::env::var("REPLIKATIV_PG_URL") else { return Ok(()) };
+//! let ns = format!("doc-{}", std::process::id());
+//! let store = PgStore::open_url(&format!("{base}?namespace={ns}"))?;
+//! store.put(b"user/alice", b"hello")?; // committed: durable on return
+//! assert!(matches!(
+//!     PgStore::open_url(&format!("{base}?namespace={ns}")),
+//!     Err(StoreError::NamespaceLocked { .. })
+//! ));
+//! assert_eq!(store.get(b"user/alice")?, Some(b"hello".to_vec()));
+//! store.close()?; // releases the lease
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "postgres"))]
+//! # fn main() {}
+//! ```
+
 use std::fmt;
 use std::io::Read;
 
@@ -69,11 +98,15 @@ mod group_commit;
 mod keys;
 mod lock;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod sled_store;
 
 pub use error::{Result, StoreError};
 pub use file::{FileStore, FileStoreOptions, FileStoreStats, RecoveryReport};
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::{PG_BLOB_CHUNK, PG_MAX_NAMESPACE_LEN, PG_SCHEMA_VERSION, PgOptions, PgStore};
 pub use sled_store::{SLED_MAX_VALUE_LEN, SledStore};
 
 /// Default maximum key length (also the maximum log name length): 1 KiB.

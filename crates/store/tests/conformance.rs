@@ -302,6 +302,30 @@ conformance!(file_small_segments_matches_model, true, true, |p: &Path| Box::new(
 conformance!(sled_matches_model, true, false, |p: &Path| Box::new(SledStore::open(p).expect("open"))
     as Box<dyn Store>);
 
+#[cfg(feature = "postgres")]
+#[path = "support/pg.rs"]
+mod pg;
+
+/// The same model test against a PostgreSQL namespace (one fresh namespace per case; restarts drop the
+/// store, releasing its lease, and reopen the namespace).
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_matches_model() {
+    let Some(base) = pg::base_url() else { return };
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases: 32, ..config() });
+    runner
+        .run(&prop::collection::vec(op(), 1..60), |ops| {
+            let ns = pg::unique_ns("conf");
+            let open = |_: &Path| {
+                Box::new(replikativ_store::PgStore::open_url(&pg::url(&base, &ns)).expect("open"))
+                    as Box<dyn Store>
+            };
+            run(&ops, &open, true, false);
+            Ok(())
+        })
+        .expect("postgres conformance");
+}
+
 #[test]
 fn stores_are_send_sync_and_object_safe() {
     fn assert_send_sync<T: Send + Sync>() {}

@@ -66,6 +66,11 @@ fn verify(store: &dyn Store, max_synced: Option<u64>) -> u64 {
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn crash_loop(backend: &str, open: &dyn Fn(&Path) -> Box<dyn Store>) {
+    crash_loop_at(backend, None, open)
+}
+
+/// [`crash_loop`] with the child's store location given (`None`: the temporary directory).
+fn crash_loop_at(backend: &str, target: Option<&str>, open: &dyn Fn(&Path) -> Box<dyn Store>) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
     let seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).expect("clock").as_nanos() as u64 | 1;
@@ -74,7 +79,7 @@ fn crash_loop(backend: &str, open: &dyn Fn(&Path) -> Box<dyn Store>) {
     let mut total_synced = 0usize;
     for round in 0..KILLS {
         let mut child = Command::new(env!("CARGO_BIN_EXE_store-crash-child"))
-            .args([backend, dir.path().to_str().expect("utf8 path")])
+            .args([backend, target.unwrap_or(dir.path().to_str().expect("utf8 path"))])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -126,4 +131,32 @@ fn file_store_survives_sigkill() {
 #[test]
 fn sled_store_survives_sigkill() {
     crash_loop("sled", &|p| Box::new(SledStore::open(p).expect("open after kill")));
+}
+
+#[cfg(feature = "postgres")]
+#[path = "support/pg.rs"]
+mod pg;
+
+/// The node process is killed mid-batches; its lease dies with its session, and the reopened namespace
+/// holds every synced batch and no partial one.
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_store_survives_sigkill() {
+    let Some(base) = pg::base_url() else { return };
+    let url = pg::url(&base, &pg::unique_ns("crash"));
+    crash_loop_at("postgres", Some(&url), &|_| {
+        // The killed child's session ends when the server notices its closed socket: wait for that.
+        let start = Instant::now();
+        loop {
+            match replikativ_store::PgStore::open_url(&url) {
+                Ok(s) => return Box::new(s),
+                Err(replikativ_store::StoreError::NamespaceLocked { .. })
+                    if start.elapsed() < Duration::from_secs(10) =>
+                {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => panic!("open after kill: {e}"),
+            }
+        }
+    });
 }

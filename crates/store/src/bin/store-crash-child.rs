@@ -1,7 +1,7 @@
 //! Helper process for the crash tests (`tests/crash.rs`): opens a store, continues writing numbered
 //! batches from where the store is, syncs after each, and prints each synced batch number.
 //!
-//! Usage: `store-crash-child <file|sled> <dir>`. Batch `i` puts `KEYS_PER_BATCH` keys `b/<i>/<j>` with the
+//! Usage: `store-crash-child <file|sled|postgres> <dir|url>`. Batch `i` puts `KEYS_PER_BATCH` keys `b/<i>/<j>` with the
 //! value `i`, and sets `next` to `i + 1`, in one atomic batch; then it appends `i` to the log `log`.
 
 use std::io::Write;
@@ -19,6 +19,9 @@ fn run(backend: &str, dir: &str) -> Result<(), StoreError> {
             FileStoreOptions::default().with_segment_size(16 << 10).with_compaction_min_bytes(32 << 10),
         )?),
         "sled" => Box::new(SledStore::open(dir)?),
+        // `dir` is a store URL here.
+        #[cfg(feature = "postgres")]
+        "postgres" => Box::new(replikativ_store::PgStore::open_url(dir)?),
         other => panic!("unknown backend {other}"),
     };
     let next = match store.get(b"next")? {

@@ -137,6 +137,7 @@ pub(crate) async fn run<S>(
     {
         return;
     }
+    tracing::debug!(conn, remote = %remote, ?direction, "connection opened");
     let link = Arc::new(Link {
         shared: shared.clone(),
         conn,
@@ -166,13 +167,15 @@ pub(crate) async fn run<S>(
             w.unwrap_or_else(|e| format!("writer failed: {e}"))
         }
     };
+    // Opening and closing are routine (every command line call is a connection): DEBUG, except
+    // a failed write (the network or the remote misbehaved).
     if reason.starts_with("write failed") {
-        tracing::warn!(conn, ?remote, %reason, "connection closed");
+        tracing::warn!(conn, remote = %remote, %reason, "connection closed");
     } else {
-        tracing::info!(conn, ?remote, %reason, "connection closed");
+        tracing::debug!(conn, remote = %remote, %reason, "connection closed");
     }
     let _ = core.send(CoreMsg::Input(Input::Closed { conn })).await;
-    shared.metrics.lock().expect("poisoned").remove(&conn);
+    super::retire_metrics(&shared, conn);
 }
 
 /// The next binary frame, or why the connection ends (after telling the remote where it can be

@@ -53,19 +53,20 @@ async fn serve_connection(
         let shared = svc_shared.clone();
         let router = router.clone();
         async move {
-            if wants_websocket(req.headers()) {
-                Ok::<_, std::convert::Infallible>(upgrade(shared, req).await)
+            let mut response = if wants_websocket(req.headers()) {
+                upgrade(shared, req).await
             } else {
-                // One request per connection: hyper closes after a `Connection: close` response.
-                // (Not `keep_alive(false)`: hyper would then overwrite the `Connection: Upgrade`
-                // of a 101 answer.)
-                let mut response = router.oneshot(req.map(Body::new)).await?;
-                response.headers_mut().insert(
-                    axum::http::header::CONNECTION,
-                    axum::http::HeaderValue::from_static("close"),
-                );
-                Ok(response)
+                router.oneshot(req.map(Body::new)).await?
+            };
+            // One request per connection: hyper closes after a `Connection: close` response.
+            // (Not `keep_alive(false)`: hyper would then overwrite the `Connection: Upgrade` of
+            // a 101 answer.)
+            if response.status() != axum::http::StatusCode::SWITCHING_PROTOCOLS {
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
             }
+            Ok::<_, std::convert::Infallible>(response)
         }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();

@@ -62,7 +62,8 @@ pub(crate) async fn serve(app: Router) -> std::io::Result<SocketAddr> {
 /// A plain HTTP GET (one request per connection): the status line and the body.
 pub(crate) async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(String, String)> {
     let mut tcp = tokio::net::TcpStream::connect(addr).await?;
-    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
     let mut reply = Vec::new();
     tcp.read_to_end(&mut reply).await?;
     let reply = String::from_utf8_lossy(&reply).into_owned();

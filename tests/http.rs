@@ -29,7 +29,8 @@ async fn request(addr: SocketAddr, raw: &str) -> (u16, BTreeMap<String, String>,
         let reply = String::from_utf8(reply).expect("utf-8");
         let (head, body) = reply.split_once("\r\n\r\n").expect("a head and a body");
         let mut lines = head.lines();
-        let status = lines.next().expect("status line").split(' ').nth(1).expect("code").parse().expect("number");
+        let status =
+            lines.next().expect("status line").split(' ').nth(1).expect("code").parse().expect("number");
         let headers = lines
             .filter_map(|l| l.split_once(':'))
             .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
@@ -100,7 +101,9 @@ async fn health_readiness_and_metrics_answer_on_the_websocket_port() {
     let map = bounded("create", client.stage.create_ormap(None)).await.unwrap();
     bounded("subscribe", server.stage.subscribe([map.clone()])).await.unwrap();
     link(&client, &server).await;
-    bounded("assoc", client.stage.assoc(&map, "milk".into(), vec![Transaction::new("add", 2)])).await.unwrap();
+    bounded("assoc", client.stage.assoc(&map, "milk".into(), vec![Transaction::new("add", 2)]))
+        .await
+        .unwrap();
     eventually("the write reached the server", || async {
         server.stage.get(&map, &Value::from("milk")).await.is_ok_and(|v| v.len() == 1)
     })
@@ -202,7 +205,8 @@ async fn an_embedded_endpoint_replicates_and_keeps_the_connection_cap() {
     assert!(body.contains("todo app"));
     // Only the configured path is the websocket endpoint.
     let url = format!("ws://{addr}/replikativ");
-    let bob = Stage::builder(Arc::new(MemoryStore::new())).user("mail:bob@example.org").spawn().await.unwrap();
+    let bob =
+        Stage::builder(Arc::new(MemoryStore::new())).user("mail:bob@example.org").spawn().await.unwrap();
     bounded("subscribe", bob.subscribe([todos.clone()])).await.unwrap();
     bounded("connect", bob.node().connect(&url)).await.expect("connects at /replikativ");
     bounded("assoc", server.assoc(&todos, "eggs".into(), vec![Transaction::new("add", 6)])).await.unwrap();
@@ -213,7 +217,8 @@ async fn an_embedded_endpoint_replicates_and_keeps_the_connection_cap() {
     let (status, _, body) = get_closing(addr, "/api/todos").await;
     assert_eq!((status, body.as_str()), (200, "1 todos\n"));
     // A second peer is over max_connections (1): refused with a 503 and counted.
-    let carol = Stage::builder(Arc::new(MemoryStore::new())).user("mail:carol@example.org").spawn().await.unwrap();
+    let carol =
+        Stage::builder(Arc::new(MemoryStore::new())).user("mail:carol@example.org").spawn().await.unwrap();
     let refused = bounded("connect", carol.node().connect(&url)).await;
     assert!(refused.is_err(), "a second connection is over the cap");
     let status = bounded("status", server.node().status()).await.unwrap();

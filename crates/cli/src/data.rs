@@ -1,6 +1,8 @@
 //! The data commands (`ormap`, `cdvcs`, `lww`, `gset`, `watch`, `status`, `value`): their
 //! arguments, parsing, and running them on a backend.
 
+use std::collections::BTreeSet;
+
 use super::*;
 
 /// Where a data command runs.
@@ -205,13 +207,32 @@ pub(crate) async fn backend(target: &Target, access: Access) -> Result<Backend, 
 
 pub(crate) async fn run(command: Top) -> Result<(), Failure> {
     match command {
-        Top::Serve(args) => serve(args).await,
+        Top::Serve(_) => unreachable!("handled before the runtime starts"),
         Top::Value { .. } => unreachable!("handled before the runtime starts"),
         Top::Ormap(cmd) => ormap(cmd).await,
         Top::Cdvcs(cmd) => cdvcs(cmd).await,
         Top::Lww(cmd) => lww(cmd).await,
         Top::Gset(cmd) => gset(cmd).await,
         Top::Watch { address, target } => watch(&address, &target).await,
+        Top::Subscribe { addresses, target } => {
+            let addresses: BTreeSet<Address> =
+                addresses.iter().map(|a| parse_address(a)).collect::<Result<_, _>>()?;
+            with_backend(target, Access::Existing, move |b, t| {
+                Box::pin(async move {
+                    b.call(Command::Subscribe { addresses: addresses.clone() }).await?;
+                    let names: Vec<String> = addresses.iter().map(Address::to_string).collect();
+                    if t.json {
+                        println!("{}", serde_json::json!({ "subscribed": names }));
+                    } else {
+                        for a in names {
+                            println!("subscribed to {a}");
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .await
+        }
         Top::Status { target } => {
             with_backend(target, Access::ReadOnly, |b, t| Box::pin(async move { status(b, t).await })).await
         }

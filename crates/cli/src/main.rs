@@ -1,6 +1,7 @@
 //! The `replikativ` command line: run peers, connect them, read and edit replicated data.
 
 mod backend;
+mod config;
 mod data;
 mod output;
 mod serve;
@@ -16,7 +17,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::error::ErrorKind;
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use replikativ_crdt::{ActorId, Address, ContentId, CrdtKind, Transaction, Value, to_value};
 use replikativ_peer::node::{Node, NodeConfig};
 use replikativ_peer::proto::{Command, CommitValue, Query, Reply};
@@ -82,6 +83,21 @@ enum Top {
         #[command(flatten)]
         target: Target,
     },
+    /// Subscribe a peer to addresses: their data then arrives from its connected peers.
+    ///
+    /// On a running peer (--peer), for as long as it runs and after restarts (subscriptions are
+    /// stored); on a local store (--store), for the next `serve` of that store. What a --client
+    /// peer needs before it replicates anything; `serve --subscribe` does the same at start.
+    #[command(
+        after_long_help = "Examples:\n  replikativ subscribe mail:alice@example.org/0b5c...-uuid --peer ws://127.0.0.1:31745\n  replikativ subscribe A B --store file:./node-b   # before `serve --store file:./node-b`\n\nExit codes: 0 subscribed, 2 bad usage or address, 3 the peer cannot be reached, 4 store error."
+    )]
+    Subscribe {
+        /// The addresses, USER/UUID (one or more).
+        #[arg(required = true, value_name = "ADDRESS")]
+        addresses: Vec<String>,
+        #[command(flatten)]
+        target: Target,
+    },
     /// A peer's id, connections and subscriptions.
     Status {
         #[command(flatten)]
@@ -98,8 +114,10 @@ enum Top {
 
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let cli = match Cli::try_parse_from(&args) {
-        Ok(cli) => cli,
+    let parsed =
+        Cli::command().try_get_matches_from(&args).and_then(|m| Cli::from_arg_matches(&m).map(|c| (c, m)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(err) if matches!(err.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
             // --help and --version: clap's own output, on stdout.
             let _ = err.print();
@@ -115,14 +133,9 @@ fn main() -> ExitCode {
     if let Top::Value { json } = &cli.command {
         return report(value_cmd(json));
     }
-    if let Top::Serve(args) = &cli.command {
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log_level));
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init();
+    if let Top::Serve(args) = cli.command {
+        let serve_matches = matches.subcommand_matches("serve").expect("the serve command was parsed");
+        return report(serve_main(args, serve_matches));
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

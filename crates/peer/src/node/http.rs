@@ -152,26 +152,66 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response<Body> {
         registry.register(name, help, c);
     };
     let n = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
-    gauge(&mut registry, "connections", "Open connections (remote peers and in-process stages)", n(status.connections.len()));
+    gauge(
+        &mut registry,
+        "connections",
+        "Open connections (remote peers and in-process stages)",
+        n(status.connections.len()),
+    );
     gauge(&mut registry, "max_connections", "The cap on incoming connections", n(status.max_connections));
-    gauge(&mut registry, "subscriptions", "Addresses the peer is subscribed to", n(status.subscriptions.len()));
+    gauge(
+        &mut registry,
+        "subscriptions",
+        "Addresses the peer is subscribed to",
+        n(status.subscriptions.len()),
+    );
     gauge(&mut registry, "addresses", "Addresses with a state", n(status.addresses));
-    gauge(&mut registry, "quarantined_records", "Stored records skipped when the peer opened", n(status.recovery.len()));
+    gauge(
+        &mut registry,
+        "quarantined_records",
+        "Stored records skipped when the peer opened",
+        n(status.recovery.len()),
+    );
     if let Some(bytes) = shared.store.size_on_disk() {
-        gauge(&mut registry, "store_bytes", "Size of the store on disk", i64::try_from(bytes).unwrap_or(i64::MAX));
+        gauge(
+            &mut registry,
+            "store_bytes",
+            "Size of the store on disk",
+            i64::try_from(bytes).unwrap_or(i64::MAX),
+        );
     }
     let totals = super::metric_totals(&shared);
     counter(&mut registry, "messages_received", "Protocol messages received", totals.items_in);
     counter(&mut registry, "messages_sent", "Protocol messages sent", totals.items_out);
-    counter(&mut registry, "publications_received", "Publications and batches received (ops in)", totals.publications_in);
-    counter(&mut registry, "publications_sent", "Publications and batches sent (ops out)", totals.publications_out);
+    counter(
+        &mut registry,
+        "publications_received",
+        "Publications and batches received (ops in)",
+        totals.publications_in,
+    );
+    counter(
+        &mut registry,
+        "publications_sent",
+        "Publications and batches sent (ops out)",
+        totals.publications_out,
+    );
     counter(&mut registry, "fetches_received", "Fetch requests received", totals.fetches_in);
     counter(&mut registry, "bytes_received", "Websocket frame bytes received", totals.bytes_in);
     counter(&mut registry, "bytes_sent", "Websocket frame bytes sent", totals.bytes_out);
     counter(&mut registry, "errors", "Errors and refusals sent or received in messages", totals.errors);
-    counter(&mut registry, "dropped_messages", "Messages dropped because a connection's outbox was full", status.dropped);
+    counter(
+        &mut registry,
+        "dropped_messages",
+        "Messages dropped because a connection's outbox was full",
+        status.dropped,
+    );
     counter(&mut registry, "catch_up_batches_sent", "Catch-up batches sent", status.catch_up_batches);
-    counter(&mut registry, "catch_up_publications_sent", "Catch-up publications sent", status.catch_up_publications);
+    counter(
+        &mut registry,
+        "catch_up_publications_sent",
+        "Catch-up publications sent",
+        status.catch_up_publications,
+    );
     let refusals = Family::<Vec<(&'static str, &'static str)>, Counter<u64>>::default();
     // Every reason is listed (0 until it happens), so a dashboard sees the series from the start.
     for reason in Refusal::ALL {
@@ -199,7 +239,9 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response<Body> {
 fn text(status: StatusCode, body: String) -> Response<Body> {
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response
 }
 
@@ -214,7 +256,10 @@ pub(crate) struct Accepted {
 
 /// Whether a request asks for a websocket upgrade (an `Upgrade: websocket` header).
 pub(crate) fn wants_websocket(headers: &HeaderMap) -> bool {
-    headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
 async fn upgrade_handler(State(shared): State<Arc<Shared>>, req: Request) -> Response<Body> {
@@ -228,9 +273,10 @@ pub(crate) async fn upgrade<B>(shared: Arc<Shared>, mut req: axum::http::Request
     let peer_name = peer.map_or_else(|| "unknown".to_owned(), |p| p.to_string());
     let headers = req.headers();
     let has_token = |name: header::HeaderName, token: &str| {
-        headers.get_all(name).iter().any(|v| {
-            v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        })
+        headers
+            .get_all(name)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))))
     };
     let problem = if req.method() != Method::GET {
         Some("a websocket handshake is a GET request")

@@ -167,10 +167,13 @@ pub(crate) async fn run<S>(
             w.unwrap_or_else(|e| format!("writer failed: {e}"))
         }
     };
-    // Opening and closing are routine (every command line call is a connection): DEBUG, except
-    // a failed write (the network or the remote misbehaved).
+    // Incoming connections open and close routinely (every command line call is one): DEBUG.
+    // A link this node dialed (`connect`) dropping is news for the operator: INFO. A failed
+    // write (the network or the remote misbehaved): WARN.
     if reason.starts_with("write failed") {
         tracing::warn!(conn, remote = %remote, %reason, "connection closed");
+    } else if direction == Direction::Outbound {
+        tracing::info!(conn, remote = %remote, %reason, "connection closed");
     } else {
         tracing::debug!(conn, remote = %remote, %reason, "connection closed");
     }

@@ -1,7 +1,7 @@
 //! HTTP beside the websocket: the node's listen port answers plain HTTP requests (health,
 //! readiness, Prometheus metrics, optional static files) and upgrades websocket requests to peer
 //! connections; [`websocket_router`] and [`ops_router`] mount the same endpoints into an
-//! application's own [`axum`] server (`docs/design.md` §7.4).
+//! application's own [`axum`] server (`docs/design.md` §8.5).
 //!
 //! Mounting a node's websocket endpoint at `/replikativ` of an application's server:
 //!
@@ -83,7 +83,7 @@ pub fn websocket_router(node: &Node, path: &str) -> Router {
 }
 
 /// A router with the node's operational endpoints: `GET /healthz`, `GET /readyz` and
-/// `GET /metrics` (Prometheus text format); see `docs/design.md` §7.4.
+/// `GET /metrics` (Prometheus text format); see `docs/design.md` §8.5.
 pub fn ops_router(node: &Node) -> Router {
     ops_routes(node.shared.clone())
 }

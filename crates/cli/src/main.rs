@@ -47,7 +47,16 @@ pub(crate) struct Failure(pub(crate) u8, pub(crate) String);
 /// running peer (--peer ws://HOST:PORT) or directly on a local store no peer holds (--store). Addresses
 /// are USER/UUID; values and transactions are JSON.
 #[derive(Debug, Parser)]
-#[command(name = "replikativ", version, about, long_about)]
+#[command(name = "replikativ", version, about, long_about, after_help = concat!(
+    "Examples:\n",
+    "  replikativ serve --store file:./node-a                      # a peer on 127.0.0.1:31744\n",
+    "  MAP=$(replikativ ormap create --peer ws://127.0.0.1:31744)\n",
+    "  replikativ ormap assoc \"$MAP\" milk '[[\"add\", 2]]' --peer ws://127.0.0.1:31744\n",
+    "  replikativ watch \"$MAP\" --peer ws://127.0.0.1:31744\n",
+    "\n",
+    "`replikativ COMMAND --help` explains each command, with examples.\n",
+    exit_codes!()
+))]
 struct Cli {
     #[command(subcommand)]
     command: Top,
@@ -77,11 +86,13 @@ enum Top {
     #[command(subcommand)]
     Gset(GsetCmd),
     /// Print each change of an address as one JSON line, live, until interrupted (needs --peer).
+    #[command(after_help = concat!("Examples:\n  replikativ watch \"$MAP\" --peer ws://127.0.0.1:31745\n  replikativ watch \"$MAP\" --peer ws://127.0.0.1:31745 | jq .\n\nStops on SIGINT or SIGTERM (exit 0). ", exit_codes!()))]
     Watch {
         /// The address, USER/UUID.
         address: String,
-        #[command(flatten)]
-        target: Target,
+        /// The running peer to watch through (ws://HOST:PORT).
+        #[arg(long, env = "REPLIKATIV_PEER", value_name = "URL")]
+        peer: String,
     },
     /// Subscribe a peer to addresses: their data then arrives from its connected peers.
     ///
@@ -98,16 +109,19 @@ enum Top {
         #[command(flatten)]
         target: Target,
     },
-    /// A peer's id, connections and subscriptions.
+    /// A peer's id, role, connections, subscriptions, store size, traffic and refusals.
+    #[command(after_help = concat!("Examples:\n  replikativ status --peer ws://127.0.0.1:31744\n  replikativ status --store file:./node-a --json   # a store no peer holds\n\n", exit_codes!()))]
     Status {
         #[command(flatten)]
-        target: Target,
+        target: ReadTarget,
     },
     /// Show a JSON value's canonical encoding (hex) and its content id (blake3 of the encoding).
     ///
     /// JSON objects become maps, arrays lists, integers ints, other numbers floats.
+    #[command(after_help = concat!("Examples:\n  replikativ value '{\"name\": \"Hal\"}'\n  replikativ value '\"a string\"'\n\n", exit_codes!()))]
     Value {
         /// The value as JSON, e.g. '{"name": "Hal"}'.
+        #[arg(allow_negative_numbers = true)]
         json: String,
     },
 }
@@ -191,5 +205,50 @@ mod tests {
         };
         let Failure(_, message) = open_failure("sled:/data", Access::Existing, denied);
         assert!(message.starts_with("cannot open the store sled:/data: I/O error"), "{message}");
+    }
+}
+
+#[cfg(test)]
+mod prefix_tests {
+    use super::*;
+
+    fn id(first: u8, second: u8) -> ContentId {
+        let mut bytes = [0u8; 32];
+        bytes[0] = first;
+        bytes[1] = second;
+        ContentId::from_bytes(bytes)
+    }
+
+    #[test]
+    fn a_unique_prefix_names_its_id_and_a_shared_one_is_ambiguous() {
+        let ids = [id(0xab, 0xcd), id(0xab, 0xce), id(0x12, 0x34)];
+        assert_eq!(resolve_prefix("1234", &ids, "head").unwrap(), ids[2]);
+        assert_eq!(resolve_prefix("ABCD", &ids, "head").unwrap(), ids[0]);
+        assert_eq!(resolve_prefix(&ids[1].to_string(), &ids, "head").unwrap(), ids[1]);
+        let Failure(code, message) = resolve_prefix("abc", &ids, "head").unwrap_err();
+        assert_eq!(code, EXIT_USAGE);
+        assert!(message.contains("ambiguous") && message.contains("2 heads"), "{message}");
+        let Failure(code, message) = resolve_prefix("ffff", &ids, "head").unwrap_err();
+        assert_eq!(code, EXIT_DATA);
+        assert!(message.contains("no head starts with ffff"), "{message}");
+        assert!(check_id_prefix("abc").is_err(), "at least 4 digits");
+        assert!(check_id_prefix("abcg").is_err(), "hex only");
+        assert!(check_id_prefix("abcd").is_ok());
+    }
+
+    #[test]
+    fn integers_beyond_64_bits_are_found_outside_strings_only() {
+        assert_eq!(big_integer("18446744073709551616"), Some("18446744073709551616"));
+        assert_eq!(big_integer("[1, {\"a\": -9223372036854775809}]"), Some("-9223372036854775809"));
+        assert_eq!(big_integer("18446744073709551615"), None, "u64::MAX is exact");
+        assert_eq!(big_integer("-9223372036854775808"), None, "i64::MIN is exact");
+        assert_eq!(big_integer("\"18446744073709551616\""), None, "inside a string");
+        assert_eq!(
+            big_integer("\"a\\\"18446744073709551616\""),
+            None,
+            "an escaped quote does not end the string"
+        );
+        assert_eq!(big_integer("1e30"), None, "a float literal is a float");
+        assert_eq!(big_integer("184467440737095516160.5"), None);
     }
 }

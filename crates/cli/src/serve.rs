@@ -9,7 +9,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "REPLIKATIV_LISTEN", value_name = "HOST:PORT", default_value_t = format!("127.0.0.1:{DEFAULT_PORT}"))]
     pub(crate) listen: String,
     /// Where to keep data: file:DIR (crash-safe embedded store), sled:DIR, or memory
-    #[arg(long, env = "REPLIKATIV_STORE", value_name = "STORE", default_value = "file:./replikativ-data")]
+    #[arg(long, env = "REPLIKATIV_STORE", value_name = "STORE", default_value = DEFAULT_STORE)]
     pub(crate) store: String,
     /// A peer to connect to (ws://HOST:PORT), repeatable (in the environment: comma-separated).
     /// It need not be up: the peer keeps trying with backoff, and reconnects whenever the

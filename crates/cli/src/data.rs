@@ -364,7 +364,7 @@ pub(crate) async fn run(command: Top) -> Result<(), Failure> {
         Top::Cdvcs(cmd) => cdvcs(cmd).await,
         Top::Lww(cmd) => lww(cmd).await,
         Top::Gset(cmd) => gset(cmd).await,
-        Top::Watch { address, peer } => watch(&address, &peer).await,
+        Top::Watch { address, peer, timeout } => watch::watch(&address, &peer, timeout).await,
         Top::Subscribe { addresses, target } => {
             let addresses: BTreeSet<Address> =
                 addresses.iter().map(|a| parse_address(a)).collect::<Result<_, _>>()?;
@@ -860,49 +860,4 @@ pub(crate) async fn gset(cmd: GsetCmd) -> Result<(), Failure> {
             .await
         }
     }
-}
-
-/// Watches through a client peer of its own (memory store) connected to `--peer`: every change of
-/// the address that reaches it is printed as one JSON line.
-pub(crate) async fn watch(address: &str, url: &str) -> Result<(), Failure> {
-    let address = parse_address(address)?;
-    let url = peer_url(url)?;
-    let mut signals = Signals::install()?;
-    let stage = replikativ_peer::stage::Stage::builder(Arc::new(MemoryStore::new()))
-        .user("replikativ-watch")
-        .extend(false)
-        .spawn()
-        .await
-        .map_err(|e| Failure(EXIT_DATA, e.to_string()))?;
-    let mut changes = stage.changes(&address);
-    stage.subscribe([address.clone()]).await.map_err(|e| Failure(EXIT_DATA, e.to_string()))?;
-    stage.node().connect(url).await.map_err(|e| Failure(EXIT_UNREACHABLE, e.to_string()))?;
-    // A spinner while the address catches up, only when a person is watching stderr.
-    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_message(format!("catching up {address}"));
-        bar.enable_steady_tick(std::time::Duration::from_millis(100));
-        bar
-    });
-    let mut progress = progress;
-    loop {
-        tokio::select! {
-            event = changes.recv() => match event {
-                Ok(event) => {
-                    if let Some(bar) = progress.take() {
-                        bar.finish_and_clear();
-                    }
-                    let op = serde_json::to_value(&event.op).unwrap_or_else(|_| serde_json::json!(format!("{:?}", event.op)));
-                    println!("{}", serde_json::json!({ "address": event.address.to_string(), "op": op }));
-                }
-                Err(replikativ_peer::stage::ChangesError::Lagged(n)) => {
-                    eprintln!("warning: {n} changes were skipped");
-                }
-                Err(e) => return Err(Failure(EXIT_UNREACHABLE, e.to_string())),
-            },
-            _ = signals.recv() => break,
-        }
-    }
-    stage.shutdown().await;
-    Ok(())
 }

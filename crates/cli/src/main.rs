@@ -7,6 +7,7 @@ mod output;
 mod serve;
 mod stores;
 mod usage;
+mod watch;
 
 use data::*;
 use serve::*;
@@ -85,14 +86,26 @@ enum Top {
     /// G-Set: a grow-only set.
     #[command(subcommand)]
     Gset(GsetCmd),
-    /// Print each change of an address as one JSON line, live, until interrupted (needs --peer).
-    #[command(after_help = concat!("Examples:\n  replikativ watch \"$MAP\" --peer ws://127.0.0.1:31745\n  replikativ watch \"$MAP\" --peer ws://127.0.0.1:31745 | jq .\n\nStops on SIGINT or SIGTERM (exit 0). ", exit_codes!()))]
+    /// Print an address's values, then each change, as JSON lines, live, until interrupted.
+    ///
+    /// First the catch-up: what the address holds, as lines {"address", "catch_up": [entries]}
+    /// of at most 256 entries (about 64 KiB) each, closed by {"address", "catch_up_done":
+    /// {"entries": N}}. Then one line per change as it arrives. Entries are resolved: an OR-Map
+    /// entry is {"key", "value" (its transactions), "author", "commit"} (a removal has
+    /// "removed": true), a CDVCS commit {"id", "author", "ts", "parents", "transactions"}, an LWW
+    /// write {"value"}, a G-Set element {"element"} in the catch-up and {"added"} live. On a
+    /// terminal, stderr counts the catch-up's changes; losing and regaining the peer is said on
+    /// stderr (the connection is re-established by itself).
+    #[command(after_help = concat!("Examples:\n  replikativ watch \"$MAP\" --peer ws://127.0.0.1:31745\n  replikativ watch \"$MAP\" --peer ws://127.0.0.1:31745 | jq -c 'select(.key)'\n\nStops on SIGINT or SIGTERM (exit 0). An address that has not arrived after --timeout is an error (4). ", exit_codes!()))]
     Watch {
         /// The address, USER/UUID.
         address: String,
         /// The running peer to watch through (ws://HOST:PORT).
         #[arg(long, env = "REPLIKATIV_PEER", value_name = "URL")]
         peer: String,
+        /// How long to wait for the address to arrive before saying it does not exist there.
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+        timeout: std::time::Duration,
     },
     /// Subscribe a peer to addresses: their data then arrives from its connected peers.
     ///

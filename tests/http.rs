@@ -117,6 +117,19 @@ async fn health_readiness_and_metrics_answer_on_the_websocket_port() {
     assert!(after["replikativ_bytes_received_total"] > before["replikativ_bytes_received_total"]);
     assert!(after["replikativ_connections"] >= 2.0, "the stage and the client: {after:?}");
     assert!(after["replikativ_addresses"] >= 1.0);
+    // Per connection: the client's connection with its counters.
+    let (status, headers, body) = get(server.addr, "/connections").await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "application/json");
+    let conns: Vec<serde_json::Value> = serde_json::from_str(&body).expect("a JSON list");
+    let client_conn = conns
+        .iter()
+        .find(|c| c["peer_id"] == "client")
+        .unwrap_or_else(|| panic!("the client's connection in {body}"));
+    assert!(client_conn["remote"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(client_conn["publications_in"].as_u64().unwrap() >= 1, "{client_conn}");
+    assert!(client_conn["bytes_in"].as_u64().unwrap() > 0);
+    assert!(conns.iter().any(|c| c["remote"] == "stage"), "{body}");
     // The write was made durable by at least one barrier on the file store.
     assert!(after["replikativ_barrier_duration_seconds_count"] > 0.0);
     bounded("shutdown", client.stage.shutdown()).await;

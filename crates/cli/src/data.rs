@@ -391,28 +391,28 @@ pub(crate) async fn run(command: Top) -> Result<(), Failure> {
     }
 }
 
-/// The counters `status` shows from a running peer's `GET /metrics` (same port as its
-/// websocket), by name without the `replikativ_` prefix and `_total` suffix; `None` if the peer
-/// does not answer it (an older peer, or not this tool's node).
-async fn node_metrics(url: &str) -> Option<std::collections::BTreeMap<String, u64>> {
+/// A plain HTTP GET to the port of a running peer's `ws://` URL (bounded: 5 s, 4 MiB): the body
+/// of a 200 answer, else `None` (an older peer, or not this tool's node).
+async fn peer_http_get(url: &str, path: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let host = url.strip_prefix("ws://")?.split('/').next()?.to_owned();
     let fetch = async {
         let mut tcp = tokio::net::TcpStream::connect(&host).await.ok()?;
-        tcp.write_all(
-            format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await.ok()?;
         let mut reply = Vec::new();
         tcp.take(4 << 20).read_to_end(&mut reply).await.ok()?;
         Some(String::from_utf8_lossy(&reply).into_owned())
     };
     let reply = tokio::time::timeout(std::time::Duration::from_secs(5), fetch).await.ok()??;
     let (head, body) = reply.split_once("\r\n\r\n")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return None;
-    }
+    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+}
+
+/// The node-wide counters `status` shows, from a running peer's `GET /metrics`, by name without
+/// the `replikativ_` prefix and `_total` suffix.
+async fn node_metrics(url: &str) -> Option<std::collections::BTreeMap<String, u64>> {
+    let body = peer_http_get(url, "/metrics").await?;
     const SHOWN: &[&str] = &[
         "messages_received",
         "messages_sent",
@@ -439,6 +439,12 @@ async fn node_metrics(url: &str) -> Option<std::collections::BTreeMap<String, u6
     Some(out)
 }
 
+/// Each open connection of a running peer with its counters (`GET /connections`).
+async fn connection_metrics(url: &str) -> Option<Vec<serde_json::Value>> {
+    let body = peer_http_get(url, "/connections").await?;
+    serde_json::from_str::<serde_json::Value>(&body).ok()?.as_array().cloned()
+}
+
 /// Prints the peer's status.
 pub(crate) async fn status(b: &mut Backend, target: &Target) -> Result<(), Failure> {
     let Reply::Status(status) = b.call(Command::Status).await? else {
@@ -446,9 +452,9 @@ pub(crate) async fn status(b: &mut Backend, target: &Target) -> Result<(), Failu
     };
     let role = if status.extend { "server" } else { "client" };
     // The node-wide counters of its /metrics (a running peer only; a local store has none).
-    let traffic = match &target.peer {
-        Some(url) => node_metrics(url).await,
-        None => None,
+    let (traffic, per_connection) = match &target.peer {
+        Some(url) => (node_metrics(url).await, connection_metrics(url).await),
+        None => (None, None),
     };
     if target.json {
         let mut json = serde_json::to_value(&status).expect("encodes");
@@ -458,6 +464,9 @@ pub(crate) async fn status(b: &mut Backend, target: &Target) -> Result<(), Failu
             object.insert("role".into(), serde_json::json!(role));
             if let Some(traffic) = &traffic {
                 object.insert("traffic".into(), serde_json::json!(traffic));
+            }
+            if let Some(per_connection) = &per_connection {
+                object.insert("connection_metrics".into(), serde_json::json!(per_connection));
             }
         }
         println!("{json}");
@@ -476,6 +485,25 @@ pub(crate) async fn status(b: &mut Backend, target: &Target) -> Result<(), Failu
         println!("  {a}");
     }
     println!("addresses:     {}", status.addresses);
+    if let Some(per_connection) = &per_connection {
+        println!("per connection (messages and bytes in / out, publications in / out, errors):");
+        for c in per_connection {
+            let n = |k: &str| c[k].as_u64().unwrap_or(0);
+            let peer = c["peer_id"].as_str().map(|p| format!(" ({p})")).unwrap_or_default();
+            println!(
+                "  #{} {}{peer}: {} / {} messages, {} / {} bytes, {} / {} publications, {} errors",
+                n("conn"),
+                c["remote"].as_str().unwrap_or("?"),
+                n("items_in"),
+                n("items_out"),
+                n("bytes_in"),
+                n("bytes_out"),
+                n("publications_in"),
+                n("publications_out"),
+                n("errors"),
+            );
+        }
+    }
     if let Some(traffic) = &traffic {
         println!("traffic (all connections since the start):");
         for (name, value) in traffic {

@@ -160,11 +160,20 @@ fn status_json_uses_the_names_of_the_text_and_shows_traffic() {
     assert!(text.contains("role:          server"), "{text}");
     assert!(text.contains("traffic (all connections since the start):"), "{text}");
     assert!(text.contains("messages_received: "), "{text}");
+    assert!(text.contains("per connection (messages and bytes in / out"), "{text}");
+    assert!(text.lines().any(|l| l.trim_start().starts_with('#') && l.contains("127.0.0.1:")), "{text}");
     let j = json(&ok(&["status", "--peer", &url, "--json"]));
     assert_eq!(j["role"], "server");
     assert!(j.get("extend").is_none(), "{j}");
     assert!(j["traffic"]["messages_received"].as_u64().unwrap() > 0, "{j}");
     assert!(j["traffic"]["bytes_sent"].as_u64().unwrap() > 0, "{j}");
+    // The status call's own connection is among them, with the bytes it sent so far.
+    let conns = j["connection_metrics"].as_array().expect("per-connection metrics");
+    assert!(
+        conns.iter().any(|c| c["remote"].as_str().unwrap().starts_with("127.0.0.1:")
+            && c["bytes_in"].as_u64().unwrap() > 0),
+        "{j}"
+    );
 }
 
 #[test]

@@ -289,7 +289,7 @@ pub struct ConnMetrics {
 }
 
 /// A snapshot of [`ConnMetrics`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MetricsSnapshot {
     /// Items received.
     pub items_in: u64,

@@ -82,8 +82,9 @@ pub fn websocket_router(node: &Node, path: &str) -> Router {
     Router::new().route(path, any(upgrade_handler)).with_state(node.shared.clone())
 }
 
-/// A router with the node's operational endpoints: `GET /healthz`, `GET /readyz` and
-/// `GET /metrics` (Prometheus text format); see `docs/design.md` §8.5.
+/// A router with the node's operational endpoints: `GET /healthz`, `GET /readyz`,
+/// `GET /metrics` (Prometheus text format) and `GET /connections` (JSON: each open connection
+/// with its counters); see `docs/design.md` §8.5.
 pub fn ops_router(node: &Node) -> Router {
     ops_routes(node.shared.clone())
 }
@@ -93,6 +94,7 @@ fn ops_routes(shared: Arc<Shared>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/connections", get(connections))
         .with_state(shared)
 }
 
@@ -233,6 +235,40 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
+    response
+}
+
+/// One open connection and its counters, as `GET /connections` lists them.
+#[derive(Debug, serde::Serialize)]
+struct ConnectionInfo {
+    conn: crate::proto::ConnId,
+    /// The remote's address (`stage` for an in-process stage).
+    remote: String,
+    /// The remote's peer id once it said hello.
+    peer_id: Option<String>,
+    #[serde(flatten)]
+    counters: crate::middleware::MetricsSnapshot,
+}
+
+async fn connections(State(shared): State<Arc<Shared>>) -> Response<Body> {
+    let node = Node { shared };
+    let status = match tokio::time::timeout(READY_TIMEOUT, node.status()).await {
+        Ok(Ok(status)) => status,
+        _ => return text(StatusCode::SERVICE_UNAVAILABLE, "the protocol core does not answer\n".into()),
+    };
+    let metrics = node.metrics();
+    let list: Vec<ConnectionInfo> = status
+        .connections
+        .into_iter()
+        .map(|(conn, remote, peer_id)| ConnectionInfo {
+            conn,
+            remote: remote.to_string(),
+            peer_id,
+            counters: metrics.get(&conn).copied().unwrap_or_default(),
+        })
+        .collect();
+    let mut response = Response::new(Body::from(serde_json::to_string(&list).expect("encodes")));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 

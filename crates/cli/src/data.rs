@@ -61,8 +61,7 @@ pub(crate) enum OrmapCmd {
     ///
     /// An OR-Map is multi-valued: assoc adds a value beside those the key already has (and beside
     /// concurrent assocs by other peers); `get` returns every live value. To replace what a key
-    /// holds, `dissoc` it first (that removes the values it has seen: a concurrent assoc elsewhere
-    /// survives).
+    /// holds, use `ormap put`.
     #[command(after_help = concat!("Examples:\n  replikativ ormap assoc \"$MAP\" milk '[[\"add\", 2]]' --peer ws://127.0.0.1:31744\n  replikativ ormap assoc \"$MAP\" '{\"id\": 7}' '[\"set\", {\"done\": true}]' --json\n\n", exit_codes!()))]
     Assoc {
         /// The OR-Map's address, USER/UUID.
@@ -71,6 +70,23 @@ pub(crate) enum OrmapCmd {
         #[arg(allow_negative_numbers = true)]
         key: String,
         /// The value: a JSON list of [function, params] transactions, e.g. '[["add", 2]]'.
+        txs: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Replace a key's values with a new one, in one op; prints the new value's commit id.
+    ///
+    /// What to use to set a key: removes every value this peer has seen and adds TXS, so no
+    /// replica ever sees the key empty (dissoc, then assoc, would be two ops). A concurrent assoc
+    /// on another peer, which this one has not seen, survives beside the new value.
+    #[command(after_help = concat!("Examples:\n  replikativ ormap put \"$MAP\" milk '[[\"add\", 3]]' --peer ws://127.0.0.1:31744\n\n", exit_codes!()))]
+    Put {
+        /// The OR-Map's address, USER/UUID.
+        address: String,
+        /// The key: JSON if it parses as JSON, else the text itself.
+        #[arg(allow_negative_numbers = true)]
+        key: String,
+        /// The new value: a JSON list of [function, params] transactions, e.g. '[["add", 3]]'.
         txs: String,
         #[command(flatten)]
         target: Target,
@@ -675,6 +691,11 @@ pub(crate) async fn ormap(cmd: OrmapCmd) -> Result<(), Failure> {
             let (address, key, txs) = (parse_address(&address)?, parse_key(&key), parse_txs(&txs)?);
             let author = target.user.clone();
             commit(target, Command::Assoc { address, key, txs, author }).await
+        }
+        OrmapCmd::Put { address, key, txs, target } => {
+            let (address, key, txs) = (parse_address(&address)?, parse_key(&key), parse_txs(&txs)?);
+            let author = target.user.clone();
+            commit(target, Command::Put { address, key, txs, author }).await
         }
         OrmapCmd::Dissoc { address, key, revert, target } => {
             let address = parse_address(&address)?;

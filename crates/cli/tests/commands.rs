@@ -33,6 +33,15 @@ fn every_edit_prints_its_result() {
 
     let map = ok(&on(&s, &["ormap", "create"]));
     ok(&on(&s, &["ormap", "assoc", &map, "milk", r#"[["add", 2]]"#]));
+    // assoc adds (two sequential assocs keep both values); put replaces them in one op.
+    ok(&on(&s, &["ormap", "assoc", &map, "milk", r#"[["add", 3]]"#]));
+    let values = json(&ok(&on(&s, &["ormap", "get", &map, "milk", "--json"])));
+    assert_eq!(values.as_array().unwrap().len(), 2, "{values}");
+    let put = ok(&on(&s, &["ormap", "put", &map, "milk", r#"[["add", 4]]"#]));
+    let values = json(&ok(&on(&s, &["ormap", "get", &map, "milk", "--json"])));
+    assert_eq!(values.as_array().unwrap().len(), 1, "{values}");
+    assert_eq!(values[0]["id"], put.as_str());
+    assert_eq!(values[0]["transactions"], serde_json::json!([["add", 4]]));
     let removal = ok(&on(&s, &["ormap", "dissoc", &map, "milk"]));
     assert_eq!(removal.len(), 64, "dissoc prints the removal's commit id: {removal:?}");
     assert!(removal.bytes().all(|b| b.is_ascii_hexdigit()));
@@ -187,6 +196,7 @@ fn every_command_explains_itself_with_examples_and_exit_codes() {
         &["value"],
         &["ormap", "create"],
         &["ormap", "assoc"],
+        &["ormap", "put"],
         &["ormap", "dissoc"],
         &["ormap", "get"],
         &["ormap", "keys"],

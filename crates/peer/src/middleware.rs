@@ -431,6 +431,7 @@ fn command_access(cmd: &Command) -> Vec<Access<'_>> {
         Command::Subscribe { addresses } => addresses.iter().map(Access::Subscribe).collect(),
         Command::Unsubscribe { .. } => vec![],
         Command::Assoc { address, .. }
+        | Command::Put { address, .. }
         | Command::Dissoc { address, .. }
         | Command::Transact { address, .. }
         | Command::Merge { address, .. }

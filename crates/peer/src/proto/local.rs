@@ -90,6 +90,21 @@ impl Peer {
         Ok(Reply::Commit(commit))
     }
 
+    pub(super) fn put(
+        &mut self,
+        address: &Address,
+        key: Value,
+        txs: Vec<Transaction>,
+        author: &str,
+    ) -> Result<Reply, StageError> {
+        let (now, actor) = (self.now_ms, self.actor);
+        let m: &mut OrMap = typed_mut!(self, address, Ormap, Ormap);
+        let staged = m.put(key, txs, actor, author, now)?;
+        let commit = staged.op.adds[0].commit;
+        self.local(address, AnyOp::Ormap(staged.op), bytes_of(staged.values))?;
+        Ok(Reply::Commit(commit))
+    }
+
     pub(super) fn dissoc(
         &mut self,
         address: &Address,

@@ -557,6 +557,18 @@ pub(crate) async fn with_backend(
     let mut b = backend(&target, access).await?;
     let result = f(&mut b, &target).await;
     let closed = b.close().await;
+    // Neither --peer nor --store (nor REPLIKATIV_STORE): say which store was used (on stderr,
+    // so that stdout stays the result). A failure to open it says so in its error instead.
+    if target.peer.is_none()
+        && target.store == DEFAULT_STORE
+        && std::env::var_os("REPLIKATIV_STORE").is_none()
+    {
+        let dir = std::env::current_dir().map(|d| d.join("replikativ-data").display().to_string());
+        eprintln!(
+            "note: no --peer or --store given: used the store {DEFAULT_STORE} ({})",
+            dir.unwrap_or_default()
+        );
+    }
     result.and(closed)
 }
 

@@ -94,7 +94,7 @@ fn usage_errors_are_one_line_and_one_hint_with_exit_code_2() {
         (&[], "error: 'replikativ' needs a command: serve, ormap,", "try 'replikativ --help'"),
         (
             &["ormap"],
-            "error: 'replikativ ormap' needs a command: create, assoc, dissoc, get, keys",
+            "error: 'replikativ ormap' needs a command: create, assoc, put, dissoc, get, keys",
             "try 'replikativ ormap --help'",
         ),
         (

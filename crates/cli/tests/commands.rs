@@ -110,6 +110,23 @@ fn errors_carry_the_hint_that_fixes_them() {
         "{stderr}"
     );
     assert!(!empty.path().join("replikativ-data").exists(), "nothing was created");
+    // A command that works on the default store says so on stderr; stdout is only the result.
+    let out = common::bin()
+        .args(["ormap", "create"])
+        .current_dir(empty.path())
+        .env_remove("REPLIKATIV_STORE")
+        .env_remove("REPLIKATIV_PEER")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("note: no --peer or --store given: used the store file:./replikativ-data"),
+        "{stderr}"
+    );
+    let created = String::from_utf8(out.stdout).unwrap();
+    assert!(created.trim().starts_with("mail:cli@localhost/"), "{created}");
+    assert!(empty.path().join("replikativ-data").is_dir());
 }
 
 #[test]

@@ -55,7 +55,7 @@ impl Backend {
             })?,
             Backend::Local { stage, .. } => stage.command(cmd).await,
         };
-        result.map_err(|e: StageError| Failure(EXIT_DATA, e.to_string()))
+        result.map_err(crate::data::stage_failure)
     }
 
     pub(crate) async fn close(self) -> Result<(), Failure> {

@@ -1,17 +1,19 @@
 //! The data commands (`ormap`, `cdvcs`, `lww`, `gset`, `watch`, `status`, `value`): their
 //! arguments, parsing, and running them on a backend.
 
+use std::collections::BTreeSet;
+
 use super::*;
 
-/// Where a data command runs.
+/// Where a data command runs, and as whom.
 #[derive(Debug, Args)]
 pub(crate) struct Target {
     /// A running peer to work on (ws://HOST:PORT). Without it, the command opens --store itself.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "REPLIKATIV_PEER", value_name = "URL")]
     pub(crate) peer: Option<String>,
     /// The store to open when there is no --peer (it must not be held by a running peer). Only the
-    /// create commands make a new store; reads open it read-only.
-    #[arg(long, global = true, default_value = "file:./replikativ-data")]
+    /// create commands make a new store.
+    #[arg(long, global = true, env = "REPLIKATIV_STORE", value_name = "STORE", default_value = DEFAULT_STORE)]
     pub(crate) store: String,
     /// The user commits are made as (the owner of new addresses).
     #[arg(long, global = true, env = "REPLIKATIV_USER", default_value = "mail:cli@localhost")]
@@ -21,82 +23,168 @@ pub(crate) struct Target {
     pub(crate) json: bool,
 }
 
+/// Where a read runs (a read makes no commits, so it has no --user).
+#[derive(Debug, Args)]
+pub(crate) struct ReadTarget {
+    /// A running peer to read from (ws://HOST:PORT). Without it, the command opens --store itself.
+    #[arg(long, env = "REPLIKATIV_PEER", value_name = "URL")]
+    pub(crate) peer: Option<String>,
+    /// The store to read when there is no --peer: opened read-only (nothing is written), and it
+    /// must not be held by a running peer.
+    #[arg(long, env = "REPLIKATIV_STORE", value_name = "STORE", default_value = DEFAULT_STORE)]
+    pub(crate) store: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+impl From<ReadTarget> for Target {
+    fn from(r: ReadTarget) -> Target {
+        Target { peer: r.peer, store: r.store, user: "mail:cli@localhost".into(), json: r.json }
+    }
+}
+
+/// The exit codes, for every command's help.
+macro_rules! exit_codes {
+    () => {
+        "Exit codes: 0 done, 2 bad usage (a flag, an address, JSON), 3 the --peer cannot be reached, 4 store or data error (no store, no such address, another datatype, a refused edit)."
+    };
+}
+pub(crate) use exit_codes;
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum OrmapCmd {
     /// Create an OR-Map; prints its address.
+    #[command(after_help = concat!("Examples:\n  MAP=$(replikativ ormap create --peer ws://127.0.0.1:31744)\n  replikativ ormap create --id 6f1c0e6a-8d7e-4a57-9d55-0f6a1d7b3c21 --store file:./data\n\n", exit_codes!()))]
     Create(Create),
-    /// Add a value under a key: TXS is a JSON list of [function, params] pairs.
+    /// Add a value under a key (a second assoc of the key keeps both values); prints the commit id.
+    ///
+    /// An OR-Map is multi-valued: assoc adds a value beside those the key already has (and beside
+    /// concurrent assocs by other peers); `get` returns every live value. To replace what a key
+    /// holds, use `ormap put`.
+    #[command(after_help = concat!("Examples:\n  replikativ ormap assoc \"$MAP\" milk '[[\"add\", 2]]' --peer ws://127.0.0.1:31744\n  replikativ ormap assoc \"$MAP\" '{\"id\": 7}' '[\"set\", {\"done\": true}]' --json\n\n", exit_codes!()))]
     Assoc {
+        /// The OR-Map's address, USER/UUID.
         address: String,
+        /// The key: JSON if it parses as JSON (42, "x", {"id": 7}), else the text itself.
+        #[arg(allow_negative_numbers = true)]
         key: String,
+        /// The value: a JSON list of [function, params] transactions, e.g. '[["add", 2]]'.
         txs: String,
         #[command(flatten)]
         target: Target,
     },
-    /// Remove every value of a key, recording revert transactions (JSON, default []).
-    Dissoc {
+    /// Replace a key's values with a new one, in one op; prints the new value's commit id.
+    ///
+    /// What to use to set a key: removes every value this peer has seen and adds TXS, so no
+    /// replica ever sees the key empty (dissoc, then assoc, would be two ops). A concurrent assoc
+    /// on another peer, which this one has not seen, survives beside the new value.
+    #[command(after_help = concat!("Examples:\n  replikativ ormap put \"$MAP\" milk '[[\"add\", 3]]' --peer ws://127.0.0.1:31744\n\n", exit_codes!()))]
+    Put {
+        /// The OR-Map's address, USER/UUID.
         address: String,
+        /// The key: JSON if it parses as JSON, else the text itself.
+        #[arg(allow_negative_numbers = true)]
         key: String,
+        /// The new value: a JSON list of [function, params] transactions, e.g. '[["add", 3]]'.
+        txs: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Remove every value of a key this peer has seen; prints the removal's commit id.
+    #[command(after_help = concat!("Examples:\n  replikativ ormap dissoc \"$MAP\" milk --peer ws://127.0.0.1:31744\n  replikativ ormap dissoc \"$MAP\" milk '[[\"restore\", 2]]'   # with revert transactions\n\n", exit_codes!()))]
+    Dissoc {
+        /// The OR-Map's address, USER/UUID.
+        address: String,
+        /// The key (JSON if it parses as JSON, else the text itself).
+        #[arg(allow_negative_numbers = true)]
+        key: String,
+        /// Revert transactions recorded with the removal (a JSON list, default []).
         revert: Option<String>,
         #[command(flatten)]
         target: Target,
     },
-    /// The live values of a key (several when edited concurrently).
+    /// The live values of a key (several when edited concurrently), with their commits.
+    #[command(after_help = concat!("Examples:\n  replikativ ormap get \"$MAP\" milk --peer ws://127.0.0.1:31744\n  replikativ ormap get \"$MAP\" '{\"id\": 7}' --store file:./data --json\n\n", exit_codes!()))]
     Get {
+        /// The OR-Map's address, USER/UUID.
         address: String,
+        /// The key (JSON if it parses as JSON, else the text itself).
+        #[arg(allow_negative_numbers = true)]
         key: String,
         #[command(flatten)]
-        target: Target,
+        target: ReadTarget,
     },
     /// The keys with live values.
+    #[command(after_help = concat!("Examples:\n  replikativ ormap keys \"$MAP\" --peer ws://127.0.0.1:31744 --json\n\n", exit_codes!()))]
     Keys {
+        /// The OR-Map's address, USER/UUID.
         address: String,
         #[command(flatten)]
-        target: Target,
+        target: ReadTarget,
     },
 }
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum CdvcsCmd {
-    /// Create a CDVCS; prints its address.
+    /// Create a CDVCS (with its root commit); prints its address.
+    #[command(after_help = concat!("Examples:\n  LOG=$(replikativ cdvcs create --peer ws://127.0.0.1:31744)\n\n", exit_codes!()))]
     Create(Create),
-    /// Commit transactions (JSON list of [function, params] pairs) on the single head.
+    /// Commit transactions on the single head; prints the commit id.
+    #[command(after_help = concat!("Examples:\n  replikativ cdvcs commit \"$LOG\" '[[\"deposit\", 10]]' --peer ws://127.0.0.1:31744\n\n", exit_codes!()))]
     Commit {
+        /// The CDVCS's address, USER/UUID.
         address: String,
+        /// A JSON list of [function, params] transactions, e.g. '[["deposit", 10]]'.
         txs: String,
         #[command(flatten)]
         target: Target,
     },
-    /// The linearized history (the same order on every replica).
+    /// The linearized history (the same order on every replica), one commit a line: a 12-digit id
+    /// prefix (which commands that take ids accept), the author, the transactions.
+    #[command(after_help = concat!("Examples:\n  replikativ cdvcs log \"$LOG\" --peer ws://127.0.0.1:31744\n  replikativ cdvcs log \"$LOG\" --store file:./data --json   # full ids, parents, timestamps\n\n", exit_codes!()))]
     Log {
+        /// The CDVCS's address, USER/UUID.
         address: String,
         #[command(flatten)]
-        target: Target,
+        target: ReadTarget,
     },
     /// The heads (several after concurrent commits).
+    #[command(after_help = concat!("Examples:\n  replikativ cdvcs heads \"$LOG\" --peer ws://127.0.0.1:31744\n\n", exit_codes!()))]
     Heads {
+        /// The CDVCS's address, USER/UUID.
         address: String,
         #[command(flatten)]
-        target: Target,
+        target: ReadTarget,
     },
-    /// Merge the heads (in the given order, default: all heads sorted).
+    /// Merge the heads into one commit; prints the merge commit's id.
+    #[command(after_help = concat!("Examples:\n  replikativ cdvcs merge \"$LOG\" --peer ws://127.0.0.1:31744        # all heads, sorted\n  replikativ cdvcs merge \"$LOG\" 3f2a9c01 b71e4d2c                  # in this order, by id prefix\n\n", exit_codes!()))]
     Merge {
+        /// The CDVCS's address, USER/UUID.
         address: String,
+        /// The heads to merge, in parent order: full ids or unique prefixes (at least 4 hex
+        /// digits). Default: all current heads, sorted.
         heads: Vec<String>,
         #[command(flatten)]
         target: Target,
     },
-    /// Pull FROM into INTO (a fast-forward unless --allow-induced-conflict).
+    /// Pull FROM into INTO: a fast-forward unless --allow-induced-conflict; prints the tip.
+    #[command(after_help = concat!("Examples:\n  replikativ cdvcs pull mail:bob@example.org/UUID mail:alice@example.org/UUID --peer ws://127.0.0.1:31744\n\n", exit_codes!()))]
     Pull {
+        /// The CDVCS to pull from, USER/UUID (it must have a single head).
         from: String,
+        /// The CDVCS to pull into, USER/UUID (created if this peer has none).
         into: String,
+        /// Pull even if it is not a fast-forward (INTO then has several heads: merge them).
         #[arg(long)]
         allow_induced_conflict: bool,
         #[command(flatten)]
         target: Target,
     },
-    /// Fork FROM to the --user (same id); prints the new address.
+    /// Fork FROM to the --user (same UUID); prints the new address.
+    #[command(after_help = concat!("Examples:\n  replikativ cdvcs fork mail:bob@example.org/UUID --user mail:alice@example.org --peer ws://127.0.0.1:31744\n\n", exit_codes!()))]
     Fork {
+        /// The CDVCS to fork, USER/UUID.
         from: String,
         #[command(flatten)]
         target: Target,
@@ -106,38 +194,53 @@ pub(crate) enum CdvcsCmd {
 #[derive(Debug, Subcommand)]
 pub(crate) enum LwwCmd {
     /// Create an LWW register; prints its address.
+    #[command(after_help = concat!("Examples:\n  R=$(replikativ lww create --peer ws://127.0.0.1:31744)\n\n", exit_codes!()))]
     Create(Create),
-    /// Write a JSON value.
+    /// Write a value (the last write wins); prints it.
+    #[command(after_help = concat!("Examples:\n  replikativ lww set \"$R\" '\"light\"' --peer ws://127.0.0.1:31744   # a JSON string keeps its quotes\n  replikativ lww set \"$R\" '{\"mode\": \"dark\", \"size\": 3}'\n\n", exit_codes!()))]
     Set {
+        /// The register's address, USER/UUID.
         address: String,
+        /// The value as JSON: a string needs its quotes ('"light"'); integers beyond 64 bits
+        /// must be strings.
+        #[arg(allow_negative_numbers = true)]
         value: String,
         #[command(flatten)]
         target: Target,
     },
     /// The current value.
+    #[command(after_help = concat!("Examples:\n  replikativ lww get \"$R\" --peer ws://127.0.0.1:31744\n\n", exit_codes!()))]
     Get {
+        /// The register's address, USER/UUID.
         address: String,
         #[command(flatten)]
-        target: Target,
+        target: ReadTarget,
     },
 }
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum GsetCmd {
     /// Create a G-Set; prints its address.
+    #[command(after_help = concat!("Examples:\n  S=$(replikativ gset create --peer ws://127.0.0.1:31744)\n\n", exit_codes!()))]
     Create(Create),
-    /// Add a JSON value.
+    /// Add a value (elements are never removed); prints it.
+    #[command(after_help = concat!("Examples:\n  replikativ gset add \"$S\" '\"alice\"' --peer ws://127.0.0.1:31744\n  replikativ gset add \"$S\" '[1, 2]'\n\n", exit_codes!()))]
     Add {
+        /// The G-Set's address, USER/UUID.
         address: String,
+        /// The element as JSON (a string needs its quotes: '"alice"').
+        #[arg(allow_negative_numbers = true)]
         value: String,
         #[command(flatten)]
         target: Target,
     },
     /// The elements.
+    #[command(after_help = concat!("Examples:\n  replikativ gset list \"$S\" --peer ws://127.0.0.1:31744 --json\n\n", exit_codes!()))]
     List {
+        /// The G-Set's address, USER/UUID.
         address: String,
         #[command(flatten)]
-        target: Target,
+        target: ReadTarget,
     },
 }
 
@@ -159,9 +262,61 @@ pub(crate) fn value_cmd(json: &str) -> Result<(), Failure> {
 }
 
 pub(crate) fn parse_json(text: &str, what: &str) -> Result<Value, Failure> {
-    let parsed: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| Failure(EXIT_USAGE, format!("the {what} is not valid JSON: {e}")))?;
+    let parsed: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        // A bare word was most likely meant as a string: JSON strings need their quotes, and the
+        // shell eats one pair of them.
+        let word = text.trim();
+        let hint = if !word.is_empty() && !word.starts_with(['"', '[', '{']) && word.parse::<f64>().is_err() {
+            format!(" (a JSON string needs quotes: '\"{word}\"')")
+        } else {
+            String::new()
+        };
+        Failure(EXIT_USAGE, format!("the {what} is not valid JSON: {e}{hint}"))
+    })?;
+    if let Some(big) = big_integer(text) {
+        return Err(Failure(
+            EXIT_USAGE,
+            format!(
+                "the {what} has the integer {big}, beyond 64 bits: JSON would turn it into an inexact float; write it as a string (\"{big}\")"
+            ),
+        ));
+    }
     to_value(&parsed).map_err(|e| Failure(EXIT_USAGE, format!("the {what} is not a value: {e}")))
+}
+
+/// The first integer literal of a (valid) JSON text outside both i64 and u64, if any: serde_json
+/// would read it as a float and lose its exact value.
+pub(crate) fn big_integer(text: &str) -> Option<&str> {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                // Skip the string, escapes included.
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                i += 1;
+                while i < bytes.len()
+                    && (bytes[i].is_ascii_digit() || matches!(bytes[i], b'.' | b'e' | b'E' | b'+' | b'-'))
+                {
+                    i += 1;
+                }
+                let number = &text[start..i];
+                let integer = !number.contains(['.', 'e', 'E']);
+                if integer && number.parse::<i64>().is_err() && number.parse::<u64>().is_err() {
+                    return Some(number);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
 }
 
 /// A key: JSON if it parses as JSON, else the text itself.
@@ -186,6 +341,11 @@ pub(crate) fn parse_txs(text: &str) -> Result<Vec<Transaction>, Failure> {
         _ => Err(bad()),
     };
     match value.as_list() {
+        Some([]) => Err(Failure(
+            EXIT_USAGE,
+            "the transaction list is empty: give at least one [function, params] pair, e.g. '[[\"add\", 1]]'"
+                .into(),
+        )),
         Some([Value::String(_), _]) => Ok(vec![pair(&value)?]),
         Some(items) => items.iter().map(pair).collect(),
         None => Err(bad()),
@@ -196,26 +356,109 @@ pub(crate) fn parse_address(text: &str) -> Result<Address, Failure> {
     text.parse().map_err(|e: replikativ_crdt::AddressError| Failure(EXIT_USAGE, e.to_string()))
 }
 
+/// A `--peer` URL, checked: `ws://HOST:PORT`, or a usage error with the fix.
+pub(crate) fn peer_url(url: &str) -> Result<&str, Failure> {
+    if url.starts_with("ws://") {
+        return Ok(url);
+    }
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    Err(Failure(EXIT_USAGE, format!("--peer {url}: not a websocket URL: use ws://{rest}")))
+}
+
 pub(crate) async fn backend(target: &Target, access: Access) -> Result<Backend, Failure> {
     match &target.peer {
-        Some(url) => Backend::remote(url).await,
+        Some(url) => Backend::remote(peer_url(url)?).await,
         None => Backend::local(open_store(&target.store, access)?).await,
     }
 }
 
 pub(crate) async fn run(command: Top) -> Result<(), Failure> {
     match command {
-        Top::Serve(args) => serve(args).await,
+        Top::Serve(_) => unreachable!("handled before the runtime starts"),
         Top::Value { .. } => unreachable!("handled before the runtime starts"),
         Top::Ormap(cmd) => ormap(cmd).await,
         Top::Cdvcs(cmd) => cdvcs(cmd).await,
         Top::Lww(cmd) => lww(cmd).await,
         Top::Gset(cmd) => gset(cmd).await,
-        Top::Watch { address, target } => watch(&address, &target).await,
+        Top::Watch { address, peer, timeout } => watch::watch(&address, &peer, timeout).await,
+        Top::Subscribe { addresses, target } => {
+            let addresses: BTreeSet<Address> =
+                addresses.iter().map(|a| parse_address(a)).collect::<Result<_, _>>()?;
+            with_backend(target, Access::Existing, move |b, t| {
+                Box::pin(async move {
+                    b.call(Command::Subscribe { addresses: addresses.clone() }).await?;
+                    let names: Vec<String> = addresses.iter().map(Address::to_string).collect();
+                    if t.json {
+                        println!("{}", serde_json::json!({ "subscribed": names }));
+                    } else {
+                        for a in names {
+                            println!("subscribed to {a}");
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .await
+        }
         Top::Status { target } => {
-            with_backend(target, Access::ReadOnly, |b, t| Box::pin(async move { status(b, t).await })).await
+            with_backend(target.into(), Access::ReadOnly, |b, t| Box::pin(async move { status(b, t).await }))
+                .await
         }
     }
+}
+
+/// A plain HTTP GET to the port of a running peer's `ws://` URL (bounded: 5 s, 4 MiB): the body
+/// of a 200 answer, else `None` (an older peer, or not this tool's node).
+async fn peer_http_get(url: &str, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = url.strip_prefix("ws://")?.split('/').next()?.to_owned();
+    let fetch = async {
+        let mut tcp = tokio::net::TcpStream::connect(&host).await.ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await.ok()?;
+        let mut reply = Vec::new();
+        tcp.take(4 << 20).read_to_end(&mut reply).await.ok()?;
+        Some(String::from_utf8_lossy(&reply).into_owned())
+    };
+    let reply = tokio::time::timeout(std::time::Duration::from_secs(5), fetch).await.ok()??;
+    let (head, body) = reply.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+}
+
+/// The node-wide counters `status` shows, from a running peer's `GET /metrics`, by name without
+/// the `replikativ_` prefix and `_total` suffix.
+async fn node_metrics(url: &str) -> Option<std::collections::BTreeMap<String, u64>> {
+    let body = peer_http_get(url, "/metrics").await?;
+    const SHOWN: &[&str] = &[
+        "messages_received",
+        "messages_sent",
+        "publications_received",
+        "publications_sent",
+        "bytes_received",
+        "bytes_sent",
+        "fetches_received",
+        "dropped_messages",
+        "errors",
+    ];
+    let mut out = std::collections::BTreeMap::new();
+    for line in body.lines() {
+        let Some((name, value)) = line.strip_prefix("replikativ_").and_then(|l| l.split_once(' ')) else {
+            continue;
+        };
+        let name = name.strip_suffix("_total").unwrap_or(name);
+        if SHOWN.contains(&name)
+            && let Ok(v) = value.parse::<u64>()
+        {
+            out.insert(name.to_owned(), v);
+        }
+    }
+    Some(out)
+}
+
+/// Each open connection of a running peer with its counters (`GET /connections`).
+async fn connection_metrics(url: &str) -> Option<Vec<serde_json::Value>> {
+    let body = peer_http_get(url, "/connections").await?;
+    serde_json::from_str::<serde_json::Value>(&body).ok()?.as_array().cloned()
 }
 
 /// Prints the peer's status.
@@ -223,12 +466,30 @@ pub(crate) async fn status(b: &mut Backend, target: &Target) -> Result<(), Failu
     let Reply::Status(status) = b.call(Command::Status).await? else {
         return Err(Failure(EXIT_DATA, "unexpected reply".into()));
     };
+    let role = if status.extend { "server" } else { "client" };
+    // The node-wide counters of its /metrics (a running peer only; a local store has none).
+    let (traffic, per_connection) = match &target.peer {
+        Some(url) => (node_metrics(url).await, connection_metrics(url).await),
+        None => (None, None),
+    };
     if target.json {
-        println!("{}", serde_json::to_string(&status).expect("encodes"));
+        let mut json = serde_json::to_value(&status).expect("encodes");
+        if let Some(object) = json.as_object_mut() {
+            // The same names as the text.
+            object.remove("extend");
+            object.insert("role".into(), serde_json::json!(role));
+            if let Some(traffic) = &traffic {
+                object.insert("traffic".into(), serde_json::json!(traffic));
+            }
+            if let Some(per_connection) = &per_connection {
+                object.insert("connection_metrics".into(), serde_json::json!(per_connection));
+            }
+        }
+        println!("{json}");
         return Ok(());
     }
     println!("peer id:       {}", status.peer_id);
-    println!("role:          {}", if status.extend { "server" } else { "client" });
+    println!("role:          {role}");
     println!("listening on:  {}", status.listen.join(", "));
     match status.store_bytes {
         Some(bytes) => println!("store size:    {bytes} bytes"),
@@ -240,6 +501,31 @@ pub(crate) async fn status(b: &mut Backend, target: &Target) -> Result<(), Failu
         println!("  {a}");
     }
     println!("addresses:     {}", status.addresses);
+    if let Some(per_connection) = &per_connection {
+        println!("per connection (messages and bytes in / out, publications in / out, errors):");
+        for c in per_connection {
+            let n = |k: &str| c[k].as_u64().unwrap_or(0);
+            let peer = c["peer_id"].as_str().map(|p| format!(" ({p})")).unwrap_or_default();
+            println!(
+                "  #{} {}{peer}: {} / {} messages, {} / {} bytes, {} / {} publications, {} errors",
+                n("conn"),
+                c["remote"].as_str().unwrap_or("?"),
+                n("items_in"),
+                n("items_out"),
+                n("bytes_in"),
+                n("bytes_out"),
+                n("publications_in"),
+                n("publications_out"),
+                n("errors"),
+            );
+        }
+    }
+    if let Some(traffic) = &traffic {
+        println!("traffic (all connections since the start):");
+        for (name, value) in traffic {
+            println!("  {name}: {value}");
+        }
+    }
     let refused: u64 = status.refusals.values().sum();
     println!("refused:       {refused}");
     for (reason, n) in &status.refusals {
@@ -271,13 +557,19 @@ pub(crate) async fn with_backend(
     let mut b = backend(&target, access).await?;
     let result = f(&mut b, &target).await;
     let closed = b.close().await;
+    // Neither --peer nor --store (nor REPLIKATIV_STORE): say which store was used (on stderr,
+    // so that stdout stays the result). A failure to open it says so in its error instead.
+    if target.peer.is_none()
+        && target.store == DEFAULT_STORE
+        && std::env::var_os("REPLIKATIV_STORE").is_none()
+    {
+        let dir = std::env::current_dir().map(|d| d.join("replikativ-data").display().to_string());
+        eprintln!(
+            "note: no --peer or --store given: used the store {DEFAULT_STORE} ({})",
+            dir.unwrap_or_default()
+        );
+    }
     result.and(closed)
-}
-
-/// Runs a command that needs no output but success (an edit of an existing address).
-pub(crate) async fn call(target: Target, cmd: Command) -> Result<(), Failure> {
-    with_backend(target, Access::Existing, move |b, _| Box::pin(async move { b.call(cmd).await.map(|_| ()) }))
-        .await
 }
 
 /// Runs a command that makes a commit on an existing address and prints its id.
@@ -347,11 +639,39 @@ pub(crate) fn print_commits(target: &Target, commits: &[CommitValue]) {
 pub(crate) async fn query(b: &mut Backend, address: &Address, query: Query) -> Result<Reply, Failure> {
     b.call_checked(Command::Query { address: address.clone(), query }).await.map_err(|e| match e {
         Ok(replikativ_peer::proto::StageError::WrongKind { address, expected, .. }) => {
-            Failure(EXIT_DATA, format!("{address} does not hold a {expected}"))
+            Failure(EXIT_DATA, format!("{address} does not hold {}", with_article(expected)))
         }
-        Ok(other) => Failure(EXIT_DATA, other.to_string()),
+        Ok(other) => stage_failure(other),
         Err(failure) => failure,
     })
+}
+
+/// A datatype's name with its article ("an OR-Map", "a CDVCS").
+pub(crate) fn with_article(kind: CrdtKind) -> &'static str {
+    match kind {
+        CrdtKind::Ormap => "an OR-Map",
+        CrdtKind::Cdvcs => "a CDVCS",
+        CrdtKind::Lww => "an LWW register",
+        CrdtKind::Gset => "a G-Set",
+    }
+}
+
+/// A command's error as one sentence, with a hint where one helps.
+pub(crate) fn stage_failure(e: replikativ_peer::proto::StageError) -> Failure {
+    use replikativ_peer::proto::StageError;
+    let message = match &e {
+        StageError::WrongKind { address, expected, found } => {
+            format!("{address} holds {}, not {}", with_article(*found), with_article(*expected))
+        }
+        StageError::Op(replikativ_crdt::OpError::NotSuperset { .. }) => format!(
+            "{e}: pass --allow-induced-conflict to pull anyway (the result then has several heads: merge them with 'replikativ cdvcs merge')"
+        ),
+        StageError::Op(replikativ_crdt::OpError::MultipleHeads { .. }) => {
+            format!("{e} (merge them first: 'replikativ cdvcs merge ADDRESS')")
+        }
+        _ => e.to_string(),
+    };
+    Failure(EXIT_DATA, message)
 }
 
 pub(crate) fn unexpected(reply: &Reply) -> Failure {
@@ -384,6 +704,11 @@ pub(crate) async fn ormap(cmd: OrmapCmd) -> Result<(), Failure> {
             let author = target.user.clone();
             commit(target, Command::Assoc { address, key, txs, author }).await
         }
+        OrmapCmd::Put { address, key, txs, target } => {
+            let (address, key, txs) = (parse_address(&address)?, parse_key(&key), parse_txs(&txs)?);
+            let author = target.user.clone();
+            commit(target, Command::Put { address, key, txs, author }).await
+        }
         OrmapCmd::Dissoc { address, key, revert, target } => {
             let address = parse_address(&address)?;
             let revert = match revert {
@@ -391,11 +716,11 @@ pub(crate) async fn ormap(cmd: OrmapCmd) -> Result<(), Failure> {
                 None => vec![],
             };
             let author = target.user.clone();
-            call(target, Command::Dissoc { address, key: parse_key(&key), revert, author }).await
+            commit(target, Command::Dissoc { address, key: parse_key(&key), revert, author }).await
         }
         OrmapCmd::Get { address, key, target } => {
             let (address, key) = (parse_address(&address)?, parse_key(&key));
-            with_backend(target, Access::ReadOnly, move |b, t| {
+            with_backend(target.into(), Access::ReadOnly, move |b, t| {
                 Box::pin(async move {
                     print_commits(t, &commits_of(b, &address, Query::Get { key }).await?);
                     Ok(())
@@ -405,7 +730,7 @@ pub(crate) async fn ormap(cmd: OrmapCmd) -> Result<(), Failure> {
         }
         OrmapCmd::Keys { address, target } => {
             let address = parse_address(&address)?;
-            with_backend(target, Access::ReadOnly, move |b, t| {
+            with_backend(target.into(), Access::ReadOnly, move |b, t| {
                 Box::pin(async move {
                     let Reply::Keys(keys) = query(b, &address, Query::Keys).await? else {
                         return Err(Failure(EXIT_DATA, "unexpected reply".into()));
@@ -419,8 +744,39 @@ pub(crate) async fn ormap(cmd: OrmapCmd) -> Result<(), Failure> {
     }
 }
 
-pub(crate) fn parse_id(text: &str) -> Result<ContentId, Failure> {
-    text.parse().map_err(|e: replikativ_crdt::hash::ParseContentIdError| Failure(EXIT_USAGE, e.to_string()))
+/// An id or a prefix of one: 4 to 64 hex digits.
+pub(crate) fn check_id_prefix(text: &str) -> Result<(), Failure> {
+    if (4..=64).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(Failure(
+            EXIT_USAGE,
+            format!("{text:?} is not a commit id or a prefix of one (4 to 64 hex digits)"),
+        ))
+    }
+}
+
+/// The one id among `candidates` that starts with `prefix` (a full id or a unique prefix, as
+/// `cdvcs log` prints them); an error naming the matches if there are several, or none.
+pub(crate) fn resolve_prefix(
+    prefix: &str,
+    candidates: &[ContentId],
+    what: &str,
+) -> Result<ContentId, Failure> {
+    let prefix = prefix.to_ascii_lowercase();
+    let matches: Vec<&ContentId> = candidates.iter().filter(|c| c.to_string().starts_with(&prefix)).collect();
+    match matches.as_slice() {
+        [one] => Ok(**one),
+        [] => Err(Failure(EXIT_DATA, format!("no {what} starts with {prefix}"))),
+        many => Err(Failure(
+            EXIT_USAGE,
+            format!(
+                "{prefix} is ambiguous: {} {what}s start with it ({}); give more digits",
+                many.len(),
+                many.iter().map(|c| c.to_string()[..16].to_owned()).collect::<Vec<_>>().join(", ")
+            ),
+        )),
+    }
 }
 
 pub(crate) async fn cdvcs(cmd: CdvcsCmd) -> Result<(), Failure> {
@@ -433,7 +789,7 @@ pub(crate) async fn cdvcs(cmd: CdvcsCmd) -> Result<(), Failure> {
         }
         CdvcsCmd::Log { address, target } => {
             let address = parse_address(&address)?;
-            with_backend(target, Access::ReadOnly, move |b, t| {
+            with_backend(target.into(), Access::ReadOnly, move |b, t| {
                 Box::pin(async move {
                     print_commits(t, &commits_of(b, &address, Query::History).await?);
                     Ok(())
@@ -443,7 +799,7 @@ pub(crate) async fn cdvcs(cmd: CdvcsCmd) -> Result<(), Failure> {
         }
         CdvcsCmd::Heads { address, target } => {
             let address = parse_address(&address)?;
-            with_backend(target, Access::ReadOnly, move |b, t| {
+            with_backend(target.into(), Access::ReadOnly, move |b, t| {
                 Box::pin(async move {
                     let heads: Vec<String> =
                         read_heads(b, &address).await?.iter().map(ContentId::to_string).collect();
@@ -455,10 +811,20 @@ pub(crate) async fn cdvcs(cmd: CdvcsCmd) -> Result<(), Failure> {
         }
         CdvcsCmd::Merge { address, heads, target } => {
             let address = parse_address(&address)?;
-            let given = heads.iter().map(|h| parse_id(h)).collect::<Result<Vec<_>, _>>()?;
+            for h in &heads {
+                check_id_prefix(h)?;
+            }
             with_backend(target, Access::Existing, move |b, t| {
                 Box::pin(async move {
-                    let heads = if given.is_empty() { read_heads(b, &address).await? } else { given };
+                    let current = read_heads(b, &address).await?;
+                    let heads = if heads.is_empty() {
+                        current
+                    } else {
+                        heads
+                            .iter()
+                            .map(|h| resolve_prefix(h, &current, "head"))
+                            .collect::<Result<Vec<_>, _>>()?
+                    };
                     let cmd = Command::Merge { address, heads, correcting: vec![], author: t.user.clone() };
                     if let Reply::Commit(id) = b.call(cmd).await? {
                         print_value(t, serde_json::json!({ "commit": id.to_string() }), &id.to_string());
@@ -470,7 +836,18 @@ pub(crate) async fn cdvcs(cmd: CdvcsCmd) -> Result<(), Failure> {
         }
         CdvcsCmd::Pull { from, into, allow_induced_conflict, target } => {
             let (from, into) = (parse_address(&from)?, parse_address(&into)?);
-            call(target, Command::Pull { from, into, tip: None, allow_induced_conflict }).await
+            let cmd =
+                Command::Pull { from: from.clone(), into: into.clone(), tip: None, allow_induced_conflict };
+            with_backend(target, Access::Existing, move |b, t| {
+                Box::pin(async move {
+                    if let Reply::Commit(tip) = b.call(cmd).await? {
+                        let json = serde_json::json!({ "from": from.to_string(), "into": into.to_string(), "tip": tip.to_string() });
+                        print_value(t, json, &format!("pulled {from} into {into} up to {}", &tip.to_string()[..12]));
+                    }
+                    Ok(())
+                })
+            })
+            .await
         }
         CdvcsCmd::Fork { from, target } => {
             let from = parse_address(&from)?;
@@ -486,11 +863,20 @@ pub(crate) async fn lww(cmd: LwwCmd) -> Result<(), Failure> {
         LwwCmd::Create(c) => create(CrdtKind::Lww, c).await,
         LwwCmd::Set { address, value, target } => {
             let (address, value) = (parse_address(&address)?, parse_json(&value, "value")?);
-            call(target, Command::LwwSet { address, value }).await
+            let shown = output::json(&value);
+            with_backend(target, Access::Existing, move |b, t| {
+                Box::pin(async move {
+                    b.call(Command::LwwSet { address: address.clone(), value }).await?;
+                    let json = serde_json::json!({ "address": address.to_string(), "value": shown });
+                    print_value(t, json, &format!("{address} = {shown}"));
+                    Ok(())
+                })
+            })
+            .await
         }
         LwwCmd::Get { address, target } => {
             let address = parse_address(&address)?;
-            with_backend(target, Access::ReadOnly, move |b, t| {
+            with_backend(target.into(), Access::ReadOnly, move |b, t| {
                 Box::pin(async move {
                     let Reply::Value(v) = query(b, &address, Query::Register).await? else {
                         return Err(Failure(EXIT_DATA, "unexpected reply".into()));
@@ -510,11 +896,20 @@ pub(crate) async fn gset(cmd: GsetCmd) -> Result<(), Failure> {
         GsetCmd::Create(c) => create(CrdtKind::Gset, c).await,
         GsetCmd::Add { address, value, target } => {
             let (address, element) = (parse_address(&address)?, parse_json(&value, "value")?);
-            call(target, Command::GsetAdd { address, element }).await
+            let shown = output::json(&element);
+            with_backend(target, Access::Existing, move |b, t| {
+                Box::pin(async move {
+                    b.call(Command::GsetAdd { address: address.clone(), element }).await?;
+                    let json = serde_json::json!({ "address": address.to_string(), "added": shown });
+                    print_value(t, json, &format!("added {shown} to {address}"));
+                    Ok(())
+                })
+            })
+            .await
         }
         GsetCmd::List { address, target } => {
             let address = parse_address(&address)?;
-            with_backend(target, Access::ReadOnly, move |b, t| {
+            with_backend(target.into(), Access::ReadOnly, move |b, t| {
                 Box::pin(async move {
                     let Reply::Elements(elements) = query(b, &address, Query::Elements).await? else {
                         return Err(Failure(EXIT_DATA, "unexpected reply".into()));
@@ -526,50 +921,4 @@ pub(crate) async fn gset(cmd: GsetCmd) -> Result<(), Failure> {
             .await
         }
     }
-}
-
-/// Watches through a client peer of its own (memory store) connected to `--peer`: every change of
-/// the address that reaches it is printed as one JSON line.
-pub(crate) async fn watch(address: &str, target: &Target) -> Result<(), Failure> {
-    let address = parse_address(address)?;
-    let url =
-        target.peer.clone().ok_or_else(|| Failure(EXIT_USAGE, "watch needs --peer ws://HOST:PORT".into()))?;
-    let mut signals = Signals::install()?;
-    let stage = replikativ_peer::stage::Stage::builder(Arc::new(MemoryStore::new()))
-        .user(target.user.clone())
-        .extend(false)
-        .spawn()
-        .await
-        .map_err(|e| Failure(EXIT_DATA, e.to_string()))?;
-    let mut changes = stage.changes(&address);
-    stage.subscribe([address.clone()]).await.map_err(|e| Failure(EXIT_DATA, e.to_string()))?;
-    stage.node().connect(&url).await.map_err(|e| Failure(EXIT_UNREACHABLE, e.to_string()))?;
-    // A spinner while the address catches up, only when a person is watching stderr.
-    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_message(format!("catching up {address}"));
-        bar.enable_steady_tick(std::time::Duration::from_millis(100));
-        bar
-    });
-    let mut progress = progress;
-    loop {
-        tokio::select! {
-            event = changes.recv() => match event {
-                Ok(event) => {
-                    if let Some(bar) = progress.take() {
-                        bar.finish_and_clear();
-                    }
-                    let op = serde_json::to_value(&event.op).unwrap_or_else(|_| serde_json::json!(format!("{:?}", event.op)));
-                    println!("{}", serde_json::json!({ "address": event.address.to_string(), "op": op }));
-                }
-                Err(replikativ_peer::stage::ChangesError::Lagged(n)) => {
-                    eprintln!("warning: {n} changes were skipped");
-                }
-                Err(e) => return Err(Failure(EXIT_UNREACHABLE, e.to_string())),
-            },
-            _ = signals.recv() => break,
-        }
-    }
-    stage.shutdown().await;
-    Ok(())
 }

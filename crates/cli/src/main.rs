@@ -1,11 +1,13 @@
 //! The `replikativ` command line: run peers, connect them, read and edit replicated data.
 
 mod backend;
+mod config;
 mod data;
 mod output;
 mod serve;
 mod stores;
 mod usage;
+mod watch;
 
 use data::*;
 use serve::*;
@@ -16,7 +18,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::error::ErrorKind;
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use replikativ_crdt::{ActorId, Address, ContentId, CrdtKind, Transaction, Value, to_value};
 use replikativ_peer::node::{Node, NodeConfig};
 use replikativ_peer::proto::{Command, CommitValue, Query, Reply};
@@ -46,7 +48,16 @@ pub(crate) struct Failure(pub(crate) u8, pub(crate) String);
 /// running peer (--peer ws://HOST:PORT) or directly on a local store no peer holds (--store). Addresses
 /// are USER/UUID; values and transactions are JSON.
 #[derive(Debug, Parser)]
-#[command(name = "replikativ", version, about, long_about)]
+#[command(name = "replikativ", version, about, long_about, after_help = concat!(
+    "Examples:\n",
+    "  replikativ serve --store file:./node-a                      # a peer on 127.0.0.1:31744\n",
+    "  MAP=$(replikativ ormap create --peer ws://127.0.0.1:31744)\n",
+    "  replikativ ormap assoc \"$MAP\" milk '[[\"add\", 2]]' --peer ws://127.0.0.1:31744\n",
+    "  replikativ watch \"$MAP\" --peer ws://127.0.0.1:31744\n",
+    "\n",
+    "`replikativ COMMAND --help` explains each command, with examples.\n",
+    exit_codes!()
+))]
 struct Cli {
     #[command(subcommand)]
     command: Top,
@@ -75,31 +86,65 @@ enum Top {
     /// G-Set: a grow-only set.
     #[command(subcommand)]
     Gset(GsetCmd),
-    /// Print each change of an address as one JSON line, live, until interrupted (needs --peer).
+    /// Print an address's values, then each change, as JSON lines, live, until interrupted.
+    ///
+    /// First the catch-up: what the address holds, as lines {"address", "catch_up": [entries]}
+    /// of at most 256 entries (about 64 KiB) each, closed by {"address", "catch_up_done":
+    /// {"entries": N}}. Then one line per change as it arrives. Entries are resolved: an OR-Map
+    /// entry is {"key", "value" (its transactions), "author", "commit"} (a removal has
+    /// "removed": true), a CDVCS commit {"id", "author", "ts", "parents", "transactions"}, an LWW
+    /// write {"value"}, a G-Set element {"element"} in the catch-up and {"added"} live. On a
+    /// terminal, stderr counts the catch-up's changes; losing and regaining the peer is said on
+    /// stderr (the connection is re-established by itself).
+    #[command(after_help = concat!("Examples:\n  replikativ watch \"$MAP\" --peer ws://127.0.0.1:31745\n  replikativ watch \"$MAP\" --peer ws://127.0.0.1:31745 | jq -c 'select(.key)'\n\nStops on SIGINT or SIGTERM (exit 0). An address that has not arrived after --timeout is an error (4). ", exit_codes!()))]
     Watch {
         /// The address, USER/UUID.
         address: String,
+        /// The running peer to watch through (ws://HOST:PORT).
+        #[arg(long, env = "REPLIKATIV_PEER", value_name = "URL")]
+        peer: String,
+        /// How long to wait for the address to arrive before saying it does not exist there.
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Subscribe a peer to addresses: their data then arrives from its connected peers.
+    ///
+    /// On a running peer (--peer), for as long as it runs and after restarts (subscriptions are
+    /// stored); on a local store (--store), for the next `serve` of that store. What a --client
+    /// peer needs before it replicates anything; `serve --subscribe` does the same at start.
+    #[command(
+        after_long_help = "Examples:\n  replikativ subscribe mail:alice@example.org/0b5c...-uuid --peer ws://127.0.0.1:31745\n  replikativ subscribe A B --store file:./node-b   # before `serve --store file:./node-b`\n\nExit codes: 0 subscribed, 2 bad usage or address, 3 the peer cannot be reached, 4 store error."
+    )]
+    Subscribe {
+        /// The addresses, USER/UUID (one or more).
+        #[arg(required = true, value_name = "ADDRESS")]
+        addresses: Vec<String>,
         #[command(flatten)]
         target: Target,
     },
-    /// A peer's id, connections and subscriptions.
+    /// A peer's id, role, connections, subscriptions, store size, traffic and refusals.
+    #[command(after_help = concat!("Examples:\n  replikativ status --peer ws://127.0.0.1:31744\n  replikativ status --store file:./node-a --json   # a store no peer holds\n\n", exit_codes!()))]
     Status {
         #[command(flatten)]
-        target: Target,
+        target: ReadTarget,
     },
     /// Show a JSON value's canonical encoding (hex) and its content id (blake3 of the encoding).
     ///
     /// JSON objects become maps, arrays lists, integers ints, other numbers floats.
+    #[command(after_help = concat!("Examples:\n  replikativ value '{\"name\": \"Hal\"}'\n  replikativ value '\"a string\"'\n\n", exit_codes!()))]
     Value {
         /// The value as JSON, e.g. '{"name": "Hal"}'.
+        #[arg(allow_negative_numbers = true)]
         json: String,
     },
 }
 
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let cli = match Cli::try_parse_from(&args) {
-        Ok(cli) => cli,
+    let parsed =
+        Cli::command().try_get_matches_from(&args).and_then(|m| Cli::from_arg_matches(&m).map(|c| (c, m)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(err) if matches!(err.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
             // --help and --version: clap's own output, on stdout.
             let _ = err.print();
@@ -115,14 +160,9 @@ fn main() -> ExitCode {
     if let Top::Value { json } = &cli.command {
         return report(value_cmd(json));
     }
-    if let Top::Serve(args) = &cli.command {
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log_level));
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init();
+    if let Top::Serve(args) = cli.command {
+        let serve_matches = matches.subcommand_matches("serve").expect("the serve command was parsed");
+        return report(serve_main(args, serve_matches));
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -178,5 +218,50 @@ mod tests {
         };
         let Failure(_, message) = open_failure("sled:/data", Access::Existing, denied);
         assert!(message.starts_with("cannot open the store sled:/data: I/O error"), "{message}");
+    }
+}
+
+#[cfg(test)]
+mod prefix_tests {
+    use super::*;
+
+    fn id(first: u8, second: u8) -> ContentId {
+        let mut bytes = [0u8; 32];
+        bytes[0] = first;
+        bytes[1] = second;
+        ContentId::from_bytes(bytes)
+    }
+
+    #[test]
+    fn a_unique_prefix_names_its_id_and_a_shared_one_is_ambiguous() {
+        let ids = [id(0xab, 0xcd), id(0xab, 0xce), id(0x12, 0x34)];
+        assert_eq!(resolve_prefix("1234", &ids, "head").unwrap(), ids[2]);
+        assert_eq!(resolve_prefix("ABCD", &ids, "head").unwrap(), ids[0]);
+        assert_eq!(resolve_prefix(&ids[1].to_string(), &ids, "head").unwrap(), ids[1]);
+        let Failure(code, message) = resolve_prefix("abc", &ids, "head").unwrap_err();
+        assert_eq!(code, EXIT_USAGE);
+        assert!(message.contains("ambiguous") && message.contains("2 heads"), "{message}");
+        let Failure(code, message) = resolve_prefix("ffff", &ids, "head").unwrap_err();
+        assert_eq!(code, EXIT_DATA);
+        assert!(message.contains("no head starts with ffff"), "{message}");
+        assert!(check_id_prefix("abc").is_err(), "at least 4 digits");
+        assert!(check_id_prefix("abcg").is_err(), "hex only");
+        assert!(check_id_prefix("abcd").is_ok());
+    }
+
+    #[test]
+    fn integers_beyond_64_bits_are_found_outside_strings_only() {
+        assert_eq!(big_integer("18446744073709551616"), Some("18446744073709551616"));
+        assert_eq!(big_integer("[1, {\"a\": -9223372036854775809}]"), Some("-9223372036854775809"));
+        assert_eq!(big_integer("18446744073709551615"), None, "u64::MAX is exact");
+        assert_eq!(big_integer("-9223372036854775808"), None, "i64::MIN is exact");
+        assert_eq!(big_integer("\"18446744073709551616\""), None, "inside a string");
+        assert_eq!(
+            big_integer("\"a\\\"18446744073709551616\""),
+            None,
+            "an escaped quote does not end the string"
+        );
+        assert_eq!(big_integer("1e30"), None, "a float literal is a float");
+        assert_eq!(big_integer("184467440737095516160.5"), None);
     }
 }

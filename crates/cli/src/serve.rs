@@ -3,30 +3,71 @@
 use super::*;
 
 #[derive(Debug, Args)]
+#[command(after_long_help = SERVE_EXAMPLES)]
 pub(crate) struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, default_value_t = format!("127.0.0.1:{DEFAULT_PORT}"))]
+    /// Address to listen on (websocket peers and HTTP: /healthz, /readyz, /metrics, --web files)
+    #[arg(long, env = "REPLIKATIV_LISTEN", value_name = "HOST:PORT", default_value_t = format!("127.0.0.1:{DEFAULT_PORT}"))]
     pub(crate) listen: String,
-    /// Where to keep data: file:DIR (crash-safe embedded store), sled:DIR, or memory.
-    #[arg(long, default_value = "file:./replikativ-data")]
+    /// Where to keep data: file:DIR (crash-safe embedded store), sled:DIR, or memory
+    #[arg(long, env = "REPLIKATIV_STORE", value_name = "STORE", default_value = DEFAULT_STORE)]
     pub(crate) store: String,
-    /// A peer to connect to (ws://HOST:PORT), repeatable. It need not be up: the peer keeps
-    /// trying with backoff, and reconnects whenever the connection drops.
-    #[arg(long = "connect", value_name = "URL")]
+    /// A peer to connect to (ws://HOST:PORT), repeatable (in the environment: comma-separated).
+    /// It need not be up: the peer keeps trying with backoff, and reconnects whenever the
+    /// connection drops
+    #[arg(long = "connect", env = "REPLIKATIV_CONNECT", value_name = "URL", value_delimiter = ',')]
     pub(crate) connect: Vec<String>,
+    /// An address (USER/UUID) to replicate, repeatable (in the environment: comma-separated): the
+    /// peer subscribes to it, so its data arrives from the connected peers (what a --client peer
+    /// needs to replicate anything)
+    #[arg(long, env = "REPLIKATIV_SUBSCRIBE", value_name = "ADDRESS", value_delimiter = ',')]
+    pub(crate) subscribe: Vec<String>,
     /// Behave as a client: only forward the subscriptions that overlap with this peer's own,
-    /// instead of taking on every subscription of its peers (a server).
-    #[arg(long)]
+    /// instead of taking on every subscription of its peers (a server)
+    #[arg(long, env = "REPLIKATIV_CLIENT")]
     pub(crate) client: bool,
-    /// The peer id, used when the store has none yet (default: a random one).
-    #[arg(long)]
+    /// The peer id, used when the store has none yet [default: a random one]
+    #[arg(long, env = "REPLIKATIV_PEER_ID", value_name = "ID")]
     pub(crate) peer_id: Option<String>,
-    /// Log level; RUST_LOG overrides it.
-    #[arg(long, default_value = "info", value_parser = ["error", "warn", "info", "debug", "trace"])]
+    /// Serve the files of DIR over HTTP on the listen port (e.g. a browser app): GET /PATH
+    /// answers DIR/PATH, GET / answers DIR/index.html
+    #[arg(long, env = "REPLIKATIV_WEB", value_name = "DIR")]
+    pub(crate) web: Option<PathBuf>,
+    /// Log level: error, warn, info, debug or trace; RUST_LOG (a tracing filter) overrides it
+    #[arg(long, env = "REPLIKATIV_LOG_LEVEL", value_name = "LEVEL", default_value = "info", value_parser = clap::builder::PossibleValuesParser::new(config::LOG_LEVELS))]
     pub(crate) log_level: String,
+    /// Log format on stderr: text (colored only on a terminal, and not with NO_COLOR set) or
+    /// json (one object per line)
+    #[arg(long, env = "REPLIKATIV_LOG_FORMAT", value_name = "FORMAT", default_value = "text", value_parser = clap::builder::PossibleValuesParser::new(config::LOG_FORMATS))]
+    pub(crate) log_format: String,
+    /// Read settings from a TOML file (keys: the flag names with _ for -, e.g. listen = "...",
+    /// max_connections = 100, connect = ["ws://..."]); flags and environment variables override it
+    #[arg(long, env = "REPLIKATIV_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Print the effective configuration (flags > environment > --config file > defaults) as
+    /// TOML, usable as a --config file, and exit
+    #[arg(long)]
+    pub(crate) print_config: bool,
     #[command(flatten)]
     pub(crate) limits: Limits,
 }
+
+const SERVE_EXAMPLES: &str = "\
+Examples:
+  replikativ serve                                   # 127.0.0.1:31744, data in ./replikativ-data
+  replikativ serve --listen 127.0.0.1:31745 --store file:./node-b --connect ws://127.0.0.1:31744
+  replikativ serve --client --connect ws://server:31744 --subscribe mail:alice@example.org/UUID
+  REPLIKATIV_LISTEN=127.0.0.1:8080 replikativ serve --web ./public --log-format json
+  replikativ serve --config node.toml --print-config  # what would run, as TOML
+
+HTTP on the listen port: GET /healthz (live), GET /readyz (store open, accepting),
+GET /metrics (Prometheus text), and with --web DIR the files of DIR.
+
+Configuration: every flag also from its environment variable (shown with each flag) and from
+the --config TOML file; flags win over the environment, the environment over the file, the
+file over the defaults.
+
+Exit codes: 0 shut down cleanly (SIGINT or SIGTERM), 1 a second signal during the shutdown,
+2 bad usage (a flag, a URL, an address, the --config file), 4 the store cannot be opened.";
 
 /// What one connection, or all of them, may cost the peer. What is refused is counted by reason
 /// in `replikativ status`.
@@ -35,46 +76,51 @@ pub(crate) struct ServeArgs {
 pub(crate) struct Limits {
     /// Incoming connections open at once, handshakes included; more are refused with an HTTP 503
     /// [default: the descriptor limit less 64, at most 10000]
-    #[arg(long, value_name = "N")]
+    #[arg(long, env = "REPLIKATIV_MAX_CONNECTIONS", value_name = "N")]
     pub(crate) max_connections: Option<usize>,
     /// Time a client has to finish the websocket handshake (e.g. 10s, 500ms)
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "REPLIKATIV_HANDSHAKE_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub(crate) handshake_timeout: std::time::Duration,
     /// Bytes a handshake request may have
-    #[arg(long, value_name = "BYTES", default_value_t = 16 << 10)]
+    #[arg(long, env = "REPLIKATIV_MAX_HANDSHAKE_BYTES", value_name = "BYTES", default_value_t = 16 << 10)]
     pub(crate) max_handshake_bytes: usize,
     /// A connection silent this long is closed
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "REPLIKATIV_IDLE_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub(crate) idle_timeout: std::time::Duration,
     /// Largest websocket message accepted, in bytes
-    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
+    #[arg(long, env = "REPLIKATIV_MAX_FRAME_BYTES", value_name = "BYTES", default_value_t = 16 << 20)]
     pub(crate) max_frame_bytes: usize,
     /// Addresses the peer subscribes to at most; what its connections subscribe to beyond that is
     /// not taken on
-    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    #[arg(long, env = "REPLIKATIV_MAX_SUBSCRIPTIONS", value_name = "N", default_value_t = 100_000)]
     pub(crate) max_subscriptions: usize,
     /// Addresses one subscribe message may name; more closes the connection
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "REPLIKATIV_MAX_SUBSCRIPTIONS_PER_CONNECTION",
+        value_name = "N",
+        default_value_t = 10_000
+    )]
     pub(crate) max_subscriptions_per_connection: usize,
     /// How far ahead of this peer's clock a received LWW write may be stamped; later ones are
     /// refused
-    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, env = "REPLIKATIV_MAX_CLOCK_SKEW", value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
     pub(crate) max_clock_skew: std::time::Duration,
     /// Publications waiting on one connection (for values being fetched); more closes it
-    #[arg(long, value_name = "N", default_value_t = 4096)]
+    #[arg(long, env = "REPLIKATIV_MAX_QUEUED_PUBLICATIONS", value_name = "N", default_value_t = 4096)]
     pub(crate) max_queued_publications: usize,
     /// Bytes of values those waiting publications may hold; more closes the connection
-    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+    #[arg(long, env = "REPLIKATIV_MAX_QUEUED_BYTES", value_name = "BYTES", default_value_t = 64 << 20)]
     pub(crate) max_queued_bytes: usize,
     /// Bytes of messages queued to one connection that does not read; more are dropped (and the
     /// connection caught up once it reads again)
-    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
+    #[arg(long, env = "REPLIKATIV_OUTBOX_BYTES", value_name = "BYTES", default_value_t = 16 << 20)]
     pub(crate) outbox_bytes: usize,
     /// Bytes of messages queued to all connections together
-    #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
+    #[arg(long, env = "REPLIKATIV_OUTBOX_TOTAL_BYTES", value_name = "BYTES", default_value_t = 1 << 30)]
     pub(crate) outbox_total_bytes: usize,
     /// Bytes one catch-up answer sends at most; the rest follows in later rounds
-    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
+    #[arg(long, env = "REPLIKATIV_MAX_ANSWER_BYTES", value_name = "BYTES", default_value_t = 16 << 20)]
     pub(crate) max_answer_bytes: usize,
 }
 
@@ -138,22 +184,67 @@ impl Signals {
     }
 }
 
-pub(crate) async fn serve(args: ServeArgs) -> Result<(), Failure> {
-    let mut signals = Signals::install()?;
-    // A URL that can never work is a usage error, reported before anything starts.
+/// `replikativ serve`: resolves the configuration, prints it or sets up the logs, and runs the
+/// node until a signal.
+pub(crate) fn serve_main(args: ServeArgs, matches: &clap::ArgMatches) -> Result<(), Failure> {
+    let args = config::resolve(args, matches)?;
+    if args.print_config {
+        print!("{}", config::to_toml(&args));
+        return Ok(());
+    }
+    // Arguments that can never work are usage errors, reported before anything starts.
     if let Some(url) = args.connect.iter().find(|u| !u.starts_with("ws://")) {
         return Err(Failure(
             EXIT_USAGE,
-            format!("cannot connect to {url}: only ws://HOST:PORT URLs are supported"),
+            format!(
+                "cannot connect to {url}: only ws://HOST:PORT URLs are supported (e.g. ws://127.0.0.1:31744)"
+            ),
         ));
     }
+    for a in &args.subscribe {
+        parse_address(a).map_err(|Failure(code, e)| Failure(code, format!("--subscribe {a}: {e}")))?;
+    }
+    if let Some(web) = &args.web
+        && !web.is_dir()
+    {
+        return Err(Failure(EXIT_USAGE, format!("--web {}: not a directory", web.display())));
+    }
+    init_logs(&args)?;
+    let runtime =
+        tokio::runtime::Runtime::new().map_err(|e| Failure(1, format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(serve(args))
+}
+
+/// Logs to stderr in the chosen format; colors only on a terminal and without `NO_COLOR`.
+fn init_logs(args: &ServeArgs) -> Result<(), Failure> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => EnvFilter::try_new(&v)
+            .map_err(|e| Failure(EXIT_USAGE, format!("RUST_LOG={v:?} is not a log filter: {e}")))?,
+        _ => EnvFilter::new(&args.log_level),
+    };
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if args.log_format == "json" {
+        logs.json().with_ansi(false).init();
+    } else {
+        logs.with_ansi(ansi).init();
+    }
+    Ok(())
+}
+
+pub(crate) async fn serve(args: ServeArgs) -> Result<(), Failure> {
+    let mut signals = Signals::install()?;
     let store = open_store(&args.store, Access::Create)?;
     let mut config = NodeConfig {
         peer_id: args
             .peer_id
+            .clone()
             .unwrap_or_else(|| format!("peer-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])),
         extend: !args.client,
         remote_commands: true,
+        web: args.web.clone(),
         ..NodeConfig::default()
     };
     args.limits.apply(&mut config);
@@ -167,6 +258,22 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let started = async {
         let addr = node.listen(&args.listen).await.map_err(|e| Failure(EXIT_USAGE, e.to_string()))?;
         println!("replikativ peer {} listening on ws://{addr} (store: {})", node.peer_id(), args.store);
+        let web = args.web.as_ref().map(|w| format!(", files of {}", w.display())).unwrap_or_default();
+        println!("HTTP on http://{addr}: /healthz, /readyz, /metrics{web}");
+        if !args.subscribe.is_empty() {
+            let addresses: Vec<Address> =
+                args.subscribe.iter().map(|a| parse_address(a)).collect::<Result<_, _>>()?;
+            let stage = replikativ_peer::stage::Stage::attach(node.clone(), "replikativ-serve")
+                .await
+                .map_err(|e| Failure(EXIT_DATA, e.to_string()))?;
+            stage
+                .subscribe(addresses.clone())
+                .await
+                .map_err(|e| Failure(EXIT_DATA, format!("cannot subscribe: {e}")))?;
+            for a in &addresses {
+                println!("subscribed to {a}");
+            }
+        }
         for url in &args.connect {
             // An unreachable peer is normal at start: the node keeps trying in the background (each
             // failed attempt is a WARN log line with the delay before the next one).

@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// The store of `serve` and of the data commands when no --store is given.
+pub(crate) const DEFAULT_STORE: &str = "file:./replikativ-data";
+
 /// How a command opens its store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Access {
@@ -55,6 +58,12 @@ pub(crate) fn open_failure(spec: &str, access: Access, e: replikativ_store::Stor
             EXIT_DATA,
             format!(
                 "cannot open the store {spec}: {e} (a running peer holds it: use --peer ws://HOST:PORT to work through that peer)"
+            ),
+        ),
+        StoreError::NotFound { .. } if spec == DEFAULT_STORE => Failure(
+            EXIT_DATA,
+            format!(
+                "{e} (without --peer or --store, commands use the store {DEFAULT_STORE}: give --peer ws://HOST:PORT to work through a running peer, or --store; only serve and the create commands make a new store)"
             ),
         ),
         StoreError::NotFound { .. } => {

@@ -94,7 +94,7 @@ fn usage_errors_are_one_line_and_one_hint_with_exit_code_2() {
         (&[], "error: 'replikativ' needs a command: serve, ormap,", "try 'replikativ --help'"),
         (
             &["ormap"],
-            "error: 'replikativ ormap' needs a command: create, assoc, dissoc, get, keys",
+            "error: 'replikativ ormap' needs a command: create, assoc, put, dissoc, get, keys",
             "try 'replikativ ormap --help'",
         ),
         (
@@ -114,12 +114,12 @@ fn usage_errors_are_one_line_and_one_hint_with_exit_code_2() {
         ),
         (
             &["serve", "--store", "memory", "--listen", "127.0.0.1:0", "--log-level", "loud"],
-            "error: invalid value 'loud' for '--log-level <LOG_LEVEL>' (valid: error, warn, info, debug, trace)",
+            "error: invalid value 'loud' for '--log-level <LEVEL>' (valid: error, warn, info, debug, trace)",
             "try 'replikativ serve --help'",
         ),
         (
             &["serve", "--store", "memory", "--listen"],
-            "error: '--listen <LISTEN>' needs a value",
+            "error: '--listen <HOST:PORT>' needs a value",
             "try 'replikativ serve --help'",
         ),
         (

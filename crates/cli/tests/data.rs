@@ -176,8 +176,8 @@ fn bad_arguments_give_one_sentence_and_distinct_exit_codes() {
         4,
         "no replicated datatype",
     );
-    fails(&["lww", "get", &map, "--store", &store], 4, "does not hold a LWW register");
-    fails(&["cdvcs", "commit", &map, r#"[["a", 1]]"#, "--store", &store], 4, "holds a OR-Map, not a CDVCS");
+    fails(&["lww", "get", &map, "--store", &store], 4, "does not hold an LWW register");
+    fails(&["cdvcs", "commit", &map, r#"[["a", 1]]"#, "--store", &store], 4, "holds an OR-Map, not a CDVCS");
     fails(&["ormap", "keys", &map, "--store", "bogus:x"], 2, "unknown store");
     let usage = run(&["ormap", "assoc"]);
     assert_eq!(usage.status.code(), Some(2), "missing arguments are usage errors");
@@ -212,7 +212,8 @@ fn every_data_command_reports_its_bad_arguments() {
         let mut args: Vec<&str> = words.to_vec();
         args.push("no-uuid-here");
         args.extend_from_slice(rest);
-        args.extend(["--store", &store]);
+        // (`--peer`: every one of them takes it; the address is checked before connecting.)
+        args.extend(["--peer", "ws://127.0.0.1:1"]);
         fails(&args, 2, "is not of the form USER/UUID");
         let mut args: Vec<&str> = words.to_vec();
         args.push(good);

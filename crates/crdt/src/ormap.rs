@@ -357,6 +357,41 @@ impl OrMap {
         Ok(Staged { op, values, commits })
     }
 
+    /// Replaces the values of `key`: one op that removes every live value observed here and adds
+    /// `txs` as the key's new value (`dissoc` and `assoc` in one op, so no replica ever sees the
+    /// key empty between them). Like a dissoc it removes only what it has seen: a concurrent
+    /// assoc elsewhere survives beside the new value. The removal commit has no transactions; a
+    /// key without values just gets the new one.
+    pub fn put(
+        &mut self,
+        key: Value,
+        txs: Vec<Transaction>,
+        actor: ActorId,
+        author: &str,
+        ts: u64,
+    ) -> Result<Staged<OrMapOp>, OpError> {
+        if txs.is_empty() {
+            return Err(OpError::NoTransactions);
+        }
+        check_txs(&txs)?;
+        if !key.within_depth_limit() {
+            return Err(OpError::TooDeep);
+        }
+        let dot = self.next_dot(actor)?;
+        let observed: Vec<Dot> = self.entries(&key).into_iter().map(|(d, _)| d).collect();
+        let (mut values, mut commits) = (BTreeMap::new(), BTreeMap::new());
+        let removals = if observed.is_empty() {
+            Vec::new()
+        } else {
+            let removal = make_commit(CrdtKind::Ormap, vec![], &[], author, ts, &mut values, &mut commits);
+            observed.iter().map(|&d| OrEntry { key: key.clone(), dot: d, commit: removal }).collect()
+        };
+        let commit = make_commit(CrdtKind::Ormap, vec![], &txs, author, ts, &mut values, &mut commits);
+        let op = OrMapOp { adds: vec![OrEntry { key, dot, commit }], removals };
+        self.apply(&op).expect("a fresh dot and observed tags are valid");
+        Ok(Staged { op, values, commits })
+    }
+
     /// Removes every live value of `key` observed here, recording `revert` as the removal commit.
     /// Refuses with [`OpError::NoSuchKey`] when the key has no live value.
     pub fn dissoc(
@@ -575,6 +610,40 @@ mod tests {
 
     fn entry(key: &str, d: u64, c: u8) -> OrEntry {
         OrEntry { key: key.into(), dot: dot(d), commit: cid(c) }
+    }
+
+    #[test]
+    fn put_replaces_the_observed_values_in_one_op_and_a_concurrent_assoc_survives() {
+        let (alice, bob) = (ActorId::from_u128(1), ActorId::from_u128(2));
+        let mut a = OrMap::default();
+        let first = a.assoc("k".into(), vec![Transaction::new("set", 1)], alice, "alice", 1).unwrap();
+        let second = a.assoc("k".into(), vec![Transaction::new("set", 2)], alice, "alice", 2).unwrap();
+        assert_eq!(a.get(&"k".into()).len(), 2, "two sequential assocs keep both values");
+        // Bob has seen the first value only, and adds his own concurrently.
+        let mut b = OrMap::default();
+        b.apply(&first.op).unwrap();
+        let concurrent = b.assoc("k".into(), vec![Transaction::new("set", 9)], bob, "bob", 3).unwrap();
+        // Alice replaces what she has seen: one op with both removals and the new value.
+        let put = a.put("k".into(), vec![Transaction::new("set", 3)], alice, "alice", 4).unwrap();
+        assert_eq!(put.op.removals.len(), 2);
+        assert_eq!(put.op.adds.len(), 1);
+        let new = put.op.adds[0].commit;
+        assert_eq!(a.get(&"k".into()), vec![new]);
+        // Both replicas converge: the new value and Bob's concurrent one.
+        a.apply(&concurrent.op).unwrap();
+        b.apply(&second.op).unwrap();
+        b.apply(&put.op).unwrap();
+        let mut expected = vec![new, concurrent.op.adds[0].commit];
+        expected.sort();
+        let (mut got_a, mut got_b) = (a.get(&"k".into()), b.get(&"k".into()));
+        got_a.sort();
+        got_b.sort();
+        assert_eq!(got_a, expected);
+        assert_eq!(got_b, expected);
+        // A put of a key without values is an assoc; a put without transactions is refused.
+        let fresh = a.put("other".into(), vec![Transaction::new("set", 1)], alice, "alice", 5).unwrap();
+        assert!(fresh.op.removals.is_empty());
+        assert!(matches!(a.put("k".into(), vec![], alice, "alice", 6), Err(OpError::NoTransactions)));
     }
 
     #[test]

@@ -111,6 +111,15 @@ pub enum Remote {
     Stage,
 }
 
+impl fmt::Display for Remote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Remote::Peer(addr) => f.write_str(addr),
+            Remote::Stage => f.write_str("stage"),
+        }
+    }
+}
+
 /// Builds a middleware for each new connection.
 pub type MiddlewareFactory = Arc<dyn Fn(ConnId, &Remote) -> Box<dyn Middleware> + Send + Sync>;
 
@@ -271,6 +280,8 @@ pub struct ConnMetrics {
     pub bytes_out: AtomicU64,
     /// Publications received (ops offered to the core).
     pub publications_in: AtomicU64,
+    /// Publications sent (ops and catch-up batches).
+    pub publications_out: AtomicU64,
     /// Fetches received.
     pub fetches_in: AtomicU64,
     /// Errors and refusals sent or received.
@@ -278,7 +289,7 @@ pub struct ConnMetrics {
 }
 
 /// A snapshot of [`ConnMetrics`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MetricsSnapshot {
     /// Items received.
     pub items_in: u64,
@@ -290,6 +301,8 @@ pub struct MetricsSnapshot {
     pub bytes_out: u64,
     /// Publications received.
     pub publications_in: u64,
+    /// Publications sent.
+    pub publications_out: u64,
     /// Fetches received.
     pub fetches_in: u64,
     /// Errors and refusals.
@@ -306,9 +319,24 @@ impl ConnMetrics {
             bytes_in: l(&self.bytes_in),
             bytes_out: l(&self.bytes_out),
             publications_in: l(&self.publications_in),
+            publications_out: l(&self.publications_out),
             fetches_in: l(&self.fetches_in),
             errors: l(&self.errors),
         }
+    }
+}
+
+impl MetricsSnapshot {
+    /// Adds another snapshot's counters to this one (saturating).
+    pub fn add(&mut self, other: &MetricsSnapshot) {
+        self.items_in = self.items_in.saturating_add(other.items_in);
+        self.items_out = self.items_out.saturating_add(other.items_out);
+        self.bytes_in = self.bytes_in.saturating_add(other.bytes_in);
+        self.bytes_out = self.bytes_out.saturating_add(other.bytes_out);
+        self.publications_in = self.publications_in.saturating_add(other.publications_in);
+        self.publications_out = self.publications_out.saturating_add(other.publications_out);
+        self.fetches_in = self.fetches_in.saturating_add(other.fetches_in);
+        self.errors = self.errors.saturating_add(other.errors);
     }
 }
 
@@ -347,6 +375,9 @@ impl Middleware for Metrics {
     fn outbound(&mut self, item: Item, emit: &mut Emit) {
         let c = &self.counters;
         c.items_out.fetch_add(1, Ordering::Relaxed);
+        if matches!(item, Item::Message(Message::Publish(_) | Message::Batch(_))) {
+            c.publications_out.fetch_add(1, Ordering::Relaxed);
+        }
         if matches!(
             item,
             Item::Message(Message::Error { .. } | Message::Refused { .. } | Message::Close { .. })
@@ -400,6 +431,7 @@ fn command_access(cmd: &Command) -> Vec<Access<'_>> {
         Command::Subscribe { addresses } => addresses.iter().map(Access::Subscribe).collect(),
         Command::Unsubscribe { .. } => vec![],
         Command::Assoc { address, .. }
+        | Command::Put { address, .. }
         | Command::Dissoc { address, .. }
         | Command::Transact { address, .. }
         | Command::Merge { address, .. }

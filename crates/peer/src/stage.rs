@@ -340,6 +340,22 @@ impl Stage {
         }
     }
 
+    /// OR-Map: replaces the values of a key with a new one, in one op: every value observed
+    /// here is removed and `txs` added (a concurrent assoc elsewhere survives). Returns the new
+    /// value's commit id.
+    pub async fn put(
+        &self,
+        address: &Address,
+        key: Value,
+        txs: Vec<Transaction>,
+    ) -> Result<ContentId, StageError> {
+        let author = self.inner.user.clone();
+        match self.run(Command::Put { address: address.clone(), key, txs, author }).await? {
+            Reply::Commit(id) => Ok(id),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// OR-Map: adds a value under a key (concurrent values of one key all stay live).
     pub async fn assoc(
         &self,

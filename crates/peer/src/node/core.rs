@@ -22,12 +22,16 @@ pub(super) fn barrier_loop(
     store: Arc<dyn Store>,
     rx: std::sync::mpsc::Receiver<u64>,
     core: mpsc::Sender<CoreMsg>,
+    histogram: prometheus_client::metrics::histogram::Histogram,
 ) {
     while let Ok(mut epoch) = rx.recv() {
         while let Ok(later) = rx.try_recv() {
             epoch = epoch.max(later);
         }
-        let input = match store.sync() {
+        let started = std::time::Instant::now();
+        let synced = store.sync();
+        histogram.observe(started.elapsed().as_secs_f64());
+        let input = match synced {
             Ok(()) => Input::BarrierDone { epoch },
             Err(e) => Input::BarrierFailed { epoch, error: e.to_string() },
         };

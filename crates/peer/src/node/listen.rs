@@ -1,16 +1,107 @@
-//! Accepting connections: the connection cap, bounded handshakes, and backing off when `accept`
-//! fails (`docs/design.md` §11.2).
+//! Accepting connections: the connection cap, bounded handshakes (the HTTP request head of a
+//! websocket upgrade or of a plain HTTP request), and backing off when `accept` fails
+//! (`docs/design.md` §11.2). Each accepted connection carries one HTTP/1.1 request, answered by
+//! [`super::http`].
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use std::sync::atomic::AtomicBool;
 
-use super::ws::run;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
+use tower::ServiceExt as _;
+
+use super::http::{Accepted, listener_router, upgrade, wants_websocket};
 use super::{NodeError, Shared};
-use crate::middleware::Remote;
-use crate::proto::{Direction, Refusal};
+use crate::proto::Refusal;
+
+/// How long answering one plain HTTP request (after its head arrived) may take at most:
+/// `/metrics` or a static file to a client that reads slowly (`docs/design.md` §11.2).
+pub(crate) const HTTP_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Serves one accepted connection: one HTTP request (answered with `Connection: close`), either a websocket upgrade
+/// (the connection then runs as a peer connection, holding `permit` until it closes) or a plain
+/// request answered by `router`. The request head must arrive within the handshake timeout and
+/// the handshake byte budget.
+async fn serve_connection(
+    shared: Arc<Shared>,
+    router: Router,
+    stream: TcpStream,
+    peer_addr: std::net::SocketAddr,
+    permit: OwnedSemaphorePermit,
+) {
+    let ws = shared.config.ws;
+    let lift = Arc::new(AtomicBool::new(false));
+    let (stream, exceeded) = HandshakeLimit::new(stream, ws.max_handshake_bytes, lift.clone());
+    let accepted = Accepted { permit: Arc::new(permit), lift };
+    let (head_tx, head_rx) = tokio::sync::oneshot::channel::<()>();
+    let head_tx = std::sync::Mutex::new(Some(head_tx));
+    let svc_shared = shared.clone();
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        if let Some(tx) = head_tx.lock().expect("poisoned").take() {
+            let _ = tx.send(());
+        }
+        req.extensions_mut().insert(ConnectInfo(peer_addr));
+        req.extensions_mut().insert(accepted.clone());
+        let shared = svc_shared.clone();
+        let router = router.clone();
+        async move {
+            let mut response = if wants_websocket(req.headers()) {
+                upgrade(shared, req).await
+            } else {
+                router.oneshot(req.map(Body::new)).await?
+            };
+            // One request per connection: hyper closes after a `Connection: close` response.
+            // (Not `keep_alive(false)`: hyper would then overwrite the `Connection: Upgrade` of
+            // a 101 answer.)
+            if response.status() != axum::http::StatusCode::SWITCHING_PROTOCOLS {
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    // Room above the byte budget, so the budget (counted as handshake-too-large) trips first.
+    builder.max_buf_size(ws.max_handshake_bytes.saturating_add(8 << 10).max(8 << 10));
+    let conn = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        biased;
+        r = &mut conn => r,
+        head = tokio::time::timeout(ws.handshake_timeout, head_rx) => {
+            if head.is_err() {
+                shared.refuse(Refusal::HandshakeTimeout);
+                tracing::debug!(%peer_addr, "request head not received in time; closed");
+                return;
+            }
+            match tokio::time::timeout(HTTP_RESPONSE_TIMEOUT, &mut conn).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::debug!(%peer_addr, "HTTP response not finished in time; closed");
+                    return;
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        let why = if exceeded.load(Ordering::Relaxed) || e.is_parse_too_large() {
+            Refusal::HandshakeTooLarge
+        } else {
+            Refusal::HandshakeFailed
+        };
+        shared.refuse(why);
+        tracing::debug!(%peer_addr, refusal = %why, error = %e, "HTTP request or websocket handshake failed");
+    }
+}
 
 pub(crate) async fn listen(shared: Arc<Shared>, addr: &str) -> Result<std::net::SocketAddr, NodeError> {
     let listener = TcpListener::bind(addr)
@@ -20,6 +111,7 @@ pub(crate) async fn listen(shared: Arc<Shared>, addr: &str) -> Result<std::net::
         listener.local_addr().map_err(|source| NodeError::Listen { addr: addr.to_owned(), source })?;
     shared.listening.lock().expect("poisoned").push(format!("ws://{local}"));
     let mut shutdown = shared.shutdown.subscribe();
+    let router = listener_router(shared.clone(), shared.config.web.clone());
     let task_shared = shared.clone();
     let task = tokio::spawn(async move {
         let shared = task_shared;
@@ -54,32 +146,7 @@ pub(crate) async fn listen(shared: Arc<Shared>, addr: &str) -> Result<std::net::
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            let shared = shared.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                let ws = &shared.config.ws;
-                let (stream, exceeded) = HandshakeLimit::new(stream, ws.max_handshake_bytes);
-                let handshake = tokio_tungstenite::accept_async_with_config(stream, Some(ws.tungstenite()));
-                match tokio::time::timeout(ws.handshake_timeout, handshake).await {
-                    Ok(Ok(mut ws)) => {
-                        ws.get_mut().lift();
-                        run(shared, ws, Remote::Peer(peer_addr.to_string()), Direction::Inbound).await
-                    }
-                    Ok(Err(e)) => {
-                        let why = if exceeded.load(Ordering::Relaxed) {
-                            Refusal::HandshakeTooLarge
-                        } else {
-                            Refusal::HandshakeFailed
-                        };
-                        shared.refuse(why);
-                        tracing::debug!(%peer_addr, refusal = %why, error = %e, "websocket handshake failed");
-                    }
-                    Err(_) => {
-                        shared.refuse(Refusal::HandshakeTimeout);
-                        tracing::debug!(%peer_addr, "websocket handshake not finished in time; closed");
-                    }
-                }
-            });
+            tokio::spawn(serve_connection(shared.clone(), router.clone(), stream, peer_addr, permit));
         }
     });
     shared.tasks.lock().expect("poisoned").push(task);
@@ -132,24 +199,21 @@ impl AcceptBackoff {
     }
 }
 
-/// An accepted stream that fails reads past a byte budget until [`HandshakeLimit::lift`] is
-/// called: it bounds what a client may send before its websocket handshake is done.
+/// An accepted stream that fails reads past a byte budget until its `lifted` flag is set (by the
+/// websocket upgrade): it bounds what a client may send before its websocket handshake is done,
+/// and what a plain HTTP request may have.
 #[derive(Debug)]
 pub(crate) struct HandshakeLimit<S> {
     inner: S,
-    remaining: Option<usize>,
-    exceeded: Arc<std::sync::atomic::AtomicBool>,
+    remaining: usize,
+    lifted: Arc<AtomicBool>,
+    exceeded: Arc<AtomicBool>,
 }
 
 impl<S> HandshakeLimit<S> {
-    fn new(inner: S, budget: usize) -> (Self, Arc<std::sync::atomic::AtomicBool>) {
-        let exceeded = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        (HandshakeLimit { inner, remaining: Some(budget), exceeded: exceeded.clone() }, exceeded)
-    }
-
-    /// Ends the budget (the handshake is done).
-    fn lift(&mut self) {
-        self.remaining = None;
+    fn new(inner: S, budget: usize, lifted: Arc<AtomicBool>) -> (Self, Arc<AtomicBool>) {
+        let exceeded = Arc::new(AtomicBool::new(false));
+        (HandshakeLimit { inner, remaining: budget, lifted, exceeded: exceeded.clone() }, exceeded)
     }
 }
 
@@ -162,13 +226,15 @@ impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for HandshakeLimit<S>
         let before = buf.filled().len();
         let this = &mut *self;
         let polled = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let (Some(remaining), std::task::Poll::Ready(Ok(()))) = (this.remaining.as_mut(), &polled) {
+        if let std::task::Poll::Ready(Ok(())) = &polled
+            && !this.lifted.load(Ordering::Relaxed)
+        {
             let read = buf.filled().len() - before;
-            if read > *remaining {
+            if read > this.remaining {
                 this.exceeded.store(true, Ordering::Relaxed);
                 return std::task::Poll::Ready(Err(std::io::Error::other("handshake request too large")));
             }
-            *remaining -= read;
+            this.remaining -= read;
         }
         polled
     }

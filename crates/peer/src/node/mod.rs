@@ -19,6 +19,7 @@ mod core;
 
 use self::core::{Core, barrier_loop};
 mod dial;
+pub mod http;
 mod listen;
 mod ws;
 
@@ -95,6 +96,10 @@ pub struct NodeConfig {
     /// what the command line's data commands use. Anyone who can connect can then read and write
     /// as any user, within the access policy; off by default.
     pub remote_commands: bool,
+    /// A directory whose files the node's listen port serves over plain HTTP (`GET /PATH`), for
+    /// a browser app; `None` (the default): only the websocket and `/healthz`, `/readyz`,
+    /// `/metrics` (see [`http`]).
+    pub web: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -112,6 +117,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("policy", &self.policy.is_some())
             .field("remote_commands", &self.remote_commands)
             .field("max_connections", &self.max_connections)
+            .field("web", &self.web)
             .finish()
     }
 }
@@ -131,6 +137,7 @@ impl Default for NodeConfig {
             policy: None,
             remote_commands: false,
             max_connections: None,
+            web: None,
         }
     }
 }
@@ -243,6 +250,10 @@ pub(crate) struct Shared {
     pub(crate) max_connections: usize,
     /// What the transport refused, by reason (the core counts its own).
     pub(crate) refusals: Arc<Mutex<Refusals>>,
+    /// Counters of connections that closed (node-wide totals = these + the open ones').
+    pub(crate) closed_metrics: Mutex<crate::middleware::MetricsSnapshot>,
+    /// How long each durability barrier took.
+    pub(crate) barrier_seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl Shared {
@@ -305,14 +316,17 @@ impl Node {
             max_connections,
             finished: Mutex::new(None),
             refusals: refusals.clone(),
+            closed_metrics: Mutex::new(Default::default()),
+            barrier_seconds: http::barrier_histogram(),
         });
         let (barrier_tx, barrier_rx) = std::sync::mpsc::channel::<u64>();
         {
             let store = store.clone();
             let core = core_tx.clone();
+            let histogram = shared.barrier_seconds.clone();
             std::thread::Builder::new()
                 .name("replikativ-barrier".into())
-                .spawn(move || barrier_loop(store, barrier_rx, core))
+                .spawn(move || barrier_loop(store, barrier_rx, core, histogram))
                 .expect("spawn barrier thread");
         }
         let runtime = tokio::runtime::Handle::current();
@@ -443,6 +457,23 @@ impl Node {
 
     pub(crate) fn register_metrics(&self, conn: ConnId) -> Arc<ConnMetrics> {
         register_metrics(&self.shared, conn)
+    }
+}
+
+/// Node-wide counters: those of closed connections plus those of the open ones.
+pub(crate) fn metric_totals(shared: &Shared) -> crate::middleware::MetricsSnapshot {
+    let mut totals = *shared.closed_metrics.lock().expect("poisoned");
+    for m in shared.metrics.lock().expect("poisoned").values() {
+        totals.add(&m.snapshot());
+    }
+    totals
+}
+
+/// Moves a closing connection's counters into the node-wide totals.
+pub(crate) fn retire_metrics(shared: &Shared, conn: ConnId) {
+    let removed = shared.metrics.lock().expect("poisoned").remove(&conn);
+    if let Some(m) = removed {
+        shared.closed_metrics.lock().expect("poisoned").add(&m.snapshot());
     }
 }
 

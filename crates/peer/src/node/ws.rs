@@ -137,6 +137,7 @@ pub(crate) async fn run<S>(
     {
         return;
     }
+    tracing::debug!(conn, remote = %remote, ?direction, "connection opened");
     let link = Arc::new(Link {
         shared: shared.clone(),
         conn,
@@ -166,13 +167,18 @@ pub(crate) async fn run<S>(
             w.unwrap_or_else(|e| format!("writer failed: {e}"))
         }
     };
+    // Incoming connections open and close routinely (every command line call is one): DEBUG.
+    // A link this node dialed (`connect`) dropping is news for the operator: INFO. A failed
+    // write (the network or the remote misbehaved): WARN.
     if reason.starts_with("write failed") {
-        tracing::warn!(conn, ?remote, %reason, "connection closed");
+        tracing::warn!(conn, remote = %remote, %reason, "connection closed");
+    } else if direction == Direction::Outbound {
+        tracing::info!(conn, remote = %remote, %reason, "connection closed");
     } else {
-        tracing::info!(conn, ?remote, %reason, "connection closed");
+        tracing::debug!(conn, remote = %remote, %reason, "connection closed");
     }
     let _ = core.send(CoreMsg::Input(Input::Closed { conn })).await;
-    shared.metrics.lock().expect("poisoned").remove(&conn);
+    super::retire_metrics(&shared, conn);
 }
 
 /// The next binary frame, or why the connection ends (after telling the remote where it can be

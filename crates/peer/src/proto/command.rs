@@ -134,6 +134,18 @@ pub enum Command {
     },
     /// The peer's status.
     Status,
+    /// OR-Map: replaces the values of a key: removes every value observed here and adds the
+    /// new one, in one op (see `OrMap::put`).
+    Put {
+        /// The OR-Map.
+        address: Address,
+        /// The key.
+        key: Value,
+        /// The new value's transactions.
+        txs: Vec<Transaction>,
+        /// Who.
+        author: String,
+    },
 }
 
 /// What a [`Command::Query`] asks.
@@ -208,6 +220,7 @@ impl Command {
         match self {
             Command::Create { address, .. }
             | Command::Assoc { address, .. }
+            | Command::Put { address, .. }
             | Command::Dissoc { address, .. }
             | Command::Transact { address, .. }
             | Command::Merge { address, .. }
@@ -261,6 +274,7 @@ impl Peer {
                 Ok(Reply::Done)
             }
             Command::Assoc { address, key, txs, author } => self.assoc(&address, key, txs, &author),
+            Command::Put { address, key, txs, author } => self.put(&address, key, txs, &author),
             Command::Dissoc { address, key, revert, author } => self.dissoc(&address, &key, revert, &author),
             Command::Transact { address, txs, author } => self.transact(&address, txs, &author),
             Command::Merge { address, heads, correcting, author } => {

@@ -106,6 +106,22 @@ impl Peer {
         Ok(Reply::Commit(commit))
     }
 
+    pub(super) fn put(
+        &mut self,
+        address: &Address,
+        key: Value,
+        txs: Vec<Transaction>,
+        author: &str,
+    ) -> Result<Reply, StageError> {
+        let (now, actor) = (self.now_ms, self.actor);
+        let m: &mut OrMap = typed_mut!(self, address, Ormap, Ormap);
+        let mut staged = m.put(key, txs, actor, author, now)?;
+        let commit = staged.op.adds[0].commit;
+        let known = bytes_of(&mut staged);
+        self.local(address, AnyOp::Ormap(staged.op), known)?;
+        Ok(Reply::Commit(commit))
+    }
+
     pub(super) fn dissoc(
         &mut self,
         address: &Address,

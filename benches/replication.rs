@@ -17,7 +17,8 @@
 //! `REPLIKATIV_BENCH_QUICK=1` shrinks the sizes (N = 5000, M = 200, K = 1000);
 //! `REPLIKATIV_BENCH_RUNS=5` sets the number of runs, `REPLIKATIV_BENCH_WINDOWS=128,512` the windows
 //! of the throughput case; `--features bench-system-allocator` runs on
-//! the system allocator instead of mimalloc (the `replikativ` binary's).
+//! the system allocator instead of mimalloc (the `replikativ` binary's); `--features postgres` with
+//! `REPLIKATIV_PG_URL` set adds PgStore (`REPLIKATIV_BENCH_ONLY="1 file postgres"`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -86,20 +87,29 @@ impl Backend {
         match self {
             Backend::Memory => Arc::new(MemoryStore::new()),
             Backend::File => Arc::new(FileStore::open(dir).expect("file store opens")),
-            Backend::Postgres => {
-                let base = std::env::var("REPLIKATIV_PG_URL").expect("REPLIKATIV_PG_URL");
-                let name: String = dir
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or("dir")
-                    .chars()
-                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-                    .collect();
-                let url = format!("{base}?namespace=bench-{}-{name}", std::process::id());
-                Arc::new(replikativ::store::PgStore::open_url(&url).expect("postgres store opens"))
-            }
+            Backend::Postgres => open_postgres(dir),
         }
     }
+}
+
+/// A fresh namespace of the server at `REPLIKATIV_PG_URL` (the `postgres` feature).
+#[cfg(feature = "postgres")]
+fn open_postgres(dir: &Path) -> Arc<dyn Store> {
+    let base = std::env::var("REPLIKATIV_PG_URL").expect("REPLIKATIV_PG_URL");
+    let name: String = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("dir")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let url = format!("{base}?namespace=bench-{}-{name}", std::process::id());
+    Arc::new(replikativ::store::PgStore::open_url(&url).expect("postgres store opens"))
+}
+
+#[cfg(not(feature = "postgres"))]
+fn open_postgres(_: &Path) -> Arc<dyn Store> {
+    panic!("the postgres backend needs `--features postgres`")
 }
 
 /// Counts the publish frames (publications and live batches) a node sends to remote peers.
@@ -504,7 +514,7 @@ async fn run() {
     // "file" or "postgres" (PgStore runs when REPLIKATIV_PG_URL names a server).
     let only = std::env::var("REPLIKATIV_BENCH_ONLY").unwrap_or_default();
     let section = |s: char| only.chars().all(|c| !c.is_ascii_digit()) || only.contains(s);
-    let pg = std::env::var("REPLIKATIV_PG_URL").is_ok_and(|u| !u.is_empty());
+    let pg = cfg!(feature = "postgres") && std::env::var("REPLIKATIV_PG_URL").is_ok_and(|u| !u.is_empty());
     let all = [Backend::Memory, Backend::File, Backend::Postgres];
     let named = all.iter().any(|b| only.contains(b.key()));
     let backends: Vec<Backend> = all

@@ -78,7 +78,7 @@ impl Backend {
     }
 }
 
-/// Counts the publish frames a node sends to remote peers.
+/// Counts the publish frames (publications and live batches) a node sends to remote peers.
 #[derive(Debug, Default)]
 struct FrameStats {
     frames: AtomicU64,
@@ -91,7 +91,7 @@ struct FrameSizer {
 
 impl Middleware for FrameSizer {
     fn outbound(&mut self, item: Item, emit: &mut Emit) {
-        if let Item::Message(Message::Publish(_)) = &item {
+        if let Item::Message(Message::Publish(_) | Message::Batch(_)) = &item {
             self.stats.frames.fetch_add(1, Ordering::Relaxed);
         }
         emit.down(item);
@@ -163,7 +163,7 @@ struct Throughput {
     visible: Option<Duration>,
     /// From the first assoc until A acknowledged them all.
     acked: Duration,
-    /// Publish frames A sent to B.
+    /// Publish frames (publications and live batches) A sent to B.
     frames: u64,
     /// Bytes A sent to B (every frame).
     bytes: u64,

@@ -245,6 +245,9 @@ pub struct Staged<O> {
     pub op: O,
     /// New values by content id: commit records and transaction params.
     pub values: BTreeMap<ContentId, Value>,
+    /// The commit records among `values`, parsed (so a replica storing and sending them need not
+    /// parse them back).
+    pub commits: BTreeMap<ContentId, Commit>,
 }
 
 /// Refuses transactions whose params nest too deep to be decoded by other replicas.
@@ -261,6 +264,7 @@ pub(crate) fn make_commit(
     author: &str,
     ts: u64,
     values: &mut BTreeMap<ContentId, Value>,
+    commits: &mut BTreeMap<ContentId, Commit>,
 ) -> ContentId {
     let mut refs = Vec::with_capacity(txs.len());
     for tx in txs {
@@ -272,6 +276,7 @@ pub(crate) fn make_commit(
     let value = commit.to_value();
     let id = ContentId::hash_bytes(&commit.encode());
     values.insert(id, value);
+    commits.insert(id, commit);
     id
 }
 

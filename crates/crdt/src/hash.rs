@@ -124,6 +124,17 @@ impl<'de> Deserialize<'de> for ContentId {
     }
 }
 
+/// The hasher of [`IdMap`] and [`IdSet`]: foldhash, seeded at random per map. A content id is
+/// already a uniform hash, but ids named on the wire are chosen by the sender, so the maps stay
+/// keyed (SipHash, the default, cost several percent of a peer's time per op).
+pub type IdBuildHasher = foldhash::fast::RandomState;
+
+/// A hash map keyed by content ids.
+pub type IdMap<V> = std::collections::HashMap<ContentId, V, IdBuildHasher>;
+
+/// A hash set of content ids.
+pub type IdSet = std::collections::HashSet<ContentId, IdBuildHasher>;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -80,7 +80,7 @@ pub use commit::{Commit, CrdtKind, Staged, Transaction, TxRef};
 pub use dots::{DotSet, MAX_DOT_RUNS};
 pub use error::{OpError, ValidationError};
 pub use gset::{GSet, GSetOp};
-pub use hash::ContentId;
+pub use hash::{ContentId, IdBuildHasher, IdMap, IdSet};
 pub use lww::{LwwOp, LwwRegister};
 pub use ormap::{OrEntry, OrMap, OrMapOp};
 pub use traits::Crdt;

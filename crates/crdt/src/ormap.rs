@@ -69,7 +69,12 @@ impl DotMap {
     fn insert(&mut self, dot: Dot, commit: ContentId) {
         match self.find(&dot) {
             Ok(i) => self.0[i].1 = commit,
-            Err(i) => self.0.insert(i, (dot, commit)),
+            Err(i) => {
+                // Exactly one more: most keys hold one value, and a first push would reserve room
+                // for four (224 bytes a key instead of 56).
+                self.0.reserve_exact(1);
+                self.0.insert(i, (dot, commit))
+            }
         }
     }
 
@@ -344,12 +349,12 @@ impl OrMap {
         if !key.within_depth_limit() {
             return Err(OpError::TooDeep);
         }
-        let mut values = BTreeMap::new();
-        let commit = make_commit(CrdtKind::Ormap, vec![], &txs, author, ts, &mut values);
+        let (mut values, mut commits) = (BTreeMap::new(), BTreeMap::new());
+        let commit = make_commit(CrdtKind::Ormap, vec![], &txs, author, ts, &mut values, &mut commits);
         let op =
             OrMapOp { adds: vec![OrEntry { key, dot: self.next_dot(actor)?, commit }], removals: vec![] };
         self.apply(&op).expect("a fresh dot is valid");
-        Ok(Staged { op, values })
+        Ok(Staged { op, values, commits })
     }
 
     /// Replaces the values of `key`: one op that removes every live value observed here and adds
@@ -374,17 +379,17 @@ impl OrMap {
         }
         let dot = self.next_dot(actor)?;
         let observed: Vec<Dot> = self.entries(&key).into_iter().map(|(d, _)| d).collect();
-        let mut values = BTreeMap::new();
+        let (mut values, mut commits) = (BTreeMap::new(), BTreeMap::new());
         let removals = if observed.is_empty() {
             Vec::new()
         } else {
-            let removal = make_commit(CrdtKind::Ormap, vec![], &[], author, ts, &mut values);
+            let removal = make_commit(CrdtKind::Ormap, vec![], &[], author, ts, &mut values, &mut commits);
             observed.iter().map(|&d| OrEntry { key: key.clone(), dot: d, commit: removal }).collect()
         };
-        let commit = make_commit(CrdtKind::Ormap, vec![], &txs, author, ts, &mut values);
+        let commit = make_commit(CrdtKind::Ormap, vec![], &txs, author, ts, &mut values, &mut commits);
         let op = OrMapOp { adds: vec![OrEntry { key, dot, commit }], removals };
         self.apply(&op).expect("a fresh dot and observed tags are valid");
-        Ok(Staged { op, values })
+        Ok(Staged { op, values, commits })
     }
 
     /// Removes every live value of `key` observed here, recording `revert` as the removal commit.
@@ -428,12 +433,12 @@ impl OrMap {
         author: &str,
         ts: u64,
     ) -> Staged<OrMapOp> {
-        let mut values = BTreeMap::new();
-        let commit = make_commit(CrdtKind::Ormap, vec![], revert, author, ts, &mut values);
+        let (mut values, mut commits) = (BTreeMap::new(), BTreeMap::new());
+        let commit = make_commit(CrdtKind::Ormap, vec![], revert, author, ts, &mut values, &mut commits);
         let removals = dots.iter().map(|&dot| OrEntry { key: key.clone(), dot, commit }).collect();
         let op = OrMapOp { adds: vec![], removals };
         self.apply(&op).expect("removing observed tags is valid");
-        Staged { op, values }
+        Staged { op, values, commits }
     }
 
     /// An add's dot names one key and one commit forever: an add reusing a recorded dot (or one

@@ -43,7 +43,7 @@ struct Pair {
     /// The most bytes of catch-up publications A sent in answer to one input (one summary).
     round_bytes: usize,
     now: u64,
-    /// Catch-up batches A sent.
+    /// Catch-up batches A sent (not live ones).
     batches: usize,
     /// Catch-up messages (batches and catch-up publications) A sent.
     catch_ups: usize,
@@ -98,7 +98,7 @@ impl Pair {
                             self.publications += 1;
                         }
                         let catch_up = matches!(&msg, Message::Publish(p) if p.catch_up)
-                            || matches!(msg, Message::Batch(_));
+                            || matches!(&msg, Message::Batch(b) if !b.live);
                         if let (true, Some(left)) = (catch_up, self.allowance.as_mut())
                             && node == 0
                         {
@@ -107,7 +107,7 @@ impl Pair {
                             }
                             *left -= 1;
                         }
-                        if matches!(msg, Message::Batch(_)) && node == 0 {
+                        if matches!(&msg, Message::Batch(b) if !b.live) && node == 0 {
                             self.batches += 1;
                         }
                         if catch_up && node == 0 {

@@ -167,6 +167,16 @@ fn vectors() -> Vec<(&'static str, Message)> {
                 id: 31,
                 address: address(1),
                 data: ByteBuf::from(vec![0x4b, 0x04, 0x00]),
+                live: false,
+            }),
+        ),
+        (
+            "batch-live",
+            Message::Batch(Batch {
+                id: 32,
+                address: address(1),
+                data: ByteBuf::from(vec![0x4b, 0x04, 0x00]),
+                live: true,
             }),
         ),
         (

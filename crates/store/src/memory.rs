@@ -71,7 +71,10 @@ impl Engine for MemoryStore {
         let mut map = write(&self.map);
         for op in ops {
             match op {
-                RawOp::Put(k, v) => {
+                RawOp::Put(k, mut v) => {
+                    // Kept for the store's lifetime: without the slack of the buffer it was
+                    // encoded into (often half again its length).
+                    v.shrink_to_fit();
                     map.insert(IndexKey::from(k), v);
                 }
                 RawOp::Delete(k) => {

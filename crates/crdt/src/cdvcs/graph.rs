@@ -12,8 +12,8 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 
-use crate::ContentId;
 use crate::error::ValidationError;
+use crate::{ContentId, IdMap};
 
 const UNKNOWN: u32 = u32::MAX;
 
@@ -21,7 +21,7 @@ const UNKNOWN: u32 = u32::MAX;
 #[derive(Clone, Default)]
 pub struct CommitGraph {
     ids: Vec<ContentId>,
-    index: HashMap<ContentId, u32>,
+    index: IdMap<u32>,
     /// Parents per index; `None` for a placeholder (referenced as a parent, not yet present).
     parents: Vec<Option<Box<[u32]>>>,
     /// Generation per index, `UNKNOWN` while some ancestor is missing.

@@ -99,8 +99,8 @@ pub struct CdvcsOp {
 impl Cdvcs {
     /// Creates a CDVCS with a root commit (no transactions, no parents) by `author` at `ts`.
     pub fn new(author: &str, ts: u64) -> (Cdvcs, Staged<CdvcsOp>) {
-        let mut values = BTreeMap::new();
-        let root = make_commit(CrdtKind::Cdvcs, vec![], &[], author, ts, &mut values);
+        let (mut values, mut records) = (BTreeMap::new(), BTreeMap::new());
+        let root = make_commit(CrdtKind::Cdvcs, vec![], &[], author, ts, &mut values, &mut records);
         let mut cdvcs = Cdvcs::default();
         cdvcs.graph.insert(root, &[]).expect("a fresh root is valid");
         let op = CdvcsOp {
@@ -108,7 +108,7 @@ impl Cdvcs {
             commits: vec![GraphEntry { id: root, parents: vec![] }],
             heads: cdvcs.heads().clone(),
         };
-        (cdvcs, Staged { op, values })
+        (cdvcs, Staged { op, values, commits: records })
     }
 
     /// The commit graph.
@@ -194,14 +194,14 @@ impl Cdvcs {
         ts: u64,
         mut commits: Vec<GraphEntry>,
     ) -> Staged<CdvcsOp> {
-        let mut values = BTreeMap::new();
-        let id = make_commit(CrdtKind::Cdvcs, parents.clone(), txs, author, ts, &mut values);
+        let (mut values, mut records) = (BTreeMap::new(), BTreeMap::new());
+        let id = make_commit(CrdtKind::Cdvcs, parents.clone(), txs, author, ts, &mut values, &mut records);
         for entry in &commits {
             self.graph.insert(entry.id, &entry.parents).expect("entries were validated");
         }
         self.graph.insert(id, &parents).expect("a new commit on present parents is valid");
         commits.push(GraphEntry { id, parents });
-        Staged { op: CdvcsOp { method, commits, heads: self.heads().clone() }, values }
+        Staged { op: CdvcsOp { method, commits, heads: self.heads().clone() }, values, commits: records }
     }
 
     /// Merges the given heads with a merge commit whose parents are `heads` in the given order
@@ -286,6 +286,7 @@ impl Cdvcs {
         Ok(Staged {
             op: CdvcsOp { method: CdvcsMethod::Pull, commits, heads: self.heads().clone() },
             values: BTreeMap::new(),
+            commits: BTreeMap::new(),
         })
     }
 

@@ -18,10 +18,10 @@
 //! builds too). Decoding is bounded: at most [`MAX_BATCH_BYTES`] decompressed, every count checked
 //! against what is left, every key and value decoded with the canonical decoder.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::io::{Read, Write};
 
-use replikativ_crdt::{ActorId, Commit, ContentId, CrdtKind, Dot, OrEntry, OrMapOp, TxRef, Value};
+use replikativ_crdt::{ActorId, Commit, ContentId, CrdtKind, Dot, IdMap, OrEntry, OrMapOp, TxRef, Value};
 
 use super::message::AnyOp;
 use serde::{Deserialize, Serialize};
@@ -175,7 +175,7 @@ pub(crate) struct BatchEncoder {
     last_counter: Vec<u64>,
     authors: HashMap<String, usize>,
     functions: HashMap<String, usize>,
-    commits: HashMap<ContentId, usize>,
+    commits: IdMap<usize>,
     last_ts: u64,
     bytes: usize,
     /// The parents a CDVCS commit being added must have (checked against its record).
@@ -279,9 +279,8 @@ impl BatchEncoder {
         let before = self.size();
         self.entries += 1;
         self.c.flags.push(u8::from(removal));
-        let key = entry.key.encode();
-        put_varint(&mut self.c.keys, key.len() as u64);
-        self.c.keys.extend_from_slice(&key);
+        put_varint(&mut self.c.keys, entry.key.encoded_len() as u64);
+        entry.key.encode_into(&mut self.c.keys);
         let next = self.actors.len();
         let a = *self.actors.entry(entry.dot.actor).or_insert(next);
         if a == next {
@@ -357,21 +356,29 @@ impl BatchEncoder {
             return;
         }
         self.c.mode.push(0);
-        let next = self.authors.len();
-        let a = *self.authors.entry(c.author.clone()).or_insert(next);
-        if a == next {
-            self.c.authors.push(c.author.clone());
-        }
+        let a = match self.authors.get(&c.author) {
+            Some(&a) => a,
+            None => {
+                let a = self.authors.len();
+                self.authors.insert(c.author.clone(), a);
+                self.c.authors.push(c.author.clone());
+                a
+            }
+        };
         put_varint(&mut self.c.author, a as u64);
         put_varint(&mut self.c.ts, zigzag(c.ts as i64 - self.last_ts as i64));
         self.last_ts = c.ts;
         put_varint(&mut self.c.ntx, c.transactions.len() as u64);
         for tx in &c.transactions {
-            let next = self.functions.len();
-            let f = *self.functions.entry(tx.function.clone()).or_insert(next);
-            if f == next {
-                self.c.functions.push(tx.function.clone());
-            }
+            let f = match self.functions.get(&tx.function) {
+                Some(&f) => f,
+                None => {
+                    let f = self.functions.len();
+                    self.functions.insert(tx.function.clone(), f);
+                    self.c.functions.push(tx.function.clone());
+                    f
+                }
+            };
             put_varint(&mut self.c.func, f as u64);
             match params(&tx.params).filter(|v| v.len() <= MAX_INLINE_PARAMS) {
                 Some(v) => {
@@ -390,12 +397,7 @@ impl BatchEncoder {
     pub(crate) fn finish(mut self) -> Vec<u8> {
         self.c.format = BATCH_FORMAT;
         let raw = rmp_serde::to_vec(&self.c).expect("columns always encode");
-        let mut enc = flate2::write::DeflateEncoder::new(
-            Vec::with_capacity(raw.len() / 3),
-            flate2::Compression::new(3),
-        );
-        enc.write_all(&raw).expect("writing to memory");
-        enc.finish().expect("writing to memory")
+        deflate(&raw, 3)
     }
 }
 
@@ -406,9 +408,9 @@ pub struct Decoded {
     /// The entries, as an op (an OR-Map or a CDVCS op).
     pub op: AnyOp,
     /// Commit records and params, by the hash of their bytes.
-    pub values: HashMap<ContentId, Vec<u8>>,
+    pub values: IdMap<Vec<u8>>,
     /// The commit records among `values` that parse.
-    pub commits: HashMap<ContentId, Commit>,
+    pub commits: IdMap<Commit>,
 }
 
 /// A commit record from `value`, parsed.
@@ -452,20 +454,82 @@ pub fn encode_cdvcs(op: &replikativ_crdt::CdvcsOp, value: &dyn Fn(&ContentId) ->
 
 /// DEFLATE-compresses raw columns as a batch carries them (fuzzing explores the columns).
 pub fn compress(raw: &[u8]) -> Vec<u8> {
-    let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
-    enc.write_all(raw).expect("writing to memory");
-    enc.finish().expect("writing to memory")
+    deflate(raw, 1)
 }
 
-/// The raw columns of a batch (at most [`MAX_BATCH_BYTES`]).
+thread_local! {
+    // One compressor and one decompressor per thread, reset for every batch: a fresh DEFLATE
+    // state zeroes a few hundred KiB of tables, which cost more than compressing a live batch of a
+    // few dozen ops.
+    static DEFLATE: RefCell<Option<(u32, flate2::Compress)>> = const { RefCell::new(None) };
+    static INFLATE: RefCell<Option<flate2::Decompress>> = const { RefCell::new(None) };
+}
+
+/// Raw DEFLATE of `raw` at `level`, with this thread's compressor.
+fn deflate(raw: &[u8], level: u32) -> Vec<u8> {
+    use flate2::{Compress, Compression, FlushCompress, Status};
+    DEFLATE.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let c = match &mut *cell {
+            Some((l, c)) if *l == level => {
+                c.reset();
+                c
+            }
+            slot => &mut slot.insert((level, Compress::new(Compression::new(level), false))).1,
+        };
+        let mut out = Vec::with_capacity(raw.len() / 2 + 64);
+        loop {
+            let done = c.total_in() as usize;
+            match c
+                .compress_vec(&raw[done..], &mut out, FlushCompress::Finish)
+                .expect("compressing in memory")
+            {
+                Status::StreamEnd => return out,
+                Status::Ok | Status::BufError => out.reserve(out.capacity().max(256)),
+            }
+        }
+    })
+}
+
+/// The raw columns of a batch (at most [`MAX_BATCH_BYTES`]): the input must be exactly one raw
+/// DEFLATE stream.
 pub fn decompress(data: &[u8]) -> Result<Vec<u8>, BatchError> {
-    let mut raw = Vec::new();
-    let mut dec = flate2::read::DeflateDecoder::new(data).take(MAX_BATCH_BYTES as u64 + 1);
-    dec.read_to_end(&mut raw).map_err(|e| bad(format!("does not decompress: {e}")))?;
-    if raw.len() > MAX_BATCH_BYTES {
-        return Err(bad(format!("more than {MAX_BATCH_BYTES} bytes decompressed")));
-    }
-    Ok(raw)
+    use flate2::{Decompress, FlushDecompress, Status};
+    INFLATE.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let d = match &mut *cell {
+            Some(d) => {
+                d.reset(false);
+                d
+            }
+            slot => slot.insert(Decompress::new(false)),
+        };
+        let mut out = Vec::with_capacity(data.len().saturating_mul(4).clamp(256, MAX_BATCH_BYTES + 1));
+        loop {
+            let (read, written) = (d.total_in() as usize, d.total_out());
+            let status = d
+                .decompress_vec(&data[read..], &mut out, FlushDecompress::None)
+                .map_err(|e| bad(format!("does not decompress: {e}")))?;
+            if out.len() > MAX_BATCH_BYTES {
+                return Err(bad(format!("more than {MAX_BATCH_BYTES} bytes decompressed")));
+            }
+            match status {
+                Status::StreamEnd if (d.total_in() as usize) < data.len() => {
+                    return Err(bad("bytes after the end of the compressed stream"));
+                }
+                Status::StreamEnd => return Ok(out),
+                Status::Ok | Status::BufError => {
+                    if out.len() == out.capacity() {
+                        // Room for more, never beyond one byte over the bound (then refused above).
+                        let more = out.capacity().min(MAX_BATCH_BYTES + 1 - out.len());
+                        out.reserve_exact(more);
+                    } else if d.total_in() as usize == read && d.total_out() == written {
+                        return Err(bad("does not decompress: the compressed stream ends early"));
+                    }
+                }
+            }
+        }
+    })
 }
 
 /// Reads the commits of a batch from its columns, keeping every value under the hash of its bytes.
@@ -480,8 +544,8 @@ struct CommitReader<'a> {
     raw: Col<'a>,
     ids: Col<'a>,
     last_ts: u64,
-    values: HashMap<ContentId, Vec<u8>>,
-    commits: HashMap<ContentId, Commit>,
+    values: IdMap<Vec<u8>>,
+    commits: IdMap<Commit>,
     /// The batch's commits in order (what references point into).
     table: Vec<ContentId>,
 }
@@ -499,8 +563,8 @@ impl<'a> CommitReader<'a> {
             raw: Col::new("raw", &c.raw),
             ids: Col::new("ids", &c.ids),
             last_ts: 0,
-            values: HashMap::new(),
-            commits: HashMap::new(),
+            values: IdMap::default(),
+            commits: IdMap::default(),
             table: Vec::new(),
         }
     }
@@ -701,16 +765,18 @@ fn decode_ormap(c: &Columns) -> Result<Decoded, BatchError> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
+
     use super::*;
     use replikativ_crdt::{Crdt, OrMap, Transaction};
     use std::collections::BTreeMap;
 
-    type Built = (OrMap, Vec<(bool, OrEntry)>, HashMap<ContentId, Vec<u8>>);
+    type Built = (OrMap, Vec<(bool, OrEntry)>, IdMap<Vec<u8>>);
 
     fn build(n: u64) -> Built {
         let actor = ActorId::from_u128(9);
         let mut m = OrMap::default();
-        let mut store = HashMap::new();
+        let mut store = IdMap::default();
         let mut entries = Vec::new();
         for i in 0..n {
             let s = m
@@ -731,7 +797,7 @@ mod tests {
         (m, entries, store)
     }
 
-    fn encode(entries: &[(bool, OrEntry)], store: &HashMap<ContentId, Vec<u8>>) -> Vec<u8> {
+    fn encode(entries: &[(bool, OrEntry)], store: &IdMap<Vec<u8>>) -> Vec<u8> {
         let mut enc = BatchEncoder::default();
         let lookup = |id: &ContentId| store.get(id).cloned();
         for (removal, e) in entries {
@@ -791,7 +857,7 @@ mod tests {
     #[test]
     fn a_cdvcs_batch_round_trips_parents_and_merges() {
         use replikativ_crdt::Cdvcs;
-        let mut store: HashMap<ContentId, Vec<u8>> = HashMap::new();
+        let mut store: IdMap<Vec<u8>> = IdMap::default();
         let mut keep = |values: BTreeMap<ContentId, Value>| {
             store.extend(values.into_iter().map(|(id, v)| (id, v.encode())));
         };
@@ -837,6 +903,14 @@ mod tests {
             }
         }
         assert!(decode(b"not deflate at all").is_err());
+        // Truncated anywhere, or followed by anything: an error, never a hang.
+        for cut in 0..data.len() {
+            assert!(decode(&data[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut trailing = data.clone();
+        trailing.push(0);
+        assert!(decode(&trailing).unwrap_err().0.contains("after the end"));
+        assert!(decode(&data).is_ok(), "the thread's decompressor is reset after errors");
         // A bomb: far more than MAX_BATCH_BYTES of zeros compressed.
         let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
         enc.write_all(&vec![0u8; MAX_BATCH_BYTES + 10]).unwrap();

@@ -13,11 +13,13 @@
 //!   another bucket, so a receiver whose outbox drops the later parts still completes buckets every
 //!   round. A part is a valid op on its own (entries join by union).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use std::borrow::Cow;
 
-use replikativ_crdt::{Address, Commit, ContentId, Dot, DotSet, GSetOp, OrEntry, OrMapOp, Value};
+use replikativ_crdt::{
+    Address, Commit, ContentId, Dot, DotSet, GSetOp, IdMap, IdSet, OrEntry, OrMapOp, Value,
+};
 use serde_bytes::ByteBuf;
 
 use super::batch::{BatchEncoder, CommitSource};
@@ -40,7 +42,7 @@ struct Parts {
     values: Vec<ByteBuf>,
     bytes: usize,
     /// Values already in the current part (entries may share a commit record or params).
-    sent: HashSet<ContentId>,
+    sent: IdSet,
 }
 
 impl Parts {
@@ -53,7 +55,7 @@ impl Parts {
             entries: Vec::new(),
             values: Vec::new(),
             bytes: 0,
-            sent: HashSet::new(),
+            sent: IdSet::default(),
         }
     }
 
@@ -134,7 +136,7 @@ impl Peer {
     /// A commit record and its params with their ids (known: nothing is hashed again), as they
     /// travel inline.
     fn group_of(&self, cid: &ContentId) -> Vec<(ContentId, Vec<u8>)> {
-        self.value_group(cid, &HashMap::new(), &HashMap::new())
+        self.value_group(cid, &IdMap::default(), &IdMap::default())
     }
 
     /// Splits a catch-up op into bounded parts with their inline values (see the module docs).
@@ -345,7 +347,7 @@ pub(crate) struct CommitStream {
 struct CommitInput<'a> {
     record: Option<Vec<u8>>,
     parsed: Option<Cow<'a, Commit>>,
-    params: HashMap<ContentId, Vec<u8>>,
+    params: IdMap<Vec<u8>>,
     bound: usize,
 }
 
@@ -474,20 +476,19 @@ impl Peer {
             if let Some(data) = data {
                 c.in_flight.insert(id, 0);
                 self.batches_sent += 1;
-                self.send(conn, Message::Batch(Batch { id, address, data: ByteBuf::from(data) }));
+                self.send(
+                    conn,
+                    Message::Batch(Batch { id, address, data: ByteBuf::from(data), live: false }),
+                );
             }
         }
     }
 
     /// Reads a commit record and its params from the store for a batch.
-    fn commit_input<'a>(
-        &self,
-        id: &ContentId,
-        no_commits: &'a HashMap<ContentId, Commit>,
-    ) -> CommitInput<'a> {
+    fn commit_input<'a>(&self, id: &ContentId, no_commits: &'a IdMap<Commit>) -> CommitInput<'a> {
         let record = self.persist.value(id).ok().flatten();
         let parsed = record.as_ref().and_then(|r| commit_of(id, r, no_commits));
-        let params: HashMap<ContentId, Vec<u8>> = parsed
+        let params: IdMap<Vec<u8>> = parsed
             .iter()
             .flat_map(|c| c.transactions.iter())
             .filter_map(|t| self.persist.value(&t.params).ok().flatten().map(|v| (t.params, v)))
@@ -504,7 +505,7 @@ impl Peer {
         let Some(mut stream) = c.commit_streams.pop_front() else { return false };
         let limit = self.config.inline_limit;
         let mut enc = BatchEncoder::cdvcs();
-        let no_commits = HashMap::new();
+        let no_commits = IdMap::default();
         while let Some(entry) = stream.commits.front() {
             let input = self.commit_input(&entry.id, &no_commits);
             // An upper bound of what the entry adds to the batch.
@@ -524,7 +525,7 @@ impl Peer {
         }
         c.in_flight.insert(id, 0);
         self.batches_sent += 1;
-        self.send(conn, Message::Batch(Batch { id, address, data: ByteBuf::from(data) }));
+        self.send(conn, Message::Batch(Batch { id, address, data: ByteBuf::from(data), live: false }));
         true
     }
 
@@ -537,7 +538,7 @@ impl Peer {
         let limit = self.config.inline_limit;
         let mut enc = BatchEncoder::default();
         let mut taken = Vec::new();
-        let no_commits = HashMap::new();
+        let no_commits = IdMap::default();
         'phases: while stream.phase < 2 {
             let removals = stream.phase == 1;
             let mut cache = None;
@@ -557,7 +558,7 @@ impl Peer {
                     stream.cursor = Some(key.clone());
                     break 'phases;
                 }
-                let no_params = HashMap::new();
+                let no_params = IdMap::default();
                 let params = input.as_ref().map_or(&no_params, |i| &i.params);
                 enc.push(removals, &entry, input.as_ref().and_then(CommitInput::source), &|id| {
                     params.get(id).cloned()

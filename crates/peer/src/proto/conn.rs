@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
-use replikativ_crdt::{Address, ContentId};
+use replikativ_crdt::{Address, ContentId, IdMap};
 
 use super::message::{self, Hello, Message, PROTOCOL_VERSION, Summary};
 use super::{AnyOp, ConnId, Direction, FEATURE_BUCKETS, Output, Peer, Refusal};
@@ -15,9 +15,9 @@ pub(crate) struct Pending {
     pub(crate) address: Address,
     pub(crate) op: AnyOp,
     /// Verified values received for it (canonical encodings), not yet stored.
-    pub(crate) values: HashMap<ContentId, Vec<u8>>,
+    pub(crate) values: IdMap<Vec<u8>>,
     /// Commit records among `values` (or in the store) the op names, parsed once.
-    pub(crate) commits: HashMap<ContentId, replikativ_crdt::Commit>,
+    pub(crate) commits: IdMap<replikativ_crdt::Commit>,
     /// Whether it is a catch-up answer (not echoed).
     pub(crate) catch_up: bool,
     /// Bytes of the values it arrived with (counted against `max_queued_bytes`).

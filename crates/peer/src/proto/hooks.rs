@@ -120,7 +120,7 @@ impl Peer {
         }
         self.record_applied(
             &hook.into,
-            &AnyOp::Cdvcs(staged.op),
+            AnyOp::Cdvcs(staged.op),
             Default::default(),
             &Default::default(),
             Origin::Local,

@@ -2,10 +2,10 @@
 //! replica and enters the path remote publications take from applying on (`record_applied`:
 //! store, relay, acknowledge after the barrier).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use replikativ_crdt::{
-    Address, Cdvcs, Commit, ContentId, CrdtKind, GSet, LwwRegister, OpError, OrMap, Staged,
+    Address, Cdvcs, Commit, ContentId, CrdtKind, GSet, IdMap, LwwRegister, OpError, OrMap, Staged,
 };
 use replikativ_crdt::{Transaction, Value};
 
@@ -15,13 +15,27 @@ use super::publish::Origin;
 use super::state::CrdtState;
 use super::{Peer, Reply, StageError};
 
-/// New values of a local op as canonical encodings, and its commit records parsed.
-fn bytes_of(values: BTreeMap<ContentId, Value>) -> Known {
-    let commits = values.iter().filter_map(|(id, v)| Commit::from_value(v).ok().map(|c| (*id, c))).collect();
-    (values.into_iter().map(|(id, v)| (id, v.encode())).collect(), commits)
+/// New values of a local op as canonical encodings, and its commit records parsed (the staged
+/// op's own records are encoded directly; other values that are records are parsed).
+fn bytes_of<O>(staged: &mut Staged<O>) -> Known {
+    let mut commits: IdMap<Commit> = std::mem::take(&mut staged.commits).into_iter().collect();
+    let mut bytes = IdMap::with_capacity_and_hasher(staged.values.len(), Default::default());
+    for (id, v) in std::mem::take(&mut staged.values) {
+        let encoded = match commits.get(&id) {
+            Some(c) => c.encode(),
+            None => {
+                if let Ok(c) = Commit::from_value(&v) {
+                    commits.insert(id, c);
+                }
+                v.encode()
+            }
+        };
+        bytes.insert(id, encoded);
+    }
+    (bytes, commits)
 }
 
-type Known = (HashMap<ContentId, Vec<u8>>, HashMap<ContentId, Commit>);
+type Known = (IdMap<Vec<u8>>, IdMap<Commit>);
 
 /// The typed replica of a kind, mutably.
 macro_rules! typed_mut {
@@ -35,7 +49,7 @@ macro_rules! typed_mut {
 
 impl Peer {
     fn local(&mut self, address: &Address, op: AnyOp, (values, commits): Known) -> Result<(), StageError> {
-        self.record_applied(address, &op, values, &commits, Origin::Local)
+        self.record_applied(address, op, values, &commits, Origin::Local)
     }
 
     /// A new replica at `address` (subscribed), and the op it starts with.
@@ -62,8 +76,9 @@ impl Peer {
         }
         let (state, op, known) = match kind {
             CrdtKind::Cdvcs => {
-                let (cdvcs, Staged { op, values }) = Cdvcs::new(author, self.now_ms);
-                (CrdtState::Cdvcs(cdvcs), AnyOp::Cdvcs(op), bytes_of(values))
+                let (cdvcs, mut staged) = Cdvcs::new(author, self.now_ms);
+                let known = bytes_of(&mut staged);
+                (CrdtState::Cdvcs(cdvcs), AnyOp::Cdvcs(staged.op), known)
             }
             other => {
                 let state = CrdtState::empty(other);
@@ -84,9 +99,10 @@ impl Peer {
     ) -> Result<Reply, StageError> {
         let (now, actor) = (self.now_ms, self.actor);
         let m: &mut OrMap = typed_mut!(self, address, Ormap, Ormap);
-        let staged = m.assoc(key, txs, actor, author, now)?;
+        let mut staged = m.assoc(key, txs, actor, author, now)?;
         let commit = staged.op.adds[0].commit;
-        self.local(address, AnyOp::Ormap(staged.op), bytes_of(staged.values))?;
+        let known = bytes_of(&mut staged);
+        self.local(address, AnyOp::Ormap(staged.op), known)?;
         Ok(Reply::Commit(commit))
     }
 
@@ -99,9 +115,10 @@ impl Peer {
     ) -> Result<Reply, StageError> {
         let (now, actor) = (self.now_ms, self.actor);
         let m: &mut OrMap = typed_mut!(self, address, Ormap, Ormap);
-        let staged = m.put(key, txs, actor, author, now)?;
+        let mut staged = m.put(key, txs, actor, author, now)?;
         let commit = staged.op.adds[0].commit;
-        self.local(address, AnyOp::Ormap(staged.op), bytes_of(staged.values))?;
+        let known = bytes_of(&mut staged);
+        self.local(address, AnyOp::Ormap(staged.op), known)?;
         Ok(Reply::Commit(commit))
     }
 
@@ -114,9 +131,10 @@ impl Peer {
     ) -> Result<Reply, StageError> {
         let now = self.now_ms;
         let m: &mut OrMap = typed_mut!(self, address, Ormap, Ormap);
-        let staged = m.dissoc(key, revert, author, now)?;
+        let mut staged = m.dissoc(key, revert, author, now)?;
         let commit = staged.op.removals[0].commit;
-        self.local(address, AnyOp::Ormap(staged.op), bytes_of(staged.values))?;
+        let known = bytes_of(&mut staged);
+        self.local(address, AnyOp::Ormap(staged.op), known)?;
         Ok(Reply::Commit(commit))
     }
 
@@ -128,9 +146,10 @@ impl Peer {
     ) -> Result<Reply, StageError> {
         let now = self.now_ms;
         let c: &mut Cdvcs = typed_mut!(self, address, Cdvcs, Cdvcs);
-        let staged = c.transact(author, now, txs)?;
+        let mut staged = c.transact(author, now, txs)?;
         let commit = staged.op.commits.last().expect("a commit").id;
-        self.local(address, AnyOp::Cdvcs(staged.op), bytes_of(staged.values))?;
+        let known = bytes_of(&mut staged);
+        self.local(address, AnyOp::Cdvcs(staged.op), known)?;
         Ok(Reply::Commit(commit))
     }
 
@@ -143,9 +162,10 @@ impl Peer {
     ) -> Result<Reply, StageError> {
         let now = self.now_ms;
         let c: &mut Cdvcs = typed_mut!(self, address, Cdvcs, Cdvcs);
-        let staged = c.merge(author, now, heads, None, correcting)?;
+        let mut staged = c.merge(author, now, heads, None, correcting)?;
         let commit = staged.op.commits.last().expect("a merge commit").id;
-        self.local(address, AnyOp::Cdvcs(staged.op), bytes_of(staged.values))?;
+        let known = bytes_of(&mut staged);
+        self.local(address, AnyOp::Cdvcs(staged.op), known)?;
         Ok(Reply::Commit(commit))
     }
 

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use replikativ_crdt::{Address, CdvcsOp, ContentId, CrdtKind, DotSet, GSetOp, LwwOp, OrMapOp};
+use replikativ_crdt::{Address, CdvcsOp, ContentId, CrdtKind, DotSet, GSetOp, IdSet, LwwOp, OrMapOp};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
@@ -84,7 +84,7 @@ impl AnyOp {
                 a.removals.extend(b.removals);
             }
             (AnyOp::Cdvcs(a), AnyOp::Cdvcs(b)) if a.method == b.method => {
-                let known: std::collections::HashSet<ContentId> = a.commits.iter().map(|e| e.id).collect();
+                let known: IdSet = a.commits.iter().map(|e| e.id).collect();
                 a.commits.extend(b.commits.into_iter().filter(|e| !known.contains(&e.id)));
                 a.heads = b.heads;
             }
@@ -223,8 +223,9 @@ pub enum Recon {
     },
 }
 
-/// A compact catch-up part of an OR-Map: entries with their commit records and params, columnar,
-/// without ids, compressed (see [`batch`](super::batch)). Answered like a publication.
+/// Ops of an OR-Map or a CDVCS with their commit records and params, columnar, without ids,
+/// compressed (see [`batch`](super::batch)): a catch-up part, or (`live`) the live changes of one
+/// barrier. Answered like a publication.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct Batch {
     /// Publication id (per sender), echoed by the ack.
@@ -233,6 +234,10 @@ pub struct Batch {
     pub address: Address,
     /// The compressed columns.
     pub data: ByteBuf,
+    /// Live changes (relayed on by the receiver like a publication), not a catch-up answer to the
+    /// receiver's summary. Absent on the wire when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub live: bool,
 }
 
 /// The first message each way.

@@ -10,12 +10,16 @@
 //!   never across epochs, and never into an output already released or failed.
 //! - A failed epoch releases nothing of its own: its replies become errors, the rest is dropped.
 
-use std::collections::{HashMap, VecDeque};
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
-use replikativ_crdt::Address;
+use replikativ_crdt::cdvcs::CdvcsMethod;
+use replikativ_crdt::{Address, Commit, ContentId, IdMap, Value};
 use serde_bytes::ByteBuf;
 
-use super::message::{AnyOp, Message, Publish};
+use super::batch::{BatchEncoder, CommitSource};
+use super::message::{AnyOp, Batch, Message, Publish};
+use super::state::commit_ids;
 use super::{ConnId, Output, StageError};
 
 /// An open publication or acknowledgement of the current epoch: its position among all outputs
@@ -53,6 +57,103 @@ pub(crate) struct Outbox {
     relays: HashMap<(ConnId, Address), Open>,
     /// Acknowledgements of the current epoch, per connection.
     acks: HashMap<ConnId, u64>,
+    /// Live batches of the current epoch being built, by the position of their held placeholder
+    /// (a `Batch` without data until the epoch ends).
+    building: HashMap<u64, Building>,
+}
+
+/// A live batch of the current epoch: its encoder, and for a CDVCS the method and heads of the
+/// latest op folded in (as `AnyOp::absorb` folds them).
+struct Building {
+    enc: BatchEncoder,
+    cdvcs: Option<(CdvcsMethod, BTreeSet<ContentId>)>,
+}
+
+impl std::fmt::Debug for Building {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Building").field("entries", &self.enc.len()).finish_non_exhaustive()
+    }
+}
+
+/// Where a live batch reads an op's commit records and params: their bytes by id, and the
+/// records already parsed.
+pub(crate) struct Sources<'a> {
+    pub(crate) bytes: &'a dyn Fn(&ContentId) -> Option<Cow<'a, [u8]>>,
+    pub(crate) commits: &'a IdMap<Commit>,
+}
+
+/// An op's commit records with their params, read once for sizing and encoding (borrowed where
+/// the applied op's values hold them).
+struct Gathered<'a> {
+    records: IdMap<(Cow<'a, [u8]>, Cow<'a, Commit>)>,
+    params: IdMap<Cow<'a, [u8]>>,
+    bytes: usize,
+}
+
+impl<'a> Gathered<'a> {
+    /// The op's commit records and params, as many as fit `budget` bytes (the rest travels by id
+    /// and the receiver fetches it).
+    fn of(op: &AnyOp, sources: &Sources<'a>, budget: usize) -> Gathered<'a> {
+        let mut g = Gathered { records: IdMap::default(), params: IdMap::default(), bytes: 0 };
+        let mut inline = 0;
+        for cid in commit_ids(op) {
+            if g.records.contains_key(&cid) {
+                continue;
+            }
+            let Some(record) = (sources.bytes)(&cid) else { continue };
+            let commit = match sources.commits.get(&cid) {
+                Some(c) => Cow::Borrowed(c),
+                None => match Value::decode(&record).ok().and_then(|v| Commit::from_value(&v).ok()) {
+                    Some(c) => Cow::Owned(c),
+                    // Not a commit record: the batch names it by id (the receiver fetches it).
+                    None => continue,
+                },
+            };
+            if inline + record.len() > budget {
+                continue;
+            }
+            inline += record.len();
+            for tx in &commit.transactions {
+                if !g.params.contains_key(&tx.params)
+                    && let Some(v) = (sources.bytes)(&tx.params)
+                    && inline + v.len() <= budget
+                {
+                    inline += v.len();
+                    g.params.insert(tx.params, v);
+                }
+            }
+            g.records.insert(cid, (record, commit));
+        }
+        g.bytes = op.approx_bytes() + inline;
+        g
+    }
+
+    fn source(&self, cid: &ContentId) -> Option<CommitSource<'_>> {
+        self.records.get(cid).map(|(record, commit)| CommitSource { record, commit })
+    }
+
+    /// Adds the op's entries to `b`.
+    fn push(&self, b: &mut Building, op: &AnyOp) {
+        let params = |id: &ContentId| self.params.get(id).map(|v| v.to_vec());
+        match op {
+            AnyOp::Ormap(o) => {
+                for (removal, e) in
+                    o.adds.iter().map(|e| (false, e)).chain(o.removals.iter().map(|e| (true, e)))
+                {
+                    b.enc.push(removal, e, self.source(&e.commit), &params);
+                }
+            }
+            AnyOp::Cdvcs(o) => {
+                for e in &o.commits {
+                    if !b.enc.has_commit(&e.id) {
+                        b.enc.push_commit_entry(e, self.source(&e.id), &params);
+                    }
+                }
+                b.cdvcs = Some((o.method, o.heads.clone()));
+            }
+            AnyOp::Lww(_) | AnyOp::Gset(_) => unreachable!("only OR-Map and CDVCS ops travel in batches"),
+        }
+    }
 }
 
 impl Default for Outbox {
@@ -65,6 +166,7 @@ impl Default for Outbox {
             dirty: false,
             relays: HashMap::new(),
             acks: HashMap::new(),
+            building: HashMap::new(),
         }
     }
 }
@@ -137,6 +239,68 @@ impl Outbox {
         id
     }
 
+    /// Relays an OR-Map or CDVCS `op` on `address` to `conn` after the barrier as a live batch
+    /// (ids left out, the commit records and params inline, compressed: see `batch`), folded into
+    /// this epoch's batch of the address to the connection if there is one with room; otherwise a
+    /// new batch with the id `new_id` gives. Returns the batch's id.
+    pub(crate) fn relay_batch(
+        &mut self,
+        conn: ConnId,
+        address: &Address,
+        op: &AnyOp,
+        sources: &Sources<'_>,
+        limits: FoldLimits,
+        new_id: impl FnOnce() -> u64,
+    ) -> u64 {
+        let g = Gathered::of(op, sources, limits.bytes);
+        let key = (conn, address.clone());
+        let method = |op: &AnyOp| match op {
+            AnyOp::Cdvcs(o) => Some(o.method),
+            _ => None,
+        };
+        if let Some(open) = self.relays.get(&key).copied()
+            && open.entries + op.len() <= limits.entries
+            && open.bytes + g.bytes <= limits.bytes
+            && let Some(b) = self.building.get_mut(&open.at)
+            && b.cdvcs.as_ref().map(|(m, _)| *m) == method(op)
+        {
+            g.push(b, op);
+            let open = self.relays.get_mut(&key).expect("present");
+            open.entries += op.len();
+            open.bytes += g.bytes;
+            let at = open.at;
+            return match self.held_mut(at) {
+                Some(Output::Send { msg: Message::Batch(b), .. }) => b.id,
+                _ => unreachable!("a building batch holds a batch placeholder"),
+            };
+        }
+        let id = new_id();
+        let mut b = Building {
+            enc: if matches!(op, AnyOp::Cdvcs(_)) { BatchEncoder::cdvcs() } else { BatchEncoder::default() },
+            cdvcs: None,
+        };
+        g.push(&mut b, op);
+        let msg = Message::Batch(Batch { id, address: address.clone(), data: ByteBuf::new(), live: true });
+        self.after_barrier(Output::Send { conn, msg });
+        let at = self.position_of_last();
+        self.building.insert(at, b);
+        self.relays.insert(key, Open { at, entries: op.len(), bytes: g.bytes });
+        id
+    }
+
+    /// Encodes the live batches of the epoch that ends (nothing folds into them any more).
+    fn finish_batches(&mut self) {
+        for (at, b) in std::mem::take(&mut self.building) {
+            let data = match b.cdvcs {
+                Some((method, heads)) => b.enc.finish_cdvcs(method, &heads),
+                None => b.enc.finish(),
+            };
+            if let Some(Output::Send { msg: Message::Batch(batch), .. }) = self.held_mut(at) {
+                batch.data = ByteBuf::from(data);
+            }
+        }
+    }
+
     /// Acknowledges publication `id` of `conn` after the barrier. An acknowledgement covers every
     /// earlier publication of the connection (they are handled in order), so one already held in
     /// this epoch is advanced instead of holding another.
@@ -158,6 +322,7 @@ impl Outbox {
     pub(crate) fn end_batch(&mut self, written: bool) -> Vec<Output> {
         if self.dirty || written {
             self.dirty = false;
+            self.finish_batches();
             self.now.push(Output::Barrier { epoch: self.epoch });
             self.epoch += 1;
             self.relays.clear();
@@ -209,6 +374,7 @@ impl Outbox {
         }
         self.relays.clear();
         self.acks.clear();
+        self.building.clear();
     }
 }
 

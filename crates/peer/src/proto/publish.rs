@@ -8,19 +8,22 @@
 //! the barrier that makes the op durable; a peer relays only ops that changed its state, which ends
 //! echo loops in any graph.
 
-use std::collections::{BTreeSet, HashMap};
+use std::borrow::Cow;
+use std::collections::BTreeSet;
 
-use replikativ_crdt::{Address, Commit, ContentId, Value};
+use replikativ_crdt::{Address, Commit, ContentId, IdMap, IdSet, Value};
 use serde_bytes::ByteBuf;
 
 use super::message::{AnyOp, MAX_FETCH_IDS, Message, Publish};
-use super::outbox::FoldLimits;
+use super::outbox::{FoldLimits, Sources};
 use super::persist::commit_of;
 use super::state::{CrdtState, commit_ids};
 use super::{ConnId, Event, Output, Peer, Pending, Refusal, Replica, StageError};
 
-/// Entries folded into one relayed publication at most.
+/// Entries folded into one relayed publication (LWW, G-Set) at most.
 pub(crate) const MAX_RELAY_ENTRIES: usize = 1024;
+/// Entries folded into one live batch (OR-Map, CDVCS) at most.
+pub(crate) const MAX_BATCH_RELAY_ENTRIES: usize = 8192;
 
 /// Where an op came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,9 +89,9 @@ impl Peer {
             return;
         }
         // Every inline value must decode; the op's commit records are parsed right away (once).
-        let records: std::collections::HashSet<ContentId> = commit_ids(&p.op).into_iter().collect();
-        let mut values = HashMap::with_capacity(p.values.len());
-        let mut commits = HashMap::new();
+        let records: IdSet = commit_ids(&p.op).into_iter().collect();
+        let mut values = IdMap::with_capacity_and_hasher(p.values.len(), Default::default());
+        let mut commits = IdMap::default();
         for bytes in p.values {
             let value = match Value::decode(&bytes) {
                 Ok(v) => v,
@@ -109,8 +112,8 @@ impl Peer {
         self.enqueue(conn, p.id, p.address, p.op, values, commits, p.catch_up);
     }
 
-    /// A compact catch-up batch: decoded (every id computed here), then handled like a catch-up
-    /// publication of its op with its values inline.
+    /// A compact batch: decoded (every id computed here), then handled like a publication of its
+    /// op with its values inline (a catch-up one unless it is `live`).
     pub(crate) fn on_batch(&mut self, conn: ConnId, b: super::message::Batch) {
         let decoded = match super::batch::decode(&b.data) {
             Ok(d) => d,
@@ -120,7 +123,7 @@ impl Peer {
         if !self.admit(conn, b.id, &b.address, &op) {
             return;
         }
-        self.enqueue(conn, b.id, b.address, op, decoded.values, decoded.commits, true);
+        self.enqueue(conn, b.id, b.address, op, decoded.values, decoded.commits, !b.live);
     }
 
     /// Queues a publication whose inline values are decoded and verified (keyed by the hash of
@@ -132,8 +135,8 @@ impl Peer {
         id: u64,
         address: Address,
         op: AnyOp,
-        values: HashMap<ContentId, Vec<u8>>,
-        commits: HashMap<ContentId, Commit>,
+        values: IdMap<Vec<u8>>,
+        commits: IdMap<Commit>,
         catch_up: bool,
     ) {
         let limit = self.config.max_queued_publications;
@@ -423,7 +426,7 @@ impl Peer {
                 // A new address is recorded even if the op changed nothing (an empty state).
                 let stored = !(changed || fresh) || {
                     let origin = if p.catch_up { Origin::CatchUp(conn) } else { Origin::Remote(conn) };
-                    self.record_applied(&p.address, &p.op, p.values, &p.commits, origin).is_ok()
+                    self.record_applied(&p.address, p.op, p.values, &p.commits, origin).is_ok()
                 };
                 // (An op whose writes failed is not acknowledged.)
                 if stored {
@@ -446,9 +449,9 @@ impl Peer {
     pub(crate) fn record_applied(
         &mut self,
         address: &Address,
-        op: &AnyOp,
-        values: HashMap<ContentId, Vec<u8>>,
-        commits: &HashMap<ContentId, Commit>,
+        op: AnyOp,
+        values: IdMap<Vec<u8>>,
+        commits: &IdMap<Commit>,
         origin: Origin,
     ) -> Result<(), StageError> {
         // Every subscribed connection but the one the op came from (which has it: unlike the
@@ -464,22 +467,21 @@ impl Peer {
             })
             .map(|(id, _)| *id)
             .collect();
-        let mut relay_values =
-            if targets.is_empty() { Vec::new() } else { self.inline_values(op, &values, commits) };
+        // Relayed before the values move into the store's pending writes (a live batch reads
+        // them); if those writes fail, the whole epoch's outputs are dropped (`fail_epoch`), these
+        // relays with them.
+        for conn in targets {
+            self.relay(conn, address, &op, &values, commits);
+        }
         // A failed write is neither relayed nor reported (nor acknowledged: see `fail_epoch`).
         let replica = self.crdts.get_mut(address).expect("applied state exists");
-        if self.persist.record(address, replica, op, values, commits) && !self.flush_writes() {
+        if self.persist.record(address, replica, &op, values, commits) && !self.flush_writes() {
             return Err(StageError::Store("cannot store applied ops (see the log)".into()));
         }
-        for (i, conn) in targets.iter().enumerate() {
-            // The last target takes the values; the others get copies.
-            let values =
-                if i + 1 == targets.len() { std::mem::take(&mut relay_values) } else { relay_values.clone() };
-            self.relay(*conn, address, op, values);
-        }
-        let event = Event { address: address.clone(), op: op.clone(), local: origin == Origin::Local };
+        let cdvcs = matches!(op, AnyOp::Cdvcs(_));
+        let event = Event { address: address.clone(), op, local: origin == Origin::Local };
         self.after_barrier(Output::Event(event));
-        if matches!(op, AnyOp::Cdvcs(_)) && !self.config.hooks.is_empty() {
+        if cdvcs && !self.config.hooks.is_empty() {
             // Integrity checks read the store: give them what is pending.
             if self.flush_writes() {
                 self.run_hooks(address);
@@ -490,14 +492,38 @@ impl Peer {
 
     /// Sends `op` to `conn` after the barrier, folded into the publication of the same address
     /// already waiting for this barrier if there is one (within [`MAX_RELAY_ENTRIES`] entries and
-    /// the inline limit): under load many ops travel in one frame.
-    fn relay(&mut self, conn: ConnId, address: &Address, op: &AnyOp, values: Vec<ByteBuf>) {
-        let limits = FoldLimits { entries: MAX_RELAY_ENTRIES, bytes: self.config.inline_limit };
+    /// the inline limit): under load many ops travel in one frame. OR-Map and CDVCS ops travel as
+    /// live batches (`Outbox::relay_batch`), the others as publications.
+    fn relay(
+        &mut self,
+        conn: ConnId,
+        address: &Address,
+        op: &AnyOp,
+        values: &IdMap<Vec<u8>>,
+        commits: &IdMap<Commit>,
+    ) {
         let next_id = &mut self.next_id;
-        let id = self.outbox.relay(conn, address, op, values, limits, || {
+        let new_id = || {
             *next_id += 1;
             *next_id
-        });
+        };
+        let id = match op {
+            AnyOp::Ormap(_) | AnyOp::Cdvcs(_) => {
+                let persist = &self.persist;
+                let bytes = |id: &ContentId| match values.get(id) {
+                    Some(v) => Some(Cow::Borrowed(v.as_slice())),
+                    None => persist.value(id).ok().flatten().map(Cow::Owned),
+                };
+                let sources = Sources { bytes: &bytes, commits };
+                let limits = FoldLimits { entries: MAX_BATCH_RELAY_ENTRIES, bytes: self.config.inline_limit };
+                self.outbox.relay_batch(conn, address, op, &sources, limits, new_id)
+            }
+            // (LWW and G-Set ops name no commit records: nothing travels beside them.)
+            AnyOp::Lww(_) | AnyOp::Gset(_) => {
+                let limits = FoldLimits { entries: MAX_RELAY_ENTRIES, bytes: self.config.inline_limit };
+                self.outbox.relay(conn, address, op, Vec::new(), limits, new_id)
+            }
+        };
         self.note_sent(conn, address, op, id);
     }
 
@@ -528,34 +554,13 @@ impl Peer {
         self.outbox.fail_current(&error);
     }
 
-    /// The values to send with an op: its commit records and their params, up to the inline limit.
-    fn inline_values(
-        &self,
-        op: &AnyOp,
-        known: &HashMap<ContentId, Vec<u8>>,
-        commits: &HashMap<ContentId, Commit>,
-    ) -> Vec<ByteBuf> {
-        let mut out = Vec::new();
-        let mut budget = self.config.inline_limit;
-        for cid in commit_ids(op) {
-            let group = self.value_group(&cid, known, commits);
-            let size: usize = group.iter().map(|(_, v)| v.len()).sum();
-            if size > budget {
-                break;
-            }
-            budget -= size;
-            out.extend(group.into_iter().map(|(_, v)| ByteBuf::from(v)));
-        }
-        out
-    }
-
     /// A commit record and its params with their ids (from `known` or the store), as they travel
     /// inline; empty if the record is not at hand.
     pub(super) fn value_group(
         &self,
         cid: &ContentId,
-        known: &HashMap<ContentId, Vec<u8>>,
-        commits: &HashMap<ContentId, Commit>,
+        known: &IdMap<Vec<u8>>,
+        commits: &IdMap<Commit>,
     ) -> Vec<(ContentId, Vec<u8>)> {
         let fetch = |id: &ContentId| -> Option<(ContentId, Vec<u8>)> {
             known.get(id).cloned().or_else(|| self.persist.value(id).ok().flatten()).map(|b| (*id, b))

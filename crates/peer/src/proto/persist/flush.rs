@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use replikativ_crdt::{Address, ContentId};
+use replikativ_crdt::{Address, ContentId, IdMap};
 use replikativ_store::{Batch, Store, StoreError};
 
 use super::Replica;
@@ -27,7 +27,7 @@ use crate::proto::message::AnyOp;
 #[derive(Default, Debug)]
 pub(super) struct Writes {
     /// Values by id (commit records, params).
-    pub(super) values: HashMap<ContentId, Vec<u8>>,
+    pub(super) values: IdMap<Vec<u8>>,
     /// Ops to append to op logs; ops on one address are folded into one entry where they can be.
     logs: Vec<(Address, AnyOp)>,
     /// Index into `logs` of each address's last entry.

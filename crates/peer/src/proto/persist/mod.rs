@@ -14,10 +14,10 @@ mod load;
 mod tests;
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use replikativ_crdt::{Address, Commit, ContentId, Value};
+use replikativ_crdt::{Address, Commit, ContentId, IdMap, Value};
 use replikativ_store::{LogEntry, Store, StoreError};
 
 use super::message::AnyOp;
@@ -119,8 +119,8 @@ impl ReplicaStore {
         address: &Address,
         replica: &mut Replica,
         op: &AnyOp,
-        mut values: HashMap<ContentId, Vec<u8>>,
-        commits: &HashMap<ContentId, Commit>,
+        mut values: IdMap<Vec<u8>>,
+        commits: &IdMap<Commit>,
     ) -> bool {
         let mut keep = Vec::new();
         for cid in commit_ids(op) {
@@ -218,7 +218,7 @@ pub fn append_raw_op(store: &dyn Store, address: &Address, entry: &[u8]) -> Resu
 pub(crate) fn commit_of<'a>(
     cid: &ContentId,
     bytes: &[u8],
-    commits: &'a HashMap<ContentId, Commit>,
+    commits: &'a IdMap<Commit>,
 ) -> Option<Cow<'a, Commit>> {
     match commits.get(cid) {
         Some(c) => Some(Cow::Borrowed(c)),

@@ -3,7 +3,7 @@
 //! what its barriers saw, and the peer opens again with either the old or the new state, whole,
 //! nothing reported bad, and no chunk left that no snapshot references.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -106,7 +106,7 @@ fn address() -> Address {
 }
 
 /// An OR-Map with keys `from..to`, the ops that made it, and their values.
-fn assocs(map: &mut OrMap, from: u32, to: u32) -> Vec<(AnyOp, HashMap<replikativ_crdt::ContentId, Vec<u8>>)> {
+fn assocs(map: &mut OrMap, from: u32, to: u32) -> Vec<(AnyOp, replikativ_crdt::IdMap<Vec<u8>>)> {
     (from..to)
         .map(|i| {
             let staged = map
@@ -129,14 +129,14 @@ fn record_and_flush(
     store: &mut ReplicaStore,
     replicas: &mut BTreeMap<Address, Replica>,
     state: &OrMap,
-    ops: Vec<(AnyOp, HashMap<replikativ_crdt::ContentId, Vec<u8>>)>,
+    ops: Vec<(AnyOp, replikativ_crdt::IdMap<Vec<u8>>)>,
 ) -> Result<(), StoreError> {
     let a = address();
     let replica =
         replicas.entry(a.clone()).or_insert_with(|| Replica::new(CrdtState::Ormap(OrMap::default())));
     replica.state = CrdtState::Ormap(state.clone());
     for (op, values) in ops {
-        store.record(&a, replica, &op, values, &HashMap::new());
+        store.record(&a, replica, &op, values, &Default::default());
     }
     store.flush(replicas, &crate::proto::PeerRecord::default())
 }
@@ -215,7 +215,7 @@ fn large_ops_are_snapshotted_by_their_entries() {
         // One op of 2,000 entries, as a catch-up batch would be.
         let ops = assocs(&mut map, round * 2000, (round + 1) * 2000);
         let mut op = replikativ_crdt::OrMapOp::default();
-        let mut values = HashMap::new();
+        let mut values = replikativ_crdt::IdMap::default();
         for (o, v) in ops {
             if let AnyOp::Ormap(o) = o {
                 op.adds.extend(o.adds);

@@ -23,14 +23,15 @@ pub(crate) struct Target {
     pub(crate) json: bool,
 }
 
-/// Where a read runs (a read makes no commits, so it has no --user).
+/// Where a command that makes no commits runs (so it has no --user): the reads, `status`,
+/// `subscribe`.
 #[derive(Debug, Args)]
 pub(crate) struct ReadTarget {
-    /// A running peer to read from (ws://HOST:PORT). Without it, the command opens --store itself.
+    /// A running peer to work on (ws://HOST:PORT). Without it, the command opens --store itself.
     #[arg(long, env = "REPLIKATIV_PEER", value_name = "URL")]
     pub(crate) peer: Option<String>,
-    /// The store to read when there is no --peer: opened read-only (nothing is written), and it
-    /// must not be held by a running peer.
+    /// The store to open when there is no --peer (it must not be held by a running peer). Reads
+    /// open it read-only: nothing is written.
     #[arg(long, env = "REPLIKATIV_STORE", value_name = "STORE", default_value = DEFAULT_STORE)]
     pub(crate) store: String,
     /// Print JSON instead of text.
@@ -384,7 +385,7 @@ pub(crate) async fn run(command: Top) -> Result<(), Failure> {
         Top::Subscribe { addresses, target } => {
             let addresses: BTreeSet<Address> =
                 addresses.iter().map(|a| parse_address(a)).collect::<Result<_, _>>()?;
-            with_backend(target, Access::Existing, move |b, t| {
+            with_backend(target.into(), Access::Existing, move |b, t| {
                 Box::pin(async move {
                     b.call(Command::Subscribe { addresses: addresses.clone() }).await?;
                     let names: Vec<String> = addresses.iter().map(Address::to_string).collect();

@@ -120,7 +120,7 @@ enum Top {
         #[arg(required = true, value_name = "ADDRESS")]
         addresses: Vec<String>,
         #[command(flatten)]
-        target: Target,
+        target: ReadTarget,
     },
     /// A peer's id, role, connections, subscriptions, store size, traffic and refusals.
     #[command(after_help = concat!("Examples:\n  replikativ status --peer ws://127.0.0.1:31744\n  replikativ status --store file:./node-a --json   # a store no peer holds\n\n", exit_codes!()))]

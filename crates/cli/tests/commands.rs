@@ -256,7 +256,14 @@ fn every_command_explains_itself_with_examples_and_exit_codes() {
     for flag in ["--store", "--user", "--json"] {
         assert!(!watch.contains(flag), "watch offers {flag}:\n{watch}");
     }
-    for read in [&["status"][..], &["ormap", "get"], &["cdvcs", "log"], &["lww", "get"], &["gset", "list"]] {
+    for read in [
+        &["status"][..],
+        &["subscribe"],
+        &["ormap", "get"],
+        &["cdvcs", "log"],
+        &["lww", "get"],
+        &["gset", "list"],
+    ] {
         let help = ok(&[read, &["--help"]].concat());
         assert!(!help.contains("--user"), "{read:?} offers --user:\n{help}");
         assert!(help.contains("--json") && help.contains("--store"), "{read:?}");

@@ -4,10 +4,8 @@
 //! [`super::http`].
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-use std::sync::atomic::AtomicBool;
 
 use axum::Router;
 use axum::body::Body;
@@ -26,9 +24,9 @@ use crate::proto::Refusal;
 /// `/metrics` or a static file to a client that reads slowly (`docs/design.md` §11.2).
 pub(crate) const HTTP_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Serves one accepted connection: one HTTP request (answered with `Connection: close`), either a websocket upgrade
-/// (the connection then runs as a peer connection, holding `permit` until it closes) or a plain
-/// request answered by `router`. The request head must arrive within the handshake timeout and
+/// Serves one accepted connection: one HTTP request (answered with `Connection: close`), either
+/// a websocket upgrade (the connection then runs as a peer connection, holding `permit` until it
+/// closes) or a plain request answered by `router`. The request head must arrive within the handshake timeout and
 /// the handshake byte budget.
 async fn serve_connection(
     shared: Arc<Shared>,

@@ -11,8 +11,9 @@ pub(crate) struct Target {
     /// A running peer to work on (ws://HOST:PORT). Without it, the command opens --store itself.
     #[arg(long, global = true, env = "REPLIKATIV_PEER", value_name = "URL")]
     pub(crate) peer: Option<String>,
-    /// The store to open when there is no --peer (it must not be held by a running peer). Only the
-    /// create commands make a new store.
+    /// The store to open when there is no --peer (it must not be held by a running peer): file:DIR,
+    /// sled:DIR, postgres://USER@HOST:PORT/DB?namespace=NAME or memory. Only the create commands
+    /// make a new store.
     #[arg(long, global = true, env = "REPLIKATIV_STORE", value_name = "STORE", default_value = DEFAULT_STORE)]
     pub(crate) store: String,
     /// The user commits are made as (the owner of new addresses).
@@ -30,8 +31,8 @@ pub(crate) struct ReadTarget {
     /// A running peer to work on (ws://HOST:PORT). Without it, the command opens --store itself.
     #[arg(long, env = "REPLIKATIV_PEER", value_name = "URL")]
     pub(crate) peer: Option<String>,
-    /// The store to open when there is no --peer (it must not be held by a running peer). Reads
-    /// open it read-only: nothing is written.
+    /// The store to open when there is no --peer (it must not be held by a running peer): file:DIR,
+    /// sled:DIR, postgres://USER@HOST:PORT/DB?namespace=NAME or memory. Reads write nothing.
     #[arg(long, env = "REPLIKATIV_STORE", value_name = "STORE", default_value = DEFAULT_STORE)]
     pub(crate) store: String,
     /// Print JSON instead of text.

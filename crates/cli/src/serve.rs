@@ -8,7 +8,9 @@ pub(crate) struct ServeArgs {
     /// Address to listen on (websocket peers and HTTP: /healthz, /readyz, /metrics, --web files)
     #[arg(long, env = "REPLIKATIV_LISTEN", value_name = "HOST:PORT", default_value_t = format!("127.0.0.1:{DEFAULT_PORT}"))]
     pub(crate) listen: String,
-    /// Where to keep data: file:DIR (crash-safe embedded store), sled:DIR, or memory
+    /// Where to keep data: file:DIR (crash-safe embedded store), sled:DIR,
+    /// postgres://USER@HOST:PORT/DB?namespace=NAME (password from PGPASSWORD or &password_file=PATH),
+    /// or memory
     #[arg(long, env = "REPLIKATIV_STORE", value_name = "STORE", default_value = DEFAULT_STORE)]
     pub(crate) store: String,
     /// A peer to connect to (ws://HOST:PORT), repeatable (in the environment: comma-separated).

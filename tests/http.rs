@@ -121,6 +121,9 @@ async fn health_readiness_and_metrics_answer_on_the_websocket_port() {
     let (status, headers, body) = get(server.addr, "/connections").await;
     assert_eq!(status, 200);
     assert_eq!(headers["content-type"], "application/json");
+    // Both name the peer that answered (a client behind a load balancer checks it).
+    assert_eq!(headers["x-replikativ-peer-id"], "server", "{headers:?}");
+    assert_eq!(get(server.addr, "/metrics").await.1["x-replikativ-peer-id"], "server");
     let conns: Vec<serde_json::Value> = serde_json::from_str(&body).expect("a JSON list");
     let client_conn = conns
         .iter()

@@ -406,12 +406,49 @@ pub(crate) async fn run(command: Top) -> Result<(), Failure> {
             with_backend(target.into(), Access::ReadOnly, |b, t| Box::pin(async move { status(b, t).await }))
                 .await
         }
+        Top::Export { addresses, all, output, target } => {
+            let addresses: BTreeSet<Address> = if all {
+                BTreeSet::new()
+            } else {
+                addresses.iter().map(|a| parse_address(a)).collect::<Result<_, _>>()?
+            };
+            with_backend(target.into(), Access::ReadOnly, move |b, _| {
+                Box::pin(async move {
+                    let Reply::Exported(exports) = b.call(Command::Export { addresses }).await? else {
+                        return Err(Failure(EXIT_DATA, "unexpected reply to export".into()));
+                    };
+                    crate::backup::write(&exports, output.as_deref())
+                })
+            })
+            .await
+        }
+        Top::Import { file, target } => {
+            let exports = crate::backup::read(&file)?;
+            with_backend(target.into(), Access::Create, move |b, t| {
+                Box::pin(async move {
+                    for e in &exports {
+                        b.call(Command::Import(Box::new(e.clone()))).await?;
+                        if !t.json {
+                            println!("imported {} ({:?}, {} values)", e.address, e.kind, e.values.len());
+                        }
+                    }
+                    if t.json {
+                        let names: Vec<String> = exports.iter().map(|e| e.address.to_string()).collect();
+                        println!("{}", serde_json::json!({ "imported": names }));
+                    }
+                    Ok(())
+                })
+            })
+            .await
+        }
     }
 }
 
 /// A plain HTTP GET to the port of a running peer's `ws://` URL (bounded: 5 s, 4 MiB): the body
 /// of a 200 answer, else `None` (an older peer, or not this tool's node).
-async fn peer_http_get(url: &str, path: &str) -> Option<String> {
+/// A running peer's `GET path` body, if the peer that answered is `peer_id` (behind a load
+/// balancer another node may answer the HTTP request than the websocket: its figures are not shown).
+async fn peer_http_get(url: &str, path: &str, peer_id: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let host = url.strip_prefix("ws://")?.split('/').next()?.to_owned();
     let fetch = async {
@@ -424,13 +461,15 @@ async fn peer_http_get(url: &str, path: &str) -> Option<String> {
     };
     let reply = tokio::time::timeout(std::time::Duration::from_secs(5), fetch).await.ok()??;
     let (head, body) = reply.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+    let header = format!("{}: {peer_id}", replikativ_peer::node::http::PEER_ID_HEADER);
+    let same_peer = head.lines().any(|l| l.eq_ignore_ascii_case(&header));
+    (head.starts_with("HTTP/1.1 200") && same_peer).then(|| body.to_owned())
 }
 
 /// The node-wide counters `status` shows, from a running peer's `GET /metrics`, by name without
 /// the `replikativ_` prefix and `_total` suffix.
-async fn node_metrics(url: &str) -> Option<std::collections::BTreeMap<String, u64>> {
-    let body = peer_http_get(url, "/metrics").await?;
+async fn node_metrics(url: &str, peer_id: &str) -> Option<std::collections::BTreeMap<String, u64>> {
+    let body = peer_http_get(url, "/metrics", peer_id).await?;
     const SHOWN: &[&str] = &[
         "messages_received",
         "messages_sent",
@@ -458,8 +497,8 @@ async fn node_metrics(url: &str) -> Option<std::collections::BTreeMap<String, u6
 }
 
 /// Each open connection of a running peer with its counters (`GET /connections`).
-async fn connection_metrics(url: &str) -> Option<Vec<serde_json::Value>> {
-    let body = peer_http_get(url, "/connections").await?;
+async fn connection_metrics(url: &str, peer_id: &str) -> Option<Vec<serde_json::Value>> {
+    let body = peer_http_get(url, "/connections", peer_id).await?;
     serde_json::from_str::<serde_json::Value>(&body).ok()?.as_array().cloned()
 }
 
@@ -471,7 +510,9 @@ pub(crate) async fn status(b: &mut Backend, target: &Target) -> Result<(), Failu
     let role = if status.extend { "server" } else { "client" };
     // The node-wide counters of its /metrics (a running peer only; a local store has none).
     let (traffic, per_connection) = match &target.peer {
-        Some(url) => (node_metrics(url).await, connection_metrics(url).await),
+        Some(url) => {
+            (node_metrics(url, &status.peer_id).await, connection_metrics(url, &status.peer_id).await)
+        }
         None => (None, None),
     };
     if target.json {
@@ -527,6 +568,9 @@ pub(crate) async fn status(b: &mut Backend, target: &Target) -> Result<(), Failu
         for (name, value) in traffic {
             println!("  {name}: {value}");
         }
+    } else if target.peer.is_some() {
+        // No answer over HTTP, or one from another node (a load balancer in between).
+        println!("traffic:       not shown (this peer's /metrics did not answer for it)");
     }
     let refused: u64 = status.refusals.values().sum();
     println!("refused:       {refused}");

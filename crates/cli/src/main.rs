@@ -1,6 +1,7 @@
 //! The `replikativ` command line: run peers, connect them, read and edit replicated data.
 
 mod backend;
+mod backup;
 mod config;
 mod data;
 mod output;
@@ -119,6 +120,50 @@ enum Top {
         /// The addresses, USER/UUID (one or more).
         #[arg(required = true, value_name = "ADDRESS")]
         addresses: Vec<String>,
+        #[command(flatten)]
+        target: ReadTarget,
+    },
+    /// Write addresses (or --all) with their whole histories to a backup file, JSON lines.
+    ///
+    /// Line 1 names the format ({"format": "replikativ-export", "version": 1, "addresses": N}); then
+    /// one line per address: {"address", "kind", "op" (hex of the state as a msgpack op), "values"
+    /// {content id: hex of the canonical encoding}}: every commit record and params value the state
+    /// names, under the id it hashes to, so the file can be checked by anyone and an import keeps
+    /// every id, author and timestamp. At most 12 MiB per export (export fewer addresses at a time
+    /// beyond that).
+    #[command(after_help = concat!("Examples:
+  replikativ export --all --peer ws://127.0.0.1:31744 -o backup.jsonl
+  replikativ export \"$MAP\" --store file:./node-a > map.jsonl
+
+", exit_codes!()))]
+    Export {
+        /// The addresses, USER/UUID.
+        #[arg(value_name = "ADDRESS", required_unless_present = "all", conflicts_with = "all")]
+        addresses: Vec<String>,
+        /// Every address the peer holds.
+        #[arg(long)]
+        all: bool,
+        /// Write to this file instead of stdout.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        target: ReadTarget,
+    },
+    /// Restore a backup written by `export` into a peer (running, or a store).
+    ///
+    /// Each address is checked like data from the network (values decode and hash to their ids,
+    /// every record the state names is present, the datatype accepts the state), then merged into
+    /// what the peer holds (a CRDT join: importing twice, or into a peer that has part of it, is
+    /// harmless) and replicated to its peers. A file that fails a check imports nothing of that
+    /// address and stops with exit 4. The store is created if there is none.
+    #[command(after_help = concat!("Examples:
+  replikativ import backup.jsonl --store file:./restored
+  replikativ import - --peer ws://127.0.0.1:31744 < backup.jsonl
+
+", exit_codes!()))]
+    Import {
+        /// The backup file ("-": stdin).
+        file: String,
         #[command(flatten)]
         target: ReadTarget,
     },

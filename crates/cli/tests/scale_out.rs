@@ -109,13 +109,26 @@ fn three_nodes_behind_haproxy_converge() {
     let lb_url = format!("ws://127.0.0.1:{port}");
     eventually("haproxy accepts", || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
 
-    // Successive CLI connections through haproxy land on every node.
+    // Successive CLI connections through haproxy land on every node. (`status` opens three
+    // connections, its websocket and two HTTP requests, as many as there are nodes: one more
+    // connection per round moves the websocket on to the next node.)
     let mut seen = BTreeSet::new();
     eventually("status through haproxy", || {
         let out = run(&["status", "--peer", &lb_url, "--json"]);
         if out.status.success() {
             let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            seen.insert(json["peer_id"].as_str().unwrap().to_owned());
+            let peer = json["peer_id"].as_str().unwrap().to_owned();
+            // Figures from HTTP are shown only if the same node answered them.
+            for c in json["connection_metrics"].as_array().into_iter().flatten() {
+                assert!(c.get("conn").is_some(), "{c}");
+            }
+            seen.insert(peer);
+        }
+        if let Ok(mut tcp) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::{Read, Write};
+            let _ = tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+            let _ = tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n");
+            let _ = tcp.read_to_end(&mut Vec::new());
         }
         seen.len() == 3
     });

@@ -428,6 +428,7 @@ impl AccessControl {
 fn command_access(cmd: &Command) -> Vec<Access<'_>> {
     match cmd {
         Command::Create { address, .. } => vec![Access::Subscribe(address), Access::Publish(address)],
+        Command::Import(e) => vec![Access::Subscribe(&e.address), Access::Publish(&e.address)],
         Command::Subscribe { addresses } => addresses.iter().map(Access::Subscribe).collect(),
         Command::Unsubscribe { .. } => vec![],
         Command::Assoc { address, .. }

@@ -235,6 +235,18 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
+    with_peer_id(response, &status.peer_id)
+}
+
+/// The header naming the peer that answered (`/metrics`, `/connections`): a client that combines
+/// them with a websocket `status` can tell whether one node answered all (behind a load balancer,
+/// successive connections reach different nodes).
+pub const PEER_ID_HEADER: &str = "x-replikativ-peer-id";
+
+fn with_peer_id(mut response: Response<Body>, peer_id: &str) -> Response<Body> {
+    if let Ok(v) = HeaderValue::from_str(peer_id) {
+        response.headers_mut().insert(PEER_ID_HEADER, v);
+    }
     response
 }
 
@@ -259,7 +271,8 @@ async fn connections(State(shared): State<Arc<Shared>>) -> Response<Body> {
     let metrics = node.metrics();
     let list: Vec<ConnectionInfo> = status
         .connections
-        .into_iter()
+        .iter()
+        .cloned()
         .map(|(conn, remote, peer_id)| ConnectionInfo {
             conn,
             remote: remote.to_string(),
@@ -269,7 +282,7 @@ async fn connections(State(shared): State<Arc<Shared>>) -> Response<Body> {
         .collect();
     let mut response = Response::new(Body::from(serde_json::to_string(&list).expect("encodes")));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
+    with_peer_id(response, &status.peer_id)
 }
 
 fn text(status: StatusCode, body: String) -> Response<Body> {

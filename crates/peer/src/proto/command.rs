@@ -134,6 +134,15 @@ pub enum Command {
     },
     /// The peer's status.
     Status,
+    /// Exports addresses (every held one if empty) with every value their states name
+    /// ([`Reply::Exported`]), at most `max_answer_bytes` of values in all.
+    Export {
+        /// The addresses.
+        addresses: BTreeSet<Address>,
+    },
+    /// Imports an exported address: checked like a publication from the wire, then stored,
+    /// relayed and reported like a local op.
+    Import(Box<super::backup::Export>),
     /// OR-Map: replaces the values of a key: removes every value observed here and adds the
     /// new one, in one op (see `OrMap::put`).
     Put {
@@ -212,6 +221,8 @@ pub enum Reply {
     Value(Value),
     /// A G-Set's elements.
     Elements(BTreeSet<Value>),
+    /// Exported addresses.
+    Exported(Vec<super::backup::Export>),
 }
 
 impl Command {
@@ -228,6 +239,8 @@ impl Command {
             | Command::GsetAdd { address, .. }
             | Command::Read { address }
             | Command::Query { address, .. } => vec![address],
+            Command::Import(e) => vec![&e.address],
+            Command::Export { addresses } => addresses.iter().collect(),
             Command::Subscribe { addresses } | Command::Unsubscribe { addresses } => {
                 addresses.iter().collect()
             }
@@ -253,6 +266,7 @@ impl Peer {
                 | Command::Values { .. }
                 | Command::Commits { .. }
                 | Command::Status
+                | Command::Export { .. }
         );
         match self.run(cmd) {
             // Reads wrote nothing: they answer at once.
@@ -293,6 +307,8 @@ impl Peer {
             Command::Values { ids } => self.read_values(ids),
             Command::Commits { ids } => Ok(Reply::Commits(self.resolve_commits(&ids)?)),
             Command::Status => Ok(Reply::Status(self.status())),
+            Command::Export { addresses } => self.export(addresses),
+            Command::Import(export) => self.import(*export),
         }
     }
 

@@ -7,6 +7,7 @@
 //!
 //! What goes on the wire is specified in `docs/design.md` (§ Protocol).
 
+pub mod backup;
 pub mod batch;
 mod catch_up;
 mod command;

@@ -163,7 +163,7 @@ impl Peer {
     /// in the future of this peer's clock (else a forged far-future write would win forever), and
     /// an OR-Map op may name this peer's own writer's dots only for entries it made (it is their
     /// only writer; a forged one could take its counter or collide with its next write).
-    fn check_remote_op(&self, address: &Address, op: &AnyOp) -> Result<(), (Refusal, String)> {
+    pub(super) fn check_remote_op(&self, address: &Address, op: &AnyOp) -> Result<(), (Refusal, String)> {
         match op {
             AnyOp::Lww(w) => {
                 let bound = self.now_ms.saturating_add(self.config.max_clock_skew.as_millis() as u64);
@@ -241,7 +241,10 @@ impl Peer {
     /// Ids of the values a publication still needs (its commit records, then their params), and
     /// the commit records newly parsed from its values.
     #[allow(clippy::type_complexity)]
-    fn missing_values(&self, p: &Pending) -> Result<(BTreeSet<ContentId>, Vec<(ContentId, Commit)>), String> {
+    pub(super) fn missing_values(
+        &self,
+        p: &Pending,
+    ) -> Result<(BTreeSet<ContentId>, Vec<(ContentId, Commit)>), String> {
         let mut need = BTreeSet::new();
         let mut parsed = Vec::new();
         for cid in commit_ids(&p.op) {
@@ -272,7 +275,7 @@ impl Peer {
 
     /// Checks that the commit records an op names belong to its datatype and, for a CDVCS, that
     /// every new graph entry has the parents its record names (the record's id covers them).
-    fn check_records(&self, p: &Pending) -> Result<(), String> {
+    pub(super) fn check_records(&self, p: &Pending) -> Result<(), String> {
         let kind = p.op.kind();
         let record = |cid: &ContentId| -> Result<Option<Commit>, String> {
             if let Some(c) = p.commits.get(cid) {

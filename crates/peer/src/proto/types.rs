@@ -213,6 +213,12 @@ pub enum StageError {
     /// The node could not do it (e.g. listen or connect).
     #[error("node: {0}")]
     Node(String),
+    /// An import that does not pass the checks wire input gets.
+    #[error("invalid import: {0}")]
+    InvalidImport(String),
+    /// The answer would be larger than the peer's limit.
+    #[error("too large: {0}")]
+    TooLarge(String),
 }
 
 impl From<StoreError> for StageError {

@@ -207,3 +207,25 @@ async fn dropped_connection_reconnects_and_converges() {
     bounded("shutdown", client.stage.shutdown()).await;
     bounded("shutdown", server.stage.shutdown()).await;
 }
+
+/// `Node::disconnect` closes the link at once, on both sides, and it stays closed: no reconnect,
+/// and nothing the link's tasks would still send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_closes_the_link_and_does_not_reconnect() {
+    let server = spawn_peer("server", Backend::Memory).await;
+    let client = spawn_peer("client", Backend::Memory).await;
+    bounded("connect", client.stage.node().connect(&server.url())).await.expect("connects");
+    eventually("both see the link", || async {
+        peer_conns(&client).await.len() == 1 && peer_conns(&server).await.len() == 1
+    })
+    .await;
+    assert!(client.stage.node().disconnect(&server.url()), "it was connected");
+    common::eventually_within("the link is gone on both sides", Duration::from_secs(3), || async {
+        peer_conns(&client).await.is_empty() && peer_conns(&server).await.is_empty()
+    })
+    .await;
+    // It stays gone (the supervisor does not dial again).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(peer_conns(&server).await.is_empty(), "the client reconnected after disconnect");
+    assert!(!client.stage.node().disconnect(&server.url()), "nothing left to disconnect");
+}

@@ -151,6 +151,15 @@ pub(crate) async fn run<S>(
     let (wire_tx, wire_rx) = mpsc::channel::<WsMessage>(64);
     let mut writer = tokio::spawn(write_loop(link.clone(), sink, rx, wire_rx));
     let mut reader = tokio::spawn(read_loop(link, stream, wire_tx));
+    // If this future is dropped before the tasks end (`Node::disconnect` aborts the supervisor of
+    // a dialed link), the tasks would live on with the socket: end them, and tell the core.
+    let mut teardown = Teardown {
+        tasks: [reader.abort_handle(), writer.abort_handle()],
+        core: core.clone(),
+        shared: shared.clone(),
+        conn,
+        armed: true,
+    };
     // Whichever side ends first ends the connection (the writer flushes a close frame first).
     let reason = tokio::select! {
         r = &mut reader => {
@@ -177,8 +186,40 @@ pub(crate) async fn run<S>(
     } else {
         tracing::debug!(conn, remote = %remote, %reason, "connection closed");
     }
+    teardown.armed = false;
     let _ = core.send(CoreMsg::Input(Input::Closed { conn })).await;
     super::retire_metrics(&shared, conn);
+}
+
+/// See [`run`]: ends a connection whose `run` was dropped midway.
+struct Teardown {
+    tasks: [tokio::task::AbortHandle; 2],
+    core: mpsc::Sender<CoreMsg>,
+    shared: Arc<Shared>,
+    conn: crate::proto::ConnId,
+    armed: bool,
+}
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        for task in &self.tasks {
+            task.abort();
+        }
+        tracing::debug!(conn = self.conn, "connection closed: its link was dropped (disconnect)");
+        let closed = CoreMsg::Input(Input::Closed { conn: self.conn });
+        if let Err(mpsc::error::TrySendError::Full(closed)) = self.core.try_send(closed)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let core = self.core.clone();
+            runtime.spawn(async move {
+                let _ = core.send(closed).await;
+            });
+        }
+        super::retire_metrics(&self.shared, self.conn);
+    }
 }
 
 /// The next binary frame, or why the connection ends (after telling the remote where it can be

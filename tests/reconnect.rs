@@ -228,4 +228,7 @@ async fn disconnect_closes_the_link_and_does_not_reconnect() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(peer_conns(&server).await.is_empty(), "the client reconnected after disconnect");
     assert!(!client.stage.node().disconnect(&server.url()), "nothing left to disconnect");
+    // A link that ends without a closing handshake is a lost connection, not a bad frame.
+    let refused = bounded("status", server.stage.node().status()).await.unwrap().refusals;
+    assert_eq!(refused.get(replikativ::peer::proto::Refusal::BadWebsocketFrame), 0, "{refused:?}");
 }

@@ -430,12 +430,19 @@ impl Node {
     /// `Closed`).
     pub async fn shutdown(&self) {
         let _ = self.shared.shutdown.send(true);
-        for (_, task) in self.shared.outgoing.lock().expect("poisoned").drain() {
-            task.abort();
-        }
+        // The supervisors of dialed links stop by themselves once their connection closes (the
+        // core closes every connection with a reason): they are awaited below, not aborted, so
+        // the remotes get the close frame (aborting one drops its connection without it).
+        let outgoing: Vec<JoinHandle<()>> =
+            self.shared.outgoing.lock().expect("poisoned").drain().map(|(_, task)| task).collect();
         let (tx, rx) = oneshot::channel();
         if self.shared.core.send(CoreMsg::Shutdown(tx)).await.is_ok() {
             let _ = rx.await;
+        }
+        for mut task in outgoing {
+            if tokio::time::timeout(Duration::from_secs(2), &mut task).await.is_err() {
+                task.abort();
+            }
         }
         let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.shared.tasks.lock().expect("poisoned"));
         for task in tasks {

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -241,6 +243,14 @@ where
         };
         match frame {
             None => return Err("the remote closed the connection".into()),
+            // The socket ended or failed without a closing handshake: the network, or a remote
+            // that went away; not a bad frame.
+            Some(Err(
+                e @ (WsError::Io(_)
+                | WsError::ConnectionClosed
+                | WsError::AlreadyClosed
+                | WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)),
+            )) => return Err(format!("the connection was lost: {e}")),
             // E.g. a frame over the size limit: tell the remote before dropping it.
             Some(Err(e)) => return refused(Refusal::BadWebsocketFrame, format!("bad frame: {e}")).await,
             Some(Ok(WsMessage::Binary(bytes))) => return Ok(bytes.into()),

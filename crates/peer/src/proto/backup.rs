@@ -116,7 +116,7 @@ impl Peer {
             known.insert(id, bytes.into_vec());
         }
         self.check_remote_op(&address, &op).map_err(|(_, reason)| bad(reason))?;
-        let pending = Pending {
+        let mut pending = Pending {
             bytes: 0,
             id: 0,
             address: address.clone(),
@@ -131,10 +131,7 @@ impl Peer {
                 "value {id}, which the op needs, is neither in the export nor in the store"
             )));
         }
-        let Pending { op, values, mut commits, .. } = pending;
-        commits.extend(parsed);
-        let pending =
-            Pending { bytes: 0, id: 0, address: address.clone(), op, values, commits, catch_up: false };
+        pending.commits.extend(parsed);
         self.check_records(&pending).map_err(bad)?;
         let Pending { op, values, commits, .. } = pending;
         let fresh = !self.crdts.contains_key(&address);

@@ -112,6 +112,8 @@ fn imports_are_checked_like_wire_input() {
     let mut lying = map.clone();
     lying.kind = CrdtKind::Cdvcs;
     assert!(matches!(w.command(P, Command::Import(Box::new(lying))), Err(StageError::InvalidImport(_))));
+    // Refused imports are counted like bad wire input (on P: the skew and the lying kind).
+    assert_eq!(w.p().refusals().get(replikativ_peer::proto::Refusal::InvalidCommand), 2);
 }
 
 #[test]

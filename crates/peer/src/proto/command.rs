@@ -268,7 +268,12 @@ impl Peer {
                 | Command::Status
                 | Command::Export { .. }
         );
-        match self.run(cmd) {
+        let result = self.run(cmd);
+        if matches!(result, Err(StageError::InvalidImport(_))) {
+            // An import that fails the checks of wire input is counted like bad wire input.
+            self.refusals.count(super::Refusal::InvalidCommand);
+        }
+        match result {
             // Reads wrote nothing: they answer at once.
             Ok(reply) if read => self.outbox.push(Output::Reply { id, result: Ok(reply) }),
             Ok(reply) => self.after_barrier(Output::Reply { id, result: Ok(reply) }),

@@ -18,6 +18,10 @@ use crate::{EXIT_DATA, EXIT_USAGE, Failure};
 pub(crate) const FORMAT: &str = "replikativ-export";
 /// The format version written and read.
 pub(crate) const VERSION: u64 = 1;
+/// Bytes of a backup file read at most: what one export can hold (`MAX_EXPORT_BYTES`), hex-encoded,
+/// with room for the JSON around it. A larger (or endless) input is refused, not buffered.
+pub(crate) const MAX_BACKUP_BYTES: u64 =
+    2 * replikativ_peer::proto::backup::MAX_EXPORT_BYTES as u64 + (4 << 20);
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Header {
@@ -69,14 +73,25 @@ pub(crate) fn write(exports: &[Export], output: Option<&Path>) -> Result<(), Fai
 /// Reads a backup file ("-": stdin): the header, then every line, each value checked against the
 /// id it is filed under. A file that is not a backup of this version is a usage error.
 pub(crate) fn read(file: &str) -> Result<Vec<Export>, Failure> {
-    let reader: Box<dyn BufRead> = if file == "-" {
-        Box::new(std::io::BufReader::new(std::io::stdin().lock()))
+    let source: Box<dyn std::io::Read> = if file == "-" {
+        Box::new(std::io::stdin().lock())
     } else {
-        Box::new(std::io::BufReader::new(
+        Box::new(
             std::fs::File::open(file).map_err(|e| Failure(EXIT_USAGE, format!("cannot open {file}: {e}")))?,
-        ))
+        )
     };
-    let mut lines = reader.lines().enumerate();
+    let mut text = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(source, MAX_BACKUP_BYTES + 1), &mut text)
+        .map_err(|e| Failure(EXIT_DATA, format!("cannot read {file}: {e}")))?;
+    if text.len() as u64 > MAX_BACKUP_BYTES {
+        return Err(Failure(
+            EXIT_USAGE,
+            format!(
+                "{file} is larger than {MAX_BACKUP_BYTES} bytes, more than one export holds: not a backup"
+            ),
+        ));
+    }
+    let mut lines = text.lines().enumerate();
     let bad = |n: usize, why: String| Failure(EXIT_DATA, format!("{file}, line {}: {why}", n + 1));
     let (n, first) =
         lines.next().ok_or_else(|| Failure(EXIT_USAGE, format!("{file} is empty: not a backup")))?;

@@ -128,6 +128,14 @@ fn a_tampered_or_foreign_backup_is_refused_and_imports_nothing() {
     let out = run(&on(&sb, &["ormap", "keys", &map]));
     assert_ne!(out.status.code(), Some(0), "the address does not exist after a refused import");
 
+    // A header, then an endless line: refused at the size bound, not buffered without end.
+    let mut huge = b"{\"format\":\"replikativ-export\",\"version\":1,\"addresses\":1}\n".to_vec();
+    huge.resize(huge.len() + (30 << 20), b'a');
+    std::fs::write(&file, &huge).unwrap();
+    let out = run(&on(&sb, &["import", &file.display().to_string()]));
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("larger than"));
+
     // Not a backup at all, or another version: usage errors.
     std::fs::write(&file, "hello\n").unwrap();
     assert_eq!(run(&on(&sb, &["import", &file.display().to_string()])).status.code(), Some(2));

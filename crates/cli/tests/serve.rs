@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +21,7 @@ fn serve(args: &[&str]) -> Child {
         .expect("the binary runs")
 }
 
-use common::listening_url;
+use common::{Served, WAIT, listening_url};
 
 fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -138,94 +137,6 @@ fn unreachable_peer_exits_3_for_data_commands_and_a_bad_connect_url_exits_2() {
     );
 }
 
-/// A `serve` with its stdout and stderr collected line by line in the background; SIGINT and
-/// reaped on drop.
-struct Running {
-    child: Child,
-    stdout: Arc<std::sync::Mutex<Vec<String>>>,
-    stderr: Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-const WAIT: Duration = Duration::from_secs(20);
-
-fn collect(pipe: impl std::io::Read + Send + 'static) -> Arc<std::sync::Mutex<Vec<String>>> {
-    let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = lines.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    lines
-}
-
-impl Running {
-    fn start(args: &[&str]) -> Running {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_replikativ"))
-            .arg("serve")
-            .args(args)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the binary runs");
-        let stdout = collect(child.stdout.take().unwrap());
-        let stderr = collect(child.stderr.take().unwrap());
-        Running { child, stdout, stderr }
-    }
-
-    fn stdout(&self) -> String {
-        self.stdout.lock().unwrap().join("\n")
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().join("\n")
-    }
-
-    /// Waits (bounded) until stdout or stderr, as chosen, has a line containing `text`.
-    fn wait_for(&self, on_stderr: bool, text: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let lines = if on_stderr { &self.stderr } else { &self.stdout };
-            if let Some(line) = lines.lock().unwrap().iter().find(|l| l.contains(text)) {
-                return line.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no line with {text:?}; stdout: {}; stderr: {}",
-                self.stdout(),
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The URL from the "listening on ws://..." line.
-    fn url(&self) -> String {
-        let line = self.wait_for(false, "listening on ");
-        line.split("listening on ").nth(1).unwrap().split_whitespace().next().unwrap().to_owned()
-    }
-
-    fn signal(&self, name: &str) {
-        let kill = Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status();
-        assert!(kill.expect("kill runs").success());
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
-            let deadline = Instant::now() + WAIT;
-            while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// Runs a data command of the binary (bounded); returns its exit code, stdout and stderr.
 fn cli(args: &[&str]) -> (Option<i32>, String, String) {
     let out = common::run(args);
@@ -251,7 +162,7 @@ fn free_port() -> u16 {
 fn serve_connect_to_a_peer_that_is_down_keeps_retrying_and_replicates_once_it_is_up() {
     let port = free_port();
     let target = format!("ws://127.0.0.1:{port}");
-    let a = Running::start(&["--store", "memory", "--listen", "127.0.0.1:0", "--connect", &target]);
+    let a = Served::start(&["--store", "memory", "--listen", "127.0.0.1:0", "--connect", &target], &[]);
     let a_url = a.url();
     a.wait_for(false, &format!("connecting to {target} (retrying in the background)"));
     assert!(!a.stdout().contains("connected to"), "{}", a.stdout());
@@ -264,7 +175,7 @@ fn serve_connect_to_a_peer_that_is_down_keeps_retrying_and_replicates_once_it_is
     assert!(warning.contains("WARN"), "{warning}");
 
     // The peer comes up on that port: the two connect and replicate.
-    let b = Running::start(&["--store", "memory", "--listen", &format!("127.0.0.1:{port}")]);
+    let b = Served::start(&["--store", "memory", "--listen", &format!("127.0.0.1:{port}")], &[]);
     assert_eq!(b.url(), target);
     let map = cli_ok(&["ormap", "create", "--peer", &a_url, "--user", "mail:alice@example.org"]);
     cli_ok(&["ormap", "assoc", &map, "milk", r#"[["add", 2]]"#, "--peer", &a_url]);
@@ -288,10 +199,10 @@ fn serve_connect_to_a_peer_that_is_down_keeps_retrying_and_replicates_once_it_is
 fn sigterm_shuts_serve_down_gracefully_and_what_it_acknowledged_is_in_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let store = format!("file:{}", dir.path().display());
-    let a = Running::start(&["--store", &store, "--listen", "127.0.0.1:0"]);
+    let a = Served::start(&["--store", &store, "--listen", "127.0.0.1:0"], &[]);
     let a_url = a.url();
     // A second peer connected to it sees the connection closed with a reason.
-    let b = Running::start(&["--store", "memory", "--listen", "127.0.0.1:0", "--connect", &a_url]);
+    let b = Served::start(&["--store", "memory", "--listen", "127.0.0.1:0", "--connect", &a_url], &[]);
     b.url();
 
     let map = cli_ok(&["ormap", "create", "--peer", &a_url]);
@@ -326,7 +237,7 @@ fn sigterm_shuts_serve_down_gracefully_and_what_it_acknowledged_is_in_the_store(
 fn sigint_also_shuts_serve_down_gracefully() {
     let dir = tempfile::tempdir().unwrap();
     let store = format!("file:{}", dir.path().display());
-    let mut a = Running::start(&["--store", &store, "--listen", "127.0.0.1:0"]);
+    let mut a = Served::start(&["--store", &store, "--listen", "127.0.0.1:0"], &[]);
     let url = a.url();
     let set = cli_ok(&["gset", "create", "--peer", &url]);
     cli_ok(&["gset", "add", &set, r#""kept""#, "--peer", &url]);

@@ -342,19 +342,7 @@ impl OrMap {
         author: &str,
         ts: u64,
     ) -> Result<Staged<OrMapOp>, OpError> {
-        if txs.is_empty() {
-            return Err(OpError::NoTransactions);
-        }
-        check_txs(&txs)?;
-        if !key.within_depth_limit() {
-            return Err(OpError::TooDeep);
-        }
-        let (mut values, mut commits) = (BTreeMap::new(), BTreeMap::new());
-        let commit = make_commit(CrdtKind::Ormap, vec![], &txs, author, ts, &mut values, &mut commits);
-        let op =
-            OrMapOp { adds: vec![OrEntry { key, dot: self.next_dot(actor)?, commit }], removals: vec![] };
-        self.apply(&op).expect("a fresh dot is valid");
-        Ok(Staged { op, values, commits })
+        self.add(key, txs, actor, author, ts, false)
     }
 
     /// Replaces the values of `key`: one op that removes every live value observed here and adds
@@ -370,6 +358,19 @@ impl OrMap {
         author: &str,
         ts: u64,
     ) -> Result<Staged<OrMapOp>, OpError> {
+        self.add(key, txs, actor, author, ts, true)
+    }
+
+    /// `assoc`, and with `replace` also the removal of the key's observed values (`put`).
+    fn add(
+        &mut self,
+        key: Value,
+        txs: Vec<Transaction>,
+        actor: ActorId,
+        author: &str,
+        ts: u64,
+        replace: bool,
+    ) -> Result<Staged<OrMapOp>, OpError> {
         if txs.is_empty() {
             return Err(OpError::NoTransactions);
         }
@@ -378,7 +379,8 @@ impl OrMap {
             return Err(OpError::TooDeep);
         }
         let dot = self.next_dot(actor)?;
-        let observed: Vec<Dot> = self.entries(&key).into_iter().map(|(d, _)| d).collect();
+        let observed: Vec<Dot> =
+            if replace { self.entries(&key).into_iter().map(|(d, _)| d).collect() } else { Vec::new() };
         let (mut values, mut commits) = (BTreeMap::new(), BTreeMap::new());
         let removals = if observed.is_empty() {
             Vec::new()

@@ -97,13 +97,7 @@ impl Peer {
         txs: Vec<Transaction>,
         author: &str,
     ) -> Result<Reply, StageError> {
-        let (now, actor) = (self.now_ms, self.actor);
-        let m: &mut OrMap = typed_mut!(self, address, Ormap, Ormap);
-        let mut staged = m.assoc(key, txs, actor, author, now)?;
-        let commit = staged.op.adds[0].commit;
-        let known = bytes_of(&mut staged);
-        self.local(address, AnyOp::Ormap(staged.op), known)?;
-        Ok(Reply::Commit(commit))
+        self.add(address, key, txs, author, false)
     }
 
     pub(super) fn put(
@@ -113,9 +107,25 @@ impl Peer {
         txs: Vec<Transaction>,
         author: &str,
     ) -> Result<Reply, StageError> {
+        self.add(address, key, txs, author, true)
+    }
+
+    /// `OrMap::assoc` (or with `replace`, `OrMap::put`) on the replica, stored and relayed.
+    fn add(
+        &mut self,
+        address: &Address,
+        key: Value,
+        txs: Vec<Transaction>,
+        author: &str,
+        replace: bool,
+    ) -> Result<Reply, StageError> {
         let (now, actor) = (self.now_ms, self.actor);
         let m: &mut OrMap = typed_mut!(self, address, Ormap, Ormap);
-        let mut staged = m.put(key, txs, actor, author, now)?;
+        let mut staged = if replace {
+            m.put(key, txs, actor, author, now)
+        } else {
+            m.assoc(key, txs, actor, author, now)
+        }?;
         let commit = staged.op.adds[0].commit;
         let known = bytes_of(&mut staged);
         self.local(address, AnyOp::Ormap(staged.op), known)?;

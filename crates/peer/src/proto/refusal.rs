@@ -75,11 +75,17 @@ pub enum Refusal {
     BadBatch,
     /// A `recon` message naming too many buckets or a malformed one (see `proto::recon`).
     BadRecon,
+    /// A connection to a node with authentication on that sent something else than the
+    /// authentication handshake first (`crate::auth::handshake`).
+    AuthRequired,
+    /// An authentication handshake that failed: a bad signature, a malformed or oversized
+    /// handshake message, another version, or a remote that does not authenticate.
+    AuthFailed,
 }
 
 impl Refusal {
     /// Every reason, in order.
-    pub const ALL: [Refusal; 32] = [
+    pub const ALL: [Refusal; 34] = [
         Refusal::MalformedFrame,
         Refusal::UnsupportedVersion,
         Refusal::UnknownKind,
@@ -112,6 +118,8 @@ impl Refusal {
         Refusal::OversizeOutput,
         Refusal::BadBatch,
         Refusal::BadRecon,
+        Refusal::AuthRequired,
+        Refusal::AuthFailed,
     ];
 
     /// The reason's stable name (kebab-case), as `status` shows it.
@@ -149,6 +157,8 @@ impl Refusal {
             Refusal::AcceptFailed => "accept-failed",
             Refusal::InvalidCommand => "invalid-command",
             Refusal::OversizeOutput => "oversize-output",
+            Refusal::AuthRequired => "auth-required",
+            Refusal::AuthFailed => "auth-failed",
         }
     }
 }

@@ -17,8 +17,11 @@ pub(crate) enum Backend {
 }
 
 impl Backend {
-    pub(crate) async fn remote(url: &str) -> Result<Backend, Failure> {
-        RemoteClient::connect(url, "replikativ-cli")
+    pub(crate) async fn remote(
+        url: &str,
+        key: Option<&replikativ_peer::auth::SecretKey>,
+    ) -> Result<Backend, Failure> {
+        RemoteClient::connect_as(url, "replikativ-cli", key)
             .await
             .map(|c| Backend::Remote(Box::new(c)))
             .map_err(|e| Failure(EXIT_UNREACHABLE, e.to_string()))

@@ -36,6 +36,49 @@ pub enum ClientError {
 /// How long [`RemoteClient::connect`] waits for the websocket handshake.
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Waits for the node's first frame: a node with authentication on opens with `auth-hello`, and
+/// the handshake runs (proving `user`, or nothing with a fresh node key); a node without sends its
+/// plain `hello` first, and nothing is proved. Returns the node's key if it authenticated.
+async fn authenticate(
+    ws: &mut Ws,
+    user: Option<&crate::auth::SecretKey>,
+) -> Result<Option<crate::auth::PublicKey>, String> {
+    use crate::auth::{Handshake, Identity, Progress};
+    let identity = Identity {
+        node: crate::auth::SecretKey::generate().map_err(|e| e.to_string())?,
+        user: user.cloned(),
+    };
+    let (mut hs, hello) =
+        Handshake::start(crate::proto::Direction::Outbound, identity, [0; crate::auth::handshake::EXPORTER_LEN])
+            .map_err(|e| e.to_string())?;
+    let mut first = true;
+    loop {
+        let frame = match ws.next().await {
+            None => return Err("the node closed the connection".into()),
+            Some(Err(e)) => return Err(e.to_string()),
+            Some(Ok(WsMessage::Binary(bytes))) => bytes,
+            Some(Ok(WsMessage::Close(frame))) => {
+                return Err(format!(
+                    "the node closed the connection: {}",
+                    frame.map(|f| f.reason.to_string()).unwrap_or_default()
+                ));
+            }
+            Some(Ok(_)) => continue,
+        };
+        match hs.receive(&frame) {
+            // The node does not authenticate: its hello is for the core, which does not need it.
+            Err(e) if first && e.plain_hello => return Ok(None),
+            Err(e) => return Err(format!("authentication failed: {e}")),
+            Ok(Progress::Send(proof)) => {
+                ws.send(WsMessage::Binary(hello.clone().into())).await.map_err(|e| e.to_string())?;
+                ws.send(WsMessage::Binary(proof.into())).await.map_err(|e| e.to_string())?;
+            }
+            Ok(Progress::Done(principal)) => return Ok(Some(principal.node)),
+        }
+        first = false;
+    }
+}
+
 /// A connection to a node that runs stage commands there.
 pub struct RemoteClient {
     ws: Ws,
@@ -49,8 +92,20 @@ impl std::fmt::Debug for RemoteClient {
 }
 
 impl RemoteClient {
-    /// Connects to the node at `url` (`ws://host:port`) as `client_id`.
+    /// Connects to the node at `url` (`ws://host:port`) as `client_id`, without a user key (a
+    /// node with authentication on sees an anonymous principal).
     pub async fn connect(url: &str, client_id: &str) -> Result<RemoteClient, ClientError> {
+        RemoteClient::connect_as(url, client_id, None).await
+    }
+
+    /// Connects to the node at `url` as `client_id`, proving `user` if the node authenticates
+    /// (see [`crate::auth::handshake`]): its commands then run as that user. A node with
+    /// authentication off accepts the connection as before (nothing is proved).
+    pub async fn connect_as(
+        url: &str,
+        client_id: &str,
+        user: Option<&crate::auth::SecretKey>,
+    ) -> Result<RemoteClient, ClientError> {
         // Bounded: a server that accepts and never answers must not hang the client.
         let (mut ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(url))
             .await
@@ -59,6 +114,17 @@ impl RemoteClient {
                 reason: format!("no websocket handshake within {CONNECT_TIMEOUT:?}"),
             })?
             .map_err(|e| ClientError::Connect { url: url.to_owned(), reason: e.to_string() })?;
+        let authenticated = tokio::time::timeout(CONNECT_TIMEOUT, authenticate(&mut ws, user))
+            .await
+            .map_err(|_| ClientError::Connect {
+                url: url.to_owned(),
+                reason: format!("no authentication within {CONNECT_TIMEOUT:?}"),
+            })?;
+        let principal =
+            authenticated.map_err(|reason| ClientError::Connect { url: url.to_owned(), reason })?;
+        if let Some(node) = &principal {
+            tracing::debug!(%node, "authenticated to the node");
+        }
         let hello = Message::Hello(Hello {
             version: PROTOCOL_VERSION,
             peer_id: client_id.to_owned(),
@@ -71,6 +137,8 @@ impl RemoteClient {
     }
 
     /// Runs a command on the node.
+    ///
+    /// (The node's own principal, when it authenticated, was checked at connect.)
     pub async fn call(&mut self, cmd: Command) -> Result<Result<Reply, StageError>, ClientError> {
         let id = self.next_id;
         self.next_id += 1;

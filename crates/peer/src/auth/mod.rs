@@ -8,8 +8,8 @@
 //!   names: a self-certifying user `key:<base32>` is that key, a named user (`mail:alice@...`)
 //!   is bound to a key by the operator ([`AuthPolicy::names`]). Only the owner writes an address;
 //!   the owner and, for addresses the operator made public, every authenticated connection read
-//!   it; nodes the operator trusts as mirrors ([`AuthPolicy::mirrors`]) read and write everything
-//!   (they relay for their own clients).
+//!   it; keys the operator trusts ([`AuthPolicy::trusted`]: the nodes of a mirror, which relay
+//!   for their own clients, and the operator's own key) read and write everything.
 //!
 //! ```
 //! use replikativ_peer::auth::{AuthPolicy, Principal, SecretKey};
@@ -25,6 +25,7 @@
 //! assert!(!policy.may_write(&anonymous, &todos) && !policy.may_read(&anonymous, &todos));
 //! ```
 
+pub mod gate;
 pub mod handshake;
 pub mod keys;
 
@@ -32,6 +33,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use replikativ_crdt::Address;
 
+pub use gate::AuthGate;
 pub use handshake::{Handshake, HandshakeError, Identity, Principal, Progress};
 pub use keys::{KeyError, PublicKey, SecretKey, Signature};
 
@@ -39,10 +41,12 @@ pub use keys::{KeyError, PublicKey, SecretKey, Signature};
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AuthPolicy {
     /// Named users bound to their keys by the operator (`mail:alice@example.org` → key). A named
-    /// user without a binding can be neither written nor read by anyone but mirrors.
+    /// user without a binding can be neither written nor read by anyone but trusted keys.
     pub names: BTreeMap<String, PublicKey>,
-    /// Node keys trusted to read and write every address (relays between nodes of one operator).
-    pub mirrors: BTreeSet<PublicKey>,
+    /// Keys trusted to read and write every address and to run every command: node keys of the
+    /// operator's other nodes (relays between them) and the operator's own user key. A
+    /// connection is trusted if its node key or its user key is listed.
+    pub trusted: BTreeSet<PublicKey>,
     /// Addresses every authenticated connection may read.
     pub public: BTreeSet<Address>,
     /// Users all of whose addresses every authenticated connection may read.
@@ -56,11 +60,15 @@ impl AuthPolicy {
         PublicKey::of_user(user).or_else(|| self.names.get(user).copied())
     }
 
+    /// Whether the connection's node key or user key is trusted.
+    pub fn is_trusted(&self, principal: &Principal) -> bool {
+        self.trusted.contains(&principal.node) || principal.user.is_some_and(|u| self.trusted.contains(&u))
+    }
+
     /// Whether the connection may write `address` (publish to it, or run a stage command that
     /// changes it).
     pub fn may_write(&self, principal: &Principal, address: &Address) -> bool {
-        self.mirrors.contains(&principal.node)
-            || principal.user.is_some_and(|u| self.owner(&address.user) == Some(u))
+        self.is_trusted(principal) || principal.user.is_some_and(|u| self.owner(&address.user) == Some(u))
     }
 
     /// Whether the connection may read `address` (subscribe, receive its publications, sync it,
@@ -105,7 +113,7 @@ mod tests {
     }
 
     #[test]
-    fn owners_write_mirrors_relay_public_addresses_are_read_by_all() {
+    fn owners_write_trusted_keys_relay_public_addresses_are_read_by_all() {
         let alice = key(1);
         let node = key(2);
         let mirror = key(3);
@@ -113,7 +121,7 @@ mod tests {
         let named = Address::new("mail:bob@example.org", uuid::Uuid::from_u128(2)).unwrap();
         let shared = Address::new(alice.user_id(), uuid::Uuid::from_u128(3)).unwrap();
         let mut policy = AuthPolicy::default();
-        policy.mirrors.insert(mirror);
+        policy.trusted.insert(mirror);
         policy.public.insert(shared.clone());
         let as_alice = Principal { node, user: Some(alice) };
         let as_bob = Principal { node, user: Some(key(4)) };
@@ -122,7 +130,7 @@ mod tests {
         assert!(!policy.may_write(&as_bob, &mine) && !policy.may_read(&as_bob, &mine));
         assert!(policy.may_read(&as_bob, &shared) && !policy.may_write(&as_bob, &shared));
         assert!(policy.may_write(&as_mirror, &mine) && policy.may_read(&as_mirror, &named));
-        // A named user without a binding: only mirrors.
+        // A named user without a binding: only trusted keys.
         assert!(!policy.may_write(&as_bob, &named));
         policy.names.insert("mail:bob@example.org".into(), key(4));
         assert!(policy.may_write(&as_bob, &named) && !policy.may_write(&as_alice, &named));

@@ -81,11 +81,14 @@ pub enum Refusal {
     /// An authentication handshake that failed: a bad signature, a malformed or oversized
     /// handshake message, another version, or a remote that does not authenticate.
     AuthFailed,
+    /// Something the connection's principal may not do: a write to another user's address, a
+    /// subscription or a command on an address it may not read (authentication on).
+    Forbidden,
 }
 
 impl Refusal {
     /// Every reason, in order.
-    pub const ALL: [Refusal; 34] = [
+    pub const ALL: [Refusal; 35] = [
         Refusal::MalformedFrame,
         Refusal::UnsupportedVersion,
         Refusal::UnknownKind,
@@ -120,6 +123,7 @@ impl Refusal {
         Refusal::BadRecon,
         Refusal::AuthRequired,
         Refusal::AuthFailed,
+        Refusal::Forbidden,
     ];
 
     /// The reason's stable name (kebab-case), as `status` shows it.
@@ -159,6 +163,7 @@ impl Refusal {
             Refusal::OversizeOutput => "oversize-output",
             Refusal::AuthRequired => "auth-required",
             Refusal::AuthFailed => "auth-failed",
+            Refusal::Forbidden => "forbidden",
         }
     }
 }

@@ -207,6 +207,8 @@ pub struct ChainSpec<'a> {
     pub auth: Option<&'a Arc<crate::auth::AuthPolicy>>,
     /// Where the gate counts its refusals.
     pub count: Option<&'a crate::auth::gate::RefusalCounter>,
+    /// Whether this node dialed the remote (its gate then trusts it: [`crate::auth::AuthGate::dialed`]).
+    pub dialed: bool,
 }
 
 impl fmt::Debug for ChainSpec<'_> {
@@ -244,7 +246,10 @@ pub fn standard_chain(
         layers.push(Box::new(access));
     }
     if let (Some(principal), Some(auth)) = (spec.principal, spec.auth) {
-        layers.push(Box::new(crate::auth::AuthGate::new(principal.clone(), auth.clone(), spec.count.cloned())));
+        let (p, a, c) = (principal.clone(), auth.clone(), spec.count.cloned());
+        let gate =
+            if spec.dialed { crate::auth::AuthGate::dialed(p, a, c) } else { crate::auth::AuthGate::new(p, a, c) };
+        layers.push(Box::new(gate));
     }
     Chain::new(layers)
 }

@@ -221,6 +221,7 @@ pub(crate) async fn run<S>(
     spec.principal = principal.as_ref();
     spec.auth = shared.config.auth.as_ref().map(|a| &a.policy);
     spec.count = Some(&counter);
+    spec.dialed = direction == Direction::Outbound;
     let chain = standard_chain(conn, &remote, metrics.clone(), spec);
     let (tx, rx) = mpsc::channel::<ConnCmd>(shared.config.outbox);
     let queued = Arc::new(AtomicUsize::new(0));

@@ -23,7 +23,7 @@ pub(crate) struct Target {
     pub(crate) user: Option<String>,
     /// The key file this command proves its user with when the --peer authenticates (made by
     /// `replikativ key gen`; readable by its owner only).
-    #[arg(long, global = true, env = "REPLIKATIV_KEY", value_name = "FILE")]
+    #[arg(id = "key_file", long = "key", global = true, env = "REPLIKATIV_KEY", value_name = "FILE")]
     pub(crate) key: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
@@ -64,7 +64,7 @@ pub(crate) struct ReadTarget {
     pub(crate) store: String,
     /// The key file this command proves its user with when the --peer authenticates (reads of
     /// addresses that are not public need the owner's key).
-    #[arg(long, env = "REPLIKATIV_KEY", value_name = "FILE")]
+    #[arg(id = "key_file", long = "key", env = "REPLIKATIV_KEY", value_name = "FILE")]
     pub(crate) key: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long)]

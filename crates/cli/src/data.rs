@@ -413,7 +413,14 @@ pub(crate) async fn run(command: Top) -> Result<(), Failure> {
         Top::Cdvcs(cmd) => cdvcs(cmd).await,
         Top::Lww(cmd) => lww(cmd).await,
         Top::Gset(cmd) => gset(cmd).await,
-        Top::Watch { address, peer, timeout } => watch::watch(&address, &peer, timeout).await,
+        Top::Watch { address, peer, timeout, key } => {
+            let key = key
+                .as_deref()
+                .map(replikativ_peer::auth::SecretKey::read_file)
+                .transpose()
+                .map_err(|e| Failure(EXIT_USAGE, e.to_string()))?;
+            watch::watch(&address, &peer, timeout, key).await
+        }
         Top::Subscribe { addresses, target } => {
             let addresses: BTreeSet<Address> =
                 addresses.iter().map(|a| parse_address(a)).collect::<Result<_, _>>()?;

@@ -70,9 +70,11 @@ enum Top {
     ///
     /// The peer keeps its state in the store (an embedded file store in ./replikativ-data by
     /// default) and replicates every address it or its peers subscribe to. It accepts the data
-    /// commands of this tool from its connections (bind it to 127.0.0.1, the default, unless every
-    /// client may edit every address). Peers given with --connect may be down: the peer keeps trying
-    /// with backoff. Logs go to stderr; --log-level or RUST_LOG sets the level. SIGINT (Ctrl-C) and
+    /// commands of this tool from its connections. Authentication is on by default: every
+    /// connection proves a key, an address USER/UUID is written and read only by connections
+    /// proving USER's key (see `replikativ key --help`); --auth off lets anyone read and write
+    /// everything and is allowed only on a loopback address. Peers given with --connect may be
+    /// down: the peer keeps trying with backoff. Logs go to stderr; --log-level or RUST_LOG sets the level. SIGINT (Ctrl-C) and
     /// SIGTERM shut down gracefully.
     Serve(ServeArgs),
     /// OR-Map: an observed-remove, multi-value map.
@@ -107,6 +109,10 @@ enum Top {
         /// How long to wait for the address to arrive before saying it does not exist there.
         #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
         timeout: std::time::Duration,
+        /// The key file to prove to a peer with authentication on (an address that is not
+        /// public is readable only with its owner's key).
+        #[arg(long, env = "REPLIKATIV_KEY", value_name = "FILE")]
+        key: Option<PathBuf>,
     },
     /// Subscribe a peer to addresses: their data then arrives from its connected peers.
     ///

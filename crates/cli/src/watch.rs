@@ -172,13 +172,24 @@ async fn linked(stage: &Stage) -> bool {
     })
 }
 
-pub(crate) async fn watch(address: &str, url: &str, wait: Duration) -> Result<(), Failure> {
+pub(crate) async fn watch(
+    address: &str,
+    url: &str,
+    wait: Duration,
+    key: Option<replikativ_peer::auth::SecretKey>,
+) -> Result<(), Failure> {
     let address = parse_address(address)?;
     let url = peer_url(url)?;
     let mut signals = Signals::install()?;
+    // The watching node authenticates (proving --key, or only a fresh node key) to a peer with
+    // authentication on, and links without it to one with it off.
+    let node_key = replikativ_peer::auth::SecretKey::generate().map_err(|e| Failure(1, e.to_string()))?;
+    let mut auth = replikativ_peer::node::NodeAuth::new(node_key);
+    auth.user = key;
+    let config = replikativ_peer::node::NodeConfig { auth: Some(auth), extend: false, ..Default::default() };
     let stage = Stage::builder(Arc::new(MemoryStore::new()))
         .user("replikativ-watch")
-        .extend(false)
+        .config(config)
         .spawn()
         .await
         .map_err(|e| Failure(EXIT_DATA, e.to_string()))?;

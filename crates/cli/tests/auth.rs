@@ -94,7 +94,8 @@ fn with_auth_on_writes_succeed_only_as_the_keys_user() {
     assert_eq!(code(&anonymous_create), Some(4), "{}", stderr(&anonymous_create));
     let after = run_env(&["ormap", "get", &map, "milk", "--peer", &url, "--json"], &as_alice);
     let text = stdout(&after);
-    assert!(!text.contains("99") && !text.contains("98"), "a refused write changed the map: {text}");
+    assert!(!text.contains(r#"["add",99]"#) && !text.contains(r#"["add",98]"#), "a refused write changed the map: {text}");
+    assert!(text.contains(r#"["add",2]"#), "{text}");
 }
 
 #[test]
@@ -102,4 +103,55 @@ fn auth_off_is_refused_on_a_non_loopback_address() {
     let out = run_env(&["serve", "--store", "memory", "--listen", "0.0.0.0:0", "--auth", "off"], &[]);
     assert_eq!(code(&out), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("refusing --auth off on 0.0.0.0:0"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_node_and_a_watch_proving_the_users_key_replicate_her_private_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let alice_key = dir.path().join("alice.key");
+    run(&["key", "gen", alice_key.to_str().unwrap()]);
+    let as_alice = [("REPLIKATIV_KEY", alice_key.to_str().unwrap())];
+    let on = ("REPLIKATIV_AUTH", "on");
+    let a = Served::start(&["--listen", "127.0.0.1:0", "--store", "memory"], &[on]);
+    let url_a = a.url();
+    let map = stdout(&run_env(&["ormap", "create", "--peer", &url_a], &as_alice));
+    let assoc = run_env(&["ormap", "assoc", &map, "milk", r#"[["add", 2]]"#, "--peer", &url_a], &as_alice);
+    assert_eq!(code(&assoc), Some(0), "{}", stderr(&assoc));
+    // Node B dials A proving alice's key (serve's --key reads REPLIKATIV_KEY too).
+    let b = Served::start(
+        &["--listen", "127.0.0.1:0", "--store", "memory", "--connect", &url_a, "--subscribe", &map],
+        &[on, as_alice[0]],
+    );
+    let url_b = b.url();
+    let deadline = std::time::Instant::now() + common::WAIT;
+    loop {
+        let got = run_env(&["ormap", "get", &map, "milk", "--peer", &url_b, "--json"], &as_alice);
+        if code(&got) == Some(0) && stdout(&got).contains("add") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "B never replicated: {}", stderr(&got));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // watch proving alice's key sees the map; without the key it does not.
+    let watched = run_env(&["watch", &map, "--peer", &url_a, "--timeout", "5s"], &[]);
+    assert_eq!(code(&watched), Some(4), "an anonymous watch must not see the map: {}", stdout(&watched));
+    let mut child = bin()
+        .args(["watch", &map, "--peer", &url_a])
+        .env("REPLIKATIV_KEY", alice_key.to_str().unwrap())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let first = rx.recv_timeout(common::WAIT).expect("watch prints the catch-up");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(first.contains("catch_up") && first.contains("milk"), "{first}");
 }

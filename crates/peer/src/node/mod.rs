@@ -93,8 +93,9 @@ pub struct NodeConfig {
     /// most 10,000 and at least 16.
     pub max_connections: Option<usize>,
     /// Whether remote connections may run stage commands ([`crate::middleware::RemoteStage`]):
-    /// what the command line's data commands use. Anyone who can connect can then read and write
-    /// as any user, within the access policy; off by default.
+    /// what the command line's data commands use. Without [`NodeConfig::auth`] anyone who can
+    /// connect can then read and write as any user, within the access policy; with it, commands
+    /// run as the connection's principal (`crate::auth::AuthGate`). Off by default.
     pub remote_commands: bool,
     /// A directory whose files the node's listen port serves over plain HTTP (`GET /PATH`), for
     /// a browser app; `None` (the default): only the websocket and `/healthz`, `/readyz`,

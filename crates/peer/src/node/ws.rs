@@ -80,6 +80,16 @@ pub(crate) fn chain_spec(shared: &Shared) -> ChainSpec<'_> {
     }
 }
 
+/// How the authentication handshake ended.
+enum Authenticated {
+    /// The remote proved this principal.
+    Principal(crate::auth::Principal),
+    /// A node this node dialed does not authenticate: it sent its plain `hello` (kept here for
+    /// the core). A dialed node is trusted anyway (see `crate::auth::AuthGate::dialed`), so the
+    /// link runs as with authentication off.
+    Plain(Vec<u8>),
+}
+
 /// Runs the authentication handshake ([`crate::auth::handshake`]) on a fresh websocket, within
 /// the handshake timeout: the remote's principal, or why it failed (the remote was told, and
 /// the refusal counted).
@@ -88,7 +98,7 @@ async fn authenticate<S>(
     auth: &super::NodeAuth,
     ws: &mut tokio_tungstenite::WebSocketStream<S>,
     direction: Direction,
-) -> Result<crate::auth::Principal, String>
+) -> Result<Authenticated, String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -121,13 +131,16 @@ where
                 Ok(Progress::Send(proof)) => {
                     ws.send(WsMessage::Binary(proof.into())).await.map_err(|e| format!("write failed: {e}"))?
                 }
-                Ok(Progress::Done(principal)) => return Ok(principal),
+                Ok(Progress::Done(principal)) => return Ok(Authenticated::Principal(principal)),
+                Err(e) if e.plain_hello && direction == Direction::Outbound => {
+                    return Ok(Authenticated::Plain(frame.to_vec()));
+                }
                 Err(e) => return Err(fail(e.refusal, e.detail)),
             }
         }
     };
     match tokio::time::timeout(shared.config.ws.handshake_timeout, exchange).await {
-        Ok(Ok(principal)) => Ok(principal),
+        Ok(Ok(done)) => Ok(done),
         Ok(Err(reason)) => {
             let _ = ws.send(close_frame(&reason)).await;
             Err(reason)
@@ -192,12 +205,18 @@ pub(crate) async fn run<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let mut first_frame = None;
     let principal = match &shared.config.auth {
         None => None,
         Some(auth) => match authenticate(&shared, auth, &mut ws, direction).await {
-            Ok(principal) => {
+            Ok(Authenticated::Principal(principal)) => {
                 tracing::debug!(remote = %remote, %principal, "authenticated");
                 Some(principal)
+            }
+            Ok(Authenticated::Plain(hello)) => {
+                tracing::info!(remote = %remote, "the dialed node does not authenticate: linked without authentication");
+                first_frame = Some(hello);
+                None
             }
             Err(reason) => {
                 // A dialed link failing is news for the operator; a client that cannot
@@ -240,6 +259,14 @@ pub(crate) async fn run<S>(
         metrics,
         queued,
     });
+    // The hello a dialed node without authentication sent during the handshake: the core's.
+    if let Some(frame) = first_frame {
+        link.metrics.bytes_in.fetch_add(frame.len() as u64, Ordering::Relaxed);
+        let inbound = link.connection.lock().expect("poisoned").receive_frame(&frame, || link.next_command());
+        if link.to_core(inbound.to_core).await.is_err() {
+            return;
+        }
+    }
     let (sink, stream) = ws.split();
     // Frames the reader must send itself (answers injected by the chain, close reasons) go to the
     // writer on their own small channel, so they never wait behind the core's outbox.

@@ -378,9 +378,18 @@ fn peer() {
 }
 
 #[test]
+fn handshake() {
+    run("handshake");
+}
+
+#[test]
 fn every_target_has_a_test_and_seeds() {
     let names: Vec<&str> = fuzz_targets::TARGETS.iter().map(|t| t.name).collect();
-    assert_eq!(names, ["message", "value", "commit", "op", "batch", "peer"], "a target without a test here");
+    assert_eq!(
+        names,
+        ["message", "value", "commit", "op", "batch", "peer", "handshake"],
+        "a target without a test here"
+    );
     for t in fuzz_targets::TARGETS {
         assert!((t.seeds)().len() >= 5, "target {} has few seeds", t.name);
     }

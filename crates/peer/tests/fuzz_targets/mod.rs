@@ -44,14 +44,84 @@ pub struct Target {
 }
 
 /// Every target.
-pub const TARGETS: [Target; 6] = [
+pub const TARGETS: [Target; 7] = [
     Target { name: "message", run: message, seeds: message_seeds },
     Target { name: "value", run: value, seeds: value_seeds },
     Target { name: "commit", run: commit, seeds: commit_seeds },
     Target { name: "op", run: op, seeds: op_seeds },
     Target { name: "batch", run: batch, seeds: batch_seeds },
     Target { name: "peer", run: peer, seeds: peer_seeds },
+    Target { name: "handshake", run: handshake, seeds: handshake_seeds },
 ];
+
+// ---------------------------------------------------------------------------------------------
+// Target: the authentication handshake (the input is frames, each prefixed by a 2-byte length)
+
+fn frames_of(data: &[u8]) -> Vec<&[u8]> {
+    let mut frames = Vec::new();
+    let mut rest = data;
+    while rest.len() >= 2 {
+        let n = (usize::from(rest[0]) << 8 | usize::from(rest[1])).min(rest.len() - 2);
+        frames.push(&rest[2..2 + n]);
+        rest = &rest[2 + n..];
+    }
+    frames
+}
+
+/// Properties: a listener's handshake fed any frames never panics; every error is a typed
+/// refusal (`auth-required` or `auth-failed`); after an error or a completed handshake every
+/// further frame is refused; a proof it sends decodes as a frame of the protocol's envelope; and
+/// no input completes the handshake (its nonce is fresh, so no recorded or made-up proof can
+/// match it).
+pub fn handshake(data: &[u8]) -> bool {
+    use replikativ_peer::auth::{Handshake, Identity, Progress, SecretKey};
+    use replikativ_peer::proto::{Direction, Refusal};
+    let identity = Identity { node: SecretKey::from_seed(&[2; 32]), user: None };
+    let (mut hs, _) = Handshake::start(Direction::Inbound, identity, [0; 32]).expect("randomness");
+    let mut decoded = false;
+    let mut over = false;
+    for frame in frames_of(data) {
+        match hs.receive(frame) {
+            _ if over => {}
+            Ok(Progress::Send(proof)) => {
+                decoded = true;
+                assert!(replikativ_peer::proto::Message::frame_version(&proof).is_some(), "a proof that is no envelope");
+            }
+            Ok(Progress::Done(p)) => panic!("a made-up session completed the handshake as {p}"),
+            Err(e) => {
+                assert!(matches!(e.refusal, Refusal::AuthRequired | Refusal::AuthFailed), "{e:?}");
+                over = true;
+            }
+        }
+    }
+    decoded
+}
+
+/// A dialer's real hello and proof (for another listener), and a plain hello.
+pub fn handshake_seeds() -> Vec<Vec<u8>> {
+    use replikativ_peer::auth::{Handshake, Identity, Progress, SecretKey};
+    use replikativ_peer::proto::Direction;
+    let dialer = Identity { node: SecretKey::from_seed(&[1; 32]), user: Some(SecretKey::from_seed(&[9; 32])) };
+    let (mut d, hello_d) = Handshake::start(Direction::Outbound, dialer, [0; 32]).unwrap();
+    let listener = Identity { node: SecretKey::from_seed(&[3; 32]), user: None };
+    let (_, hello_l) = Handshake::start(Direction::Inbound, listener, [0; 32]).unwrap();
+    let Ok(Progress::Send(proof)) = d.receive(&hello_l) else { panic!("a proof") };
+    let framed = |frames: &[&[u8]]| {
+        let mut out = Vec::new();
+        for f in frames {
+            out.extend_from_slice(&(f.len() as u16).to_be_bytes());
+            out.extend_from_slice(f);
+        }
+        out
+    };
+    let plain = replikativ_peer::proto::Message::Hello(replikativ_peer::proto::Hello {
+        version: replikativ_peer::proto::PROTOCOL_VERSION,
+        peer_id: "p".into(),
+        features: vec![],
+    })
+    .encode();
+    vec![framed(&[&hello_d, &proof]), framed(&[&hello_d]), framed(&[&plain]), framed(&[&proof, &hello_d])]
+}
 
 /// The target of this name.
 pub fn target(name: &str) -> Target {

@@ -16,7 +16,8 @@
 //! `cargo bench --bench replication` (N = 100 000, M = 1000, K = 10 000, 3 runs);
 //! `REPLIKATIV_BENCH_QUICK=1` shrinks the sizes (N = 5000, M = 200, K = 1000);
 //! `REPLIKATIV_BENCH_RUNS=5` sets the number of runs, `REPLIKATIV_BENCH_WINDOWS=128,512` the windows
-//! of the throughput case; `--features bench-system-allocator` runs on
+//! of the throughput case; `REPLIKATIV_BENCH_AUTH=1` runs every node with authentication on (the
+//! handshake and the authorization gate on every connection; the nodes trust each other's keys); `--features bench-system-allocator` runs on
 //! the system allocator instead of mimalloc (the `replikativ` binary's); `--features postgres` with
 //! `REPLIKATIV_PG_URL` set adds PgStore (`REPLIKATIV_BENCH_ONLY="1 file postgres"`).
 
@@ -140,6 +141,17 @@ struct Peer {
 async fn spawn(name: &str, backend: Backend, stats: Option<Arc<FrameStats>>) -> Peer {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = NodeConfig { peer_id: name.into(), ..NodeConfig::default() };
+    if std::env::var("REPLIKATIV_BENCH_AUTH").is_ok_and(|v| v == "1") {
+        use replikativ::peer::auth::{AuthPolicy, SecretKey};
+        let key = |n: &str| SecretKey::from_seed(ContentId::hash_bytes(n.as_bytes()).as_bytes());
+        let mut policy = AuthPolicy::default();
+        policy.trusted.extend(["a", "b", "c"].map(|n| key(n).public()));
+        config.auth = Some(replikativ::peer::node::NodeAuth {
+            node_key: key(name),
+            user: None,
+            policy: Arc::new(policy),
+        });
+    }
     if let Some(stats) = stats {
         config.middleware.push(Arc::new(move |_, remote| {
             let stats = if *remote == Remote::Stage { Arc::default() } else { stats.clone() };

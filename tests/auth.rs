@@ -91,25 +91,30 @@ async fn an_unauthorized_client_learns_nothing_of_a_private_address() {
     let mut cfg = config("server");
     let mut policy = AuthPolicy::default();
     // The server's own stage writes as alice (a local stage is not gated).
-    let server = {
-        cfg.auth = Some(auth(2, None, AuthPolicy::default()));
-        let store = common::open_store(Backend::File, dir.path());
-        let stage = bounded(
-            "spawn",
-            replikativ::peer::stage::Stage::builder(store).user(alice.public().user_id()).config(cfg.clone()).spawn(),
-        )
-        .await
-        .unwrap();
-        stage
-    };
+    cfg.auth = Some(auth(2, None, AuthPolicy::default()));
+    let store = common::open_store(Backend::File, dir.path());
+    let server = bounded(
+        "spawn",
+        replikativ::peer::stage::Stage::builder(store)
+            .user(alice.public().user_id())
+            .config(cfg.clone())
+            .spawn(),
+    )
+    .await
+    .unwrap();
     let private = bounded("create", server.create_ormap(None)).await.unwrap();
     let public = bounded("create", server.create_ormap(None)).await.unwrap();
     // A param over 64 KiB travels by id: its id is exactly what an attacker would try to fetch.
     let big = Value::Bytes(vec![7; 100_000]);
-    bounded("assoc", server.assoc(&private, Value::from("secret"), vec![Transaction::new("set", big.clone())]))
+    bounded(
+        "assoc",
+        server.assoc(&private, Value::from("secret"), vec![Transaction::new("set", big.clone())]),
+    )
+    .await
+    .unwrap();
+    bounded("assoc", server.assoc(&public, Value::from("hello"), vec![Transaction::new("set", 1)]))
         .await
         .unwrap();
-    bounded("assoc", server.assoc(&public, Value::from("hello"), vec![Transaction::new("set", 1)])).await.unwrap();
     let secret = bounded("get", server.get(&private, &Value::from("secret"))).await.unwrap();
     let known_ids = vec![secret[0].id, big.content_id()];
     bounded("shutdown", server.shutdown()).await;
@@ -148,7 +153,10 @@ async fn an_unauthorized_client_learns_nothing_of_a_private_address() {
     let id = private.id.as_bytes();
     let text = private.id.to_string();
     for (frame, msg) in frames.iter().zip(&decoded) {
-        assert!(!contains(frame, id) && !contains(frame, text.as_bytes()), "the private address leaked: {msg:?}");
+        assert!(
+            !contains(frame, id) && !contains(frame, text.as_bytes()),
+            "the private address leaked: {msg:?}"
+        );
         for known in &known_ids {
             if let Message::FetchReply { values, .. } = msg {
                 assert!(values.is_empty(), "a fetch by content id returned values: {msg:?}");
@@ -168,7 +176,8 @@ async fn an_unauthorized_client_learns_nothing_of_a_private_address() {
     // Alice's own node, proving her key, replicates the private address.
     let mut cfg_a = config("alice-node");
     cfg_a.auth = Some(auth(3, Some(alice.clone()), AuthPolicy::default()));
-    let alices = spawn_with("alice-node", Backend::Memory, Arc::new(tempfile::tempdir().unwrap()), cfg_a).await;
+    let alices =
+        spawn_with("alice-node", Backend::Memory, Arc::new(tempfile::tempdir().unwrap()), cfg_a).await;
     bounded("subscribe", alices.stage.subscribe([private.clone()])).await.unwrap();
     common::link(&alices, &server).await;
     eventually("alice's node has her private map", || {

@@ -353,9 +353,13 @@ async fn a_client_that_never_reads_gets_no_more_than_its_outbox_budget() {
     // The client subscribes and asks for the map: the catch-up batch names the 200 KiB params by
     // id (over 64 KiB), which makes them fetchable on this connection (an id never named to it
     // is answered `missing`: docs/design.md §12.4).
-    let sub = Subscribe { id: 1, addresses: std::collections::BTreeSet::from([s.map.clone()]), extend: false };
+    let sub =
+        Subscribe { id: 1, addresses: std::collections::BTreeSet::from([s.map.clone()]), extend: false };
     send(&mut ws, msg(&Message::Subscribe(sub))).await;
-    let sync = Message::Summaries { summaries: vec![(s.map.clone(), replikativ::peer::proto::Summary::Empty)], reply: false };
+    let sync = Message::Summaries {
+        summaries: vec![(s.map.clone(), replikativ::peer::proto::Summary::Empty)],
+        reply: false,
+    };
     send(&mut ws, msg(&sync)).await;
     // 400 fetches of 200 KiB each (80 MiB), and the client never reads a reply.
     for id in 0..400 {

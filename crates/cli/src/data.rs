@@ -38,7 +38,10 @@ impl Target {
     pub(crate) fn secret_key(&self) -> Result<Option<replikativ_peer::auth::SecretKey>, Failure> {
         self.key
             .as_deref()
-            .map(|path| replikativ_peer::auth::SecretKey::read_file(path).map_err(|e| Failure(EXIT_USAGE, e.to_string())))
+            .map(|path| {
+                replikativ_peer::auth::SecretKey::read_file(path)
+                    .map_err(|e| Failure(EXIT_USAGE, e.to_string()))
+            })
             .transpose()
     }
 

@@ -111,7 +111,8 @@ impl AuthArgs {
             Some(path) => SecretKey::read_file(path).map_err(|e| usage(e.to_string()))?,
             None => SecretKey::generate().map_err(|e| Failure(1, e.to_string()))?,
         };
-        let user = self.key.as_deref().map(SecretKey::read_file).transpose().map_err(|e| usage(e.to_string()))?;
+        let user =
+            self.key.as_deref().map(SecretKey::read_file).transpose().map_err(|e| usage(e.to_string()))?;
         let mut policy = AuthPolicy::default();
         if let Some(path) = &self.trust {
             let text = std::fs::read_to_string(path)
@@ -120,7 +121,8 @@ impl AuthArgs {
                 .map_err(|e| usage(format!("the trust file {}: {e}", path.display())))?;
         }
         for key in &self.trusted {
-            let key: PublicKey = key.parse().map_err(|e: replikativ_peer::auth::KeyError| usage(format!("--trusted: {e}")))?;
+            let key: PublicKey =
+                key.parse().map_err(|e: replikativ_peer::auth::KeyError| usage(format!("--trusted: {e}")))?;
             policy.trusted.insert(key);
         }
         for a in &self.public {

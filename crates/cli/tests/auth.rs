@@ -82,7 +82,17 @@ fn with_auth_on_writes_succeed_only_as_the_keys_user() {
     assert!(stderr(&forged).contains("not allowed"), "{}", stderr(&forged));
     // Alice's key with another author named: refused too.
     let other_author = run_env(
-        &["ormap", "assoc", &map, "milk", r#"[["add", 98]]"#, "--peer", &url, "--user", "mail:mallory@example.org"],
+        &[
+            "ormap",
+            "assoc",
+            &map,
+            "milk",
+            r#"[["add", 98]]"#,
+            "--peer",
+            &url,
+            "--user",
+            "mail:mallory@example.org",
+        ],
         &as_alice,
     );
     assert_eq!(code(&other_author), Some(4), "{}", stderr(&other_author));
@@ -94,7 +104,10 @@ fn with_auth_on_writes_succeed_only_as_the_keys_user() {
     assert_eq!(code(&anonymous_create), Some(4), "{}", stderr(&anonymous_create));
     let after = run_env(&["ormap", "get", &map, "milk", "--peer", &url, "--json"], &as_alice);
     let text = stdout(&after);
-    assert!(!text.contains(r#"["add",99]"#) && !text.contains(r#"["add",98]"#), "a refused write changed the map: {text}");
+    assert!(
+        !text.contains(r#"["add",99]"#) && !text.contains(r#"["add",98]"#),
+        "a refused write changed the map: {text}"
+    );
     assert!(text.contains(r#"["add",2]"#), "{text}");
 }
 

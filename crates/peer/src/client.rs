@@ -48,9 +48,12 @@ async fn authenticate(
         node: crate::auth::SecretKey::generate().map_err(|e| e.to_string())?,
         user: user.cloned(),
     };
-    let (mut hs, hello) =
-        Handshake::start(crate::proto::Direction::Outbound, identity, [0; crate::auth::handshake::EXPORTER_LEN])
-            .map_err(|e| e.to_string())?;
+    let (mut hs, hello) = Handshake::start(
+        crate::proto::Direction::Outbound,
+        identity,
+        [0; crate::auth::handshake::EXPORTER_LEN],
+    )
+    .map_err(|e| e.to_string())?;
     let mut first = true;
     loop {
         let frame = match ws.next().await {

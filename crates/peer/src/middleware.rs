@@ -247,8 +247,11 @@ pub fn standard_chain(
     }
     if let (Some(principal), Some(auth)) = (spec.principal, spec.auth) {
         let (p, a, c) = (principal.clone(), auth.clone(), spec.count.cloned());
-        let gate =
-            if spec.dialed { crate::auth::AuthGate::dialed(p, a, c) } else { crate::auth::AuthGate::new(p, a, c) };
+        let gate = if spec.dialed {
+            crate::auth::AuthGate::dialed(p, a, c)
+        } else {
+            crate::auth::AuthGate::new(p, a, c)
+        };
         layers.push(Box::new(gate));
     }
     Chain::new(layers)
@@ -488,7 +491,8 @@ impl Middleware for AccessControl {
             }
             Item::Message(Message::Subscribe(mut s)) => {
                 let before = s.addresses.len();
-                s.addresses.retain(|a| (self.policy)(&self.remote, self.principal.as_ref(), Access::Subscribe(a)));
+                s.addresses
+                    .retain(|a| (self.policy)(&self.remote, self.principal.as_ref(), Access::Subscribe(a)));
                 if s.addresses.len() != before {
                     tracing::info!(remote = ?self.remote, denied = before - s.addresses.len(), "subscriptions denied");
                 }

@@ -212,7 +212,8 @@ impl Handshake {
                 frame.len()
             )));
         }
-        let (_, kind, body) = decode_envelope(frame).map_err(|e| failed(format!("malformed handshake frame: {e}")))?;
+        let (_, kind, body) =
+            decode_envelope(frame).map_err(|e| failed(format!("malformed handshake frame: {e}")))?;
         match (kind.as_str(), &self.remote) {
             (KIND_HELLO, None) => {
                 let hello: AuthHello = crate::proto::message::from_msgpack(&body)
@@ -246,13 +247,17 @@ impl Handshake {
                     Direction::Outbound => Direction::Inbound,
                     Direction::Inbound => Direction::Outbound,
                 };
-                node_key
-                    .verify(&Self::node_statement(&transcript, remote_role), &proof.node_sig.0)
-                    .map_err(|_| failed("the node key's signature over this connection's handshake does not verify"))?;
+                node_key.verify(&Self::node_statement(&transcript, remote_role), &proof.node_sig.0).map_err(
+                    |_| failed("the node key's signature over this connection's handshake does not verify"),
+                )?;
                 if let Some(user) = &proof.user {
-                    user.key
-                        .verify(&Self::user_statement(&transcript, remote_role), &user.sig.0)
-                        .map_err(|_| failed("the user key's signature over this connection's handshake does not verify"))?;
+                    user.key.verify(&Self::user_statement(&transcript, remote_role), &user.sig.0).map_err(
+                        |_| {
+                            failed(
+                                "the user key's signature over this connection's handshake does not verify",
+                            )
+                        },
+                    )?;
                 }
                 self.finished = true;
                 Ok(Progress::Done(Principal { node: *node_key, user: proof.user.map(|u| u.key) }))
@@ -281,7 +286,10 @@ mod tests {
     use super::*;
 
     fn identity(node: u8, user: Option<u8>) -> Identity {
-        Identity { node: SecretKey::from_seed(&[node; 32]), user: user.map(|u| SecretKey::from_seed(&[u; 32])) }
+        Identity {
+            node: SecretKey::from_seed(&[node; 32]),
+            user: user.map(|u| SecretKey::from_seed(&[u; 32])),
+        }
     }
 
     /// Runs a handshake between two sides, optionally rewriting frames in transit.
@@ -314,7 +322,8 @@ mod tests {
     #[test]
     fn a_proof_from_another_connection_fails() {
         // Record a session, then replay the client's frames on a new connection to the server.
-        let (mut client, hello_c) = Handshake::start(Direction::Outbound, identity(1, Some(9)), [0; 32]).unwrap();
+        let (mut client, hello_c) =
+            Handshake::start(Direction::Outbound, identity(1, Some(9)), [0; 32]).unwrap();
         let (mut server, hello_s) = Handshake::start(Direction::Inbound, identity(2, None), [0; 32]).unwrap();
         let Progress::Send(proof_c) = client.receive(&hello_s).unwrap() else { panic!() };
         server.receive(&hello_c).unwrap();
@@ -338,8 +347,10 @@ mod tests {
         let (mut side, hello) = Handshake::start(Direction::Inbound, identity(2, Some(3)), [0; 32]).unwrap();
         assert!(side.receive(&hello).unwrap_err().detail.contains("own hello"));
         // A proof signed as the listener does not pass as the dialer's.
-        let (mut dialer, hello_d) = Handshake::start(Direction::Outbound, identity(1, None), [0; 32]).unwrap();
-        let (mut listener, hello_l) = Handshake::start(Direction::Inbound, identity(1, None), [0; 32]).unwrap();
+        let (mut dialer, hello_d) =
+            Handshake::start(Direction::Outbound, identity(1, None), [0; 32]).unwrap();
+        let (mut listener, hello_l) =
+            Handshake::start(Direction::Inbound, identity(1, None), [0; 32]).unwrap();
         dialer.receive(&hello_l).unwrap();
         let Progress::Send(proof_l) = listener.receive(&hello_d).unwrap() else { panic!() };
         // The listener's own proof sent back to it, as if the dialer (same node key) had made it.
@@ -348,7 +359,8 @@ mod tests {
 
     #[test]
     fn a_forged_user_signature_fails() {
-        let (mut client, hello_c) = Handshake::start(Direction::Outbound, identity(1, Some(9)), [0; 32]).unwrap();
+        let (mut client, hello_c) =
+            Handshake::start(Direction::Outbound, identity(1, Some(9)), [0; 32]).unwrap();
         let (mut server, hello_s) = Handshake::start(Direction::Inbound, identity(2, None), [0; 32]).unwrap();
         let Progress::Send(proof) = client.receive(&hello_s).unwrap() else { panic!() };
         server.receive(&hello_c).unwrap();
@@ -380,7 +392,11 @@ mod tests {
         assert!(hs.receive(&proof).unwrap_err().detail.contains("before auth-hello"));
         let bad_version = encode_envelope(
             KIND_HELLO,
-            &AuthHello { version: 7, node_key: SecretKey::from_seed(&[5; 32]).public(), nonce: vec![1; 32].into() },
+            &AuthHello {
+                version: 7,
+                node_key: SecretKey::from_seed(&[5; 32]).public(),
+                nonce: vec![1; 32].into(),
+            },
         );
         assert!(hs.receive(&bad_version).unwrap_err().detail.contains("version 7"));
     }

@@ -126,10 +126,8 @@ impl serde::Serialize for PublicKey {
 impl<'de> serde::Deserialize<'de> for PublicKey {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<PublicKey, D::Error> {
         let bytes = serde_bytes::ByteBuf::deserialize(d)?;
-        let bytes: [u8; 32] = bytes
-            .into_vec()
-            .try_into()
-            .map_err(|_| serde::de::Error::custom("a public key has 32 bytes"))?;
+        let bytes: [u8; 32] =
+            bytes.into_vec().try_into().map_err(|_| serde::de::Error::custom("a public key has 32 bytes"))?;
         PublicKey::from_bytes(bytes).map_err(serde::de::Error::custom)
     }
 }
@@ -153,10 +151,8 @@ impl serde::Serialize for Signature {
 impl<'de> serde::Deserialize<'de> for Signature {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Signature, D::Error> {
         let bytes = serde_bytes::ByteBuf::deserialize(d)?;
-        let bytes: [u8; SIGNATURE_LEN] = bytes
-            .into_vec()
-            .try_into()
-            .map_err(|_| serde::de::Error::custom("a signature has 64 bytes"))?;
+        let bytes: [u8; SIGNATURE_LEN] =
+            bytes.into_vec().try_into().map_err(|_| serde::de::Error::custom("a signature has 64 bytes"))?;
         Ok(Signature(bytes))
     }
 }
@@ -240,7 +236,8 @@ impl SecretKey {
             .next()
             .and_then(|l| l.strip_prefix("secret "))
             .ok_or("the third line must be `secret ...`")?;
-        let seed = Zeroizing::new(base32().decode(secret.as_bytes()).map_err(|_| "the secret is not base32")?);
+        let seed =
+            Zeroizing::new(base32().decode(secret.as_bytes()).map_err(|_| "the secret is not base32")?);
         let seed: &[u8; 32] = seed.as_slice().try_into().map_err(|_| "the secret is not 32 bytes")?;
         if lines.any(|l| !l.trim().is_empty()) {
             return Err("unexpected lines after the secret".into());

@@ -123,14 +123,18 @@ where
                     return Err(format!("closed by the remote during authentication: {reason}"));
                 }
                 Some(Ok(WsMessage::Text(_))) => {
-                    return Err(fail(Refusal::AuthRequired, "a text frame instead of the authentication handshake".into()));
+                    return Err(fail(
+                        Refusal::AuthRequired,
+                        "a text frame instead of the authentication handshake".into(),
+                    ));
                 }
                 Some(Ok(_)) => continue,
             };
             match hs.receive(&frame) {
-                Ok(Progress::Send(proof)) => {
-                    ws.send(WsMessage::Binary(proof.into())).await.map_err(|e| format!("write failed: {e}"))?
-                }
+                Ok(Progress::Send(proof)) => ws
+                    .send(WsMessage::Binary(proof.into()))
+                    .await
+                    .map_err(|e| format!("write failed: {e}"))?,
                 Ok(Progress::Done(principal)) => return Ok(Authenticated::Principal(principal)),
                 Err(e) if e.plain_hello && direction == Direction::Outbound => {
                     return Ok(Authenticated::Plain(frame.to_vec()));

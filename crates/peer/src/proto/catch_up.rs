@@ -233,6 +233,10 @@ impl Peer {
 /// acknowledgements (sent once a batch is applied and durable) pace the sender, so a slow receiver
 /// slows its sender and never makes it queue more than this many batches.
 pub const STREAM_WINDOW: usize = 4;
+/// A stream's next batch (`None`: nothing left), the dots it carries (removal or add), and the
+/// ids it names without their values (what the receiver may fetch).
+type StreamPart = (Option<Vec<u8>>, Vec<(bool, Dot)>, Vec<ContentId>);
+
 /// Entries in one catch-up batch at most (the byte bound, `inline_limit`, usually comes first).
 pub const MAX_BATCH_PART_ENTRIES: usize = 8192;
 
@@ -533,8 +537,7 @@ impl Peer {
     }
 
     /// The next batch of a stream (`None` if nothing was left), with the dots it carries.
-    /// Also the ids it names without their values (what the receiver may fetch).
-    fn stream_part(&self, stream: &mut Stream, sent: &SentDots) -> (Option<Vec<u8>>, Vec<(bool, Dot)>, Vec<ContentId>) {
+    fn stream_part(&self, stream: &mut Stream, sent: &SentDots) -> StreamPart {
         let Some(CrdtState::Ormap(m)) = self.crdts.get(&stream.address).map(|r| &r.state) else {
             stream.phase = 2;
             return (None, Vec::new(), Vec::new());

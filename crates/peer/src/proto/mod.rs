@@ -42,8 +42,8 @@ pub use refusal::{CloseReason, Refusal, Refusals};
 pub use state::{ApplyError, CrdtState, PeerRecord};
 pub use types::{Direction, Event, Input, OpenError, Output, PeerConfig, PeerStatus, StageError, Timer};
 
-pub(crate) use conn::{Conn, Pending};
 pub use conn::MAX_OFFERED_IDS;
+pub(crate) use conn::{Conn, Pending};
 
 use persist::{Replica, ReplicaStore};
 

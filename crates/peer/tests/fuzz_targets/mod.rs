@@ -85,7 +85,10 @@ pub fn handshake(data: &[u8]) -> bool {
             _ if over => {}
             Ok(Progress::Send(proof)) => {
                 decoded = true;
-                assert!(replikativ_peer::proto::Message::frame_version(&proof).is_some(), "a proof that is no envelope");
+                assert!(
+                    replikativ_peer::proto::Message::frame_version(&proof).is_some(),
+                    "a proof that is no envelope"
+                );
             }
             Ok(Progress::Done(p)) => panic!("a made-up session completed the handshake as {p}"),
             Err(e) => {
@@ -101,7 +104,8 @@ pub fn handshake(data: &[u8]) -> bool {
 pub fn handshake_seeds() -> Vec<Vec<u8>> {
     use replikativ_peer::auth::{Handshake, Identity, Progress, SecretKey};
     use replikativ_peer::proto::Direction;
-    let dialer = Identity { node: SecretKey::from_seed(&[1; 32]), user: Some(SecretKey::from_seed(&[9; 32])) };
+    let dialer =
+        Identity { node: SecretKey::from_seed(&[1; 32]), user: Some(SecretKey::from_seed(&[9; 32])) };
     let (mut d, hello_d) = Handshake::start(Direction::Outbound, dialer, [0; 32]).unwrap();
     let listener = Identity { node: SecretKey::from_seed(&[3; 32]), user: None };
     let (_, hello_l) = Handshake::start(Direction::Inbound, listener, [0; 32]).unwrap();
@@ -120,7 +124,17 @@ pub fn handshake_seeds() -> Vec<Vec<u8>> {
         features: vec![],
     })
     .encode();
-    vec![framed(&[&hello_d, &proof]), framed(&[&hello_d]), framed(&[&plain]), framed(&[&proof, &hello_d])]
+    let anonymous = Identity { node: SecretKey::from_seed(&[4; 32]), user: None };
+    let (mut a, hello_a) = Handshake::start(Direction::Outbound, anonymous, [0; 32]).unwrap();
+    let Ok(Progress::Send(proof_a)) = a.receive(&hello_l) else { panic!("a proof") };
+    vec![
+        framed(&[&hello_d, &proof]),
+        framed(&[&hello_d]),
+        framed(&[&plain]),
+        framed(&[&proof, &hello_d]),
+        framed(&[&hello_a, &proof_a]),
+        framed(&[&hello_d, &proof, &hello_a, &proof_a]),
+    ]
 }
 
 /// The target of this name.

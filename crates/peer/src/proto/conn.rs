@@ -83,7 +83,8 @@ pub(crate) struct Offered {
     order: VecDeque<ContentId>,
 }
 
-/// Ids one connection may fetch at most (see [`Offered`]).
+/// Ids one connection may fetch at most: the ids this peer named to it without their values, the
+/// oldest forgotten first (`docs/design.md` §12.4).
 pub const MAX_OFFERED_IDS: usize = 65_536;
 
 impl Offered {

@@ -150,6 +150,7 @@ async fn spawn(name: &str, backend: Backend, stats: Option<Arc<FrameStats>>) -> 
             node_key: key(name),
             user: None,
             policy: Arc::new(policy),
+            caps: Vec::new(),
         });
     }
     if let Some(stats) = stats {

@@ -24,7 +24,7 @@ fn key(seed: u8) -> SecretKey {
 }
 
 fn auth(node: u8, user: Option<SecretKey>, policy: AuthPolicy) -> NodeAuth {
-    NodeAuth { node_key: key(node), user, policy: Arc::new(policy) }
+    NodeAuth { node_key: key(node), user, policy: Arc::new(policy), caps: Vec::new() }
 }
 
 async fn open(url: &str) -> Ws {
@@ -286,9 +286,19 @@ async fn nodes_that_trust_each_other_replicate_a_private_address_and_others_get_
         p
     };
     let mut cfg_a = config("a");
-    cfg_a.auth = Some(NodeAuth { node_key: ka.clone(), user: None, policy: Arc::new(trusting(&kb)) });
+    cfg_a.auth = Some(NodeAuth {
+        node_key: ka.clone(),
+        user: None,
+        policy: Arc::new(trusting(&kb)),
+        caps: Vec::new(),
+    });
     let mut cfg_b = config("b");
-    cfg_b.auth = Some(NodeAuth { node_key: kb.clone(), user: None, policy: Arc::new(trusting(&ka)) });
+    cfg_b.auth = Some(NodeAuth {
+        node_key: kb.clone(),
+        user: None,
+        policy: Arc::new(trusting(&ka)),
+        caps: Vec::new(),
+    });
     let store = common::open_store(Backend::Memory, std::path::Path::new("."));
     let a = bounded(
         "spawn a",
@@ -319,4 +329,102 @@ async fn nodes_that_trust_each_other_replicate_a_private_address_and_others_get_
     let at_c = bounded("get", c.stage.get(&map, &Value::from("k"))).await;
     assert!(at_c.is_err(), "an untrusted node read a private map: {at_c:?}");
     bounded("shutdown", a.shutdown()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_capability_lets_its_grantee_read_until_it_expires() {
+    use replikativ::peer::auth::ReadCap;
+    use replikativ::peer::auth::cap::{caps_message, wall_ms};
+    let alice = key(1);
+    let eve = key(9);
+    let mut cfg = config("server");
+    cfg.auth = Some(auth(2, None, AuthPolicy::default()));
+    let store = common::open_store(Backend::Memory, std::path::Path::new("."));
+    let server = bounded(
+        "spawn",
+        replikativ::peer::stage::Stage::builder(store).user(alice.public().user_id()).config(cfg).spawn(),
+    )
+    .await
+    .unwrap();
+    let addr = bounded("listen", server.node().listen("127.0.0.1:0")).await.unwrap();
+    let url = format!("ws://{addr}");
+    let map = bounded("create", server.create_ormap(None)).await.unwrap();
+    bounded("assoc", server.assoc(&map, Value::from("one"), vec![Transaction::new("set", 1)])).await.unwrap();
+    let subscribe =
+        Message::Subscribe(Subscribe { id: 1, addresses: BTreeSet::from([map.clone()]), extend: false });
+    // Whether a batch of the map with this key arrived.
+    let carries = |frames: &[Vec<u8>], key: &str| {
+        frames.iter().any(|f| match Message::decode(f) {
+            Ok(Message::Batch(b)) if b.address == map => {
+                match replikativ::peer::proto::batch::decode(&b.data).expect("batches decode").op {
+                    AnyOp::Ormap(op) => op.adds.iter().any(|e| e.key == Value::from(key)),
+                    _ => false,
+                }
+            }
+            _ => false,
+        })
+    };
+    let sync = Message::Summaries { summaries: vec![(map.clone(), Summary::Empty)], reply: false };
+
+    // A cap eve signed herself (valid, but she owns nothing of alice's), alice's cap for another
+    // key, the same with eve put in as the grantee, and an expired one: nothing flows.
+    let own = ReadCap::issue(&eve, eve.public(), BTreeSet::from([map.clone()]), wall_ms() + 60_000);
+    let not_hers = ReadCap::issue(&alice, key(7).public(), BTreeSet::new(), wall_ms() + 60_000);
+    let forged = ReadCap { grantee: eve.public(), ..not_hers.clone() };
+    let expired = ReadCap::issue(&alice, eve.public(), BTreeSet::new(), wall_ms() - 1);
+    let mut ws = open(&url).await;
+    authenticate(&mut ws, Some(eve.clone())).await;
+    send(&mut ws, hello()).await;
+    send(&mut ws, caps_message(&[own, not_hers, forged, expired])).await;
+    send(&mut ws, subscribe.clone()).await;
+    send(&mut ws, sync.clone()).await;
+    let frames = drain(&mut ws).await;
+    let errors: Vec<String> = frames
+        .iter()
+        .filter_map(|f| match Message::decode(f) {
+            Ok(Message::Error { reason }) => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("does not verify") && e.contains("not for this") && e.contains("expired")),
+        "{errors:?}"
+    );
+    assert!(!carries(&frames, "one"), "the map flowed without a valid cap");
+
+    // A cap alice issued to eve for 3 s: the map flows, then, once it expired, new entries stop
+    // without a reconnect.
+    let until = wall_ms() + 4_000;
+    let cap = ReadCap::issue(&alice, eve.public(), BTreeSet::from([map.clone()]), until);
+    let mut ws = open(&url).await;
+    authenticate(&mut ws, Some(eve.clone())).await;
+    send(&mut ws, hello()).await;
+    send(&mut ws, caps_message(&[cap])).await;
+    send(&mut ws, subscribe).await;
+    send(&mut ws, sync).await;
+    // (Anti-entropy keeps the connection busy: read until the frame that matters, bounded.)
+    let until_key = async |ws: &mut Ws, key: &str| {
+        let end = tokio::time::Instant::now() + Duration::from_secs(3);
+        let mut seen = Vec::new();
+        while let Ok(Some(Ok(m))) = tokio::time::timeout_at(end, ws.next()).await {
+            if let WsMessage::Binary(b) = m {
+                seen.push(b.to_vec());
+                if carries(&seen[seen.len() - 1..], key) {
+                    return true;
+                }
+            }
+        }
+        false
+    };
+    assert!(until_key(&mut ws, "one").await, "the cap's holder gets the map");
+    bounded("assoc", server.assoc(&map, Value::from("two"), vec![Transaction::new("set", 2)])).await.unwrap();
+    assert!(until_key(&mut ws, "two").await, "live changes reach the cap's holder");
+    tokio::time::sleep(Duration::from_millis(until.saturating_sub(wall_ms()) + 200)).await;
+    bounded("assoc", server.assoc(&map, Value::from("three"), vec![Transaction::new("set", 3)]))
+        .await
+        .unwrap();
+    assert!(!until_key(&mut ws, "three").await, "a change reached the holder of an expired cap");
+    bounded("shutdown", server.shutdown()).await;
 }

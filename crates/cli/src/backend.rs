@@ -20,11 +20,13 @@ impl Backend {
     pub(crate) async fn remote(
         url: &str,
         key: Option<&replikativ_peer::auth::SecretKey>,
+        caps: &[replikativ_peer::auth::ReadCap],
     ) -> Result<Backend, Failure> {
-        RemoteClient::connect_as(url, "replikativ-cli", key)
+        let mut client = RemoteClient::connect_as(url, "replikativ-cli", key)
             .await
-            .map(|c| Backend::Remote(Box::new(c)))
-            .map_err(|e| Failure(EXIT_UNREACHABLE, e.to_string()))
+            .map_err(|e| Failure(EXIT_UNREACHABLE, e.to_string()))?;
+        client.present(caps).await.map_err(|e| Failure(EXIT_UNREACHABLE, e.to_string()))?;
+        Ok(Backend::Remote(Box::new(client)))
     }
 
     pub(crate) async fn local(store: Arc<dyn Store>) -> Result<Backend, Failure> {

@@ -25,9 +25,29 @@ pub(crate) struct Target {
     /// `replikativ key gen`; readable by its owner only).
     #[arg(id = "key_file", long = "key", global = true, env = "REPLIKATIV_KEY", value_name = "FILE")]
     pub(crate) key: Option<PathBuf>,
+    /// A read capability file (`replikativ key grant`) to present to the --peer: another user's
+    /// addresses it covers become readable, until it expires; repeatable
+    #[arg(long = "cap", global = true, value_name = "FILE")]
+    pub(crate) caps: Vec<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub(crate) json: bool,
+}
+
+/// Reads a read capability file (a usage error if it is not one).
+pub(crate) fn read_cap(path: &std::path::Path) -> Result<replikativ_peer::auth::ReadCap, Failure> {
+    let meta =
+        std::fs::metadata(path).map_err(|e| Failure(EXIT_USAGE, format!("--cap {}: {e}", path.display())))?;
+    if meta.len() > 64 << 10 {
+        return Err(Failure(
+            EXIT_USAGE,
+            format!("--cap {}: not a read capability (over 64 KiB)", path.display()),
+        ));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure(EXIT_USAGE, format!("--cap {}: {e}", path.display())))?;
+    replikativ_peer::auth::ReadCap::from_text(&text)
+        .map_err(|e| Failure(EXIT_USAGE, format!("--cap {}: {e}", path.display())))
 }
 
 /// The user of commands without --user or --key.
@@ -43,6 +63,11 @@ impl Target {
                     .map_err(|e| Failure(EXIT_USAGE, e.to_string()))
             })
             .transpose()
+    }
+
+    /// The --cap files, read.
+    pub(crate) fn read_caps(&self) -> Result<Vec<replikativ_peer::auth::ReadCap>, Failure> {
+        self.caps.iter().map(|p| read_cap(p)).collect()
     }
 
     /// The user commits are made as: --user, else the --key's, else [`DEFAULT_USER`].
@@ -69,6 +94,9 @@ pub(crate) struct ReadTarget {
     /// addresses that are not public need the owner's key).
     #[arg(id = "key_file", long = "key", env = "REPLIKATIV_KEY", value_name = "FILE")]
     pub(crate) key: Option<PathBuf>,
+    /// A read capability file (`replikativ key grant`) to present to the --peer; repeatable
+    #[arg(long = "cap", value_name = "FILE")]
+    pub(crate) caps: Vec<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub(crate) json: bool,
@@ -76,7 +104,7 @@ pub(crate) struct ReadTarget {
 
 impl From<ReadTarget> for Target {
     fn from(r: ReadTarget) -> Target {
-        Target { peer: r.peer, store: r.store, user: None, key: r.key, json: r.json }
+        Target { peer: r.peer, store: r.store, user: None, key: r.key, caps: r.caps, json: r.json }
     }
 }
 
@@ -403,7 +431,9 @@ pub(crate) fn peer_url(url: &str) -> Result<&str, Failure> {
 
 pub(crate) async fn backend(target: &Target, access: Access) -> Result<Backend, Failure> {
     match &target.peer {
-        Some(url) => Backend::remote(peer_url(url)?, target.secret_key()?.as_ref()).await,
+        Some(url) => {
+            Backend::remote(peer_url(url)?, target.secret_key()?.as_ref(), &target.read_caps()?).await
+        }
         None => Backend::local(open_store(&target.store, access)?).await,
     }
 }
@@ -416,13 +446,14 @@ pub(crate) async fn run(command: Top) -> Result<(), Failure> {
         Top::Cdvcs(cmd) => cdvcs(cmd).await,
         Top::Lww(cmd) => lww(cmd).await,
         Top::Gset(cmd) => gset(cmd).await,
-        Top::Watch { address, peer, timeout, key } => {
+        Top::Watch { address, peer, timeout, key, caps } => {
             let key = key
                 .as_deref()
                 .map(replikativ_peer::auth::SecretKey::read_file)
                 .transpose()
                 .map_err(|e| Failure(EXIT_USAGE, e.to_string()))?;
-            watch::watch(&address, &peer, timeout, key).await
+            let caps = caps.iter().map(|p| read_cap(p)).collect::<Result<Vec<_>, _>>()?;
+            watch::watch(&address, &peer, timeout, key, caps).await
         }
         Top::Subscribe { addresses, target } => {
             let addresses: BTreeSet<Address> =

@@ -110,9 +110,12 @@ enum Top {
         #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
         timeout: std::time::Duration,
         /// The key file to prove to a peer with authentication on (an address that is not
-        /// public is readable only with its owner's key).
+        /// public is readable only with its owner's key, or a read capability).
         #[arg(long, env = "REPLIKATIV_KEY", value_name = "FILE")]
         key: Option<PathBuf>,
+        /// A read capability file (`replikativ key grant`) to present; repeatable.
+        #[arg(long = "cap", value_name = "FILE")]
+        caps: Vec<PathBuf>,
     },
     /// Subscribe a peer to addresses: their data then arrives from its connected peers.
     ///
@@ -248,6 +251,27 @@ enum KeyCmd {
         /// The key file.
         file: PathBuf,
     },
+    /// Let another key read your addresses until a time: prints a read capability (one line,
+    /// `replikativ-cap:...`) signed by --key, for its holder's --cap FILE.
+    ///
+    /// Only the grantee's connections can use it (a node checks that the connection proved that
+    /// key), so it is safe to send in the clear. It covers the --address given (repeatable; they
+    /// must be addresses of the --key's user), or every address of that user without one.
+    #[command(after_help = concat!("Examples:\n  replikativ key grant --key ~/.alice.key --to key:... --address \"$MAP\" --for 168h > bob.cap\n  replikativ ormap get \"$MAP\" milk --peer ws://127.0.0.1:31744 --key ~/.bob.key --cap bob.cap\n\n", exit_codes!()))]
+    Grant {
+        /// Your key file (the owner of the addresses).
+        #[arg(long, env = "REPLIKATIV_KEY", value_name = "FILE")]
+        key: PathBuf,
+        /// The key that may read (key:...).
+        #[arg(long, value_name = "KEY")]
+        to: String,
+        /// An address (USER/UUID) of yours it covers; repeatable [default: all of yours].
+        #[arg(long = "address", value_name = "ADDRESS")]
+        addresses: Vec<String>,
+        /// For how long (e.g. 30m, 24h, 168h).
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+        valid_for: std::time::Duration,
+    },
 }
 
 fn key_cmd(cmd: &KeyCmd) -> Result<(), Failure> {
@@ -261,6 +285,26 @@ fn key_cmd(cmd: &KeyCmd) -> Result<(), Failure> {
         KeyCmd::Show { file } => {
             let key = SecretKey::read_file(file).map_err(|e| Failure(EXIT_DATA, e.to_string()))?;
             println!("{}", key.public());
+        }
+        KeyCmd::Grant { key, to, addresses, valid_for } => {
+            let owner = SecretKey::read_file(key).map_err(|e| Failure(EXIT_USAGE, e.to_string()))?;
+            let grantee: replikativ_peer::auth::PublicKey = to
+                .parse()
+                .map_err(|e: replikativ_peer::auth::KeyError| Failure(EXIT_USAGE, format!("--to: {e}")))?;
+            let mut set = std::collections::BTreeSet::new();
+            for a in addresses {
+                let a = parse_address(a)?;
+                if a.user != owner.public().user_id() {
+                    return Err(Failure(
+                        EXIT_USAGE,
+                        format!("--address {a}: not an address of the key's user {}", owner.public()),
+                    ));
+                }
+                set.insert(a);
+            }
+            let now = replikativ_peer::auth::cap::wall_ms();
+            let until = now.saturating_add(u64::try_from(valid_for.as_millis()).unwrap_or(u64::MAX));
+            println!("{}", replikativ_peer::auth::ReadCap::issue(&owner, grantee, set, until).to_text());
         }
     }
     Ok(())

@@ -132,7 +132,12 @@ impl AuthArgs {
             Address::validate_user(u).map_err(|e| usage(format!("--public-user: {e}")))?;
             policy.public_users.insert(u.clone());
         }
-        Ok(Some(replikativ_peer::node::NodeAuth { node_key, user, policy: Arc::new(policy) }))
+        Ok(Some(replikativ_peer::node::NodeAuth {
+            node_key,
+            user,
+            policy: Arc::new(policy),
+            caps: Vec::new(),
+        }))
     }
 }
 

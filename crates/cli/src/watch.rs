@@ -177,6 +177,7 @@ pub(crate) async fn watch(
     url: &str,
     wait: Duration,
     key: Option<replikativ_peer::auth::SecretKey>,
+    caps: Vec<replikativ_peer::auth::ReadCap>,
 ) -> Result<(), Failure> {
     let address = parse_address(address)?;
     let url = peer_url(url)?;
@@ -186,6 +187,7 @@ pub(crate) async fn watch(
     let node_key = replikativ_peer::auth::SecretKey::generate().map_err(|e| Failure(1, e.to_string()))?;
     let mut auth = replikativ_peer::node::NodeAuth::new(node_key);
     auth.user = key;
+    auth.caps = caps;
     let config = replikativ_peer::node::NodeConfig { auth: Some(auth), extend: false, ..Default::default() };
     let stage = Stage::builder(Arc::new(MemoryStore::new()))
         .user("replikativ-watch")

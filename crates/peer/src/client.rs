@@ -178,6 +178,20 @@ impl RemoteClient {
         }
     }
 
+    /// Presents read capabilities to the node (see [`crate::auth::cap`]): its reads then also
+    /// cover what they grant, until they expire. A refused one is answered with an `error`,
+    /// which the next [`RemoteClient::call`] returns.
+    pub async fn present(&mut self, caps: &[crate::auth::ReadCap]) -> Result<(), ClientError> {
+        if caps.is_empty() {
+            return Ok(());
+        }
+        let msg = crate::auth::cap::caps_message(caps);
+        self.ws
+            .send(WsMessage::Binary(msg.encode().into()))
+            .await
+            .map_err(|e| ClientError::Closed(e.to_string()))
+    }
+
     /// Closes the connection.
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;

@@ -11,7 +11,8 @@
 //! message). Commands that read by content id (`values`, `commits`), `status`, `unsubscribe`
 //! and exports of everything are for trusted keys only: a content id is not a read token.
 //! Outbound: nothing about an unreadable address leaves (publications, batches and summaries are
-//! dropped), whatever the core decided.
+//! dropped), whatever the core decided. Read capabilities ([`super::cap`]) presented by the remote
+//! add to what it may read, until they expire.
 
 use std::sync::Arc;
 
@@ -31,11 +32,14 @@ pub struct AuthGate {
     count: Option<RefusalCounter>,
     /// This node dialed the remote: it is trusted (see [`AuthGate::dialed`]).
     dialed: bool,
-    /// What the principal may do per address (read, write), decided once: the rules are fixed
-    /// while the node runs, and deciding parses the address's user as a key (a curve point
-    /// decompression, ~10 µs), which every relayed batch would otherwise pay. At most
-    /// [`GATE_CACHE`] addresses (then cleared).
-    cache: std::collections::HashMap<Address, (bool, bool)>,
+    /// What the principal may do per address (read, write) by the rules, and the address's
+    /// owner, decided once: the rules are fixed while the node runs, and deciding parses the
+    /// address's user as a key (a curve point decompression, ~10 µs), which every relayed batch
+    /// would otherwise pay. At most [`GATE_CACHE`] addresses (then cleared).
+    cache: std::collections::HashMap<Address, (bool, bool, Option<super::PublicKey>)>,
+    /// Read capabilities the remote presented (verified, naming its key): checked against the
+    /// clock on every use, so an expired one stops the flow at once.
+    caps: Vec<super::cap::ReadCap>,
 }
 
 /// Addresses whose rights one connection's gate remembers at most.
@@ -87,7 +91,7 @@ impl AuthGate {
     /// The gate of a connection whose remote proved `principal`; refusals are counted with
     /// `count`.
     pub fn new(principal: Principal, policy: Arc<AuthPolicy>, count: Option<RefusalCounter>) -> AuthGate {
-        AuthGate { principal, policy, count, dialed: false, cache: Default::default() }
+        AuthGate { principal, policy, count, dialed: false, cache: Default::default(), caps: Vec::new() }
     }
 
     /// The gate of a connection this node dialed: the remote is trusted like a key in
@@ -97,7 +101,7 @@ impl AuthGate {
     /// connected to, as before authentication existed. The handshake still proves the server's
     /// node key.
     pub fn dialed(principal: Principal, policy: Arc<AuthPolicy>, count: Option<RefusalCounter>) -> AuthGate {
-        AuthGate { principal, policy, count, dialed: true, cache: Default::default() }
+        AuthGate { principal, policy, count, dialed: true, cache: Default::default(), caps: Vec::new() }
     }
 
     fn refused(&self, why: Refusal) {
@@ -110,21 +114,31 @@ impl AuthGate {
         self.dialed || self.policy.is_trusted(&self.principal)
     }
 
-    /// (may read, may write) `address`.
+    /// (may read, may write) `address`, a read capability included.
     fn rights(&mut self, address: &Address) -> (bool, bool) {
         if self.dialed {
             return (true, true);
         }
-        if let Some(r) = self.cache.get(address) {
-            return *r;
+        let (read, write, owner) = match self.cache.get(address) {
+            Some(r) => *r,
+            None => {
+                let r = (
+                    self.policy.may_read(&self.principal, address),
+                    self.policy.may_write(&self.principal, address),
+                    self.policy.owner(&address.user),
+                );
+                if self.cache.len() >= GATE_CACHE {
+                    self.cache.clear();
+                }
+                self.cache.insert(address.clone(), r);
+                r
+            }
+        };
+        if read || self.caps.is_empty() {
+            return (read, write);
         }
-        let r =
-            (self.policy.may_read(&self.principal, address), self.policy.may_write(&self.principal, address));
-        if self.cache.len() >= GATE_CACHE {
-            self.cache.clear();
-        }
-        self.cache.insert(address.clone(), r);
-        r
+        let now = super::cap::wall_ms();
+        (self.caps.iter().any(|c| c.not_after > now && c.covers(address, owner)), write)
     }
 
     fn readable(&mut self, address: &Address) -> bool {
@@ -133,6 +147,34 @@ impl AuthGate {
 
     fn writable(&mut self, address: &Address) -> bool {
         self.rights(address).1
+    }
+
+    /// Takes the read capabilities of a `custom` message tagged [`super::cap::CAPS_TAG`]: keeps
+    /// those that verify, name this connection's key and have not expired; the reason if any
+    /// was refused.
+    fn present(&mut self, data: &[u8]) -> Result<(), String> {
+        use super::cap::{MAX_CAPS, ReadCap, wall_ms};
+        let caps: Vec<ReadCap> = crate::proto::message::from_msgpack(data)
+            .map_err(|e| format!("malformed read capabilities: {e}"))?;
+        if self.caps.len() + caps.len() > MAX_CAPS {
+            return Err(format!("more than {MAX_CAPS} read capabilities on one connection"));
+        }
+        let now = wall_ms();
+        let (node, user) = (self.principal.node, self.principal.user);
+        let mine = |k: &super::PublicKey| *k == node || Some(*k) == user;
+        let mut refused = Vec::new();
+        for cap in caps {
+            if cap.verify().is_err() {
+                refused.push("a read capability whose signature does not verify".to_owned());
+            } else if !mine(&cap.grantee) {
+                refused.push(format!("a read capability for {}, not for this connection's key", cap.grantee));
+            } else if cap.not_after <= now {
+                refused.push("an expired read capability".to_owned());
+            } else if !self.caps.contains(&cap) {
+                self.caps.push(cap);
+            }
+        }
+        if refused.is_empty() { Ok(()) } else { Err(refused.join("; ")) }
     }
 
     /// Keeps the items whose address is readable.
@@ -204,6 +246,12 @@ impl Middleware for AuthGate {
             Item::Message(Message::Summaries { mut summaries, reply }) => {
                 self.keep_readable(&mut summaries, |(a, _)| a);
                 emit.up(Item::Message(Message::Summaries { summaries, reply }));
+            }
+            Item::Message(Message::Custom { tag, data }) if tag == super::cap::CAPS_TAG => {
+                if let Err(reason) = self.present(&data) {
+                    self.refused(Refusal::Forbidden);
+                    emit.down(Item::Message(Message::Error { reason: format!("forbidden: {reason}") }));
+                }
             }
             Item::Command { id, cmd } => match self.command_denied(&cmd) {
                 Some(reason) => {

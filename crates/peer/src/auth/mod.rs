@@ -25,6 +25,7 @@
 //! assert!(!policy.may_write(&anonymous, &todos) && !policy.may_read(&anonymous, &todos));
 //! ```
 
+pub mod cap;
 pub mod gate;
 pub mod handshake;
 pub mod keys;
@@ -33,6 +34,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use replikativ_crdt::Address;
 
+pub use cap::ReadCap;
 pub use gate::AuthGate;
 pub use handshake::{Handshake, HandshakeError, Identity, Principal, Progress};
 pub use keys::{KeyError, PublicKey, SecretKey, Signature};

@@ -117,13 +117,20 @@ pub struct NodeAuth {
     pub user: Option<crate::auth::SecretKey>,
     /// Who may read and write what.
     pub policy: Arc<crate::auth::AuthPolicy>,
+    /// Read capabilities this node presents to the nodes it dials (for its `user` or node key).
+    pub caps: Vec<crate::auth::ReadCap>,
 }
 
 impl NodeAuth {
     /// Authentication with a node key and the default rules (owners write and read their own
     /// addresses, nothing is public, no key is trusted).
     pub fn new(node_key: crate::auth::SecretKey) -> NodeAuth {
-        NodeAuth { node_key, user: None, policy: Arc::new(crate::auth::AuthPolicy::default()) }
+        NodeAuth {
+            node_key,
+            user: None,
+            policy: Arc::new(crate::auth::AuthPolicy::default()),
+            caps: Vec::new(),
+        }
     }
 
     pub(crate) fn identity(&self) -> crate::auth::Identity {

@@ -215,6 +215,12 @@ pub(crate) async fn run<S>(
         Some(auth) => match authenticate(&shared, auth, &mut ws, direction).await {
             Ok(Authenticated::Principal(principal)) => {
                 tracing::debug!(remote = %remote, %principal, "authenticated");
+                if direction == Direction::Outbound && !auth.caps.is_empty() {
+                    let frame = crate::auth::cap::caps_message(&auth.caps).encode();
+                    if ws.send(WsMessage::Binary(frame.into())).await.is_err() {
+                        return;
+                    }
+                }
                 Some(principal)
             }
             Ok(Authenticated::Plain(hello)) => {

@@ -17,8 +17,11 @@ pub(crate) enum Backend {
 }
 
 impl Backend {
-    pub(crate) async fn remote(url: &str) -> Result<Backend, Failure> {
-        RemoteClient::connect(url, "replikativ-cli")
+    pub(crate) async fn remote(
+        url: &str,
+        tls: &replikativ_peer::node::tls::ClientTls,
+    ) -> Result<Backend, Failure> {
+        RemoteClient::connect_with(url, "replikativ-cli", tls)
             .await
             .map(|c| Backend::Remote(Box::new(c)))
             .map_err(|e| Failure(EXIT_UNREACHABLE, e.to_string()))

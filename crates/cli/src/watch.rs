@@ -172,11 +172,18 @@ async fn linked(stage: &Stage) -> bool {
     })
 }
 
-pub(crate) async fn watch(address: &str, url: &str, wait: Duration) -> Result<(), Failure> {
+pub(crate) async fn watch(
+    address: &str,
+    url: &str,
+    ca: Option<&std::path::Path>,
+    wait: Duration,
+) -> Result<(), Failure> {
     let address = parse_address(address)?;
     let url = peer_url(url)?;
+    let client_tls = crate::tls::client_tls(ca)?;
     let mut signals = Signals::install()?;
     let stage = Stage::builder(Arc::new(MemoryStore::new()))
+        .config(NodeConfig { client_tls: Some(client_tls), ..NodeConfig::default() })
         .user("replikativ-watch")
         .extend(false)
         .spawn()

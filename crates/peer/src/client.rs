@@ -1,5 +1,5 @@
-//! A remote stage client: runs stage commands on a node over a websocket (the node must enable
-//! `NodeConfig::remote_commands`). The command line's data commands use it.
+//! A remote stage client: runs stage commands on a node over a websocket, `ws://` or `wss://`
+//! (the node must enable `NodeConfig::remote_commands`). The command line's data commands use it.
 //!
 //! The client says hello like a peer, never subscribes, and sends commands as custom messages
 //! (see [`crate::middleware::RemoteStage`]); each reply comes after the node made the command's
@@ -11,7 +11,8 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use crate::middleware::{COMMAND_TAG, REPLY_TAG};
 use crate::proto::{Command, Hello, Message, PROTOCOL_VERSION, Reply, StageError};
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use crate::node::Ws;
+use crate::node::tls::{ChannelBinding, ClientTls};
 
 /// Why a remote call failed (apart from the command's own error).
 #[derive(Debug, thiserror::Error)]
@@ -33,13 +34,15 @@ pub enum ClientError {
     Protocol(String),
 }
 
-/// How long [`RemoteClient::connect`] waits for the websocket handshake.
+/// How long [`RemoteClient::connect`] waits for the connection (TCP, TLS and the websocket
+/// handshake).
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A connection to a node that runs stage commands there.
 pub struct RemoteClient {
     ws: Ws,
     next_id: u64,
+    binding: ChannelBinding,
 }
 
 impl std::fmt::Debug for RemoteClient {
@@ -49,16 +52,31 @@ impl std::fmt::Debug for RemoteClient {
 }
 
 impl RemoteClient {
-    /// Connects to the node at `url` (`ws://host:port`) as `client_id`.
+    /// Connects to the node at `url` (`ws://host:port`, or `wss://host:port` verified against the
+    /// public roots, [`ClientTls::webpki_roots`]) as `client_id`.
     pub async fn connect(url: &str, client_id: &str) -> Result<RemoteClient, ClientError> {
+        Self::connect_with(url, client_id, &ClientTls::webpki_roots()).await
+    }
+
+    /// Connects to the node at `url` as `client_id`; a `wss://` node's certificate is verified
+    /// with `tls` (e.g. [`ClientTls::with_ca_pem`]). A certificate that cannot be verified is a
+    /// [`ClientError::Connect`] whose reason says which check failed.
+    pub async fn connect_with(
+        url: &str,
+        client_id: &str,
+        tls: &ClientTls,
+    ) -> Result<RemoteClient, ClientError> {
+        // tungstenite's default limits, as before TLS (the node bounds what it sends).
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
         // Bounded: a server that accepts and never answers must not hang the client.
-        let (mut ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(url))
-            .await
-            .map_err(|_| ClientError::Connect {
-                url: url.to_owned(),
-                reason: format!("no websocket handshake within {CONNECT_TIMEOUT:?}"),
-            })?
-            .map_err(|e| ClientError::Connect { url: url.to_owned(), reason: e.to_string() })?;
+        let (mut ws, binding) =
+            tokio::time::timeout(CONNECT_TIMEOUT, crate::node::handshake(url, config, tls))
+                .await
+                .map_err(|_| ClientError::Connect {
+                    url: url.to_owned(),
+                    reason: format!("no websocket handshake within {CONNECT_TIMEOUT:?}"),
+                })?
+                .map_err(|reason| ClientError::Connect { url: url.to_owned(), reason })?;
         let hello = Message::Hello(Hello {
             version: PROTOCOL_VERSION,
             peer_id: client_id.to_owned(),
@@ -67,7 +85,13 @@ impl RemoteClient {
         ws.send(WsMessage::Binary(hello.encode().into()))
             .await
             .map_err(|e| ClientError::Connect { url: url.to_owned(), reason: e.to_string() })?;
-        Ok(RemoteClient { ws, next_id: 1 })
+        Ok(RemoteClient { ws, next_id: 1, binding })
+    }
+
+    /// The connection's channel binding: its TLS exporter (the node sees the same one), or
+    /// zeros on `ws://`.
+    pub fn channel_binding(&self) -> ChannelBinding {
+        self.binding
     }
 
     /// Runs a command on the node.

@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+use super::tls::ChannelBinding;
 use super::{ConnCmd, CoreMsg, Shared, register_metrics};
 use crate::connection::Connection;
 use crate::middleware::{ChainSpec, ConnMetrics, Item, Remote, standard_chain};
@@ -118,16 +119,20 @@ impl Link {
     }
 }
 
-/// Runs one websocket connection until it closes.
+/// Runs one websocket connection until it closes. `binding` is its transport's (the TLS
+/// exporter, or [`ChannelBinding::PLAIN`]): registered before anything is read, so whatever runs
+/// the connection finds it from the first message on ([`super::Node::channel_binding`]).
 pub(crate) async fn run<S>(
     shared: Arc<Shared>,
     ws: tokio_tungstenite::WebSocketStream<S>,
     remote: Remote,
     direction: Direction,
+    binding: ChannelBinding,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    shared.bindings.lock().expect("poisoned").insert(conn, binding);
     let metrics = register_metrics(&shared, conn);
     let chain = standard_chain(conn, &remote, metrics.clone(), chain_spec(&shared));
     let (tx, rx) = mpsc::channel::<ConnCmd>(shared.config.outbox);
@@ -137,9 +142,10 @@ pub(crate) async fn run<S>(
     if core.send(attach).await.is_err()
         || core.send(CoreMsg::Input(Input::Connected { conn, direction })).await.is_err()
     {
+        super::retire_metrics(&shared, conn);
         return;
     }
-    tracing::debug!(conn, remote = %remote, ?direction, "connection opened");
+    tracing::debug!(conn, remote = %remote, ?direction, tls = binding.is_tls(), "connection opened");
     let link = Arc::new(Link {
         shared: shared.clone(),
         conn,

@@ -1,3 +1,5 @@
+#![allow(dead_code, unreachable_pub)]
+
 //! Certificates made in the test with rcgen: a CA, and a server certificate it signs.
 
 /// A test CA and a server certificate (for `names`) it signed, PEM.

@@ -1,6 +1,6 @@
-#![allow(dead_code, unreachable_pub)]
-
 //! Certificates made in the test with rcgen: a CA, and a server certificate it signs.
+
+#![allow(dead_code, unreachable_pub)]
 
 /// A test CA and a server certificate (for `names`) it signed, PEM.
 #[derive(Clone, Debug)]

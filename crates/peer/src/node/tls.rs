@@ -3,7 +3,7 @@
 //! ([`ClientTls`], [`NodeConfig::client_tls`](super::NodeConfig::client_tls),
 //! [`RemoteClient::connect_with`](crate::client::RemoteClient::connect_with)), and each
 //! connection's [`ChannelBinding`] (the TLS exporter, RFC 5705) for the authenticated hello
-//! exchange (`docs/design.md` §8.6).
+//! exchange (`docs/design.md` §8.7).
 //!
 //! A node listening on `wss://` with a certificate and a peer that trusts its CA:
 //!
@@ -293,7 +293,7 @@ impl ClientTls {
 /// What a connection's transport binds to: on TLS, the exporter of its session (RFC 5705, label
 /// [`EXPORTER_LABEL`], no context, [`EXPORTER_LEN`] bytes), the same on both ends and different in
 /// every session; on plain `ws://`, zeros. The authenticated hello exchange signs it with both
-/// nonces (`docs/design.md` §8.6), so a signature made in one TLS session is worthless in another
+/// nonces (`docs/design.md` §8.7, `shared/design/auth.md` §6), so a signature made in one TLS session is worthless in another
 /// (a man in the middle terminating TLS twice cannot relay it).
 ///
 /// Known on both sides before the connection's first message: [`Node::channel_binding`]

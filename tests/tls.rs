@@ -1,5 +1,5 @@
 //! TLS (issue 16): nodes replicating over `wss://` on 127.0.0.1 with certificates made here by
-//! rcgen; clients that cannot verify the certificate, plain clients on a TLS port and TLS clients
+//! rcgen, and HTTPS on the same port; clients that cannot verify the certificate, plain clients on a TLS port and TLS clients
 //! on a plain port fail with a clear reason and leave the node serving; a garbage ClientHello, a
 //! silent client and an endless ClientHello are refused and counted.
 
@@ -210,6 +210,23 @@ async fn plain_clients_on_a_tls_port_and_tls_clients_on_a_plain_port_fail_cleanl
     bounded("answer", tcp.read_to_string(&mut answer)).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{answer}");
     assert!(answer.ends_with("this port speaks TLS: use wss:// (or https://)\n"), "{answer}");
+
+    // HTTPS on the TLS port: /healthz and /metrics answer over TLS.
+    let client_tls = ClientTls::with_ca_pem(certs.ca.as_bytes()).unwrap();
+    for (path, expect) in [("/healthz", "ok\n"), ("/metrics", "replikativ_connections")] {
+        let (mut stream, binding) =
+            bounded("https", replikativ::peer::node::tls::connect_stream(&secure.url(), &client_tls))
+                .await
+                .unwrap();
+        assert!(binding.is_tls());
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = bounded("https answer", stream.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{path}: {answer}");
+        assert!(answer.contains(expect), "{path}: {answer}");
+    }
 
     // Both nodes counted what they refused and still serve: the right scheme works on each.
     assert!(secure.refused(Refusal::HandshakeFailed).await >= 2, "two plain requests on the TLS port");

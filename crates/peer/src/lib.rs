@@ -41,7 +41,8 @@
 //!   actor id passed in, the store called directly. It builds without tokio (`cargo check -p
 //!   replikativ-peer --no-default-features`), so the same code runs in the deterministic
 //!   simulation (module `sim`, feature `test-utils`) and in the node;
-//! - [`node`]: the tokio runtime around it (websockets, barrier thread, limits);
+//! - [`node`]: the tokio runtime around it (websockets, `ws://` and `wss://` ([`node::tls`]),
+//!   barrier thread, limits);
 //! - [`stage`]: the application's handle; [`realize`]: streaming into application state.
 
 #[cfg(feature = "runtime")]

@@ -14,6 +14,11 @@
 //! messages to that peer are dropped and counted instead of growing memory or closing the
 //! connection: the protocol tolerates lost messages (subscriptions and fetches are retried,
 //! anti-entropy resends what is missing), so the slow peer catches up once it drains.
+//!
+//! Transport: [`Node::listen`] serves `ws://` (and plain HTTP, [`http`]) on a port,
+//! [`Node::listen_tls`] `wss://` (and HTTPS) with a certificate; [`Node::connect`] dials either,
+//! verifying `wss://` servers with [`NodeConfig::client_tls`]. Each connection's TLS exporter is
+//! its [`tls::ChannelBinding`] ([`Node::channel_binding`]). See [`tls`].
 
 mod core;
 

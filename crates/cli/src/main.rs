@@ -78,7 +78,7 @@ enum Top {
     /// --insecure-no-tls is given. Peers given with --connect may be down: the peer keeps trying
     /// with backoff. Logs go to stderr; --log-level or RUST_LOG sets the level. SIGINT (Ctrl-C) and
     /// SIGTERM shut down gracefully.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// OR-Map: an observed-remove, multi-value map.
     #[command(subcommand)]
     Ormap(OrmapCmd),
@@ -217,7 +217,7 @@ fn main() -> ExitCode {
     }
     if let Top::Serve(args) = cli.command {
         let serve_matches = matches.subcommand_matches("serve").expect("the serve command was parsed");
-        return report(serve_main(args, serve_matches));
+        return report(serve_main(*args, serve_matches));
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

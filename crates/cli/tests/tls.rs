@@ -124,6 +124,12 @@ fn a_cli_without_the_ca_gets_one_clear_line_and_exit_3() {
             "error: cannot connect to {url}: the server's certificate is not trusted: it is not signed by a certificate authority this client trusts; give the CA that signed it with --ca FILE (or REPLIKATIV_CA)\n"
         )
     );
+    // watch says the same (it dials like a peer).
+    let map = ok(&["ormap", "create", "--peer", &url, "--ca", &ca]);
+    let (code, _, err) = cli(&["watch", &map, "--peer", &url]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("the server's certificate is not trusted: it is not signed by a certificate authority this client trusts"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
     // Plain ws:// against the TLS port: told to use wss://.
     let plain = url.replacen("wss://", "ws://", 1);
     let (code, _, err) = cli(&["status", "--peer", &plain]);

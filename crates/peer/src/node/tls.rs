@@ -296,8 +296,8 @@ impl ClientTls {
 /// nonces (`docs/design.md` §8.7, `shared/design/auth.md` §6), so a signature made in one TLS session is worthless in another
 /// (a man in the middle terminating TLS twice cannot relay it).
 ///
-/// Known on both sides before the connection's first message: [`Node::channel_binding`]
-/// (`super::Node::channel_binding`) for the node's connections,
+/// Known on both sides before the connection's first message:
+/// [`Node::channel_binding`](super::Node::channel_binding) for the node's connections,
 /// [`RemoteClient::channel_binding`](crate::client::RemoteClient::channel_binding) for a client.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ChannelBinding {

@@ -11,8 +11,9 @@
 //!    bytes on B's connection (in + out) against the bytes of the commits' content (canonical
 //!    encodings of the commit records and params).
 //! 4. TLS: the throughput case (W=1024) and the one-hop latency of case 2 over `wss://` and over
-//!    `ws://`, alternating run by run in the same process; medians and the ratio wss / ws
-//!    (certificates made at start with rcgen; rustls with the ring provider).
+//!    `ws://`, alternating run by run in the same process, and the cost of a connection (C
+//!    sequential `RemoteClient` connects and closes: TCP, TLS, websocket handshake, hello); medians
+//!    and the ratio wss / ws (certificates made at start with rcgen; rustls with the ring provider).
 //!
 //! Each case runs several times and the median (with min and max) is printed.
 //!
@@ -31,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use replikativ::crdt::{Address, Commit, ContentId, CrdtKind, Transaction, Value};
+use replikativ::peer::client::RemoteClient;
 use replikativ::peer::middleware::{Emit, Item, Middleware, Remote};
 use replikativ::peer::node::NodeConfig;
 use replikativ::peer::node::tls::{ClientTls, ServerTls};
@@ -651,6 +653,36 @@ async fn section_tls(n: usize, m: usize, runs: usize, backends: &[Backend]) {
             wss.as_secs_f64() / ws.as_secs_f64()
         );
     }
+    // Connections: the handshake cost, which the cases above pay once.
+    let c = if n < 100_000 { 100 } else { 500 };
+    let node = spawn("server", Backend::Memory, None).await;
+    let plain = bounded("listen", node.stage.node().listen("127.0.0.1:0")).await.unwrap();
+    let secure =
+        bounded("listen", node.stage.node().listen_tls("127.0.0.1:0", bench_tls().0.clone())).await.unwrap();
+    let urls = [format!("ws://{plain}"), format!("wss://localhost:{}", secure.port())];
+    let mut times = [Vec::new(), Vec::new()];
+    for _ in 0..runs {
+        for (i, url) in urls.iter().enumerate() {
+            let start = Instant::now();
+            for _ in 0..c {
+                let client = bounded("connect", RemoteClient::connect_with(url, "bench", &bench_tls().1))
+                    .await
+                    .expect("connects");
+                bounded("close", client.close()).await;
+            }
+            times[i].push(start.elapsed());
+        }
+    }
+    let (ws, wss) = (median(&times[0]), median(&times[1]));
+    println!(
+        "    {c} sequential connections (connect, hello, close), median: ws {} ({:.0}/s), wss {} ({:.0}/s); ratio wss / ws (time) {:.2}",
+        ms(ws),
+        rate(c, ws),
+        ms(wss),
+        rate(c, wss),
+        wss.as_secs_f64() / ws.as_secs_f64()
+    );
+    bounded("shutdown", node.stage.shutdown()).await;
 }
 
 async fn section_throughput(n: usize, runs: usize, backends: &[Backend]) {

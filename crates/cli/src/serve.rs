@@ -91,7 +91,8 @@ the --config TOML file; flags win over the environment, the environment over the
 file over the defaults.
 
 Exit codes: 0 shut down cleanly (SIGINT or SIGTERM), 1 a second signal during the shutdown,
-2 bad usage (a flag, a URL, an address, the --config file), 4 the store cannot be opened.";
+2 bad usage (a flag, a URL, an address, the --config file, a TLS certificate or key file,
+a non-loopback --listen without TLS), 4 the store cannot be opened.";
 
 /// What one connection, or all of them, may cost the peer. What is refused is counted by reason
 /// in `replikativ status`.

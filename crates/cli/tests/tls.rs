@@ -146,6 +146,11 @@ fn a_cli_without_the_ca_gets_one_clear_line_and_exit_3() {
     let (code, _, err) = cli(&["status", "--peer", &url, "--ca", &key]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("no certificate in it"), "{err}");
+    // A serve dialing the node without the CA keeps retrying, and its log says why each time.
+    let b = Served::start(&["--listen", "127.0.0.1:0", "--store", "memory", "--connect", &url], &[]);
+    let line = b.wait_for(true, "connecting failed; retrying");
+    assert!(line.contains("the server's certificate is not trusted"), "{line}");
+    drop(b);
     // With the CA: fine (the node survived the refused handshakes).
     let status = ok(&["status", "--peer", &url, "--ca", &ca]);
     assert!(status.contains("handshake-failed"), "the refusals are counted: {status}");

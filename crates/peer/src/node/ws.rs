@@ -119,6 +119,9 @@ impl Link {
     }
 }
 
+/// Why the writer stops when the reader has ended.
+const READER_STOPPED: &str = "the reader stopped";
+
 /// Runs one websocket connection until it closes. `binding` is its transport's (the TLS
 /// exporter, or [`ChannelBinding::PLAIN`]): registered before anything is read, so whatever runs
 /// the connection finds it from the first message on ([`super::Node::channel_binding`]).
@@ -169,7 +172,10 @@ pub(crate) async fn run<S>(
         armed: true,
     };
     // Whichever side ends first ends the connection (the writer flushes a close frame first).
+    // Biased to the reader: when it ends (e.g. on the remote's close frame), the writer ends
+    // right after it ("the reader stopped"), and the reader's reason is the one to report.
     let reason = tokio::select! {
+        biased;
         r = &mut reader => {
             let reason = r.unwrap_or_else(|e| format!("reader failed: {e}"));
             // Let the writer send what the reader queued (e.g. a close frame), then stop it.
@@ -180,8 +186,20 @@ pub(crate) async fn run<S>(
             reason
         }
         w = &mut writer => {
-            reader.abort();
-            w.unwrap_or_else(|e| format!("writer failed: {e}"))
+            let w = w.unwrap_or_else(|e| format!("writer failed: {e}"));
+            if w == READER_STOPPED {
+                // Both ended at once, the writer polled first: the reader's reason, if it has one.
+                match tokio::time::timeout(Duration::from_millis(200), &mut reader).await {
+                    Ok(Ok(r)) => r,
+                    _ => {
+                        reader.abort();
+                        w
+                    }
+                }
+            } else {
+                reader.abort();
+                w
+            }
         }
     };
     // Incoming connections open and close routinely (every command line call is one): DEBUG.
@@ -322,7 +340,7 @@ where
     loop {
         tokio::select! {
             frame = wire.recv() => {
-                let Some(frame) = frame else { return "the reader stopped".into() };
+                let Some(frame) = frame else { return READER_STOPPED.into() };
                 let closing = matches!(frame, WsMessage::Close(_));
                 if let WsMessage::Binary(b) = &frame {
                     link.metrics.bytes_out.fetch_add(b.len() as u64, Ordering::Relaxed);

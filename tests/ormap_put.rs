@@ -79,7 +79,7 @@ async fn a_put_is_denied_where_the_policy_denies_publishing() {
     let mut cfg = common::config("guarded");
     let l = locked.clone();
     cfg.policy =
-        Some(Arc::new(move |_, access| !(l.load(Ordering::SeqCst) && matches!(access, Access::Publish(_)))));
+        Some(Arc::new(move |_, _, access| !(l.load(Ordering::SeqCst) && matches!(access, Access::Publish(_)))));
     let peer = spawn_with("guarded", Backend::Memory, Arc::new(tempfile::tempdir().unwrap()), cfg).await;
     let map = bounded("create", peer.stage.create_ormap(None)).await.unwrap();
     let key = Value::from("k");

@@ -20,8 +20,9 @@ impl Backend {
     pub(crate) async fn remote(
         url: &str,
         tls: &replikativ_peer::node::tls::ClientTls,
+        key: Option<&replikativ_peer::auth::SecretKey>,
     ) -> Result<Backend, Failure> {
-        RemoteClient::connect_with(url, "replikativ-cli", tls)
+        RemoteClient::open(url, "replikativ-cli", tls, key)
             .await
             .map(|c| Backend::Remote(Box::new(c)))
             .map_err(|e| Failure(EXIT_UNREACHABLE, e.to_string()))

@@ -39,6 +39,13 @@ struct FileConfig {
     outbox_bytes: Option<usize>,
     outbox_total_bytes: Option<usize>,
     max_answer_bytes: Option<usize>,
+    auth: Option<String>,
+    node_key: Option<PathBuf>,
+    key: Option<PathBuf>,
+    trust: Option<PathBuf>,
+    trusted: Option<Vec<String>>,
+    public: Option<Vec<String>>,
+    public_user: Option<Vec<String>>,
 }
 
 /// Whether the user set the argument `id` (a flag or its environment variable).
@@ -111,6 +118,14 @@ pub(crate) fn resolve(mut args: ServeArgs, matches: &ArgMatches) -> Result<Serve
         "log_format",
         file.log_format.map(|v| one_of("log_format", v, LOG_FORMATS)).transpose()?
     );
+    let a = &mut args.auth;
+    fill!(a.auth, "auth", file.auth.map(|v| one_of("auth", v, &["on", "off"])).transpose()?);
+    fill!(a.node_key, "node_key", file.node_key.map(Some));
+    fill!(a.key, "key", file.key.map(Some));
+    fill!(a.trust, "trust", file.trust.map(Some));
+    fill!(a.trusted, "trusted", file.trusted);
+    fill!(a.public, "public", file.public);
+    fill!(a.public_user, "public_user", file.public_user);
     let l = &mut args.limits;
     fill!(l.max_connections, "max_connections", file.max_connections.map(Some));
     fill!(
@@ -189,6 +204,16 @@ pub(crate) fn to_toml(args: &ServeArgs) -> String {
     line("insecure_no_tls", args.insecure_no_tls.to_string());
     line("log_level", s(&args.log_level));
     line("log_format", s(&args.log_format));
+    let a = &args.auth;
+    line("auth", s(&a.auth));
+    for (key, path) in [("node_key", &a.node_key), ("key", &a.key), ("trust", &a.trust)] {
+        if let Some(p) = path {
+            line(key, s(&p.to_string_lossy()));
+        }
+    }
+    line("trusted", list(&a.trusted));
+    line("public", list(&a.public));
+    line("public_user", list(&a.public_user));
     let l = &args.limits;
     if let Some(n) = l.max_connections {
         line("max_connections", n.to_string());

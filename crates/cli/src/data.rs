@@ -21,12 +21,39 @@ pub(crate) struct Target {
     /// make a new store.
     #[arg(long, global = true, env = "REPLIKATIV_STORE", value_name = "STORE", default_value = DEFAULT_STORE)]
     pub(crate) store: String,
-    /// The user commits are made as (the owner of new addresses).
-    #[arg(long, global = true, env = "REPLIKATIV_USER", default_value = "mail:cli@localhost")]
-    pub(crate) user: String,
+    /// The user commits are made as (the owner of new addresses) [default: the --key's user
+    /// (key:...), else mail:cli@localhost]. A node with authentication on accepts writes only as
+    /// the --key's user.
+    #[arg(long, global = true, env = "REPLIKATIV_USER")]
+    pub(crate) user: Option<String>,
+    /// The key file this command proves its user with when the --peer authenticates (made by
+    /// `replikativ key gen`; readable by its owner only).
+    #[arg(id = "key_file", long = "key", global = true, env = "REPLIKATIV_KEY", value_name = "FILE")]
+    pub(crate) key: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub(crate) json: bool,
+}
+
+/// The user of commands without --user or --key.
+pub(crate) const DEFAULT_USER: &str = "mail:cli@localhost";
+
+impl Target {
+    /// The --key, read (a usage error if it cannot be: the file is the user's mistake).
+    pub(crate) fn secret_key(&self) -> Result<Option<replikativ_peer::auth::SecretKey>, Failure> {
+        self.key
+            .as_deref()
+            .map(|path| replikativ_peer::auth::SecretKey::read_file(path).map_err(|e| Failure(EXIT_USAGE, e.to_string())))
+            .transpose()
+    }
+
+    /// The user commits are made as: --user, else the --key's, else [`DEFAULT_USER`].
+    pub(crate) fn user(&self) -> Result<String, Failure> {
+        if let Some(user) = &self.user {
+            return Ok(user.clone());
+        }
+        Ok(self.secret_key()?.map_or_else(|| DEFAULT_USER.to_owned(), |k| k.public().user_id()))
+    }
 }
 
 /// Where a command that makes no commits runs (so it has no --user): the reads, `status`,
@@ -45,6 +72,10 @@ pub(crate) struct ReadTarget {
     /// sled:DIR, postgres://USER@HOST:PORT/DB?namespace=NAME or memory. Reads write nothing.
     #[arg(long, env = "REPLIKATIV_STORE", value_name = "STORE", default_value = DEFAULT_STORE)]
     pub(crate) store: String,
+    /// The key file this command proves its user with when the --peer authenticates (reads of
+    /// addresses that are not public need the owner's key).
+    #[arg(id = "key_file", long = "key", env = "REPLIKATIV_KEY", value_name = "FILE")]
+    pub(crate) key: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub(crate) json: bool,
@@ -52,7 +83,7 @@ pub(crate) struct ReadTarget {
 
 impl From<ReadTarget> for Target {
     fn from(r: ReadTarget) -> Target {
-        Target { peer: r.peer, ca: r.ca, store: r.store, user: "mail:cli@localhost".into(), json: r.json }
+        Target { peer: r.peer, ca: r.ca, store: r.store, user: None, key: r.key, json: r.json }
     }
 }
 
@@ -381,7 +412,8 @@ pub(crate) async fn backend(target: &Target, access: Access) -> Result<Backend, 
     match &target.peer {
         Some(url) => {
             let url = peer_url(url)?;
-            Backend::remote(url, &crate::tls::client_tls(target.ca.as_deref())?).await
+            let tls = crate::tls::client_tls(target.ca.as_deref())?;
+            Backend::remote(url, &tls, target.secret_key()?.as_ref()).await
         }
         None => Backend::local(open_store(&target.store, access)?).await,
     }
@@ -390,7 +422,7 @@ pub(crate) async fn backend(target: &Target, access: Access) -> Result<Backend, 
 pub(crate) async fn run(command: Top) -> Result<(), Failure> {
     match command {
         Top::Serve(_) => unreachable!("handled before the runtime starts"),
-        Top::Value { .. } => unreachable!("handled before the runtime starts"),
+        Top::Value { .. } | Top::Key(_) => unreachable!("handled before the runtime starts"),
         Top::Ormap(cmd) => ormap(cmd).await,
         Top::Cdvcs(cmd) => cdvcs(cmd).await,
         Top::Lww(cmd) => lww(cmd).await,
@@ -681,9 +713,9 @@ pub(crate) async fn made(
 }
 
 pub(crate) async fn create(kind: CrdtKind, c: Create) -> Result<(), Failure> {
-    let address = Address::new(c.target.user.clone(), c.id.unwrap_or_else(uuid::Uuid::new_v4))
+    let address = Address::new(c.target.user()?, c.id.unwrap_or_else(uuid::Uuid::new_v4))
         .map_err(|e| Failure(EXIT_USAGE, e.to_string()))?;
-    let cmd = Command::Create { address: address.clone(), kind, author: c.target.user.clone() };
+    let cmd = Command::Create { address: address.clone(), kind, author: c.target.user()? };
     made(c.target, Access::Create, address, cmd).await
 }
 
@@ -779,12 +811,12 @@ pub(crate) async fn ormap(cmd: OrmapCmd) -> Result<(), Failure> {
         OrmapCmd::Create(c) => create(CrdtKind::Ormap, c).await,
         OrmapCmd::Assoc { address, key, txs, target } => {
             let (address, key, txs) = (parse_address(&address)?, parse_key(&key), parse_txs(&txs)?);
-            let author = target.user.clone();
+            let author = target.user()?;
             commit(target, Command::Assoc { address, key, txs, author }).await
         }
         OrmapCmd::Put { address, key, txs, target } => {
             let (address, key, txs) = (parse_address(&address)?, parse_key(&key), parse_txs(&txs)?);
-            let author = target.user.clone();
+            let author = target.user()?;
             commit(target, Command::Put { address, key, txs, author }).await
         }
         OrmapCmd::Dissoc { address, key, revert, target } => {
@@ -793,7 +825,7 @@ pub(crate) async fn ormap(cmd: OrmapCmd) -> Result<(), Failure> {
                 Some(r) => parse_txs(&r)?,
                 None => vec![],
             };
-            let author = target.user.clone();
+            let author = target.user()?;
             commit(target, Command::Dissoc { address, key: parse_key(&key), revert, author }).await
         }
         OrmapCmd::Get { address, key, target } => {
@@ -862,7 +894,7 @@ pub(crate) async fn cdvcs(cmd: CdvcsCmd) -> Result<(), Failure> {
         CdvcsCmd::Create(c) => create(CrdtKind::Cdvcs, c).await,
         CdvcsCmd::Commit { address, txs, target } => {
             let (address, txs) = (parse_address(&address)?, parse_txs(&txs)?);
-            let author = target.user.clone();
+            let author = target.user()?;
             commit(target, Command::Transact { address, txs, author }).await
         }
         CdvcsCmd::Log { address, target } => {
@@ -903,7 +935,7 @@ pub(crate) async fn cdvcs(cmd: CdvcsCmd) -> Result<(), Failure> {
                             .map(|h| resolve_prefix(h, &current, "head"))
                             .collect::<Result<Vec<_>, _>>()?
                     };
-                    let cmd = Command::Merge { address, heads, correcting: vec![], author: t.user.clone() };
+                    let cmd = Command::Merge { address, heads, correcting: vec![], author: t.user()? };
                     if let Reply::Commit(id) = b.call(cmd).await? {
                         print_value(t, serde_json::json!({ "commit": id.to_string() }), &id.to_string());
                     }
@@ -930,7 +962,7 @@ pub(crate) async fn cdvcs(cmd: CdvcsCmd) -> Result<(), Failure> {
         CdvcsCmd::Fork { from, target } => {
             let from = parse_address(&from)?;
             let into =
-                Address::new(target.user.clone(), from.id).map_err(|e| Failure(EXIT_USAGE, e.to_string()))?;
+                Address::new(target.user()?, from.id).map_err(|e| Failure(EXIT_USAGE, e.to_string()))?;
             made(target, Access::Existing, into.clone(), Command::Fork { from, into }).await
         }
     }

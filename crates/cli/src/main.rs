@@ -181,6 +181,14 @@ enum Top {
         #[command(flatten)]
         target: ReadTarget,
     },
+    /// Make and show user keys (ed25519): who this tool is to a node with authentication on.
+    ///
+    /// A user key is a self-certifying user id, `key:` and 52 base32 characters: the addresses of
+    /// that user (key:.../UUID) may be written only by connections that prove the key. Data
+    /// commands prove it with --key FILE (or REPLIKATIV_KEY), and make commits as its user unless
+    /// --user says otherwise.
+    #[command(subcommand)]
+    Key(KeyCmd),
     /// Show a JSON value's canonical encoding (hex) and its content id (blake3 of the encoding).
     ///
     /// JSON objects become maps, arrays lists, integers ints, other numbers floats.
@@ -215,6 +223,9 @@ fn main() -> ExitCode {
     if let Top::Value { json } = &cli.command {
         return report(value_cmd(json));
     }
+    if let Top::Key(cmd) = &cli.command {
+        return report(key_cmd(cmd));
+    }
     if let Top::Serve(args) = cli.command {
         let serve_matches = matches.subcommand_matches("serve").expect("the serve command was parsed");
         return report(serve_main(*args, serve_matches));
@@ -224,6 +235,39 @@ fn main() -> ExitCode {
         Err(e) => return report(Err(Failure(1, format!("cannot start the runtime: {e}")))),
     };
     report(runtime.block_on(run(cli.command)))
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCmd {
+    /// Make a new key and write it to FILE (mode 0600; an existing file is never overwritten);
+    /// prints its user id.
+    #[command(after_help = concat!("Examples:\n  replikativ key gen ~/.alice.key\n  export REPLIKATIV_KEY=~/.alice.key\n  replikativ ormap create --peer ws://127.0.0.1:31744   # an address of key:...\n\n", exit_codes!()))]
+    Gen {
+        /// The key file to create.
+        file: PathBuf,
+    },
+    /// Print the user id (key:...) of a key file.
+    #[command(after_help = concat!("Examples:\n  replikativ key show ~/.alice.key\n\n", exit_codes!()))]
+    Show {
+        /// The key file.
+        file: PathBuf,
+    },
+}
+
+fn key_cmd(cmd: &KeyCmd) -> Result<(), Failure> {
+    use replikativ_peer::auth::SecretKey;
+    match cmd {
+        KeyCmd::Gen { file } => {
+            let key = SecretKey::generate().map_err(|e| Failure(1, e.to_string()))?;
+            key.write_file(file).map_err(|e| Failure(EXIT_DATA, e.to_string()))?;
+            println!("{}", key.public());
+        }
+        KeyCmd::Show { file } => {
+            let key = SecretKey::read_file(file).map_err(|e| Failure(EXIT_DATA, e.to_string()))?;
+            println!("{}", key.public());
+        }
+    }
+    Ok(())
 }
 
 fn report(result: Result<(), Failure>) -> ExitCode {

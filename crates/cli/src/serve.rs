@@ -65,7 +65,97 @@ pub(crate) struct ServeArgs {
     #[arg(long)]
     pub(crate) print_config: bool,
     #[command(flatten)]
+    pub(crate) auth: AuthArgs,
+    #[command(flatten)]
     pub(crate) limits: Limits,
+}
+
+/// Who may connect, and read and write what (see `replikativ key --help`).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Authentication")]
+pub(crate) struct AuthArgs {
+    /// on: every connection opens with a signed handshake; an address USER/UUID is written only
+    /// by connections proving USER's key (a key:... user is its own key; a named user needs a
+    /// --trust binding) and read only by them, --public ones by every connection. off: anyone
+    /// who can connect reads everything and writes as any user (allowed only on a loopback
+    /// --listen address; logged as a warning)
+    #[arg(long, env = "REPLIKATIV_AUTH", value_name = "on|off", default_value = "on", value_parser = clap::builder::PossibleValuesParser::new(["on", "off"]))]
+    pub(crate) auth: String,
+    /// This node's key file (its identity to other nodes; `replikativ key gen FILE`)
+    /// [default: a new key every start]
+    #[arg(long, env = "REPLIKATIV_NODE_KEY", value_name = "FILE")]
+    pub(crate) node_key: Option<PathBuf>,
+    /// The user key this node proves when it dials --connect peers (so it may replicate that
+    /// user's addresses)
+    #[arg(long, env = "REPLIKATIV_KEY", value_name = "FILE")]
+    pub(crate) key: Option<PathBuf>,
+    /// A file binding named users to keys, one `NAME KEY` per line (e.g.
+    /// `mail:alice@example.org key:...`)
+    #[arg(long, env = "REPLIKATIV_TRUST", value_name = "FILE")]
+    pub(crate) trust: Option<PathBuf>,
+    /// A key (key:...) trusted to read and write everything and to run every command: another
+    /// node of this operator (a mirror) or the operator's own user key; repeatable
+    #[arg(long, env = "REPLIKATIV_TRUSTED", value_name = "KEY", value_delimiter = ',')]
+    pub(crate) trusted: Vec<String>,
+    /// An address (USER/UUID) every connection may read; repeatable
+    #[arg(long, env = "REPLIKATIV_PUBLIC", value_name = "ADDRESS", value_delimiter = ',')]
+    pub(crate) public: Vec<String>,
+    /// A user all of whose addresses every connection may read; repeatable
+    #[arg(long, env = "REPLIKATIV_PUBLIC_USER", value_name = "USER", value_delimiter = ',')]
+    pub(crate) public_user: Vec<String>,
+}
+
+impl AuthArgs {
+    /// The node's authentication (`None`: off), checked against the listen address.
+    pub(crate) fn node_auth(&self, listen: &str) -> Result<Option<replikativ_peer::node::NodeAuth>, Failure> {
+        use replikativ_peer::auth::{AuthPolicy, PublicKey, SecretKey};
+        if self.auth == "off" {
+            if !is_loopback(listen) {
+                return Err(Failure(
+                    EXIT_USAGE,
+                    format!(
+                        "refusing --auth off on {listen}: without authentication anyone who can connect reads and \
+                         writes everything; listen on 127.0.0.1 or turn authentication on"
+                    ),
+                ));
+            }
+            return Ok(None);
+        }
+        let usage = |e: String| Failure(EXIT_USAGE, e);
+        let node_key = match &self.node_key {
+            Some(path) => SecretKey::read_file(path).map_err(|e| usage(e.to_string()))?,
+            None => SecretKey::generate().map_err(|e| Failure(1, e.to_string()))?,
+        };
+        let user =
+            self.key.as_deref().map(SecretKey::read_file).transpose().map_err(|e| usage(e.to_string()))?;
+        let mut policy = AuthPolicy::default();
+        if let Some(path) = &self.trust {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| usage(format!("cannot read the trust file {}: {e}", path.display())))?;
+            policy.names = AuthPolicy::parse_names(&text)
+                .map_err(|e| usage(format!("the trust file {}: {e}", path.display())))?;
+        }
+        for key in &self.trusted {
+            let key: PublicKey =
+                key.parse().map_err(|e: replikativ_peer::auth::KeyError| usage(format!("--trusted: {e}")))?;
+            policy.trusted.insert(key);
+        }
+        for a in &self.public {
+            policy.public.insert(parse_address(a).map_err(|Failure(_, e)| usage(format!("--public: {e}")))?);
+        }
+        for u in &self.public_user {
+            Address::validate_user(u).map_err(|e| usage(format!("--public-user: {e}")))?;
+            policy.public_users.insert(u.clone());
+        }
+        Ok(Some(replikativ_peer::node::NodeAuth { node_key, user, policy: Arc::new(policy) }))
+    }
+}
+
+/// Whether a listen address (HOST:PORT) is on the loopback interface.
+fn is_loopback(listen: &str) -> bool {
+    let host = listen.rsplit_once(':').map_or(listen, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 const SERVE_EXAMPLES: &str = "\
@@ -268,6 +358,7 @@ pub(crate) async fn serve(
     client_tls: replikativ_peer::node::tls::ClientTls,
 ) -> Result<(), Failure> {
     let mut signals = Signals::install()?;
+    let auth = args.auth.node_auth(&args.listen)?;
     let store = open_store(&args.store, Access::Create)?;
     let mut config = NodeConfig {
         peer_id: args
@@ -278,9 +369,16 @@ pub(crate) async fn serve(
         remote_commands: true,
         web: args.web.clone(),
         client_tls: Some(client_tls),
+        auth: auth.clone(),
         ..NodeConfig::default()
     };
     args.limits.apply(&mut config);
+    match &auth {
+        None => tracing::warn!(
+            "authentication is off (--auth off): anyone who can connect reads every address and writes as any user"
+        ),
+        Some(a) => tracing::info!(node_key = %a.node_key.public(), "authentication on"),
+    }
     let node = match Node::start(store.clone(), config, ActorId::from(uuid::Uuid::new_v4())) {
         Ok(node) => node,
         Err(e) => {
@@ -297,6 +395,10 @@ pub(crate) async fn serve(
         println!("replikativ peer {} listening on {ws}://{addr} (store: {})", node.peer_id(), args.store);
         let web = args.web.as_ref().map(|w| format!(", files of {}", w.display())).unwrap_or_default();
         println!("{http}://{addr}: /healthz, /readyz, /metrics{web}");
+        match &auth {
+            Some(a) => println!("authentication on: node key {}", a.node_key.public()),
+            None => println!("authentication off: every connection reads and writes everything"),
+        }
         if !args.subscribe.is_empty() {
             let addresses: Vec<Address> =
                 args.subscribe.iter().map(|a| parse_address(a)).collect::<Result<_, _>>()?;

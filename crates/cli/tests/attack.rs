@@ -43,6 +43,7 @@ fn serve_limited(store: &str, log: &std::path::Path) -> (Node, String) {
         env!("CARGO_BIN_EXE_replikativ")
     );
     let mut child = Command::new("sh")
+        .env("REPLIKATIV_AUTH", "off")
         .args(["-c", &script])
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(log).unwrap())

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 /// Runs the binary to completion, bounded: a run that does not finish in 20 s is killed and fails.
 fn replikativ(args: &[&str]) -> std::process::Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_replikativ"))
+        .env("REPLIKATIV_AUTH", "off")
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

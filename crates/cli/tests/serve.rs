@@ -13,6 +13,7 @@ use replikativ_peer::stage::Stage;
 
 fn serve(args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_replikativ"))
+        .env("REPLIKATIV_AUTH", "off")
         .arg("serve")
         .args(args)
         .stdout(Stdio::piped())

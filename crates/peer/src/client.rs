@@ -38,6 +38,49 @@ pub enum ClientError {
 /// handshake).
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Waits for the node's first frame: a node with authentication on opens with `auth-hello`, and
+/// the handshake runs (proving `user`, or nothing with a fresh node key); a node without sends its
+/// plain `hello` first, and nothing is proved. Returns the node's key if it authenticated.
+async fn authenticate(
+    ws: &mut Ws,
+    user: Option<&crate::auth::SecretKey>,
+    exporter: [u8; crate::auth::handshake::EXPORTER_LEN],
+) -> Result<Option<crate::auth::PublicKey>, String> {
+    use crate::auth::{Handshake, Identity, Progress};
+    let identity = Identity {
+        node: crate::auth::SecretKey::generate().map_err(|e| e.to_string())?,
+        user: user.cloned(),
+    };
+    let (mut hs, hello) =
+        Handshake::start(crate::proto::Direction::Outbound, identity, exporter).map_err(|e| e.to_string())?;
+    let mut first = true;
+    loop {
+        let frame = match ws.next().await {
+            None => return Err("the node closed the connection".into()),
+            Some(Err(e)) => return Err(e.to_string()),
+            Some(Ok(WsMessage::Binary(bytes))) => bytes,
+            Some(Ok(WsMessage::Close(frame))) => {
+                return Err(format!(
+                    "the node closed the connection: {}",
+                    frame.map(|f| f.reason.to_string()).unwrap_or_default()
+                ));
+            }
+            Some(Ok(_)) => continue,
+        };
+        match hs.receive(&frame) {
+            // The node does not authenticate: its hello is for the core, which does not need it.
+            Err(e) if first && e.plain_hello => return Ok(None),
+            Err(e) => return Err(format!("authentication failed: {e}")),
+            Ok(Progress::Send(proof)) => {
+                ws.send(WsMessage::Binary(hello.clone().into())).await.map_err(|e| e.to_string())?;
+                ws.send(WsMessage::Binary(proof.into())).await.map_err(|e| e.to_string())?;
+            }
+            Ok(Progress::Done(principal)) => return Ok(Some(principal.node)),
+        }
+        first = false;
+    }
+}
+
 /// A connection to a node that runs stage commands there.
 pub struct RemoteClient {
     ws: Ws,
@@ -53,18 +96,45 @@ impl std::fmt::Debug for RemoteClient {
 
 impl RemoteClient {
     /// Connects to the node at `url` (`ws://host:port`, or `wss://host:port` verified against the
-    /// public roots, [`ClientTls::webpki_roots`]) as `client_id`.
+    /// public roots, [`ClientTls::webpki_roots`]) as `client_id`, without a user key (a node with
+    /// authentication on sees an anonymous principal).
     pub async fn connect(url: &str, client_id: &str) -> Result<RemoteClient, ClientError> {
-        Self::connect_with(url, client_id, &ClientTls::webpki_roots()).await
+        RemoteClient::open(url, client_id, &ClientTls::webpki_roots(), None).await
     }
 
-    /// Connects to the node at `url` as `client_id`; a `wss://` node's certificate is verified
-    /// with `tls` (e.g. [`ClientTls::with_ca_pem`]). A certificate that cannot be verified is a
-    /// [`ClientError::Connect`] whose reason says which check failed.
+    /// Connects to the node at `url` as `client_id`, proving `user` if the node authenticates
+    /// (see [`crate::auth::handshake`]): its commands then run as that user. A node with
+    /// authentication off accepts the connection as before (nothing is proved). `wss://` is
+    /// verified against the public roots.
+    pub async fn connect_as(
+        url: &str,
+        client_id: &str,
+        user: Option<&crate::auth::SecretKey>,
+    ) -> Result<RemoteClient, ClientError> {
+        RemoteClient::open(url, client_id, &ClientTls::webpki_roots(), user).await
+    }
+
+    /// Connects to the node at `url` as `client_id`, without a user key; a `wss://` node's
+    /// certificate is verified with `tls` (e.g. [`ClientTls::with_ca_pem`]). A certificate that
+    /// cannot be verified is a [`ClientError::Connect`] whose reason says which check failed.
     pub async fn connect_with(
         url: &str,
         client_id: &str,
         tls: &ClientTls,
+    ) -> Result<RemoteClient, ClientError> {
+        RemoteClient::open(url, client_id, tls, None).await
+    }
+
+    /// The general form of the above: `wss://` verified with `tls`, `user` proved if the node
+    /// authenticates. On `wss://` the authentication handshake is bound to the TLS session (its
+    /// exporter, [`RemoteClient::channel_binding`]), so a proof cannot be relayed into another
+    /// session; a TLS-terminating proxy between client and node therefore makes authentication
+    /// fail (terminate TLS at the node).
+    pub async fn open(
+        url: &str,
+        client_id: &str,
+        tls: &ClientTls,
+        user: Option<&crate::auth::SecretKey>,
     ) -> Result<RemoteClient, ClientError> {
         // tungstenite's default limits, as before TLS (the node bounds what it sends).
         let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
@@ -77,6 +147,18 @@ impl RemoteClient {
                     reason: format!("no websocket handshake within {CONNECT_TIMEOUT:?}"),
                 })?
                 .map_err(|reason| ClientError::Connect { url: url.to_owned(), reason })?;
+        let authenticated =
+            tokio::time::timeout(CONNECT_TIMEOUT, authenticate(&mut ws, user, *binding.exporter()))
+                .await
+                .map_err(|_| ClientError::Connect {
+                    url: url.to_owned(),
+                    reason: format!("no authentication within {CONNECT_TIMEOUT:?}"),
+                })?;
+        let principal =
+            authenticated.map_err(|reason| ClientError::Connect { url: url.to_owned(), reason })?;
+        if let Some(node) = &principal {
+            tracing::debug!(%node, "authenticated to the node");
+        }
         let hello = Message::Hello(Hello {
             version: PROTOCOL_VERSION,
             peer_id: client_id.to_owned(),
@@ -95,6 +177,8 @@ impl RemoteClient {
     }
 
     /// Runs a command on the node.
+    ///
+    /// (The node's own principal, when it authenticated, was checked at connect.)
     pub async fn call(&mut self, cmd: Command) -> Result<Result<Reply, StageError>, ClientError> {
         let id = self.next_id;
         self.next_id += 1;

@@ -41,10 +41,12 @@
 //!   actor id passed in, the store called directly. It builds without tokio (`cargo check -p
 //!   replikativ-peer --no-default-features`), so the same code runs in the deterministic
 //!   simulation (module `sim`, feature `test-utils`) and in the node;
+//! - [`auth`]: keys, the authentication handshake and the built-in access rules;
 //! - [`node`]: the tokio runtime around it (websockets, `ws://` and `wss://` ([`node::tls`]),
 //!   barrier thread, limits);
 //! - [`stage`]: the application's handle; [`realize`]: streaming into application state.
 
+pub mod auth;
 #[cfg(feature = "runtime")]
 pub mod client;
 pub mod connection;

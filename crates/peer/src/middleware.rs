@@ -200,6 +200,15 @@ pub struct ChainSpec<'a> {
     pub remote_commands: bool,
     /// The access policy, if any.
     pub policy: Option<&'a Policy>,
+    /// The principal the remote proved in the authentication handshake (authentication on).
+    pub principal: Option<&'a crate::auth::Principal>,
+    /// The built-in authorization rules, enforced by an [`crate::auth::AuthGate`] nearest the
+    /// core when the connection is authenticated.
+    pub auth: Option<&'a Arc<crate::auth::AuthPolicy>>,
+    /// Where the gate counts its refusals.
+    pub count: Option<&'a crate::auth::gate::RefusalCounter>,
+    /// Whether this node dialed the remote (its gate then trusts it: [`crate::auth::AuthGate::dialed`]).
+    pub dialed: bool,
 }
 
 impl fmt::Debug for ChainSpec<'_> {
@@ -208,13 +217,15 @@ impl fmt::Debug for ChainSpec<'_> {
             .field("middleware", &self.middleware.len())
             .field("remote_commands", &self.remote_commands)
             .field("policy", &self.policy.is_some())
-            .finish()
+            .field("principal", &self.principal)
+            .finish_non_exhaustive()
     }
 }
 
 /// The chain every connection runs through, in the node and in the simulation alike: metrics and
 /// trace nearest the network, then the application's middlewares, then (remote connections, if
-/// enabled) remote stage commands, then access control nearest the core.
+/// enabled) remote stage commands, then access control, then (authenticated connections) the
+/// authorization gate nearest the core.
 pub fn standard_chain(
     conn: ConnId,
     remote: &Remote,
@@ -228,7 +239,17 @@ pub fn standard_chain(
         layers.push(Box::new(RemoteStage));
     }
     if let Some(policy) = spec.policy {
-        layers.push(Box::new(AccessControl::new(remote.clone(), policy.clone())));
+        let access = match spec.principal {
+            Some(p) => AccessControl::authenticated(remote.clone(), p.clone(), policy.clone()),
+            None => AccessControl::new(remote.clone(), policy.clone()),
+        };
+        layers.push(Box::new(access));
+    }
+    if let (Some(principal), Some(auth)) = (spec.principal, spec.auth) {
+        let (p, a, c) = (principal.clone(), auth.clone(), spec.count.cloned());
+        let gate =
+            if spec.dialed { crate::auth::AuthGate::dialed(p, a, c) } else { crate::auth::AuthGate::new(p, a, c) };
+        layers.push(Box::new(gate));
     }
     Chain::new(layers)
 }
@@ -398,13 +419,16 @@ pub enum Access<'a> {
     Publish(&'a Address),
 }
 
-/// An access policy: may the remote do this?
-pub type Policy = Arc<dyn Fn(&Remote, Access<'_>) -> bool + Send + Sync>;
+/// An access policy: may the remote (with the principal it proved, when authentication is on)
+/// do this? It runs before the built-in authorization gate (`crate::auth::AuthGate`), so it can
+/// only restrict further.
+pub type Policy = Arc<dyn Fn(&Remote, Option<&crate::auth::Principal>, Access<'_>) -> bool + Send + Sync>;
 
 /// Enforces an access [`Policy`]: publications it denies are refused (`Refused`), subscriptions are
 /// cut down to the allowed addresses, and denied stage commands fail.
 pub struct AccessControl {
     remote: Remote,
+    principal: Option<crate::auth::Principal>,
     policy: Policy,
 }
 
@@ -417,11 +441,16 @@ impl fmt::Debug for AccessControl {
 impl AccessControl {
     /// Access control for a connection to `remote`.
     pub fn new(remote: Remote, policy: Policy) -> AccessControl {
-        AccessControl { remote, policy }
+        AccessControl { remote, principal: None, policy }
+    }
+
+    /// Access control for an authenticated connection to `remote`.
+    pub fn authenticated(remote: Remote, principal: crate::auth::Principal, policy: Policy) -> AccessControl {
+        AccessControl { remote, principal: Some(principal), policy }
     }
 
     fn allowed(&self, access: Access<'_>) -> bool {
-        (self.policy)(&self.remote, access)
+        (self.policy)(&self.remote, self.principal.as_ref(), access)
     }
 }
 
@@ -459,7 +488,7 @@ impl Middleware for AccessControl {
             }
             Item::Message(Message::Subscribe(mut s)) => {
                 let before = s.addresses.len();
-                s.addresses.retain(|a| (self.policy)(&self.remote, Access::Subscribe(a)));
+                s.addresses.retain(|a| (self.policy)(&self.remote, self.principal.as_ref(), Access::Subscribe(a)));
                 if s.addresses.len() != before {
                     tracing::info!(remote = ?self.remote, denied = before - s.addresses.len(), "subscriptions denied");
                 }
@@ -554,7 +583,7 @@ mod tests {
     fn access_control_refuses_publications_and_trims_subscriptions() {
         let open = Address::new("alice", uuid::Uuid::from_u128(1)).unwrap();
         let closed = Address::new("bob", uuid::Uuid::from_u128(2)).unwrap();
-        let policy: Policy = Arc::new(|_, access| match access {
+        let policy: Policy = Arc::new(|_, _, access| match access {
             Access::Subscribe(a) | Access::Publish(a) => a.user == "alice",
         });
         let counters = Arc::new(ConnMetrics::default());

@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 /// Bound of every wait for the binary.
 pub const WAIT: Duration = Duration::from_secs(20);
 
-/// The binary, without the user from the environment.
+/// The binary, without the user or key from the environment, and with authentication off (the
+/// tests of authentication turn it on: `tests/auth.rs`).
 pub fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_replikativ"));
-    c.env_remove("REPLIKATIV_USER");
+    c.env_remove("REPLIKATIV_USER").env_remove("REPLIKATIV_KEY").env("REPLIKATIV_AUTH", "off");
     c
 }
 

@@ -111,6 +111,34 @@ pub struct NodeConfig {
     /// default): [`tls::ClientTls::webpki_roots`], the public web's certificate authorities. Give
     /// [`tls::ClientTls::with_ca_pem`] to trust a deployment's own CA as well.
     pub client_tls: Option<tls::ClientTls>,
+    /// Authentication: `None` (the default) is authentication off, today's behaviour for tests
+    /// and local use: anyone who can connect reads everything, and writes as any user. With
+    /// [`NodeAuth`], every websocket connection, in and out, opens with the authentication
+    /// handshake ([`crate::auth::handshake`]) and runs under the built-in authorization gate.
+    pub auth: Option<NodeAuth>,
+}
+
+/// A node's authentication: its key, the user it acts as when it dials, and the rules.
+#[derive(Clone, Debug)]
+pub struct NodeAuth {
+    /// The node key (its identity in every handshake).
+    pub node_key: crate::auth::SecretKey,
+    /// The user key this node proves when it dials another node, if any.
+    pub user: Option<crate::auth::SecretKey>,
+    /// Who may read and write what.
+    pub policy: Arc<crate::auth::AuthPolicy>,
+}
+
+impl NodeAuth {
+    /// Authentication with a node key and the default rules (owners write and read their own
+    /// addresses, nothing is public, no key is trusted).
+    pub fn new(node_key: crate::auth::SecretKey) -> NodeAuth {
+        NodeAuth { node_key, user: None, policy: Arc::new(crate::auth::AuthPolicy::default()) }
+    }
+
+    pub(crate) fn identity(&self) -> crate::auth::Identity {
+        crate::auth::Identity { node: self.node_key.clone(), user: self.user.clone() }
+    }
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -130,6 +158,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("max_connections", &self.max_connections)
             .field("web", &self.web)
             .field("client_tls", &self.client_tls.is_some())
+            .field("auth", &self.auth)
             .finish()
     }
 }
@@ -151,6 +180,7 @@ impl Default for NodeConfig {
             max_connections: None,
             web: None,
             client_tls: None,
+            auth: None,
         }
     }
 }

@@ -70,12 +70,78 @@ impl WsConfig {
     }
 }
 
-/// The chain spec of the node's connections.
+/// The chain spec of the node's connections (a remote's principal and the gate are added by
+/// [`run`] for authenticated connections).
 pub(crate) fn chain_spec(shared: &Shared) -> ChainSpec<'_> {
     ChainSpec {
         middleware: &shared.config.middleware,
         remote_commands: shared.config.remote_commands,
         policy: shared.config.policy.as_ref(),
+        ..ChainSpec::default()
+    }
+}
+
+/// Runs the authentication handshake ([`crate::auth::handshake`]) on a fresh websocket, within
+/// the handshake timeout: the remote's principal, or why it failed (the remote was told, and
+/// the refusal counted).
+async fn authenticate<S>(
+    shared: &Shared,
+    auth: &super::NodeAuth,
+    ws: &mut tokio_tungstenite::WebSocketStream<S>,
+    direction: Direction,
+    binding: ChannelBinding,
+) -> Result<crate::auth::Principal, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use crate::auth::{Handshake, Progress};
+    // The TLS session's exporter, or zeros on plain ws (see the handshake's module docs).
+    let exporter = *binding.exporter();
+    let fail = |why: Refusal, detail: String| {
+        shared.refuse(why);
+        crate::proto::CloseReason::new(why, detail).to_string()
+    };
+    let (mut hs, hello) = Handshake::start(direction, auth.identity(), exporter)
+        .map_err(|e| fail(Refusal::AuthFailed, e.to_string()))?;
+    let exchange = async {
+        ws.send(WsMessage::Binary(hello.into())).await.map_err(|e| format!("write failed: {e}"))?;
+        loop {
+            let frame = match ws.next().await {
+                None => return Err("the remote closed the connection during authentication".to_owned()),
+                Some(Err(e)) => return Err(format!("the connection was lost during authentication: {e}")),
+                Some(Ok(WsMessage::Binary(b))) => b,
+                Some(Ok(WsMessage::Close(f))) => {
+                    let reason = f.map(|f| crate::proto::message::clip(&f.reason)).unwrap_or_default();
+                    return Err(format!("closed by the remote during authentication: {reason}"));
+                }
+                Some(Ok(WsMessage::Text(_))) => {
+                    return Err(fail(Refusal::AuthRequired, "a text frame instead of the authentication handshake".into()));
+                }
+                Some(Ok(_)) => continue,
+            };
+            match hs.receive(&frame) {
+                Ok(Progress::Send(proof)) => {
+                    ws.send(WsMessage::Binary(proof.into())).await.map_err(|e| format!("write failed: {e}"))?
+                }
+                Ok(Progress::Done(principal)) => return Ok(principal),
+                Err(e) => return Err(fail(e.refusal, e.detail)),
+            }
+        }
+    };
+    match tokio::time::timeout(shared.config.ws.handshake_timeout, exchange).await {
+        Ok(Ok(principal)) => Ok(principal),
+        Ok(Err(reason)) => {
+            let _ = ws.send(close_frame(&reason)).await;
+            Err(reason)
+        }
+        Err(_) => {
+            let reason = fail(
+                Refusal::HandshakeTimeout,
+                format!("no authentication within {:?}", shared.config.ws.handshake_timeout),
+            );
+            let _ = ws.send(close_frame(&reason)).await;
+            Err(reason)
+        }
     }
 }
 
@@ -127,17 +193,45 @@ const READER_STOPPED: &str = "the reader stopped";
 /// the connection finds it from the first message on ([`super::Node::channel_binding`]).
 pub(crate) async fn run<S>(
     shared: Arc<Shared>,
-    ws: tokio_tungstenite::WebSocketStream<S>,
+    mut ws: tokio_tungstenite::WebSocketStream<S>,
     remote: Remote,
     direction: Direction,
     binding: ChannelBinding,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let principal = match &shared.config.auth {
+        None => None,
+        Some(auth) => match authenticate(&shared, auth, &mut ws, direction, binding).await {
+            Ok(principal) => {
+                tracing::debug!(remote = %remote, %principal, "authenticated");
+                Some(principal)
+            }
+            Err(reason) => {
+                // A dialed link failing is news for the operator; a client that cannot
+                // authenticate is routine (it is counted).
+                if direction == Direction::Outbound {
+                    tracing::warn!(remote = %remote, %reason, "authentication failed");
+                } else {
+                    tracing::debug!(remote = %remote, %reason, "authentication failed");
+                }
+                return;
+            }
+        },
+    };
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     shared.bindings.lock().expect("poisoned").insert(conn, binding);
     let metrics = register_metrics(&shared, conn);
-    let chain = standard_chain(conn, &remote, metrics.clone(), chain_spec(&shared));
+    let counter: crate::auth::gate::RefusalCounter = {
+        let shared = shared.clone();
+        Arc::new(move |why| shared.refuse(why))
+    };
+    let mut spec = chain_spec(&shared);
+    spec.principal = principal.as_ref();
+    spec.auth = shared.config.auth.as_ref().map(|a| &a.policy);
+    spec.count = Some(&counter);
+    spec.dialed = direction == Direction::Outbound;
+    let chain = standard_chain(conn, &remote, metrics.clone(), spec);
     let (tx, rx) = mpsc::channel::<ConnCmd>(shared.config.outbox);
     let queued = Arc::new(AtomicUsize::new(0));
     let core = shared.core.clone();

@@ -180,6 +180,10 @@ pub(crate) struct BatchEncoder {
     bytes: usize,
     /// The parents a CDVCS commit being added must have (checked against its record).
     parents: Option<Vec<ContentId>>,
+    /// Ids the batch names without carrying their values (records the sender lacks, params over
+    /// [`MAX_INLINE_PARAMS`], parents outside the batch): what the receiver may fetch from the
+    /// sender (see `Peer::offer`).
+    pub(crate) referenced: Vec<ContentId>,
 }
 
 /// A commit record as the sender has it: its encoding, parsed, and a way to read its params.
@@ -205,6 +209,7 @@ impl BatchEncoder {
             None => {
                 put_varint(col, 0);
                 self.c.ids.extend_from_slice(id.as_bytes());
+                self.referenced.push(*id);
             }
         }
     }
@@ -333,6 +338,7 @@ impl BatchEncoder {
             // receiver fetches it.
             self.c.mode.push(2);
             self.c.ids.extend_from_slice(id.as_bytes());
+            self.referenced.push(*id);
             return;
         };
         let c = source.commit;
@@ -388,6 +394,7 @@ impl BatchEncoder {
                 None => {
                     put_varint(&mut self.c.params, 0);
                     self.c.ids.extend_from_slice(tx.params.as_bytes());
+                    self.referenced.push(tx.params);
                 }
             }
         }

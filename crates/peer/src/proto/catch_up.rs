@@ -454,7 +454,8 @@ impl Peer {
                 continue;
             };
             let sent = self.sent_to(conn, &stream.address);
-            let (data, taken) = self.stream_part(&mut stream, &sent);
+            let (data, taken, referenced) = self.stream_part(&mut stream, &sent);
+            self.offer(conn, referenced);
             let address = stream.address.clone();
             let id = self.next_id();
             let tick = self.ticks;
@@ -517,7 +518,9 @@ impl Peer {
             stream.commits.pop_front();
         }
         let address = stream.address.clone();
+        let referenced = std::mem::take(&mut enc.referenced);
         let data = enc.finish_cdvcs(stream.method, &stream.heads);
+        self.offer(conn, referenced);
         let id = self.next_id();
         let c = self.conns.get_mut(&conn).expect("present");
         if !stream.commits.is_empty() {
@@ -530,10 +533,11 @@ impl Peer {
     }
 
     /// The next batch of a stream (`None` if nothing was left), with the dots it carries.
-    fn stream_part(&self, stream: &mut Stream, sent: &SentDots) -> (Option<Vec<u8>>, Vec<(bool, Dot)>) {
+    /// Also the ids it names without their values (what the receiver may fetch).
+    fn stream_part(&self, stream: &mut Stream, sent: &SentDots) -> (Option<Vec<u8>>, Vec<(bool, Dot)>, Vec<ContentId>) {
         let Some(CrdtState::Ormap(m)) = self.crdts.get(&stream.address).map(|r| &r.state) else {
             stream.phase = 2;
-            return (None, Vec::new());
+            return (None, Vec::new(), Vec::new());
         };
         let limit = self.config.inline_limit;
         let mut enc = BatchEncoder::default();
@@ -569,9 +573,10 @@ impl Peer {
             stream.cursor = None;
         }
         if enc.len() == 0 {
-            return (None, taken);
+            return (None, taken, Vec::new());
         }
-        (Some(enc.finish()), taken)
+        let referenced = std::mem::take(&mut enc.referenced);
+        (Some(enc.finish()), taken, referenced)
     }
 
     /// A publication (or batch) of this peer was applied by the remote: catch-up batches up to it

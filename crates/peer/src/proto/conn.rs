@@ -70,9 +70,49 @@ pub(crate) struct Conn {
     /// acknowledged): anti-entropy does not send them again. Forgotten at once when messages to
     /// the connection may have been lost (a full outbox) or refused.
     pub(crate) in_transit: super::catch_up::SentLog,
+    /// Ids this peer named to the remote without sending their values: the only ids the remote
+    /// may fetch (a content id is not a read token: see `Peer::on_fetch`).
+    pub(crate) offered: Offered,
+}
+
+/// The ids a connection may fetch, at most [`MAX_OFFERED_IDS`] (the oldest are forgotten first:
+/// a fetch of one is answered `missing`, and anti-entropy sends its publication again).
+#[derive(Debug, Default)]
+pub(crate) struct Offered {
+    ids: replikativ_crdt::IdSet,
+    order: VecDeque<ContentId>,
+}
+
+/// Ids one connection may fetch at most (see [`Offered`]).
+pub const MAX_OFFERED_IDS: usize = 65_536;
+
+impl Offered {
+    pub(crate) fn insert(&mut self, id: ContentId) {
+        if self.ids.insert(id) {
+            self.order.push_back(id);
+            if self.order.len() > MAX_OFFERED_IDS
+                && let Some(old) = self.order.pop_front()
+            {
+                self.ids.remove(&old);
+            }
+        }
+    }
+
+    pub(crate) fn contains(&self, id: &ContentId) -> bool {
+        self.ids.contains(id)
+    }
 }
 
 impl Peer {
+    /// Lets `conn` fetch these ids: this peer named them to it without their values.
+    pub(crate) fn offer(&mut self, conn: ConnId, ids: Vec<ContentId>) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            for id in ids {
+                c.offered.insert(id);
+            }
+        }
+    }
+
     /// Closes a connection with a reason (sent to the remote first) and forgets it; counts the
     /// refusal.
     pub(crate) fn close(&mut self, conn: ConnId, why: Refusal, detail: String) {
@@ -108,6 +148,7 @@ impl Peer {
                 commit_streams: VecDeque::new(),
                 in_flight: BTreeMap::new(),
                 in_transit: Default::default(),
+                offered: Offered::default(),
             },
         );
         let hello = Hello {

@@ -396,6 +396,20 @@ struct Envelope {
     body: ByteBuf,
 }
 
+/// A frame of `kind` with a msgpack `body` (named fields), in the protocol's envelope: for
+/// messages outside [`Message`] (the authentication handshake, `crate::auth::handshake`).
+pub(crate) fn encode_envelope<T: Serialize>(kind: &str, body: &T) -> Vec<u8> {
+    let body = ByteBuf::from(rmp_serde::to_vec_named(body).expect("bodies encode"));
+    rmp_serde::to_vec_named(&Envelope { v: PROTOCOL_VERSION, kind: kind.to_owned(), body })
+        .expect("envelopes always encode")
+}
+
+/// The version, kind and body of a frame (see [`encode_envelope`]).
+pub(crate) fn decode_envelope(frame: &[u8]) -> Result<(u16, String, Vec<u8>), String> {
+    let e: Envelope = from_msgpack(frame)?;
+    Ok((e.v, e.kind, e.body.into_vec()))
+}
+
 #[derive(Serialize, Deserialize)]
 struct IdBody {
     id: u64,

@@ -43,6 +43,7 @@ pub use state::{ApplyError, CrdtState, PeerRecord};
 pub use types::{Direction, Event, Input, OpenError, Output, PeerConfig, PeerStatus, StageError, Timer};
 
 pub(crate) use conn::{Conn, Pending};
+pub use conn::MAX_OFFERED_IDS;
 
 use persist::{Replica, ReplicaStore};
 
@@ -196,6 +197,9 @@ impl Peer {
         self.flush_writes();
         let written = self.persist.take_unsynced();
         let out = self.outbox.end_batch(written);
+        for (conn, ids) in std::mem::take(&mut self.outbox.offered) {
+            self.offer(conn, ids);
+        }
         tracing::trace!(peer = %self.record.id, ?out, "out");
         out
     }

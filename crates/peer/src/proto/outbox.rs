@@ -63,6 +63,9 @@ pub(crate) struct Outbox {
     /// Live batches of the current epoch being built, by the position of their held placeholder
     /// (a `Batch` without data until the epoch ends).
     building: HashMap<u64, Building>,
+    /// Ids the finished live batches named without their values, per connection: what those
+    /// connections may fetch (taken by `Peer::handle_batch`, see `Peer::offer`).
+    pub(crate) offered: Vec<(ConnId, Vec<ContentId>)>,
 }
 
 /// A live batch of the current epoch: its encoder, and for a CDVCS the method and heads of the
@@ -170,6 +173,7 @@ impl Default for Outbox {
             relays: HashMap::new(),
             acks: HashMap::new(),
             building: HashMap::new(),
+            offered: Vec::new(),
         }
     }
 }
@@ -293,7 +297,14 @@ impl Outbox {
 
     /// Encodes the live batches of the epoch that ends (nothing folds into them any more).
     fn finish_batches(&mut self) {
-        for (at, b) in std::mem::take(&mut self.building) {
+        for (at, mut b) in std::mem::take(&mut self.building) {
+            let referenced = std::mem::take(&mut b.enc.referenced);
+            if !referenced.is_empty()
+                && let Some(Output::Send { conn, .. }) = self.held_mut(at)
+            {
+                let conn = *conn;
+                self.offered.push((conn, referenced));
+            }
             let data = match b.cdvcs {
                 Some((method, heads)) => b.enc.finish_cdvcs(method, &heads),
                 None => b.enc.finish(),

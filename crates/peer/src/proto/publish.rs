@@ -343,12 +343,25 @@ impl Peer {
         let mut values = Vec::new();
         let mut missing = Vec::new();
         let mut bytes_total = 0;
+        let offered = |cid: &ContentId| self.conns.get(&conn).is_some_and(|c| c.offered.contains(cid));
+        // The params of a commit record sent now are named to the remote by that record.
+        let mut named = Vec::new();
         for cid in ids {
+            // Only what this peer named to the remote without sending it: a content id is not a
+            // read token (an id of an address the remote may not read is answered `missing`,
+            // exactly like an id this peer does not hold).
+            if !offered(&cid) {
+                missing.push(cid);
+                continue;
+            }
             match self.persist.value(&cid) {
                 Ok(Some(bytes))
                     if bytes_total + bytes.len() <= self.config.fetch_reply_limit || values.is_empty() =>
                 {
                     bytes_total += bytes.len();
+                    if let Some(commit) = commit_of(&cid, &bytes, &IdMap::default()) {
+                        named.extend(commit.transactions.iter().map(|t| t.params));
+                    }
                     values.push(ByteBuf::from(bytes));
                 }
                 // Over the reply budget: the fetcher asks again for what is left.
@@ -356,6 +369,7 @@ impl Peer {
                 _ => missing.push(cid),
             }
         }
+        self.offer(conn, named);
         self.send(conn, Message::FetchReply { id, values, missing });
     }
 

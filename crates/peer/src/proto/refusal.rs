@@ -75,11 +75,20 @@ pub enum Refusal {
     BadBatch,
     /// A `recon` message naming too many buckets or a malformed one (see `proto::recon`).
     BadRecon,
+    /// A connection to a node with authentication on that sent something else than the
+    /// authentication handshake first (`crate::auth::handshake`).
+    AuthRequired,
+    /// An authentication handshake that failed: a bad signature, a malformed or oversized
+    /// handshake message, another version, or a remote that does not authenticate.
+    AuthFailed,
+    /// Something the connection's principal may not do: a write to another user's address, a
+    /// subscription or a command on an address it may not read (authentication on).
+    Forbidden,
 }
 
 impl Refusal {
     /// Every reason, in order.
-    pub const ALL: [Refusal; 32] = [
+    pub const ALL: [Refusal; 35] = [
         Refusal::MalformedFrame,
         Refusal::UnsupportedVersion,
         Refusal::UnknownKind,
@@ -112,6 +121,9 @@ impl Refusal {
         Refusal::OversizeOutput,
         Refusal::BadBatch,
         Refusal::BadRecon,
+        Refusal::AuthRequired,
+        Refusal::AuthFailed,
+        Refusal::Forbidden,
     ];
 
     /// The reason's stable name (kebab-case), as `status` shows it.
@@ -149,6 +161,9 @@ impl Refusal {
             Refusal::AcceptFailed => "accept-failed",
             Refusal::InvalidCommand => "invalid-command",
             Refusal::OversizeOutput => "oversize-output",
+            Refusal::AuthRequired => "auth-required",
+            Refusal::AuthFailed => "auth-failed",
+            Refusal::Forbidden => "forbidden",
         }
     }
 }

@@ -190,6 +190,10 @@ pub enum StageError {
     /// The access policy denies the operation on this address.
     #[error("access to {0} denied")]
     Denied(Address),
+    /// The connection's authenticated principal may not do this (authentication on: see
+    /// `crate::auth::AuthPolicy`).
+    #[error("not allowed: {0}")]
+    Unauthorized(String),
     /// The node is shutting down or gone.
     #[error("the node is not running")]
     NodeGone,

@@ -1,0 +1,105 @@
+//! The command line with authentication: `key gen` and `key show`, and data commands against a
+//! node with `--auth on` (writes as the key's user succeed, anything else is refused with a reason
+//! and exit code 4), and the refusal of `--auth off` on a non-loopback address.
+
+mod common;
+
+use common::{Served, bin, run, wait_exit};
+
+fn code(out: &std::process::Output) -> Option<i32> {
+    out.status.code()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Runs the binary with `env` set.
+fn run_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = bin();
+    cmd.args(args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    wait_exit(&mut child, args);
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn keys_are_written_private_never_overwritten_and_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("alice.key");
+    let file = path.to_str().unwrap();
+    let made = run(&["key", "gen", file]);
+    assert_eq!(code(&made), Some(0), "{}", stderr(&made));
+    let user = stdout(&made);
+    assert!(user.starts_with("key:") && user.len() == 56, "{user}");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    let again = run(&["key", "gen", file]);
+    assert_eq!(code(&again), Some(4), "{}", stderr(&again));
+    assert!(stderr(&again).contains("exists"), "{}", stderr(&again));
+    assert_eq!(stdout(&run(&["key", "show", file])), user, "the file still holds the first key");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let open = run(&["key", "show", file]);
+    assert_eq!(code(&open), Some(4));
+    assert!(stderr(&open).contains("chmod 600"), "{}", stderr(&open));
+    let missing = run(&["key", "show", dir.path().join("nope").to_str().unwrap()]);
+    assert_eq!(code(&missing), Some(4), "{}", stderr(&missing));
+}
+
+#[test]
+fn with_auth_on_writes_succeed_only_as_the_keys_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let alice_key = dir.path().join("alice.key");
+    let bob_key = dir.path().join("bob.key");
+    let alice = stdout(&run(&["key", "gen", alice_key.to_str().unwrap()]));
+    run(&["key", "gen", bob_key.to_str().unwrap()]);
+    let node = Served::start(&["--listen", "127.0.0.1:0", "--store", "memory"], &[("REPLIKATIV_AUTH", "on")]);
+    let url = node.url();
+    node.wait_for(false, "authentication on");
+    let as_alice = [("REPLIKATIV_KEY", alice_key.to_str().unwrap())];
+    let as_bob = [("REPLIKATIV_KEY", bob_key.to_str().unwrap())];
+
+    let created = run_env(&["ormap", "create", "--peer", &url], &as_alice);
+    assert_eq!(code(&created), Some(0), "{}", stderr(&created));
+    let map = stdout(&created);
+    assert!(map.starts_with(&format!("{alice}/")), "the address is alice's: {map}");
+    let assoc = run_env(&["ormap", "assoc", &map, "milk", r#"[["add", 2]]"#, "--peer", &url], &as_alice);
+    assert_eq!(code(&assoc), Some(0), "{}", stderr(&assoc));
+    let got = run_env(&["ormap", "get", &map, "milk", "--peer", &url, "--json"], &as_alice);
+    assert_eq!(code(&got), Some(0), "{}", stderr(&got));
+    assert!(stdout(&got).contains("add"), "{}", stdout(&got));
+
+    // Another user's key: refused, with a reason, exit 4; nothing changed.
+    let forged = run_env(&["ormap", "assoc", &map, "milk", r#"[["add", 99]]"#, "--peer", &url], &as_bob);
+    assert_eq!(code(&forged), Some(4), "{}", stderr(&forged));
+    assert!(stderr(&forged).contains("not allowed"), "{}", stderr(&forged));
+    // Alice's key with another author named: refused too.
+    let other_author = run_env(
+        &["ormap", "assoc", &map, "milk", r#"[["add", 98]]"#, "--peer", &url, "--user", "mail:mallory@example.org"],
+        &as_alice,
+    );
+    assert_eq!(code(&other_author), Some(4), "{}", stderr(&other_author));
+    assert!(stderr(&other_author).contains("writes as"), "{}", stderr(&other_author));
+    // Without a key: neither writes nor reads of a private address.
+    let anonymous = run(&["ormap", "get", &map, "milk", "--peer", &url]);
+    assert_eq!(code(&anonymous), Some(4), "{}", stderr(&anonymous));
+    let anonymous_create = run(&["ormap", "create", "--peer", &url]);
+    assert_eq!(code(&anonymous_create), Some(4), "{}", stderr(&anonymous_create));
+    let after = run_env(&["ormap", "get", &map, "milk", "--peer", &url, "--json"], &as_alice);
+    let text = stdout(&after);
+    assert!(!text.contains("99") && !text.contains("98"), "a refused write changed the map: {text}");
+}
+
+#[test]
+fn auth_off_is_refused_on_a_non_loopback_address() {
+    let out = run_env(&["serve", "--store", "memory", "--listen", "0.0.0.0:0", "--auth", "off"], &[]);
+    assert_eq!(code(&out), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("refusing --auth off on 0.0.0.0:0"), "{}", stderr(&out));
+}

@@ -10,6 +10,10 @@
 //! 3. catch-up: A makes K CDVCS commits while B is offline, then B connects: time to converge and
 //!    bytes on B's connection (in + out) against the bytes of the commits' content (canonical
 //!    encodings of the commit records and params).
+//! 4. TLS: the throughput case (W=1024) and the one-hop latency of case 2 over `wss://` and over
+//!    `ws://`, alternating run by run in the same process, and the cost of a connection (C
+//!    sequential `RemoteClient` connects and closes: TCP, TLS, websocket handshake, hello); medians
+//!    and the ratio wss / ws (certificates made at start with rcgen; rustls with the ring provider).
 //!
 //! Each case runs several times and the median (with min and max) is printed.
 //!
@@ -29,8 +33,10 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use replikativ::crdt::{Address, Commit, ContentId, CrdtKind, Transaction, Value};
+use replikativ::peer::client::RemoteClient;
 use replikativ::peer::middleware::{Emit, Item, Middleware, Remote};
 use replikativ::peer::node::NodeConfig;
+use replikativ::peer::node::tls::{ClientTls, ServerTls};
 use replikativ::peer::proto::{AnyOp, Message};
 use replikativ::peer::stage::{ChangesError, Stage};
 use replikativ::store::{FileStore, MemoryStore, Store};
@@ -138,9 +144,38 @@ struct Peer {
     _dir: tempfile::TempDir,
 }
 
+/// The bench's TLS identity (a CA and a certificate for localhost it signed) and a client
+/// configuration that trusts the CA, made once.
+fn bench_tls() -> &'static (ServerTls, ClientTls) {
+    static TLS: std::sync::OnceLock<(ServerTls, ClientTls)> = std::sync::OnceLock::new();
+    TLS.get_or_init(|| {
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(rcgen::DnType::CommonName, "replikativ bench CA");
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let server = ServerTls::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes()).unwrap();
+        (server, ClientTls::with_ca_pem(ca_cert.pem().as_bytes()).unwrap())
+    })
+}
+
+/// Whether links run over plain websockets or TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transport {
+    Ws,
+    Wss,
+}
+
 async fn spawn(name: &str, backend: Backend, stats: Option<Arc<FrameStats>>) -> Peer {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = NodeConfig { peer_id: name.into(), ..NodeConfig::default() };
+    let mut config =
+        NodeConfig { peer_id: name.into(), client_tls: Some(bench_tls().1.clone()), ..NodeConfig::default() };
     if std::env::var("REPLIKATIV_BENCH_AUTH").is_ok_and(|v| v == "1") {
         use replikativ::peer::auth::{AuthPolicy, SecretKey};
         let key = |n: &str| SecretKey::from_seed(ContentId::hash_bytes(n.as_bytes()).as_bytes());
@@ -172,8 +207,23 @@ async fn spawn(name: &str, backend: Backend, stats: Option<Arc<FrameStats>>) -> 
 }
 
 async fn link(from: &Peer, to: &Peer) {
-    let addr = bounded("listen", to.stage.node().listen("127.0.0.1:0")).await.expect("listens");
-    bounded("connect", from.stage.node().connect(&format!("ws://{addr}"))).await.expect("connects");
+    link_over(from, to, Transport::Ws).await
+}
+
+async fn link_over(from: &Peer, to: &Peer, transport: Transport) {
+    let node = to.stage.node();
+    let url = match transport {
+        Transport::Ws => {
+            let addr = bounded("listen", node.listen("127.0.0.1:0")).await.expect("listens");
+            format!("ws://{addr}")
+        }
+        Transport::Wss => {
+            let tls = bench_tls().0.clone();
+            let addr = bounded("listen", node.listen_tls("127.0.0.1:0", tls)).await.expect("listens");
+            format!("wss://localhost:{}", addr.port())
+        }
+    };
+    bounded("connect", from.stage.node().connect(&url)).await.expect("connects");
 }
 
 /// What both nodes report while B waits for data (printed when a run stalls).
@@ -218,13 +268,13 @@ struct Throughput {
     dropped: (u64, u64),
 }
 
-async fn throughput(backend: Backend, n: usize, window: usize) -> Throughput {
+async fn throughput(backend: Backend, n: usize, window: usize, transport: Transport) -> Throughput {
     let stats = Arc::new(FrameStats::default());
     let a = spawn("a", backend, Some(stats.clone())).await;
     let b = spawn("b", backend, None).await;
     let map = bounded("create", a.stage.create_ormap(None)).await.unwrap();
     bounded("subscribe", b.stage.subscribe([map.clone()])).await.unwrap();
-    link(&b, &a).await;
+    link_over(&b, &a, transport).await;
     bounded("b gets the map", async {
         while b.stage.ormap(&map).await.is_err() {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -392,7 +442,7 @@ async fn seen_at(seen: &Seen, id: ContentId) -> Instant {
 }
 
 /// Per commit: (one hop, two hops).
-async fn latency(backend: Backend, m: usize) -> Vec<(Duration, Duration)> {
+async fn latency(backend: Backend, m: usize, transport: Transport) -> Vec<(Duration, Duration)> {
     let a = spawn("a", backend, None).await;
     let b = spawn("b", backend, None).await;
     let c = spawn("c", backend, None).await;
@@ -400,8 +450,8 @@ async fn latency(backend: Backend, m: usize) -> Vec<(Duration, Duration)> {
     for p in [&b, &c] {
         bounded("subscribe", p.stage.subscribe([log.clone()])).await.unwrap();
     }
-    link(&b, &a).await;
-    link(&c, &b).await;
+    link_over(&b, &a, transport).await;
+    link_over(&c, &b, transport).await;
     bounded("c gets the log", async {
         while c.stage.cdvcs(&log).await.is_err() {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -549,6 +599,103 @@ async fn run() {
     if section('3') {
         section_catch_up(k, runs, &backends).await;
     }
+    if section('4') {
+        section_tls(n, m, runs, &backends).await;
+    }
+}
+
+async fn section_tls(n: usize, m: usize, runs: usize, backends: &[Backend]) {
+    const WINDOW: usize = 1024;
+    println!(
+        "\n4. TLS: wss:// against ws://, alternating run by run (throughput W={WINDOW}; one-hop latency of {m} commits)"
+    );
+    println!("{:<48} {:>12} {:>12} {:>12} {:>12}", "case", "median", "min", "max", "ops/s");
+    for &backend in backends {
+        let mut visible = [Vec::new(), Vec::new()];
+        let mut bytes = [Vec::new(), Vec::new()];
+        let mut stalled = [0, 0];
+        let mut p50 = [Vec::new(), Vec::new()];
+        for _ in 0..runs {
+            for (i, transport) in [Transport::Ws, Transport::Wss].into_iter().enumerate() {
+                let t = throughput(backend, n, WINDOW, transport).await;
+                match t.visible {
+                    Some(v) => visible[i].push(v),
+                    None => stalled[i] += 1,
+                }
+                bytes[i].push(t.bytes);
+                let mut one_hop: Vec<Duration> =
+                    latency(backend, m, transport).await.iter().map(|s| s.0).collect();
+                one_hop.sort();
+                p50[i].push(percentile(&one_hop, 0.5));
+            }
+        }
+        let mut rates = [0.0f64; 2];
+        for (i, name) in ["ws://", "wss://"].into_iter().enumerate() {
+            if stalled[i] > 0 {
+                println!("    {} of {runs} runs over {name} STALLED (see stderr)", stalled[i]);
+            }
+            if visible[i].is_empty() {
+                continue;
+            }
+            let med = median(&visible[i]);
+            let (lo, hi) = (*visible[i].iter().min().unwrap(), *visible[i].iter().max().unwrap());
+            rates[i] = rate(n, med);
+            println!(
+                "{:<48} {:>12} {:>12} {:>12} {:>12.0}",
+                format!("node A->B over {name}, {}, W={WINDOW}", backend.name()),
+                ms(med),
+                ms(lo),
+                ms(hi),
+                rates[i]
+            );
+            println!(
+                "    websocket bytes A->B (median): {} ({:.0} B per op)",
+                median(&bytes[i]),
+                median(&bytes[i]) as f64 / n as f64
+            );
+        }
+        if rates[0] > 0.0 && rates[1] > 0.0 {
+            println!("    ratio wss / ws (ops/s, medians): {:.3}", rates[1] / rates[0]);
+        }
+        let (ws, wss) = (median(&p50[0]), median(&p50[1]));
+        println!(
+            "    one-hop commit-to-visible p50 (median of runs), {}: ws {}, wss {}; ratio wss / ws {:.3}",
+            backend.name(),
+            us(ws),
+            us(wss),
+            wss.as_secs_f64() / ws.as_secs_f64()
+        );
+    }
+    // Connections: the handshake cost, which the cases above pay once.
+    let c = if n < 100_000 { 100 } else { 500 };
+    let node = spawn("server", Backend::Memory, None).await;
+    let plain = bounded("listen", node.stage.node().listen("127.0.0.1:0")).await.unwrap();
+    let secure =
+        bounded("listen", node.stage.node().listen_tls("127.0.0.1:0", bench_tls().0.clone())).await.unwrap();
+    let urls = [format!("ws://{plain}"), format!("wss://localhost:{}", secure.port())];
+    let mut times = [Vec::new(), Vec::new()];
+    for _ in 0..runs {
+        for (i, url) in urls.iter().enumerate() {
+            let start = Instant::now();
+            for _ in 0..c {
+                let client = bounded("connect", RemoteClient::connect_with(url, "bench", &bench_tls().1))
+                    .await
+                    .expect("connects");
+                bounded("close", client.close()).await;
+            }
+            times[i].push(start.elapsed());
+        }
+    }
+    let (ws, wss) = (median(&times[0]), median(&times[1]));
+    println!(
+        "    {c} sequential connections (connect, hello, close), median: ws {} ({:.0}/s), wss {} ({:.0}/s); ratio wss / ws (time) {:.2}",
+        ms(ws),
+        rate(c, ws),
+        ms(wss),
+        rate(c, wss),
+        wss.as_secs_f64() / ws.as_secs_f64()
+    );
+    bounded("shutdown", node.stage.shutdown()).await;
 }
 
 async fn section_throughput(n: usize, runs: usize, backends: &[Backend]) {
@@ -571,7 +718,7 @@ async fn section_throughput(n: usize, runs: usize, backends: &[Backend]) {
             let mut wire = Vec::new();
             let mut stalled = 0;
             for _ in 0..runs {
-                let t = throughput(backend, n, window).await;
+                let t = throughput(backend, n, window, Transport::Ws).await;
                 match t.visible {
                     Some(v) => visible.push(v),
                     None => stalled += 1,
@@ -630,7 +777,7 @@ async fn section_latency(m: usize, runs: usize, backends: &[Backend]) {
     for &backend in backends {
         let mut p = [[Vec::new(), Vec::new(), Vec::new()], [Vec::new(), Vec::new(), Vec::new()]];
         for _ in 0..runs {
-            let samples = latency(backend, m).await;
+            let samples = latency(backend, m, Transport::Ws).await;
             for (hop, pick) in
                 [|s: &(Duration, Duration)| s.0, |s: &(Duration, Duration)| s.1].into_iter().enumerate()
             {

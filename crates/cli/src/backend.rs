@@ -19,10 +19,11 @@ pub(crate) enum Backend {
 impl Backend {
     pub(crate) async fn remote(
         url: &str,
+        tls: &replikativ_peer::node::tls::ClientTls,
         key: Option<&replikativ_peer::auth::SecretKey>,
         caps: &[replikativ_peer::auth::ReadCap],
     ) -> Result<Backend, Failure> {
-        let mut client = RemoteClient::connect_as(url, "replikativ-cli", key)
+        let mut client = RemoteClient::open(url, "replikativ-cli", tls, key)
             .await
             .map_err(|e| Failure(EXIT_UNREACHABLE, e.to_string()))?;
         client.present(caps).await.map_err(|e| Failure(EXIT_UNREACHABLE, e.to_string()))?;

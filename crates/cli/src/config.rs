@@ -20,6 +20,10 @@ struct FileConfig {
     client: Option<bool>,
     peer_id: Option<String>,
     web: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    insecure_no_tls: Option<bool>,
+    ca: Option<PathBuf>,
     log_level: Option<String>,
     log_format: Option<String>,
     max_connections: Option<usize>,
@@ -100,6 +104,10 @@ pub(crate) fn resolve(mut args: ServeArgs, matches: &ArgMatches) -> Result<Serve
     fill!(args.client, "client", file.client);
     fill!(args.peer_id, "peer_id", file.peer_id.map(Some));
     fill!(args.web, "web", file.web.map(Some));
+    fill!(args.tls_cert, "tls_cert", file.tls_cert.map(Some));
+    fill!(args.tls_key, "tls_key", file.tls_key.map(Some));
+    fill!(args.insecure_no_tls, "insecure_no_tls", file.insecure_no_tls);
+    fill!(args.ca, "ca", file.ca.map(Some));
     fill!(
         args.log_level,
         "log_level",
@@ -188,6 +196,12 @@ pub(crate) fn to_toml(args: &ServeArgs) -> String {
     if let Some(web) = &args.web {
         line("web", s(&web.to_string_lossy()));
     }
+    for (key, path) in [("tls_cert", &args.tls_cert), ("tls_key", &args.tls_key), ("ca", &args.ca)] {
+        if let Some(path) = path {
+            line(key, s(&path.to_string_lossy()));
+        }
+    }
+    line("insecure_no_tls", args.insecure_no_tls.to_string());
     line("log_level", s(&args.log_level));
     line("log_format", s(&args.log_format));
     let a = &args.auth;

@@ -8,9 +8,14 @@ use super::*;
 /// Where a data command runs, and as whom.
 #[derive(Debug, Args)]
 pub(crate) struct Target {
-    /// A running peer to work on (ws://HOST:PORT). Without it, the command opens --store itself.
+    /// A running peer to work on (ws://HOST:PORT, or wss://HOST:PORT over TLS). Without it, the
+    /// command opens --store itself.
     #[arg(long, global = true, env = "REPLIKATIV_PEER", value_name = "URL")]
     pub(crate) peer: Option<String>,
+    /// A PEM file of certificate authorities to trust for a wss:// --peer, besides the public ones
+    /// (e.g. a deployment's own CA, or the peer's self-signed certificate).
+    #[arg(long, global = true, env = "REPLIKATIV_CA", value_name = "FILE")]
+    pub(crate) ca: Option<PathBuf>,
     /// The store to open when there is no --peer (it must not be held by a running peer): file:DIR,
     /// sled:DIR, postgres://USER@HOST:PORT/DB?namespace=NAME or memory. Only the create commands
     /// make a new store.
@@ -83,9 +88,14 @@ impl Target {
 /// `subscribe`.
 #[derive(Debug, Args)]
 pub(crate) struct ReadTarget {
-    /// A running peer to work on (ws://HOST:PORT). Without it, the command opens --store itself.
+    /// A running peer to work on (ws://HOST:PORT, or wss://HOST:PORT over TLS). Without it, the
+    /// command opens --store itself.
     #[arg(long, env = "REPLIKATIV_PEER", value_name = "URL")]
     pub(crate) peer: Option<String>,
+    /// A PEM file of certificate authorities to trust for a wss:// --peer, besides the public ones
+    /// (e.g. a deployment's own CA, or the peer's self-signed certificate).
+    #[arg(long, env = "REPLIKATIV_CA", value_name = "FILE")]
+    pub(crate) ca: Option<PathBuf>,
     /// The store to open when there is no --peer (it must not be held by a running peer): file:DIR,
     /// sled:DIR, postgres://USER@HOST:PORT/DB?namespace=NAME or memory. Reads write nothing.
     #[arg(long, env = "REPLIKATIV_STORE", value_name = "STORE", default_value = DEFAULT_STORE)]
@@ -104,7 +114,7 @@ pub(crate) struct ReadTarget {
 
 impl From<ReadTarget> for Target {
     fn from(r: ReadTarget) -> Target {
-        Target { peer: r.peer, store: r.store, user: None, key: r.key, caps: r.caps, json: r.json }
+        Target { peer: r.peer, ca: r.ca, store: r.store, user: None, key: r.key, caps: r.caps, json: r.json }
     }
 }
 
@@ -420,9 +430,9 @@ pub(crate) fn parse_address(text: &str) -> Result<Address, Failure> {
     text.parse().map_err(|e: replikativ_crdt::AddressError| Failure(EXIT_USAGE, e.to_string()))
 }
 
-/// A `--peer` URL, checked: `ws://HOST:PORT`, or a usage error with the fix.
+/// A `--peer` URL, checked: `ws://HOST:PORT` or `wss://HOST:PORT`, or a usage error with the fix.
 pub(crate) fn peer_url(url: &str) -> Result<&str, Failure> {
-    if url.starts_with("ws://") {
+    if url.starts_with("ws://") || url.starts_with("wss://") {
         return Ok(url);
     }
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
@@ -432,7 +442,9 @@ pub(crate) fn peer_url(url: &str) -> Result<&str, Failure> {
 pub(crate) async fn backend(target: &Target, access: Access) -> Result<Backend, Failure> {
     match &target.peer {
         Some(url) => {
-            Backend::remote(peer_url(url)?, target.secret_key()?.as_ref(), &target.read_caps()?).await
+            let url = peer_url(url)?;
+            let tls = crate::tls::client_tls(target.ca.as_deref())?;
+            Backend::remote(url, &tls, target.secret_key()?.as_ref(), &target.read_caps()?).await
         }
         None => Backend::local(open_store(&target.store, access)?).await,
     }
@@ -446,14 +458,14 @@ pub(crate) async fn run(command: Top) -> Result<(), Failure> {
         Top::Cdvcs(cmd) => cdvcs(cmd).await,
         Top::Lww(cmd) => lww(cmd).await,
         Top::Gset(cmd) => gset(cmd).await,
-        Top::Watch { address, peer, timeout, key, caps } => {
+        Top::Watch { address, peer, ca, timeout, key, caps } => {
             let key = key
                 .as_deref()
                 .map(replikativ_peer::auth::SecretKey::read_file)
                 .transpose()
                 .map_err(|e| Failure(EXIT_USAGE, e.to_string()))?;
             let caps = caps.iter().map(|p| read_cap(p)).collect::<Result<Vec<_>, _>>()?;
-            watch::watch(&address, &peer, timeout, key, caps).await
+            watch::watch(&address, &peer, ca.as_deref(), timeout, key, caps).await
         }
         Top::Subscribe { addresses, target } => {
             let addresses: BTreeSet<Address> =
@@ -516,15 +528,20 @@ pub(crate) async fn run(command: Top) -> Result<(), Failure> {
     }
 }
 
-/// A plain HTTP GET to the port of a running peer's `ws://` URL (bounded: 5 s, 4 MiB): the body
-/// of a 200 answer, else `None` (an older peer, or not this tool's node).
-/// A running peer's `GET path` body, if the peer that answered is `peer_id` (behind a load
-/// balancer another node may answer the HTTP request than the websocket: its figures are not shown).
-async fn peer_http_get(url: &str, path: &str, peer_id: &str) -> Option<String> {
+/// A running peer's `GET path` body, by a plain HTTP GET to the port of its `ws://` URL (HTTPS
+/// for `wss://`, verified with `tls`; bounded: 5 s, 4 MiB), if the answer is a 200 from the peer
+/// `peer_id` (behind a load balancer another node may answer the HTTP request than the websocket:
+/// its figures are not shown); else `None` (an older peer, or not this tool's node).
+async fn peer_http_get(
+    url: &str,
+    path: &str,
+    peer_id: &str,
+    tls: &replikativ_peer::node::tls::ClientTls,
+) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let host = url.strip_prefix("ws://")?.split('/').next()?.to_owned();
+    let host = url.split_once("://")?.1.split('/').next()?.to_owned();
     let fetch = async {
-        let mut tcp = tokio::net::TcpStream::connect(&host).await.ok()?;
+        let (mut tcp, _) = replikativ_peer::node::tls::connect_stream(url, tls).await.ok()?;
         let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
         tcp.write_all(request.as_bytes()).await.ok()?;
         let mut reply = Vec::new();
@@ -540,8 +557,12 @@ async fn peer_http_get(url: &str, path: &str, peer_id: &str) -> Option<String> {
 
 /// The node-wide counters `status` shows, from a running peer's `GET /metrics`, by name without
 /// the `replikativ_` prefix and `_total` suffix.
-async fn node_metrics(url: &str, peer_id: &str) -> Option<std::collections::BTreeMap<String, u64>> {
-    let body = peer_http_get(url, "/metrics", peer_id).await?;
+async fn node_metrics(
+    url: &str,
+    peer_id: &str,
+    tls: &replikativ_peer::node::tls::ClientTls,
+) -> Option<std::collections::BTreeMap<String, u64>> {
+    let body = peer_http_get(url, "/metrics", peer_id, tls).await?;
     const SHOWN: &[&str] = &[
         "messages_received",
         "messages_sent",
@@ -569,8 +590,12 @@ async fn node_metrics(url: &str, peer_id: &str) -> Option<std::collections::BTre
 }
 
 /// Each open connection of a running peer with its counters (`GET /connections`).
-async fn connection_metrics(url: &str, peer_id: &str) -> Option<Vec<serde_json::Value>> {
-    let body = peer_http_get(url, "/connections", peer_id).await?;
+async fn connection_metrics(
+    url: &str,
+    peer_id: &str,
+    tls: &replikativ_peer::node::tls::ClientTls,
+) -> Option<Vec<serde_json::Value>> {
+    let body = peer_http_get(url, "/connections", peer_id, tls).await?;
     serde_json::from_str::<serde_json::Value>(&body).ok()?.as_array().cloned()
 }
 
@@ -583,7 +608,11 @@ pub(crate) async fn status(b: &mut Backend, target: &Target) -> Result<(), Failu
     // The node-wide counters of its /metrics (a running peer only; a local store has none).
     let (traffic, per_connection) = match &target.peer {
         Some(url) => {
-            (node_metrics(url, &status.peer_id).await, connection_metrics(url, &status.peer_id).await)
+            let tls = crate::tls::client_tls(target.ca.as_deref())?;
+            (
+                node_metrics(url, &status.peer_id, &tls).await,
+                connection_metrics(url, &status.peer_id, &tls).await,
+            )
         }
         None => (None, None),
     };

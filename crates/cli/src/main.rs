@@ -7,6 +7,7 @@ mod data;
 mod output;
 mod serve;
 mod stores;
+mod tls;
 mod usage;
 mod watch;
 
@@ -46,8 +47,8 @@ pub(crate) struct Failure(pub(crate) u8, pub(crate) String);
 /// replikativ: CRDT peer-to-peer replication of OR-Maps, CDVCS, LWW registers and G-Sets.
 ///
 /// Run a peer with `serve`; read and edit data with `ormap`, `cdvcs`, `lww` and `gset`, either on a
-/// running peer (--peer ws://HOST:PORT) or directly on a local store no peer holds (--store). Addresses
-/// are USER/UUID; values and transactions are JSON.
+/// running peer (--peer ws://HOST:PORT, or wss://HOST:PORT with TLS) or directly on a local store no
+/// peer holds (--store). Addresses are USER/UUID; values and transactions are JSON.
 #[derive(Debug, Parser)]
 #[command(name = "replikativ", version, about, long_about, after_help = concat!(
     "Examples:\n",
@@ -55,6 +56,7 @@ pub(crate) struct Failure(pub(crate) u8, pub(crate) String);
     "  MAP=$(replikativ ormap create --peer ws://127.0.0.1:31744)\n",
     "  replikativ ormap assoc \"$MAP\" milk '[[\"add\", 2]]' --peer ws://127.0.0.1:31744\n",
     "  replikativ watch \"$MAP\" --peer ws://127.0.0.1:31744\n",
+    "  replikativ status --peer wss://node.example.org:31744 --ca ca.pem      # over TLS\n",
     "\n",
     "`replikativ COMMAND --help` explains each command, with examples.\n",
     exit_codes!()
@@ -73,8 +75,10 @@ enum Top {
     /// commands of this tool from its connections. Authentication is on by default: every
     /// connection proves a key, an address USER/UUID is written and read only by connections
     /// proving USER's key (see `replikativ key --help`); --auth off lets anyone read and write
-    /// everything and is allowed only on a loopback address. Peers given with --connect may be
-    /// down: the peer keeps trying with backoff. Logs go to stderr; --log-level or RUST_LOG sets the level. SIGINT (Ctrl-C) and
+    /// everything and is allowed only on a loopback address. With --tls-cert and --tls-key it
+    /// speaks wss:// (and https://) instead of ws://; beyond loopback it refuses to listen without
+    /// TLS unless --insecure-no-tls is given. Peers given with --connect may be down: the peer
+    /// keeps trying with backoff. Logs go to stderr; --log-level or RUST_LOG sets the level. SIGINT (Ctrl-C) and
     /// SIGTERM shut down gracefully.
     Serve(Box<ServeArgs>),
     /// OR-Map: an observed-remove, multi-value map.
@@ -103,9 +107,13 @@ enum Top {
     Watch {
         /// The address, USER/UUID.
         address: String,
-        /// The running peer to watch through (ws://HOST:PORT).
+        /// The running peer to watch through (ws://HOST:PORT or wss://HOST:PORT).
         #[arg(long, env = "REPLIKATIV_PEER", value_name = "URL")]
         peer: String,
+        /// A PEM file of certificate authorities to trust for a wss:// peer, besides the public
+        /// ones (e.g. a deployment's own CA, or the peer's self-signed certificate)
+        #[arg(long, env = "REPLIKATIV_CA", value_name = "FILE")]
+        ca: Option<PathBuf>,
         /// How long to wait for the address to arrive before saying it does not exist there.
         #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
         timeout: std::time::Duration,
@@ -202,6 +210,8 @@ enum Top {
 }
 
 fn main() -> ExitCode {
+    // One rustls provider for the process (ring), before anything touches TLS.
+    replikativ_peer::node::tls::install_default_provider();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let parsed =
         Cli::command().try_get_matches_from(&args).and_then(|m| Cli::from_arg_matches(&m).map(|c| (c, m)));

@@ -13,9 +13,9 @@ pub(crate) struct ServeArgs {
     /// or memory
     #[arg(long, env = "REPLIKATIV_STORE", value_name = "STORE", default_value = DEFAULT_STORE)]
     pub(crate) store: String,
-    /// A peer to connect to (ws://HOST:PORT), repeatable (in the environment: comma-separated).
-    /// It need not be up: the peer keeps trying with backoff, and reconnects whenever the
-    /// connection drops
+    /// A peer to connect to (ws://HOST:PORT, or wss://HOST:PORT over TLS, verified with the public
+    /// roots and --ca), repeatable (in the environment: comma-separated). It need not be up: the
+    /// peer keeps trying with backoff, and reconnects whenever the connection drops
     #[arg(long = "connect", env = "REPLIKATIV_CONNECT", value_name = "URL", value_delimiter = ',')]
     pub(crate) connect: Vec<String>,
     /// An address (USER/UUID) to replicate, repeatable (in the environment: comma-separated): the
@@ -34,6 +34,21 @@ pub(crate) struct ServeArgs {
     /// answers DIR/PATH, GET / answers DIR/index.html
     #[arg(long, env = "REPLIKATIV_WEB", value_name = "DIR")]
     pub(crate) web: Option<PathBuf>,
+    /// Speak TLS on the listen port (wss:// and https://) with this certificate chain, PEM (the
+    /// server's certificate first, then intermediates); needs --tls-key
+    #[arg(long, env = "REPLIKATIV_TLS_CERT", value_name = "FILE")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert, PEM (PKCS#8, PKCS#1 or SEC1)
+    #[arg(long, env = "REPLIKATIV_TLS_KEY", value_name = "FILE")]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// Listen without TLS on an address that is not loopback (refused otherwise): only on a
+    /// network where anyone who can read the traffic may
+    #[arg(long, env = "REPLIKATIV_INSECURE_NO_TLS")]
+    pub(crate) insecure_no_tls: bool,
+    /// A PEM file of certificate authorities to trust for wss:// --connect peers, besides the
+    /// public ones (e.g. a deployment's own CA)
+    #[arg(long, env = "REPLIKATIV_CA", value_name = "FILE")]
+    pub(crate) ca: Option<PathBuf>,
     /// Log level: error, warn, info, debug or trace; RUST_LOG (a tracing filter) overrides it
     #[arg(long, env = "REPLIKATIV_LOG_LEVEL", value_name = "LEVEL", default_value = "info", value_parser = clap::builder::PossibleValuesParser::new(config::LOG_LEVELS))]
     pub(crate) log_level: String,
@@ -155,16 +170,24 @@ Examples:
   replikativ serve --client --connect ws://server:31744 --subscribe mail:alice@example.org/UUID
   REPLIKATIV_LISTEN=127.0.0.1:8080 replikativ serve --web ./public --log-format json
   replikativ serve --config node.toml --print-config  # what would run, as TOML
+  replikativ serve --listen 0.0.0.0:31744 --tls-cert cert.pem --tls-key key.pem   # wss://
+  replikativ serve --connect wss://hub.example.org:31744 --ca our-ca.pem
 
 HTTP on the listen port: GET /healthz (live), GET /readyz (store open, accepting),
 GET /metrics (Prometheus text), and with --web DIR the files of DIR.
+
+TLS: with --tls-cert and --tls-key the port speaks only TLS (wss:// peers, https:// requests; a
+plain request is answered 400). The TLS handshake counts toward --handshake-timeout and
+--max-handshake-bytes; failed ones are counted as refusals. A non-loopback --listen without TLS
+is refused (exit 2) unless --insecure-no-tls is given.
 
 Configuration: every flag also from its environment variable (shown with each flag) and from
 the --config TOML file; flags win over the environment, the environment over the file, the
 file over the defaults.
 
 Exit codes: 0 shut down cleanly (SIGINT or SIGTERM), 1 a second signal during the shutdown,
-2 bad usage (a flag, a URL, an address, the --config file), 4 the store cannot be opened.";
+2 bad usage (a flag, a URL, an address, the --config file, a TLS certificate or key file,
+a non-loopback --listen without TLS), 4 the store cannot be opened.";
 
 /// What one connection, or all of them, may cost the peer. What is refused is counted by reason
 /// in `replikativ status`.
@@ -290,14 +313,17 @@ pub(crate) fn serve_main(args: ServeArgs, matches: &clap::ArgMatches) -> Result<
         return Ok(());
     }
     // Arguments that can never work are usage errors, reported before anything starts.
-    if let Some(url) = args.connect.iter().find(|u| !u.starts_with("ws://")) {
+    if let Some(url) = args.connect.iter().find(|u| !u.starts_with("ws://") && !u.starts_with("wss://")) {
         return Err(Failure(
             EXIT_USAGE,
             format!(
-                "cannot connect to {url}: only ws://HOST:PORT URLs are supported (e.g. ws://127.0.0.1:31744)"
+                "cannot connect to {url}: only ws://HOST:PORT and wss://HOST:PORT URLs are supported (e.g. ws://127.0.0.1:31744)"
             ),
         ));
     }
+    let server_tls = tls::server_tls(args.tls_cert.as_deref(), args.tls_key.as_deref())?;
+    tls::check_listen(&args.listen, server_tls.is_some(), args.insecure_no_tls)?;
+    let client_tls = tls::client_tls(args.ca.as_deref())?;
     for a in &args.subscribe {
         parse_address(a).map_err(|Failure(code, e)| Failure(code, format!("--subscribe {a}: {e}")))?;
     }
@@ -309,7 +335,7 @@ pub(crate) fn serve_main(args: ServeArgs, matches: &clap::ArgMatches) -> Result<
     init_logs(&args)?;
     let runtime =
         tokio::runtime::Runtime::new().map_err(|e| Failure(1, format!("cannot start the runtime: {e}")))?;
-    runtime.block_on(serve(args))
+    runtime.block_on(serve(args, server_tls, client_tls))
 }
 
 /// Logs to stderr in the chosen format; colors only on a terminal and without `NO_COLOR`.
@@ -331,7 +357,11 @@ fn init_logs(args: &ServeArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-pub(crate) async fn serve(args: ServeArgs) -> Result<(), Failure> {
+pub(crate) async fn serve(
+    args: ServeArgs,
+    server_tls: Option<replikativ_peer::node::tls::ServerTls>,
+    client_tls: replikativ_peer::node::tls::ClientTls,
+) -> Result<(), Failure> {
     let mut signals = Signals::install()?;
     let auth = args.auth.node_auth(&args.listen)?;
     let store = open_store(&args.store, Access::Create)?;
@@ -343,6 +373,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), Failure> {
         extend: !args.client,
         remote_commands: true,
         web: args.web.clone(),
+        client_tls: Some(client_tls),
         auth: auth.clone(),
         ..NodeConfig::default()
     };
@@ -361,10 +392,14 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), Failure> {
         }
     };
     let started = async {
-        let addr = node.listen(&args.listen).await.map_err(|e| Failure(EXIT_USAGE, e.to_string()))?;
-        println!("replikativ peer {} listening on ws://{addr} (store: {})", node.peer_id(), args.store);
+        let (addr, ws, http) = match server_tls {
+            Some(tls) => (node.listen_tls(&args.listen, tls).await, "wss", "HTTPS on https"),
+            None => (node.listen(&args.listen).await, "ws", "HTTP on http"),
+        };
+        let addr = addr.map_err(|e| Failure(EXIT_USAGE, e.to_string()))?;
+        println!("replikativ peer {} listening on {ws}://{addr} (store: {})", node.peer_id(), args.store);
         let web = args.web.as_ref().map(|w| format!(", files of {}", w.display())).unwrap_or_default();
-        println!("HTTP on http://{addr}: /healthz, /readyz, /metrics{web}");
+        println!("{http}://{addr}: /healthz, /readyz, /metrics{web}");
         match &auth {
             Some(a) => println!("authentication on: node key {}", a.node_key.public()),
             None => println!("authentication off: every connection reads and writes everything"),

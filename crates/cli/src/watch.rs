@@ -175,12 +175,14 @@ async fn linked(stage: &Stage) -> bool {
 pub(crate) async fn watch(
     address: &str,
     url: &str,
+    ca: Option<&std::path::Path>,
     wait: Duration,
     key: Option<replikativ_peer::auth::SecretKey>,
     caps: Vec<replikativ_peer::auth::ReadCap>,
 ) -> Result<(), Failure> {
     let address = parse_address(address)?;
     let url = peer_url(url)?;
+    let client_tls = crate::tls::client_tls(ca)?;
     let mut signals = Signals::install()?;
     // The watching node authenticates (proving --key, or only a fresh node key) to a peer with
     // authentication on, and links without it to one with it off.
@@ -190,6 +192,7 @@ pub(crate) async fn watch(
     auth.caps = caps;
     let config = replikativ_peer::node::NodeConfig { auth: Some(auth), extend: false, ..Default::default() };
     let stage = Stage::builder(Arc::new(MemoryStore::new()))
+        .config(NodeConfig { client_tls: Some(client_tls), ..NodeConfig::default() })
         .user("replikativ-watch")
         .config(config)
         .spawn()

@@ -134,7 +134,7 @@ fn unreachable_peer_exits_3_for_data_commands_and_a_bad_connect_url_exits_2() {
     let stderr = stderr_of(&mut child);
     assert_eq!(
         stderr,
-        "error: cannot connect to http://127.0.0.1:1: only ws://HOST:PORT URLs are supported (e.g. ws://127.0.0.1:31744)\n"
+        "error: cannot connect to http://127.0.0.1:1: only ws://HOST:PORT and wss://HOST:PORT URLs are supported (e.g. ws://127.0.0.1:31744)\n"
     );
 }
 

@@ -1,5 +1,5 @@
-//! A remote stage client: runs stage commands on a node over a websocket (the node must enable
-//! `NodeConfig::remote_commands`). The command line's data commands use it.
+//! A remote stage client: runs stage commands on a node over a websocket, `ws://` or `wss://`
+//! (the node must enable `NodeConfig::remote_commands`). The command line's data commands use it.
 //!
 //! The client says hello like a peer, never subscribes, and sends commands as custom messages
 //! (see [`crate::middleware::RemoteStage`]); each reply comes after the node made the command's
@@ -11,7 +11,8 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use crate::middleware::{COMMAND_TAG, REPLY_TAG};
 use crate::proto::{Command, Hello, Message, PROTOCOL_VERSION, Reply, StageError};
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use crate::node::Ws;
+use crate::node::tls::{ChannelBinding, ClientTls};
 
 /// Why a remote call failed (apart from the command's own error).
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +34,8 @@ pub enum ClientError {
     Protocol(String),
 }
 
-/// How long [`RemoteClient::connect`] waits for the websocket handshake.
+/// How long [`RemoteClient::connect`] waits for the connection (TCP, TLS and the websocket
+/// handshake).
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Waits for the node's first frame: a node with authentication on opens with `auth-hello`, and
@@ -42,18 +44,15 @@ pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 async fn authenticate(
     ws: &mut Ws,
     user: Option<&crate::auth::SecretKey>,
+    exporter: [u8; crate::auth::handshake::EXPORTER_LEN],
 ) -> Result<Option<crate::auth::PublicKey>, String> {
     use crate::auth::{Handshake, Identity, Progress};
     let identity = Identity {
         node: crate::auth::SecretKey::generate().map_err(|e| e.to_string())?,
         user: user.cloned(),
     };
-    let (mut hs, hello) = Handshake::start(
-        crate::proto::Direction::Outbound,
-        identity,
-        [0; crate::auth::handshake::EXPORTER_LEN],
-    )
-    .map_err(|e| e.to_string())?;
+    let (mut hs, hello) =
+        Handshake::start(crate::proto::Direction::Outbound, identity, exporter).map_err(|e| e.to_string())?;
     let mut first = true;
     loop {
         let frame = match ws.next().await {
@@ -86,6 +85,7 @@ async fn authenticate(
 pub struct RemoteClient {
     ws: Ws,
     next_id: u64,
+    binding: ChannelBinding,
 }
 
 impl std::fmt::Debug for RemoteClient {
@@ -95,34 +95,65 @@ impl std::fmt::Debug for RemoteClient {
 }
 
 impl RemoteClient {
-    /// Connects to the node at `url` (`ws://host:port`) as `client_id`, without a user key (a
-    /// node with authentication on sees an anonymous principal).
+    /// Connects to the node at `url` (`ws://host:port`, or `wss://host:port` verified against the
+    /// public roots, [`ClientTls::webpki_roots`]) as `client_id`, without a user key (a node with
+    /// authentication on sees an anonymous principal).
     pub async fn connect(url: &str, client_id: &str) -> Result<RemoteClient, ClientError> {
-        RemoteClient::connect_as(url, client_id, None).await
+        RemoteClient::open(url, client_id, &ClientTls::webpki_roots(), None).await
     }
 
     /// Connects to the node at `url` as `client_id`, proving `user` if the node authenticates
     /// (see [`crate::auth::handshake`]): its commands then run as that user. A node with
-    /// authentication off accepts the connection as before (nothing is proved).
+    /// authentication off accepts the connection as before (nothing is proved). `wss://` is
+    /// verified against the public roots.
     pub async fn connect_as(
         url: &str,
         client_id: &str,
         user: Option<&crate::auth::SecretKey>,
     ) -> Result<RemoteClient, ClientError> {
+        RemoteClient::open(url, client_id, &ClientTls::webpki_roots(), user).await
+    }
+
+    /// Connects to the node at `url` as `client_id`, without a user key; a `wss://` node's
+    /// certificate is verified with `tls` (e.g. [`ClientTls::with_ca_pem`]). A certificate that
+    /// cannot be verified is a [`ClientError::Connect`] whose reason says which check failed.
+    pub async fn connect_with(
+        url: &str,
+        client_id: &str,
+        tls: &ClientTls,
+    ) -> Result<RemoteClient, ClientError> {
+        RemoteClient::open(url, client_id, tls, None).await
+    }
+
+    /// The general form of the above: `wss://` verified with `tls`, `user` proved if the node
+    /// authenticates. On `wss://` the authentication handshake is bound to the TLS session (its
+    /// exporter, [`RemoteClient::channel_binding`]), so a proof cannot be relayed into another
+    /// session; a TLS-terminating proxy between client and node therefore makes authentication
+    /// fail (terminate TLS at the node).
+    pub async fn open(
+        url: &str,
+        client_id: &str,
+        tls: &ClientTls,
+        user: Option<&crate::auth::SecretKey>,
+    ) -> Result<RemoteClient, ClientError> {
+        // tungstenite's default limits, as before TLS (the node bounds what it sends).
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
         // Bounded: a server that accepts and never answers must not hang the client.
-        let (mut ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(url))
-            .await
-            .map_err(|_| ClientError::Connect {
-                url: url.to_owned(),
-                reason: format!("no websocket handshake within {CONNECT_TIMEOUT:?}"),
-            })?
-            .map_err(|e| ClientError::Connect { url: url.to_owned(), reason: e.to_string() })?;
-        let authenticated = tokio::time::timeout(CONNECT_TIMEOUT, authenticate(&mut ws, user))
-            .await
-            .map_err(|_| ClientError::Connect {
-                url: url.to_owned(),
-                reason: format!("no authentication within {CONNECT_TIMEOUT:?}"),
-            })?;
+        let (mut ws, binding) =
+            tokio::time::timeout(CONNECT_TIMEOUT, crate::node::handshake(url, config, tls))
+                .await
+                .map_err(|_| ClientError::Connect {
+                    url: url.to_owned(),
+                    reason: format!("no websocket handshake within {CONNECT_TIMEOUT:?}"),
+                })?
+                .map_err(|reason| ClientError::Connect { url: url.to_owned(), reason })?;
+        let authenticated =
+            tokio::time::timeout(CONNECT_TIMEOUT, authenticate(&mut ws, user, *binding.exporter()))
+                .await
+                .map_err(|_| ClientError::Connect {
+                    url: url.to_owned(),
+                    reason: format!("no authentication within {CONNECT_TIMEOUT:?}"),
+                })?;
         let principal =
             authenticated.map_err(|reason| ClientError::Connect { url: url.to_owned(), reason })?;
         if let Some(node) = &principal {
@@ -136,7 +167,13 @@ impl RemoteClient {
         ws.send(WsMessage::Binary(hello.encode().into()))
             .await
             .map_err(|e| ClientError::Connect { url: url.to_owned(), reason: e.to_string() })?;
-        Ok(RemoteClient { ws, next_id: 1 })
+        Ok(RemoteClient { ws, next_id: 1, binding })
+    }
+
+    /// The connection's channel binding: its TLS exporter (the node sees the same one), or
+    /// zeros on `ws://`.
+    pub fn channel_binding(&self) -> ChannelBinding {
+        self.binding
     }
 
     /// Runs a command on the node.

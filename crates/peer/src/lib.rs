@@ -42,7 +42,8 @@
 //!   replikativ-peer --no-default-features`), so the same code runs in the deterministic
 //!   simulation (module `sim`, feature `test-utils`) and in the node;
 //! - [`auth`]: keys, the authentication handshake and the built-in access rules;
-//! - [`node`]: the tokio runtime around it (websockets, barrier thread, limits);
+//! - [`node`]: the tokio runtime around it (websockets, `ws://` and `wss://` ([`node::tls`]),
+//!   barrier thread, limits);
 //! - [`stage`]: the application's handle; [`realize`]: streaming into application state.
 
 pub mod auth;

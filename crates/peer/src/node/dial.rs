@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::tls::{ChannelBinding, ClientTls, MaybeTls};
 use super::ws::run;
 use super::{NodeError, Shared};
 use crate::middleware::Remote;
@@ -14,39 +15,66 @@ pub(crate) async fn connect(shared: Arc<Shared>, url: &str) -> Result<(), NodeEr
     Ok(())
 }
 
-/// One outgoing connection attempt, bounded by the handshake timeout (a server that accepts and
-/// never answers must not hold the supervisor forever).
-async fn dial(shared: &Shared, url: &str) -> Result<Ws, String> {
+/// One outgoing connection attempt (TCP, TLS for `wss://`, the websocket handshake), bounded as a
+/// whole by the handshake timeout (a server that accepts and never answers must not hold the
+/// supervisor forever).
+async fn dial(shared: &Shared, url: &str) -> Result<(Ws, ChannelBinding), String> {
     let ws = &shared.config.ws;
-    let attempt = tokio_tungstenite::connect_async_with_config(url, Some(ws.tungstenite()), true);
+    let tls = shared.client_tls();
+    let attempt = handshake(url, ws.tungstenite(), &tls);
     match tokio::time::timeout(ws.handshake_timeout, attempt).await {
-        Ok(Ok((ws, _))) => Ok(ws),
-        Ok(Err(e)) => Err(e.to_string()),
+        Ok(result) => result,
         Err(_) => Err(format!("no websocket handshake within {:?}", ws.handshake_timeout)),
+    }
+}
+
+/// The byte stream to `url` ([`super::tls::connect_stream`]), then the websocket handshake on it.
+/// Unbounded: callers bound it.
+pub(crate) async fn handshake(
+    url: &str,
+    config: tokio_tungstenite::tungstenite::protocol::WebSocketConfig,
+    tls: &ClientTls,
+) -> Result<(Ws, ChannelBinding), String> {
+    let (stream, binding) = super::tls::connect_stream(url, tls).await?;
+    match tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await {
+        Ok((ws, _)) => Ok((ws, binding)),
+        Err(e) => Err(handshake_failure(e)),
+    }
+}
+
+/// One sentence for a failed websocket handshake; an HTTP answer is quoted (the node's answer to a
+/// plain request on a TLS port says to use wss://).
+fn handshake_failure(e: tokio_tungstenite::tungstenite::Error) -> String {
+    use tokio_tungstenite::tungstenite::Error;
+    match e {
+        Error::Http(response) => {
+            let body = response
+                .body()
+                .as_deref()
+                .map(|b| String::from_utf8_lossy(&b[..b.len().min(200)]).trim().to_owned())
+                .filter(|b| !b.is_empty())
+                .map(|b| format!(": {b}"))
+                .unwrap_or_default();
+            format!("the server answered HTTP {}{body}", response.status())
+        }
+        other => other.to_string(),
     }
 }
 
 /// Like [`connect`], but returns at once: the first connection is made in the background and
 /// retried with backoff like every later one (a peer that is down at start is normal).
 pub(crate) fn connect_retrying(shared: Arc<Shared>, url: &str) -> Result<(), NodeError> {
-    let request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
-        .map_err(|e| NodeError::Connect { url: url.to_owned(), reason: e.to_string() })?;
-    if !matches!(request.uri().scheme_str(), Some("ws")) {
-        return Err(NodeError::Connect {
-            url: url.to_owned(),
-            reason: "only ws:// URLs are supported".into(),
-        });
-    }
+    super::tls::target(url).map_err(|reason| NodeError::Connect { url: url.to_owned(), reason })?;
     supervise(shared, url, None);
     Ok(())
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub(crate) type Ws = tokio_tungstenite::WebSocketStream<MaybeTls>;
 
 /// Keeps the outgoing connection to `url` up: runs it, and re-establishes it with backoff whenever
 /// it drops (or, with no `first` connection, until it is first made), until the node shuts down or
 /// [`super::Node::disconnect`].
-fn supervise(shared: Arc<Shared>, url: &str, first: Option<Ws>) {
+fn supervise(shared: Arc<Shared>, url: &str, first: Option<(Ws, ChannelBinding)>) {
     let url_owned = url.to_owned();
     let task_shared = shared.clone();
     let supervisor = tokio::spawn(async move {
@@ -59,9 +87,9 @@ fn supervise(shared: Arc<Shared>, url: &str, first: Option<Ws>) {
         // Without a first connection, try at once.
         let mut wait = ws.is_some();
         loop {
-            if let Some(ws) = ws.take() {
+            if let Some((ws, binding)) = ws.take() {
                 delay = backoff.initial;
-                run(shared.clone(), ws, Remote::Peer(url_owned.clone()), Direction::Outbound).await;
+                run(shared.clone(), ws, Remote::Peer(url_owned.clone()), Direction::Outbound, binding).await;
             }
             if *shutdown.borrow() {
                 return;

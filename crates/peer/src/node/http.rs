@@ -258,6 +258,8 @@ struct ConnectionInfo {
     remote: String,
     /// The remote's peer id once it said hello.
     peer_id: Option<String>,
+    /// Whether the connection runs over TLS (the node's own `wss://` listener or dialer).
+    tls: bool,
     #[serde(flatten)]
     counters: crate::middleware::MetricsSnapshot,
 }
@@ -277,6 +279,7 @@ async fn connections(State(shared): State<Arc<Shared>>) -> Response<Body> {
             conn,
             remote: remote.to_string(),
             peer_id,
+            tls: node.channel_binding(conn).is_some_and(|b| b.is_tls()),
             counters: metrics.get(&conn).copied().unwrap_or_default(),
         })
         .collect();
@@ -301,6 +304,8 @@ pub(crate) struct Accepted {
     pub(crate) permit: Arc<OwnedSemaphorePermit>,
     /// Lifts the handshake byte budget once the connection is a websocket.
     pub(crate) lift: Arc<AtomicBool>,
+    /// The connection's TLS exporter (or zeros).
+    pub(crate) binding: super::tls::ChannelBinding,
 }
 
 /// Whether a request asks for a websocket upgrade (an `Upgrade: websocket` header).
@@ -349,11 +354,12 @@ pub(crate) async fn upgrade<B>(shared: Arc<Shared>, mut req: axum::http::Request
         return text(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down\n".into());
     }
     let accepted = req.extensions().get::<Accepted>().cloned();
-    let (permit, lift) = match accepted {
-        Some(a) => (a.permit, Some(a.lift)),
-        // Mounted in an application's server: take a permit here.
+    let (permit, lift, binding) = match accepted {
+        Some(a) => (a.permit, Some(a.lift), a.binding),
+        // Mounted in an application's server: take a permit here. The application's server
+        // terminates TLS (if any), out of the node's sight: the binding is PLAIN.
         None => match shared.connections.clone().try_acquire_owned() {
-            Ok(p) => (Arc::new(p), None),
+            Ok(p) => (Arc::new(p), None, super::tls::ChannelBinding::PLAIN),
             Err(_) => {
                 shared.refuse(Refusal::MaxConnections);
                 tracing::debug!(peer = %peer_name, "connection refused: max_connections reached");
@@ -391,7 +397,7 @@ pub(crate) async fn upgrade<B>(shared: Arc<Shared>, mut req: axum::http::Request
             Some(shared.config.ws.tungstenite()),
         )
         .await;
-        super::ws::run(shared, ws, Remote::Peer(peer_name), Direction::Inbound).await;
+        super::ws::run(shared, ws, Remote::Peer(peer_name), Direction::Inbound, binding).await;
     });
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

@@ -17,6 +17,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tower::ServiceExt as _;
 
 use super::http::{Accepted, listener_router, upgrade, wants_websocket};
+use super::tls::{ChannelBinding, ServerTls};
 use super::{NodeError, Shared};
 use crate::proto::Refusal;
 
@@ -24,21 +25,116 @@ use crate::proto::Refusal;
 /// `/metrics` or a static file to a client that reads slowly (`docs/design.md` §11.2).
 pub(crate) const HTTP_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Serves one accepted connection: one HTTP request (answered with `Connection: close`), either
-/// a websocket upgrade (the connection then runs as a peer connection, holding `permit` until it
-/// closes) or a plain request answered by `router`. The request head must arrive within the handshake timeout and
-/// the handshake byte budget.
+/// Serves one accepted connection: on a TLS listener (`tls`), first the TLS handshake, then one
+/// HTTP request (answered with `Connection: close`), either a websocket upgrade (the connection
+/// then runs as a peer connection, holding `permit` until it closes) or a plain request answered
+/// by `router`. The TLS handshake and the request head together must arrive within the handshake
+/// timeout and the handshake byte budget.
 async fn serve_connection(
     shared: Arc<Shared>,
     router: Router,
     stream: TcpStream,
     peer_addr: std::net::SocketAddr,
     permit: OwnedSemaphorePermit,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let ws = shared.config.ws;
+    let deadline = tokio::time::Instant::now() + ws.handshake_timeout;
+    let Some(acceptor) = tls else {
+        let lift = Arc::new(AtomicBool::new(false));
+        let (stream, exceeded) = HandshakeLimit::new(stream, ws.max_handshake_bytes, lift.clone());
+        let accepted = Accepted { permit: Arc::new(permit), lift, binding: ChannelBinding::PLAIN };
+        return serve_http(shared, router, stream, peer_addr, accepted, exceeded, deadline).await;
+    };
+    // What the client sends first: a TLS handshake record (0x16), or a plain HTTP request (a
+    // letter), which is told to use TLS. A client that closes at once is no refusal (a TCP check).
+    let mut first = [0u8; 1];
+    match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
+        Err(_) => {
+            shared.refuse(Refusal::HandshakeTimeout);
+            tracing::debug!(%peer_addr, "no TLS handshake in time; closed");
+            return;
+        }
+        Ok(Err(_)) | Ok(Ok(0)) => return,
+        Ok(Ok(_)) if first[0].is_ascii_alphabetic() => {
+            shared.refuse(Refusal::HandshakeFailed);
+            tracing::debug!(%peer_addr, "plain HTTP on the TLS port; answered 400");
+            refuse_plain(stream, ws.max_handshake_bytes, deadline).await;
+            return;
+        }
+        Ok(Ok(_)) => {}
+    }
     let lift = Arc::new(AtomicBool::new(false));
     let (stream, exceeded) = HandshakeLimit::new(stream, ws.max_handshake_bytes, lift.clone());
-    let accepted = Accepted { permit: Arc::new(permit), lift };
+    let stream = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            let why = if exceeded.load(Ordering::Relaxed) {
+                Refusal::HandshakeTooLarge
+            } else {
+                Refusal::HandshakeFailed
+            };
+            shared.refuse(why);
+            tracing::debug!(%peer_addr, refusal = %why, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            shared.refuse(Refusal::HandshakeTimeout);
+            tracing::debug!(%peer_addr, "TLS handshake not finished in time; closed");
+            return;
+        }
+    };
+    let binding = match ChannelBinding::of(stream.get_ref().1) {
+        Ok(b) => b,
+        Err(e) => {
+            // Never after a finished handshake; refused rather than run without its binding.
+            shared.refuse(Refusal::HandshakeFailed);
+            tracing::warn!(%peer_addr, error = %e, "TLS exporter unavailable; closed");
+            return;
+        }
+    };
+    let accepted = Accepted { permit: Arc::new(permit), lift, binding };
+    serve_http(shared, router, stream, peer_addr, accepted, exceeded, deadline).await;
+}
+
+/// Answers a plain HTTP request on a TLS port with a 400 naming the fix, after reading its head
+/// (bounded by the byte budget and the deadline: closing with unread bytes would reset the
+/// connection before the client reads the answer).
+async fn refuse_plain(mut stream: TcpStream, budget: usize, deadline: tokio::time::Instant) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let answer = async {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 2048];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < budget {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        const BODY: &str = "this port speaks TLS: use wss:// (or https://)\n";
+        let reply = format!(
+            "HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\r\n{BODY}",
+            BODY.len()
+        );
+        let _ = stream.write_all(reply.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    };
+    let _ = tokio::time::timeout_at(deadline, answer).await;
+}
+
+/// Serves the one HTTP request of a connection (see [`serve_connection`]).
+async fn serve_http<S>(
+    shared: Arc<Shared>,
+    router: Router,
+    stream: S,
+    peer_addr: std::net::SocketAddr,
+    accepted: Accepted,
+    exceeded: Arc<AtomicBool>,
+    deadline: tokio::time::Instant,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let ws = shared.config.ws;
     let (head_tx, head_rx) = tokio::sync::oneshot::channel::<()>();
     let head_tx = std::sync::Mutex::new(Some(head_tx));
     let svc_shared = shared.clone();
@@ -75,7 +171,7 @@ async fn serve_connection(
     let result = tokio::select! {
         biased;
         r = &mut conn => r,
-        head = tokio::time::timeout(ws.handshake_timeout, head_rx) => {
+        head = tokio::time::timeout_at(deadline, head_rx) => {
             if head.is_err() {
                 shared.refuse(Refusal::HandshakeTimeout);
                 tracing::debug!(%peer_addr, "request head not received in time; closed");
@@ -101,13 +197,19 @@ async fn serve_connection(
     }
 }
 
-pub(crate) async fn listen(shared: Arc<Shared>, addr: &str) -> Result<std::net::SocketAddr, NodeError> {
+pub(crate) async fn listen(
+    shared: Arc<Shared>,
+    addr: &str,
+    tls: Option<ServerTls>,
+) -> Result<std::net::SocketAddr, NodeError> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| NodeError::Listen { addr: addr.to_owned(), source })?;
     let local =
         listener.local_addr().map_err(|source| NodeError::Listen { addr: addr.to_owned(), source })?;
-    shared.listening.lock().expect("poisoned").push(format!("ws://{local}"));
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
+    shared.listening.lock().expect("poisoned").push(format!("{scheme}://{local}"));
+    let acceptor = tls.map(|t| t.acceptor());
     let mut shutdown = shared.shutdown.subscribe();
     let router = listener_router(shared.clone(), shared.config.web.clone());
     let task_shared = shared.clone();
@@ -144,7 +246,14 @@ pub(crate) async fn listen(shared: Arc<Shared>, addr: &str) -> Result<std::net::
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            tokio::spawn(serve_connection(shared.clone(), router.clone(), stream, peer_addr, permit));
+            tokio::spawn(serve_connection(
+                shared.clone(),
+                router.clone(),
+                stream,
+                peer_addr,
+                permit,
+                acceptor.clone(),
+            ));
         }
     });
     shared.tasks.lock().expect("poisoned").push(task);

@@ -14,6 +14,11 @@
 //! messages to that peer are dropped and counted instead of growing memory or closing the
 //! connection: the protocol tolerates lost messages (subscriptions and fetches are retried,
 //! anti-entropy resends what is missing), so the slow peer catches up once it drains.
+//!
+//! Transport: [`Node::listen`] serves `ws://` (and plain HTTP, [`http`]) on a port,
+//! [`Node::listen_tls`] `wss://` (and HTTPS) with a certificate; [`Node::connect`] dials either,
+//! verifying `wss://` servers with [`NodeConfig::client_tls`]. Each connection's TLS exporter is
+//! its [`tls::ChannelBinding`] ([`Node::channel_binding`]). See [`tls`].
 
 mod core;
 
@@ -21,6 +26,7 @@ use self::core::{Core, barrier_loop};
 mod dial;
 pub mod http;
 mod listen;
+pub mod tls;
 mod ws;
 
 use std::collections::{BTreeMap, HashMap};
@@ -39,6 +45,7 @@ use crate::proto::{
     CommandId, ConnId, Input, OpenError, Peer, PeerConfig, Quarantined, Refusal, Refusals, StageError,
 };
 
+pub(crate) use dial::{Ws, handshake};
 pub use ws::WsConfig;
 pub(crate) use ws::chain_spec;
 
@@ -101,6 +108,10 @@ pub struct NodeConfig {
     /// a browser app; `None` (the default): only the websocket and `/healthz`, `/readyz`,
     /// `/metrics` (see [`http`]).
     pub web: Option<std::path::PathBuf>,
+    /// How `wss://` servers this node dials are verified ([`Node::connect`]); `None` (the
+    /// default): [`tls::ClientTls::webpki_roots`], the public web's certificate authorities. Give
+    /// [`tls::ClientTls::with_ca_pem`] to trust a deployment's own CA as well.
+    pub client_tls: Option<tls::ClientTls>,
     /// Authentication: `None` (the default) is authentication off, today's behaviour for tests
     /// and local use: anyone who can connect reads everything, and writes as any user. With
     /// [`NodeAuth`], every websocket connection, in and out, opens with the authentication
@@ -154,6 +165,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("remote_commands", &self.remote_commands)
             .field("max_connections", &self.max_connections)
             .field("web", &self.web)
+            .field("client_tls", &self.client_tls.is_some())
             .field("auth", &self.auth)
             .finish()
     }
@@ -175,6 +187,7 @@ impl Default for NodeConfig {
             remote_commands: false,
             max_connections: None,
             web: None,
+            client_tls: None,
             auth: None,
         }
     }
@@ -292,12 +305,24 @@ pub(crate) struct Shared {
     pub(crate) closed_metrics: Mutex<crate::middleware::MetricsSnapshot>,
     /// How long each durability barrier took.
     pub(crate) barrier_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// Each open remote connection's channel binding (set before its first frame is read).
+    pub(crate) bindings: Mutex<HashMap<ConnId, tls::ChannelBinding>>,
+    /// The default [`NodeConfig::client_tls`], made on the first `wss://` dial.
+    pub(crate) default_client_tls: std::sync::OnceLock<tls::ClientTls>,
 }
 
 impl Shared {
     /// Counts a refusal of the transport.
     pub(crate) fn refuse(&self, why: Refusal) {
         self.refusals.lock().expect("poisoned").count(why);
+    }
+
+    /// How this node verifies the `wss://` servers it dials.
+    pub(crate) fn client_tls(&self) -> tls::ClientTls {
+        match &self.config.client_tls {
+            Some(t) => t.clone(),
+            None => self.default_client_tls.get_or_init(tls::ClientTls::webpki_roots).clone(),
+        }
     }
 }
 
@@ -356,6 +381,8 @@ impl Node {
             refusals: refusals.clone(),
             closed_metrics: Mutex::new(Default::default()),
             barrier_seconds: http::barrier_histogram(),
+            bindings: Mutex::new(HashMap::new()),
+            default_client_tls: std::sync::OnceLock::new(),
         });
         let (barrier_tx, barrier_rx) = std::sync::mpsc::channel::<u64>();
         {
@@ -417,20 +444,39 @@ impl Node {
         &self.shared.config.peer_id
     }
 
-    /// Listens for websocket connections on `addr` (e.g. `127.0.0.1:0`); returns the bound address.
+    /// Listens for plain websocket connections (`ws://`) and HTTP on `addr` (e.g. `127.0.0.1:0`);
+    /// returns the bound address. Plain connections are readable by anyone on the path: beyond
+    /// loopback, use [`Node::listen_tls`].
     pub async fn listen(&self, addr: &str) -> Result<SocketAddr, NodeError> {
-        listen::listen(self.shared.clone(), addr).await
+        listen::listen(self.shared.clone(), addr, None).await
     }
 
-    /// Connects to a peer at a `ws://` URL. Fails if the first connection cannot be made; once
-    /// made, the connection is re-established with backoff whenever it drops, until
-    /// [`Node::disconnect`].
+    /// Listens for `wss://` connections (and HTTPS: `/healthz`, `/readyz`, `/metrics`, the
+    /// `web` files) on `addr`, with the certificate of `tls`; returns the bound address. The TLS
+    /// handshake counts toward the handshake timeout and byte budget of [`WsConfig`]; a failed
+    /// or late one is refused and counted like a failed websocket handshake, and a plain HTTP
+    /// request gets an HTTP 400 saying to use TLS. See [`tls`] for an example.
+    pub async fn listen_tls(&self, addr: &str, tls: tls::ServerTls) -> Result<SocketAddr, NodeError> {
+        listen::listen(self.shared.clone(), addr, Some(tls)).await
+    }
+
+    /// Connects to a peer at a `ws://` or `wss://` URL (`wss://` servers are verified with
+    /// [`NodeConfig::client_tls`]). Fails if the first connection cannot be made (for a
+    /// certificate the node cannot verify, the error says which check failed); once made, the
+    /// connection is re-established with backoff whenever it drops, until [`Node::disconnect`].
     pub async fn connect(&self, url: &str) -> Result<(), NodeError> {
         dial::connect(self.shared.clone(), url).await
     }
 
-    /// Connects to a peer at a `ws://` URL in the background: returns at once (an error only for a
-    /// URL that is not `ws://`), and keeps trying with backoff until the connection is made, then
+    /// The [`tls::ChannelBinding`] of an open remote connection (its TLS exporter; zeros on plain
+    /// `ws://`), known before its first message is read; `None` for a closed connection or a
+    /// stage. What the authenticated hello exchange binds its signatures to.
+    pub fn channel_binding(&self, conn: ConnId) -> Option<tls::ChannelBinding> {
+        self.shared.bindings.lock().expect("poisoned").get(&conn).copied()
+    }
+
+    /// Connects to a peer at a `ws://` or `wss://` URL in the background: returns at once (an
+    /// error only for a URL that is neither), and keeps trying with backoff until the connection is made, then
     /// re-establishes it whenever it drops, until [`Node::disconnect`] or shutdown. Each failed
     /// attempt is logged at WARN with the delay before the next one. What `serve --connect` uses: a
     /// peer that is down when this one starts is normal in a peer-to-peer system.
@@ -516,6 +562,7 @@ pub(crate) fn metric_totals(shared: &Shared) -> crate::middleware::MetricsSnapsh
 
 /// Moves a closing connection's counters into the node-wide totals.
 pub(crate) fn retire_metrics(shared: &Shared, conn: ConnId) {
+    shared.bindings.lock().expect("poisoned").remove(&conn);
     let removed = shared.metrics.lock().expect("poisoned").remove(&conn);
     if let Some(m) = removed {
         shared.closed_metrics.lock().expect("poisoned").add(&m.snapshot());

@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+use super::tls::ChannelBinding;
 use super::{ConnCmd, CoreMsg, Shared, register_metrics};
 use crate::connection::Connection;
 use crate::middleware::{ChainSpec, ConnMetrics, Item, Remote, standard_chain};
@@ -98,13 +99,14 @@ async fn authenticate<S>(
     auth: &super::NodeAuth,
     ws: &mut tokio_tungstenite::WebSocketStream<S>,
     direction: Direction,
+    binding: ChannelBinding,
 ) -> Result<Authenticated, String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     use crate::auth::{Handshake, Progress};
-    // Plain ws: no TLS exporter to bind to (zeros; see the handshake's module docs).
-    let exporter = [0u8; crate::auth::handshake::EXPORTER_LEN];
+    // The TLS session's exporter, or zeros on plain ws (see the handshake's module docs).
+    let exporter = *binding.exporter();
     let fail = |why: Refusal, detail: String| {
         shared.refuse(why);
         crate::proto::CloseReason::new(why, detail).to_string()
@@ -200,19 +202,25 @@ impl Link {
     }
 }
 
-/// Runs one websocket connection until it closes.
+/// Why the writer stops when the reader has ended.
+const READER_STOPPED: &str = "the reader stopped";
+
+/// Runs one websocket connection until it closes. `binding` is its transport's (the TLS
+/// exporter, or [`ChannelBinding::PLAIN`]): registered before anything is read, so whatever runs
+/// the connection finds it from the first message on ([`super::Node::channel_binding`]).
 pub(crate) async fn run<S>(
     shared: Arc<Shared>,
     mut ws: tokio_tungstenite::WebSocketStream<S>,
     remote: Remote,
     direction: Direction,
+    binding: ChannelBinding,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let mut first_frame = None;
     let principal = match &shared.config.auth {
         None => None,
-        Some(auth) => match authenticate(&shared, auth, &mut ws, direction).await {
+        Some(auth) => match authenticate(&shared, auth, &mut ws, direction, binding).await {
             Ok(Authenticated::Principal(principal)) => {
                 tracing::debug!(remote = %remote, %principal, "authenticated");
                 if direction == Direction::Outbound && !auth.caps.is_empty() {
@@ -241,6 +249,7 @@ pub(crate) async fn run<S>(
         },
     };
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    shared.bindings.lock().expect("poisoned").insert(conn, binding);
     let metrics = register_metrics(&shared, conn);
     let counter: crate::auth::gate::RefusalCounter = {
         let shared = shared.clone();
@@ -259,9 +268,10 @@ pub(crate) async fn run<S>(
     if core.send(attach).await.is_err()
         || core.send(CoreMsg::Input(Input::Connected { conn, direction })).await.is_err()
     {
+        super::retire_metrics(&shared, conn);
         return;
     }
-    tracing::debug!(conn, remote = %remote, ?direction, "connection opened");
+    tracing::debug!(conn, remote = %remote, ?direction, tls = binding.is_tls(), "connection opened");
     let link = Arc::new(Link {
         shared: shared.clone(),
         conn,
@@ -293,7 +303,10 @@ pub(crate) async fn run<S>(
         armed: true,
     };
     // Whichever side ends first ends the connection (the writer flushes a close frame first).
+    // Biased to the reader: when it ends (e.g. on the remote's close frame), the writer ends
+    // right after it ("the reader stopped"), and the reader's reason is the one to report.
     let reason = tokio::select! {
+        biased;
         r = &mut reader => {
             let reason = r.unwrap_or_else(|e| format!("reader failed: {e}"));
             // Let the writer send what the reader queued (e.g. a close frame), then stop it.
@@ -304,8 +317,20 @@ pub(crate) async fn run<S>(
             reason
         }
         w = &mut writer => {
-            reader.abort();
-            w.unwrap_or_else(|e| format!("writer failed: {e}"))
+            let w = w.unwrap_or_else(|e| format!("writer failed: {e}"));
+            if w == READER_STOPPED {
+                // Both ended at once, the writer polled first: the reader's reason, if it has one.
+                match tokio::time::timeout(Duration::from_millis(200), &mut reader).await {
+                    Ok(Ok(r)) => r,
+                    _ => {
+                        reader.abort();
+                        w
+                    }
+                }
+            } else {
+                reader.abort();
+                w
+            }
         }
     };
     // Incoming connections open and close routinely (every command line call is one): DEBUG.
@@ -446,7 +471,7 @@ where
     loop {
         tokio::select! {
             frame = wire.recv() => {
-                let Some(frame) = frame else { return "the reader stopped".into() };
+                let Some(frame) = frame else { return READER_STOPPED.into() };
                 let closing = matches!(frame, WsMessage::Close(_));
                 if let WsMessage::Binary(b) = &frame {
                     link.metrics.bytes_out.fetch_add(b.len() as u64, Ordering::Relaxed);

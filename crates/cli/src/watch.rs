@@ -190,11 +190,11 @@ pub(crate) async fn watch(
     let mut auth = replikativ_peer::node::NodeAuth::new(node_key);
     auth.user = key;
     auth.caps = caps;
-    let config = replikativ_peer::node::NodeConfig { auth: Some(auth), extend: false, ..Default::default() };
+    let config =
+        NodeConfig { auth: Some(auth), extend: false, client_tls: Some(client_tls), ..NodeConfig::default() };
     let stage = Stage::builder(Arc::new(MemoryStore::new()))
-        .config(NodeConfig { client_tls: Some(client_tls), ..NodeConfig::default() })
-        .user("replikativ-watch")
         .config(config)
+        .user("replikativ-watch")
         .spawn()
         .await
         .map_err(|e| Failure(EXIT_DATA, e.to_string()))?;

@@ -104,18 +104,11 @@ fn with_auth_on_writes_succeed_only_as_the_keys_user() {
     assert_eq!(code(&anonymous_create), Some(4), "{}", stderr(&anonymous_create));
     // Bob reads alice's map with a read capability she granted him, and not without it.
     let bob = stdout(&run(&["key", "show", bob_key.to_str().unwrap()]));
-    let granted = run(&[
-        "key",
-        "grant",
-        "--key",
-        alice_key.to_str().unwrap(),
-        "--to",
-        &bob,
-        "--address",
-        &map,
-        "--for",
-        "1h",
-    ]);
+    let grant = |address: &str| {
+        let owner = alice_key.to_str().unwrap();
+        run(&["key", "grant", "--key", owner, "--to", &bob, "--address", address, "--for", "1h"])
+    };
+    let granted = grant(&map);
     assert_eq!(code(&granted), Some(0), "{}", stderr(&granted));
     let cap = dir.path().join("bob.cap");
     std::fs::write(&cap, stdout(&granted)).unwrap();
@@ -124,18 +117,7 @@ fn with_auth_on_writes_succeed_only_as_the_keys_user() {
     assert_eq!(code(&with_cap), Some(0), "{}", stderr(&with_cap));
     let without = run_env(&["ormap", "get", &map, "milk", "--peer", &url], &as_bob);
     assert_eq!(code(&without), Some(4), "{}", stderr(&without));
-    let for_another = run(&[
-        "key",
-        "grant",
-        "--key",
-        alice_key.to_str().unwrap(),
-        "--to",
-        &bob,
-        "--address",
-        "mail:x@y/6f1c0b5c-0000-4000-8000-000000000000",
-        "--for",
-        "1h",
-    ]);
+    let for_another = grant("mail:x@y/6f1c0b5c-0000-4000-8000-000000000000");
     assert_eq!(code(&for_another), Some(2), "{}", stderr(&for_another));
     let after = run_env(&["ormap", "get", &map, "milk", "--peer", &url, "--json"], &as_alice);
     let text = stdout(&after);

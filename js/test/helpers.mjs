@@ -34,11 +34,11 @@ export function within(ms, what, promise) {
 }
 
 /**
- * Starts `replikativ serve` on 127.0.0.1:0 (or `listen`) with `args`; resolves to
- * `{url, port, child, exited, stop()}` once it printed its address.
+ * Starts `replikativ serve` on `listen` (127.0.0.1:0: an OS-assigned port) with `store` and
+ * `args`; resolves to `{url, port, child, exited, stop()}` once it printed its address.
  */
-export async function serve(args = [], listen = "127.0.0.1:0") {
-  const child = spawn(BIN, ["serve", "--listen", listen, "--store", "memory", ...args], {
+export async function serve({ args = [], listen = "127.0.0.1:0", store = "memory" } = {}) {
+  const child = spawn(BIN, ["serve", "--listen", listen, "--store", store, ...args], {
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn" },
   });

@@ -85,7 +85,9 @@ impl Stage {
         let (store, journal) = match kind.as_str() {
             "memory" => (MemoryStore::new(), None),
             "indexeddb" => {
-                let name = get_opt(&options, "name").and_then(|v| v.as_string()).unwrap_or_else(|| "replikativ".into());
+                let name = get_opt(&options, "name")
+                    .and_then(|v| v.as_string())
+                    .unwrap_or_else(|| "replikativ".into());
                 let (journal, pairs) = Journal::open(&name).await.map_err(|e| JsError::new(&e))?;
                 (MemoryStore::restore(pairs), Some(journal))
             }
@@ -227,8 +229,11 @@ impl Stage {
 
     /// OR-Map: removes every value of `key` seen here (with optional revert transactions).
     pub fn dissoc(&self, address: &str, key: JsValue, revert: JsValue) -> Result<js_sys::Promise, JsError> {
-        let revert =
-            if revert.is_undefined() || revert.is_null() { Vec::new() } else { to_transactions(&revert).map_err(|e| JsError::new(&e))? };
+        let revert = if revert.is_undefined() || revert.is_null() {
+            Vec::new()
+        } else {
+            to_transactions(&revert).map_err(|e| JsError::new(&e))?
+        };
         let cmd = Command::Dissoc {
             address: parse_address(address)?,
             key: to_value(&key).map_err(|e| JsError::new(&e))?,
@@ -300,14 +305,22 @@ impl Stage {
 
     /// CDVCS: merges the heads (default: all current heads, sorted) with optional correcting
     /// transactions; resolves to the merge commit's id.
-    pub fn merge(&self, address: &str, heads: JsValue, correcting: JsValue) -> Result<js_sys::Promise, JsError> {
+    pub fn merge(
+        &self,
+        address: &str,
+        heads: JsValue,
+        correcting: JsValue,
+    ) -> Result<js_sys::Promise, JsError> {
         let heads: Vec<ContentId> = if heads.is_undefined() || heads.is_null() {
             match self.query(address, Query::Heads)? {
                 Reply::Heads(h) => h.into_iter().collect(),
                 other => return Err(unexpected(other)),
             }
         } else {
-            Array::from(&heads).iter().map(|h| parse_id(&h.as_string().unwrap_or_default())).collect::<Result<_, _>>()?
+            Array::from(&heads)
+                .iter()
+                .map(|h| parse_id(&h.as_string().unwrap_or_default()))
+                .collect::<Result<_, _>>()?
         };
         let correcting = if correcting.is_undefined() || correcting.is_null() {
             Vec::new()

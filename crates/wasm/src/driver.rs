@@ -228,7 +228,9 @@ fn dispatch(shared: &Shared, inner: &mut Inner, outputs: Vec<Output>, deferred: 
                     }
                 },
                 Output::Schedule { after, timer } => {
-                    schedule_with(inner, shared, after.as_millis() as f64, move |s| feed(s, vec![Input::Timer(timer)]));
+                    schedule_with(inner, shared, after.as_millis() as f64, move |s| {
+                        feed(s, vec![Input::Timer(timer)])
+                    });
                 }
                 Output::Reply { id, result } => {
                     if let Some(tx) = inner.replies.remove(&id) {

@@ -54,5 +54,7 @@ mod realize;
 pub mod value;
 
 pub use api::Stage;
-pub use link::{DEAD_AFTER_MS, HEARTBEAT_MS, MAX_BACKOFF_MS, MAX_BUFFERED_BYTES, MAX_FRAME_BYTES, MIN_BACKOFF_MS};
+pub use link::{
+    DEAD_AFTER_MS, HEARTBEAT_MS, MAX_BACKOFF_MS, MAX_BUFFERED_BYTES, MAX_FRAME_BYTES, MIN_BACKOFF_MS,
+};
 pub use realize::Stream;

@@ -150,7 +150,11 @@ impl Link {
     }
 
     /// Tells the state listeners when the state or the pending count changed.
-    pub(crate) fn after_outputs(&mut self, deferred: &mut Vec<Deferred>, listeners: &BTreeMap<u64, Function>) {
+    pub(crate) fn after_outputs(
+        &mut self,
+        deferred: &mut Vec<Deferred>,
+        listeners: &BTreeMap<u64, Function>,
+    ) {
         let now = (self.state, self.pending());
         if self.told == Some(now) {
             return;
@@ -281,7 +285,8 @@ fn dial(shared: &Shared) {
     ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
     {
         let mut inner = shared.borrow_mut();
-        inner.link.socket = Some(Socket { ws, _on_open: on_open, _on_message: on_message, _on_close: on_close });
+        inner.link.socket =
+            Some(Socket { ws, _on_open: on_open, _on_message: on_message, _on_close: on_close });
         inner.link.state = LinkState::Connecting;
     }
     notify(shared);
@@ -408,4 +413,3 @@ pub(crate) fn opened(shared: &Shared) -> futures::channel::oneshot::Receiver<()>
     }
     rx
 }
-

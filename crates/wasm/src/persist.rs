@@ -146,7 +146,11 @@ impl Journal {
 
     /// Writes `ops` in one strict `readwrite` transaction; `done` hears its `complete` (Ok) or its
     /// `abort`/`error`. An error starting the transaction is returned (then `done` is never called).
-    pub fn write(&self, ops: Vec<JournalOp>, done: impl FnOnce(Result<(), String>) + 'static) -> Result<(), String> {
+    pub fn write(
+        &self,
+        ops: Vec<JournalOp>,
+        done: impl FnOnce(Result<(), String>) + 'static,
+    ) -> Result<(), String> {
         let options = js_sys::Object::new();
         let _ = js_sys::Reflect::set(&options, &"durability".into(), &"strict".into());
         let db: &Db = self.db.unchecked_ref();
@@ -157,9 +161,11 @@ impl Journal {
             let r = match &op {
                 JournalOp::Put(k, v) => store.put_with_key(&Uint8Array::from(&v[..]), &key(k)).map(drop),
                 JournalOp::Delete(k) => store.delete(&key(k)).map(drop),
-                JournalOp::DeleteRange(s, e) => IdbKeyRange::bound_with_lower_open_and_upper_open(&key(s), &key(e), false, true)
-                    .and_then(|range| store.delete(&range))
-                    .map(drop),
+                JournalOp::DeleteRange(s, e) => {
+                    IdbKeyRange::bound_with_lower_open_and_upper_open(&key(s), &key(e), false, true)
+                        .and_then(|range| store.delete(&range))
+                        .map(drop)
+                }
             };
             if let Err(e) = r {
                 let _ = tx.abort();

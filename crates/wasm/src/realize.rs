@@ -103,7 +103,11 @@ impl Stream {
                     .map(|(k, ids)| -> JsValue {
                         let o = Object::new();
                         set(&o, "key", to_js(k));
-                        set(&o, "commits", ids.iter().map(|i| JsValue::from(i.to_string())).collect::<Array>().into());
+                        set(
+                            &o,
+                            "commits",
+                            ids.iter().map(|i| JsValue::from(i.to_string())).collect::<Array>().into(),
+                        );
                         o.into()
                     })
                     .collect();
@@ -113,21 +117,27 @@ impl Stream {
             CrdtState::Lww(r) => match plan::plan_lww(&r, self.log.lww) {
                 None => return Ok(out.into()),
                 Some(unit) => {
-                    let synthetic = BTreeMap::from([(unit.id, vec![Transaction::new(LWW_SET, r.get().clone())])]);
+                    let synthetic =
+                        BTreeMap::from([(unit.id, vec![Transaction::new(LWW_SET, r.get().clone())])]);
                     (false, vec![unit], synthetic)
                 }
             },
             CrdtState::Gset(s) => {
                 let planned = plan::plan_gset(&s, &self.log.entries);
-                let synthetic: BTreeMap<ContentId, Vec<Transaction>> =
-                    planned.iter().map(|(u, e)| (u.id, vec![Transaction::new(GSET_ADD, e.clone())])).collect();
+                let synthetic: BTreeMap<ContentId, Vec<Transaction>> = planned
+                    .iter()
+                    .map(|(u, e)| (u.id, vec![Transaction::new(GSET_ADD, e.clone())]))
+                    .collect();
                 (false, planned.into_iter().map(|(u, _)| u).collect(), synthetic)
             }
         };
         // Read the commits the units replay.
         let wanted: Vec<ContentId> = {
-            let mut ids: Vec<ContentId> =
-                units.iter().flat_map(|u| u.commits.iter().copied()).filter(|id| !synthetic.contains_key(id)).collect();
+            let mut ids: Vec<ContentId> = units
+                .iter()
+                .flat_map(|u| u.commits.iter().copied())
+                .filter(|id| !synthetic.contains_key(id))
+                .collect();
             ids.sort();
             ids.dedup();
             ids

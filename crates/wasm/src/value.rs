@@ -36,7 +36,10 @@ fn to_value_at(js: &JsValue, depth: usize) -> Result<Value, String> {
     }
     if js.is_bigint() {
         let text: String = js.unchecked_ref::<BigInt>().to_string(10).map_err(|e| format!("{e:?}"))?.into();
-        return text.parse::<i128>().map(Value::Int).map_err(|_| format!("BigInt {text} does not fit 128 bits"));
+        return text
+            .parse::<i128>()
+            .map(Value::Int)
+            .map_err(|_| format!("BigInt {text} does not fit 128 bits"));
     }
     if let Some(bytes) = js.dyn_ref::<Uint8Array>() {
         return Ok(Value::Bytes(bytes.to_vec()));
@@ -48,7 +51,11 @@ fn to_value_at(js: &JsValue, depth: usize) -> Result<Value, String> {
         return Err(format!("nested deeper than {MAX_DEPTH} levels (or a cycle)"));
     }
     if let Some(array) = js.dyn_ref::<Array>() {
-        return array.iter().map(|item| to_value_at(&item, depth + 1)).collect::<Result<_, _>>().map(Value::List);
+        return array
+            .iter()
+            .map(|item| to_value_at(&item, depth + 1))
+            .collect::<Result<_, _>>()
+            .map(Value::List);
     }
     if let Some(map) = js.dyn_ref::<Map>() {
         let mut out = BTreeMap::new();

@@ -44,10 +44,16 @@ async fn a_barrier_is_reported_after_complete_and_its_writes_survive_a_reopen() 
     let name = fresh_name();
     let (journal, pairs) = Journal::open(&name).await.unwrap();
     assert!(pairs.is_empty());
-    barrier(&journal, vec![put(b"a", b"1"), put(b"b", b"2"), put(b"c", b"3"), put(b"d", b"4")]).await.unwrap();
+    barrier(&journal, vec![put(b"a", b"1"), put(b"b", b"2"), put(b"c", b"3"), put(b"d", b"4")])
+        .await
+        .unwrap();
     barrier(
         &journal,
-        vec![JournalOp::Delete(b"a".to_vec()), JournalOp::DeleteRange(b"b".to_vec(), b"d".to_vec()), put(b"e", b"5")],
+        vec![
+            JournalOp::Delete(b"a".to_vec()),
+            JournalOp::DeleteRange(b"b".to_vec(), b"d".to_vec()),
+            put(b"e", b"5"),
+        ],
     )
     .await
     .unwrap();
@@ -75,7 +81,8 @@ async fn an_aborted_transaction_fails_the_barrier() {
     let (journal, _) = Journal::open(&name).await.unwrap();
     // A key too large for the store's limit is fine for IndexedDB, but an invalid key (an empty
     // range) makes the delete throw, which aborts the transaction before anything is written.
-    let r = barrier(&journal, vec![put(b"x", b"1"), JournalOp::DeleteRange(b"z".to_vec(), b"a".to_vec())]).await;
+    let r =
+        barrier(&journal, vec![put(b"x", b"1"), JournalOp::DeleteRange(b"z".to_vec(), b"a".to_vec())]).await;
     assert!(r.is_err(), "{r:?}");
     journal.close();
     let (again, pairs) = Journal::open(&name).await.unwrap();
@@ -101,9 +108,11 @@ fn txs(f: &str, n: f64) -> JsValue {
 async fn an_acknowledged_write_is_there_after_a_reload() {
     let name = fresh_name();
     let stage = Stage::create(options("mail:alice@example.org", &name)).await.map_err(JsValue::from).unwrap();
-    let list = JsFuture::from(stage.create_datatype("ormap", None).unwrap()).await.unwrap().as_string().unwrap();
+    let list =
+        JsFuture::from(stage.create_datatype("ormap", None).unwrap()).await.unwrap().as_string().unwrap();
     JsFuture::from(stage.assoc(&list, "milk".into(), txs("add", 2.0)).unwrap()).await.unwrap();
-    let log = JsFuture::from(stage.create_datatype("cdvcs", None).unwrap()).await.unwrap().as_string().unwrap();
+    let log =
+        JsFuture::from(stage.create_datatype("cdvcs", None).unwrap()).await.unwrap().as_string().unwrap();
     JsFuture::from(stage.transact(&log, txs("deposit", 10.0)).unwrap()).await.unwrap();
     stage.close();
 
@@ -112,7 +121,11 @@ async fn an_acknowledged_write_is_there_after_a_reload() {
     let got = again.get(&list, "milk".into()).map_err(JsValue::from).unwrap();
     assert_eq!(got.length(), 1);
     let commit = got.get(0);
-    let tx: Array = Reflect::get(&commit, &"transactions".into()).unwrap().unchecked_into::<Array>().get(0).unchecked_into();
+    let tx: Array = Reflect::get(&commit, &"transactions".into())
+        .unwrap()
+        .unchecked_into::<Array>()
+        .get(0)
+        .unchecked_into();
     assert_eq!(tx.get(0).as_string().as_deref(), Some("add"));
     assert_eq!(tx.get(1).as_f64(), Some(2.0));
     assert_eq!(again.log(&log).map_err(JsValue::from).unwrap().length(), 2, "root and one commit");

@@ -98,7 +98,7 @@ impl Journal {
         let open: IdbOpenDbRequest = factory()?.open_with_u32(name, DB_VERSION).map_err(js_error)?;
         let upgrade_req = open.clone();
         let on_upgrade = Closure::<dyn FnMut()>::new(move || {
-            if let Ok(db) = upgrade_req.result().and_then(|r| r.dyn_into::<IdbDatabase>().map_err(Into::into))
+            if let Ok(db) = upgrade_req.result().and_then(|r| r.dyn_into::<IdbDatabase>())
                 && !db.object_store_names().contains(OBJECT_STORE)
             {
                 let _ = db.create_object_store(OBJECT_STORE);

@@ -1,5 +1,5 @@
 //! Streaming into a JS identity: the same planning as the Rust `stream_into_identity`
-//! (`replikativ_peer::realize::plan`), with the applied-log in memory. [`Stream::next`] returns
+//! (`replikativ_peer::realize::plan`), with the applied-log in memory. [`Stream::take_next`] (`next` in JS) returns
 //! what was not applied yet, in the datatype's deterministic order, and records it applied; the
 //! npm package's `streamIntoIdentity` runs the JS reducers over it on every change. So each commit
 //! reaches the reducers once per stream (a page reload starts a new stream from the initial state).
@@ -51,7 +51,8 @@ impl Stream {
     /// cdvcsConflict: null | {heads, mergeBases}, ormapConflicts: [{key, commits}]}`. With
     /// `reset` the identity starts over from its initial state (a CDVCS whose history changed
     /// under it). The units are recorded as applied when returned.
-    pub fn next(&mut self) -> Result<JsValue, JsError> {
+    #[wasm_bindgen(js_name = next)]
+    pub fn take_next(&mut self) -> Result<JsValue, JsError> {
         let out = Object::new();
         set(&out, "reset", false.into());
         set(&out, "units", Array::new().into());

@@ -22,6 +22,9 @@ await waitFor("the node holds the list", async () => true);
 // Receiver 1: the browser page.
 const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: FLAGS });
 const page = await (await browser.newContext()).newPage();
+page.on("pageerror", (e) => console.error("page error:", e));
+page.on("crash", () => console.error("the page crashed"));
+page.on("console", (m) => (m.type() === "error" ? console.error("page console:", m.text()) : null));
 await page.goto(`http://127.0.0.1:${node.port}/bench.html?list=${encodeURIComponent(list)}`);
 await page.waitForFunction(() => window.__ready, null, { timeout: 20_000 });
 
@@ -48,6 +51,15 @@ watch.stdout.on("data", (d) => {
 });
 await waitFor("the Rust client caught up", () => caughtUp, 20_000);
 
+// Progress on stderr every 2 s (REPLIKATIV_BENCH_PROGRESS=1).
+let writtenCount = 0;
+const progress = process.env.REPLIKATIV_BENCH_PROGRESS
+  ? setInterval(async () => {
+      const n = await page.evaluate(() => window.__count()).catch(() => -1);
+      console.error(`written ${writtenCount}, page ${n}, rust ${rustCount}, writer link ${JSON.stringify(writer.connectionState())}`);
+    }, 2000)
+  : null;
+
 // The writer: N assocs, at most WINDOW in flight.
 let browserFirst = 0;
 const t0 = performance.now();
@@ -56,6 +68,7 @@ for (let i = 0; i < N; i++) {
   inFlight.push(writer.ormap.assoc(list, `k${i}`, [["set", i]]));
   if (inFlight.length >= WINDOW) {
     await Promise.all(inFlight);
+    writtenCount = i + 1;
     inFlight = [];
     if (!browserFirst && (await page.evaluate(() => window.__count())) > 0) browserFirst = performance.now();
   }
@@ -72,7 +85,7 @@ await waitFor(
     if (n >= N) browserLast = performance.now();
     return n >= N;
   },
-  600_000,
+  Number(process.env.BENCH_TIMEOUT_MS ?? 600_000),
 );
 await waitFor("the Rust client has every entry", () => rustCount >= N, 600_000);
 
@@ -82,6 +95,7 @@ console.log(`writer (Node.js, wasm):        ${rate(N, t0, written)} ops/s (${((w
 console.log(`browser page (Chromium, wasm): ${rate(N, t0, browserLast)} ops/s from the first write to the last entry seen (${((browserLast - t0) / 1000).toFixed(2)} s; first seen after ${((browserFirst || browserLast) - t0).toFixed(0)} ms; polled every 25 ms)`);
 console.log(`Rust client (replikativ watch): ${rate(N, t0, rustLast)} ops/s from the first write to the last line (${((rustLast - t0) / 1000).toFixed(2)} s; first line after ${(rustFirst - t0).toFixed(0)} ms)`);
 
+if (progress) clearInterval(progress);
 watch.kill("SIGTERM");
 await browser.close();
 writer.close();

@@ -31,6 +31,9 @@ pub const MAX_FRAME_BYTES: usize = 64 << 20;
 /// backpressure on `send`).
 pub const MAX_BUFFERED_BYTES: u32 = 1 << 20;
 
+/// How long a `bufferedAmount` over the limit may stand still before it is taken as unreliable.
+const STALLED_BUFFER_MS: f64 = 1_000.0;
+
 /// Ids of heartbeat fetches: the top of the id space, never used by the core.
 const HEARTBEAT_ID: u64 = u64::MAX;
 
@@ -89,6 +92,11 @@ pub(crate) struct Link {
     /// Frames waiting for the socket's buffer to drain.
     backlog: VecDeque<Vec<u8>>,
     flush_scheduled: bool,
+    /// While the socket's buffer is over the limit: since when and at what amount it stood.
+    stalled: Option<(f64, u32)>,
+    /// The socket's `bufferedAmount` did not go down while it was over the limit for
+    /// [`STALLED_BUFFER_MS`] (Node 20's WebSocket never decreases it): not waited for again.
+    buffered_unreliable: bool,
     heartbeat_scheduled: bool,
     /// What the listeners were last told.
     told: Option<(LinkState, u64)>,
@@ -180,6 +188,9 @@ impl Link {
         set("url", self.url.clone().map(JsValue::from).unwrap_or(JsValue::NULL));
         set("attempts", self.attempts.into());
         set("lastClose", self.last_close.clone().map(JsValue::from).unwrap_or(JsValue::NULL));
+        // Frames waiting in the client for the socket's buffer to drain, and what it buffers.
+        set("queued", (self.backlog.len() as f64).into());
+        set("buffered", self.socket.as_ref().map_or(0.0, |s| f64::from(s.ws.buffered_amount())).into());
         o.into()
     }
 }
@@ -192,9 +203,21 @@ pub(crate) fn flush(shared: &Shared, inner: &mut Inner) {
         return;
     };
     while let Some(frame) = link.backlog.front() {
-        if s.ws.buffered_amount() > MAX_BUFFERED_BYTES {
-            break;
+        let buffered = s.ws.buffered_amount();
+        if buffered > MAX_BUFFERED_BYTES && !link.buffered_unreliable {
+            let now = js_sys::Date::now();
+            match link.stalled {
+                Some((since, amount)) if buffered >= amount && now - since > STALLED_BUFFER_MS => {
+                    link.buffered_unreliable = true;
+                }
+                Some((_, amount)) if buffered >= amount => break,
+                _ => {
+                    link.stalled = Some((now, buffered));
+                    break;
+                }
+            }
         }
+        link.stalled = None;
         if s.ws.send_with_u8_array(frame).is_err() {
             break;
         }
@@ -265,6 +288,8 @@ fn dial(shared: &Shared) {
             let conn = inner.link.next_conn;
             inner.link.conn = Some(conn);
             inner.link.last_frame_ms = js_sys::Date::now();
+            inner.link.stalled = None;
+            inner.link.buffered_unreliable = false;
             conn
         };
         feed(&shared, vec![Input::Connected { conn, direction: Direction::Outbound }]);
@@ -344,7 +369,12 @@ fn received(shared: &Shared, data: JsValue) {
                             let _ = w.send(());
                         }
                     }
-                    Message::PublishAck { id } | Message::Refused { id, .. } => {
+                    // An acknowledgement covers every earlier publication of the link (the node
+                    // folds them); a refusal settles one.
+                    Message::PublishAck { id } => {
+                        inner.link.unacked = inner.link.unacked.split_off(&(id + 1));
+                    }
+                    Message::Refused { id, .. } => {
                         inner.link.unacked.remove(id);
                     }
                     // The catch-up exchange started: what was written offline is sent now (and

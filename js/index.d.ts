@@ -43,6 +43,10 @@ export interface StageOptions {
   name?: string;
   /** The peer id (default `browser-<uuid>`). */
   peerId?: string;
+  /** Quiet time (ms) after which the client sends a heartbeat (default 10,000, at least 100). */
+  heartbeatMs?: number;
+  /** Quiet time (ms) after which the link is taken for dead and redialed (default 25,000, at least two heartbeats). */
+  deadAfterMs?: number;
 }
 
 export interface ConnectionState {
@@ -54,6 +58,10 @@ export interface ConnectionState {
   attempts: number;
   /** Why the last link closed, while it is down. */
   lastClose: string | null;
+  /** Frames waiting in the client for the socket's buffer to drain. */
+  queued: number;
+  /** Bytes the socket buffers (as the runtime reports it). */
+  buffered: number;
 }
 
 export interface Change {

@@ -185,3 +185,28 @@ test("bad input gets a clear error", async () => {
   assert.throws(() => alice.ormap.assoc(list, "k", [["f", cyclic]]), /deeper/);
   await assert.rejects(alice.lww.set(list, 1), /OR-Map, not a LWW register|not a/);
 });
+
+test("heartbeat: an idle link stays open on heartbeat answers; a node that stops answering is redialed", async () => {
+  const n2 = await serve();
+  const s = await Stage.create({ user: "mail:carol@example.org", heartbeatMs: 200, deadAfterMs: 1000 });
+  try {
+    await within(10_000, "carol connects", s.connect(n2.url));
+    // Idle for several dead-after intervals: only the heartbeat's answers arrive, and they keep it open.
+    const drops = [];
+    const off = s.onConnectionState((st) => drops.push(st.state));
+    await new Promise((r) => setTimeout(r, 3000));
+    assert.equal(s.connectionState().state, "open");
+    assert.deepEqual(drops.filter((x) => x !== "open"), []);
+    off();
+    // The node freezes (SIGSTOP): nothing arrives, the link is taken for dead.
+    n2.child.kill("SIGSTOP");
+    await waitFor("carol takes the link for dead", () => s.connectionState().state !== "open", 10_000);
+    assert.match(s.connectionState().lastClose ?? "", /nothing from the node/);
+    n2.child.kill("SIGCONT");
+    await waitFor("carol is back", () => s.connectionState().state === "open", 15_000);
+  } finally {
+    n2.child.kill("SIGCONT");
+    s.close();
+    await n2.stop();
+  }
+});

@@ -74,8 +74,10 @@ impl std::fmt::Debug for Stage {
 
 #[wasm_bindgen]
 impl Stage {
-    /// `Stage.create({user, store: "memory" | "indexeddb", name?, peerId?})`: opens a stage.
-    /// With `"indexeddb"` the state of database `name` (default `"replikativ"`) is loaded back.
+    /// `Stage.create({user, store: "memory" | "indexeddb", name?, peerId?, heartbeatMs?,
+    /// deadAfterMs?})`: opens a stage. With `"indexeddb"` the state of database `name` (default
+    /// `"replikativ"`) is loaded back. `heartbeatMs` (default 10 s, at least 100 ms) and
+    /// `deadAfterMs` (default 25 s, at least two heartbeats) time the link's heartbeat.
     pub async fn create(options: JsValue) -> Result<Stage, JsError> {
         let user = get_opt(&options, "user")
             .and_then(|v| v.as_string())
@@ -100,6 +102,19 @@ impl Stage {
         let actor = ActorId::from(Uuid::new_v4());
         let peer = Peer::open(store.clone(), &peer_id, false, actor, PeerConfig::default()).map_err(err)?;
         let shared = Rc::new(RefCell::new(Inner::new(peer, store, user, journal)));
+        // The heartbeat's timing: at least 100 ms, and a link is taken for dead after at least
+        // two heartbeat intervals.
+        let ms =
+            |k: &str| get_opt(&options, k).and_then(|v| v.as_f64()).filter(|v| v.is_finite() && *v > 0.0);
+        if let Some(h) = ms("heartbeatMs") {
+            shared.borrow_mut().link.heartbeat_ms = h.max(100.0);
+        }
+        if let Some(d) = ms("deadAfterMs") {
+            let mut inner = shared.borrow_mut();
+            let every =
+                if inner.link.heartbeat_ms > 0.0 { inner.link.heartbeat_ms } else { link::HEARTBEAT_MS };
+            inner.link.dead_after_ms = d.max(2.0 * every);
+        }
         driver::start(&shared);
         Ok(Stage { shared })
     }

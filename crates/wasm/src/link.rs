@@ -104,9 +104,23 @@ pub(crate) struct Link {
     pub(crate) waiters: Vec<futures::channel::oneshot::Sender<()>>,
     /// Why the last link closed, if it did.
     pub(crate) last_close: Option<String>,
+    /// When the current socket was dialed (a dial that is not open with a hello after
+    /// `dead_after` is abandoned and redialed).
+    dialed_ms: f64,
+    /// The heartbeat's timing (`Stage.create({heartbeatMs, deadAfterMs})`; 0: the defaults).
+    pub(crate) heartbeat_ms: f64,
+    pub(crate) dead_after_ms: f64,
 }
 
 impl Link {
+    fn heartbeat(&self) -> f64 {
+        if self.heartbeat_ms > 0.0 { self.heartbeat_ms } else { HEARTBEAT_MS }
+    }
+
+    fn dead_after(&self) -> f64 {
+        if self.dead_after_ms > 0.0 { self.dead_after_ms } else { DEAD_AFTER_MS }
+    }
+
     /// Local writes not yet acknowledged by the node (approximate: publications in flight on the
     /// open link, plus writes made while it was down).
     pub(crate) fn pending(&self) -> u64 {
@@ -399,7 +413,8 @@ fn start_heartbeat(shared: &Shared) {
         }
         inner.link.heartbeat_scheduled = true;
     }
-    schedule(shared, HEARTBEAT_MS / 2.0, heartbeat);
+    let every = shared.borrow().link.heartbeat() / 2.0;
+    schedule(shared, every, heartbeat);
 }
 
 fn heartbeat(shared: &Shared) {
@@ -413,21 +428,27 @@ fn heartbeat(shared: &Shared) {
         }
         let quiet = js_sys::Date::now() - inner.link.last_frame_ms;
         let open = inner.link.state == LinkState::Open;
-        if open && quiet > DEAD_AFTER_MS {
-            true
+        let (every, dead_after) = (inner.link.heartbeat(), inner.link.dead_after());
+        let stuck = inner.link.state == LinkState::Connecting
+            && inner.link.socket.is_some()
+            && js_sys::Date::now() - inner.link.dialed_ms > dead_after;
+        if stuck {
+            Some(format!("no hello from the node within {} s of dialing", dead_after / 1000.0))
+        } else if open && quiet > dead_after {
+            Some(format!("nothing from the node for {} s", dead_after / 1000.0))
         } else {
             if open
-                && quiet > HEARTBEAT_MS
+                && quiet > every
                 && let Some(s) = &inner.link.socket
             {
                 let ping = Message::Fetch { id: HEARTBEAT_ID, ids: Vec::new() };
                 let _ = s.ws.send_with_u8_array(&ping.encode());
             }
-            false
+            None
         }
     };
-    if dead {
-        lost(shared, &format!("nothing from the node for {} s", DEAD_AFTER_MS / 1000.0));
+    if let Some(why) = dead {
+        lost(shared, &why);
     }
     start_heartbeat(shared);
 }

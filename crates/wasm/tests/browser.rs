@@ -132,3 +132,64 @@ async fn an_acknowledged_write_is_there_after_a_reload() {
     again.close();
     Stage::delete_database(name).await.map_err(JsValue::from).unwrap();
 }
+
+mod values {
+    use js_sys::{BigInt, Map, Object, Reflect, Uint8Array};
+    use replikativ_crdt::Value;
+    use replikativ_wasm::value::{to_js, to_transactions, to_value};
+    use wasm_bindgen::{JsCast, JsValue};
+    use wasm_bindgen_test::*;
+
+    #[wasm_bindgen_test]
+    fn numbers_integers_and_bigints() {
+        assert_eq!(to_value(&JsValue::from_f64(2.0)).unwrap(), Value::Int(2));
+        assert_eq!(to_value(&JsValue::from_f64(1.5)).unwrap(), Value::Float(1.5));
+        assert_eq!(to_value(&JsValue::from_f64(1e300)).unwrap(), Value::Float(1e300));
+        assert!(matches!(to_value(&JsValue::from_f64(f64::NAN)).unwrap(), Value::Float(f) if f.is_nan()));
+        let big = BigInt::new(&JsValue::from_str("1180591620717411303424")).unwrap(); // 2^70
+        assert_eq!(to_value(&big.into()).unwrap(), Value::Int(1 << 70));
+        // Back: a safe integer is a number, a larger one a BigInt.
+        assert_eq!(to_js(&Value::Int((1 << 53) - 1)).as_f64(), Some(((1u64 << 53) - 1) as f64));
+        let back = to_js(&Value::Int(1 << 53));
+        assert!(back.is_bigint(), "{back:?}");
+        assert_eq!(to_value(&back).unwrap(), Value::Int(1 << 53));
+        let huge = BigInt::new(&JsValue::from_str(&format!("{}0", i128::MAX))).unwrap();
+        assert!(to_value(&huge.into()).unwrap_err().contains("128 bits"));
+    }
+
+    #[wasm_bindgen_test]
+    fn bytes_lists_objects_and_maps() {
+        let bytes = Uint8Array::from(&[1u8, 2, 3][..]);
+        assert_eq!(to_value(&bytes.into()).unwrap(), Value::Bytes(vec![1, 2, 3]));
+        assert!(to_js(&Value::Bytes(vec![9])).is_instance_of::<Uint8Array>());
+        let o = Object::new();
+        Reflect::set(&o, &"b".into(), &JsValue::from_f64(1.0)).unwrap();
+        Reflect::set(&o, &"a".into(), &JsValue::NULL).unwrap();
+        let v = to_value(&o.into()).unwrap();
+        assert_eq!(v, Value::map([("a", Value::Nil), ("b", Value::Int(1))]));
+        // A map with a non-string key comes back as a JS Map, and round-trips.
+        let m = Map::new();
+        m.set(&JsValue::from_f64(7.0), &"seven".into());
+        let v = to_value(&m.into()).unwrap();
+        assert_eq!(v, Value::map([(Value::Int(7), Value::from("seven"))]));
+        let back = to_js(&v);
+        assert!(back.is_instance_of::<Map>());
+        assert_eq!(to_value(&back).unwrap(), v);
+        // A map with string keys comes back as a plain object.
+        assert!(!to_js(&Value::map([("k", 1)])).is_instance_of::<Map>());
+    }
+
+    #[wasm_bindgen_test]
+    fn refused_values_say_why() {
+        let f = js_sys::Function::new_no_args("return 1");
+        assert!(to_value(&f.into()).unwrap_err().contains("functions"));
+        let o = Object::new();
+        Reflect::set(&o, &"self".into(), &o).unwrap();
+        assert!(to_value(&o.into()).unwrap_err().contains("deeper"));
+        let not_pairs = js_sys::Array::of1(&JsValue::from_f64(1.0));
+        assert!(to_transactions(&not_pairs.into()).unwrap_err().contains("[function, params]"));
+        assert!(to_transactions(&js_sys::Array::new().into()).unwrap_err().contains("empty"));
+        let one = js_sys::Array::of2(&"add".into(), &JsValue::from_f64(1.0));
+        assert_eq!(to_transactions(&one.unchecked_into()).unwrap().len(), 1);
+    }
+}

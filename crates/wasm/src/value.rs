@@ -1,5 +1,5 @@
 //! JS values to and from replikativ [`Value`]s (the mapping is in the crate docs and
-//! `docs/design.md` §13).
+//! `docs/design.md` §13.4).
 
 use std::collections::BTreeMap;
 

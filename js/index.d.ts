@@ -54,7 +54,7 @@ export interface ConnectionState {
   /** Local writes the node has not acknowledged yet. */
   pending: number;
   url: string | null;
-  /** Failed attempts since the link was last open. */
+  /** Lost or failed links since the link was last stable (open for 10 s); the reconnect delay grows with it. */
   attempts: number;
   /** Why the last link closed, while it is down. */
   lastClose: string | null;

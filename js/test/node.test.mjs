@@ -210,3 +210,25 @@ test("heartbeat: an idle link stays open on heartbeat answers; a node that stops
     await n2.stop();
   }
 });
+
+test("a node that closes the link with a reason: the reason is shown and the link is redialed", async () => {
+  const n3 = await serve({ args: ["--max-subscriptions-per-connection", "1"] });
+  const s = await Stage.create({ user: "mail:dave@example.org" });
+  try {
+    const a = await s.ormap.create();
+    const b = await s.ormap.create();
+    assert.ok(a && b);
+    // Two subscriptions in one subscribe: over the node's limit, it closes the connection.
+    s.connect(n3.url);
+    await waitFor("the node's reason reaches the app", () => /subscri/.test(s.connectionState().lastClose ?? ""), 10_000);
+    // Redialed with backoff (attempts are reset only by a hello, which each redial gets again,
+    // so count the closes instead).
+    let closes = 0;
+    const off = s.onConnectionState((st) => (st.state === "reconnecting" ? closes++ : null));
+    await waitFor("it keeps redialing, with a growing delay", () => closes >= 2 && s.connectionState().attempts >= 2, 15_000);
+    off();
+  } finally {
+    s.close();
+    await n3.stop();
+  }
+});

@@ -193,6 +193,7 @@ pub(crate) fn feed(shared: &Shared, inputs: Vec<Input>) {
         let outputs = inner.peer.handle_batch(inputs, now_ms());
         dispatch(shared, &mut inner, outputs, &mut deferred);
     }
+    crate::link::after_core_close(shared);
     for d in deferred {
         d.run();
     }

@@ -56,5 +56,6 @@ pub mod value;
 pub use api::Stage;
 pub use link::{
     DEAD_AFTER_MS, HEARTBEAT_MS, MAX_BACKOFF_MS, MAX_BUFFERED_BYTES, MAX_FRAME_BYTES, MIN_BACKOFF_MS,
+    STABLE_AFTER_MS,
 };
 pub use realize::Stream;

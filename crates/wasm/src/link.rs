@@ -31,6 +31,9 @@ pub const MAX_FRAME_BYTES: usize = 64 << 20;
 /// backpressure on `send`).
 pub const MAX_BUFFERED_BYTES: u32 = 1 << 20;
 
+/// A link open this long resets the reconnect backoff (ms).
+pub const STABLE_AFTER_MS: f64 = 10_000.0;
+
 /// How long a `bufferedAmount` over the limit may stand still before it is taken as unreliable.
 const STALLED_BUFFER_MS: f64 = 1_000.0;
 
@@ -81,7 +84,7 @@ pub(crate) struct Link {
     conn: Option<ConnId>,
     next_conn: ConnId,
     pub(crate) state: LinkState,
-    /// Failed attempts since the link was last open.
+    /// Lost or failed links since the link was last stable (open for [`STABLE_AFTER_MS`]).
     pub(crate) attempts: u32,
     last_frame_ms: f64,
     /// Publications sent on this link and not acknowledged yet.
@@ -104,9 +107,13 @@ pub(crate) struct Link {
     pub(crate) waiters: Vec<futures::channel::oneshot::Sender<()>>,
     /// Why the last link closed, if it did.
     pub(crate) last_close: Option<String>,
+    /// When the current link got the node's hello.
+    opened_ms: f64,
     /// When the current socket was dialed (a dial that is not open with a hello after
     /// `dead_after` is abandoned and redialed).
     dialed_ms: f64,
+    /// The core closed the link (a `close` from the node, a refused frame): why.
+    closed_by_core: Option<String>,
     /// The heartbeat's timing (`Stage.create({heartbeatMs, deadAfterMs})`; 0: the defaults).
     pub(crate) heartbeat_ms: f64,
     pub(crate) dead_after_ms: f64,
@@ -148,6 +155,8 @@ impl Link {
     pub(crate) fn close_conn(&mut self, conn: ConnId, reason: &str) {
         if self.conn == Some(conn) {
             self.drop_socket(reason);
+            // Redialed once the state is released (see `after_core_close`).
+            self.closed_by_core = Some(reason.to_owned());
         }
     }
 
@@ -331,6 +340,14 @@ fn dial(shared: &Shared) {
     notify(shared);
 }
 
+/// After a dispatch: if the core closed the link, treat it as lost (schedule a redial).
+pub(crate) fn after_core_close(shared: &Shared) {
+    let why = shared.borrow_mut().link.closed_by_core.take();
+    if let Some(why) = why {
+        lost(shared, &why);
+    }
+}
+
 /// The link was lost (or is taken for dead): tell the core, schedule a redial.
 fn lost(shared: &Shared, why: &str) {
     let (old, delay) = {
@@ -377,7 +394,9 @@ fn received(shared: &Shared, data: JsValue) {
                     Message::FetchReply { id: HEARTBEAT_ID, .. } => return,
                     Message::Hello(_) => {
                         inner.link.state = LinkState::Open;
-                        inner.link.attempts = 0;
+                        // The backoff restarts once the link proved stable (see `heartbeat`), so a
+                        // node that accepts and then closes at once is not redialed in a tight loop.
+                        inner.link.opened_ms = js_sys::Date::now();
                         inner.link.last_close = None;
                         for w in inner.link.waiters.drain(..) {
                             let _ = w.send(());
@@ -429,6 +448,9 @@ fn heartbeat(shared: &Shared) {
         let quiet = js_sys::Date::now() - inner.link.last_frame_ms;
         let open = inner.link.state == LinkState::Open;
         let (every, dead_after) = (inner.link.heartbeat(), inner.link.dead_after());
+        if open && js_sys::Date::now() - inner.link.opened_ms > STABLE_AFTER_MS {
+            inner.link.attempts = 0;
+        }
         let stuck = inner.link.state == LinkState::Connecting
             && inner.link.socket.is_some()
             && js_sys::Date::now() - inner.link.dialed_ms > dead_after;

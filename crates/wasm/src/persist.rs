@@ -1,7 +1,8 @@
 //! IndexedDB as a write-behind journal of the stage's memory store.
 //!
-//! The core runs on a journaling [`MemoryStore`]: every raw write is recorded. At each barrier
-//! the driver takes the writes since the last one and puts them into one object store (`kv`,
+//! The core runs on a journaling [`MemoryStore`](replikativ_store::MemoryStore): every raw write
+//! is recorded. At each barrier the driver takes the writes since the last one and puts them into
+//! one object store (`kv`,
 //! binary keys, the store's internal key layout) in **one** `readwrite` transaction with
 //! `durability: "strict"` (Chrome's default since 121 is `relaxed`, where `complete` fires before
 //! the data is on disk). The core hears "barrier done" only from the transaction's `complete`

@@ -1,5 +1,5 @@
 // Test helpers: a real `replikativ serve` node on an OS-assigned port, bounded waits, the CLI.
-import { spawn, execFile } from "node:child_process";
+import { spawn, execFile, execFileSync } from "node:child_process";
 import { once } from "node:events";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
@@ -33,12 +33,20 @@ export function within(ms, what, promise) {
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
+// The browser client does not authenticate yet (docs/design.md §13.2): a node that has
+// authentication (on by default where `serve` has `--auth`) runs with it off, on loopback.
+let authFlags;
+function noAuth() {
+  authFlags ??= execFileSync(BIN, ["serve", "--help"], { encoding: "utf8" }).includes("--auth") ? ["--auth", "off"] : [];
+  return authFlags;
+}
+
 /**
  * Starts `replikativ serve` on `listen` (127.0.0.1:0: an OS-assigned port) with `store` and
  * `args`; resolves to `{url, port, child, exited, stop()}` once it printed its address.
  */
 export async function serve({ args = [], listen = "127.0.0.1:0", store = "memory" } = {}) {
-  const child = spawn(BIN, ["serve", "--listen", listen, "--store", store, ...args], {
+  const child = spawn(BIN, ["serve", "--listen", listen, "--store", store, ...noAuth(), ...args], {
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn" },
   });

@@ -43,6 +43,8 @@ function read() {
 
 const $todos = document.querySelector("#todos");
 function render() {
+  // A list opened by its link arrives from the node: until then there is nothing to edit.
+  document.querySelector("#add button").disabled = !stage.has(list);
   const todos = read();
   window.__state = todos;
   $todos.replaceChildren(

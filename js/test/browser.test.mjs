@@ -66,6 +66,9 @@ test("two pages and the CLI edit one list concurrently and converge; a node rest
   const bContext = await browser.newContext();
   const b = await open({ user: "mail:bob@example.org", list }, bContext);
   await b.waitForFunction(() => window.__app.stage.connectionState().state === "open", null, { timeout: T });
+  // B edits the list once it has arrived (until then the app keeps its form disabled).
+  await b.waitForFunction(() => window.__app.stage.has(window.__app.list), null, { timeout: T });
+  assert.equal(await b.locator("#add button").isDisabled(), false);
 
   // Concurrent edits from both pages and the CLI.
   await Promise.all([

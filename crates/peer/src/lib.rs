@@ -56,6 +56,11 @@ pub mod node;
 pub mod proto;
 #[cfg(feature = "runtime")]
 pub mod realize;
+/// Without the runtime, only the pure planning of realization (the browser client drives it).
+#[cfg(not(feature = "runtime"))]
+pub mod realize {
+    pub mod plan;
+}
 #[cfg(any(test, feature = "test-utils"))]
 pub mod sim;
 #[cfg(feature = "runtime")]

@@ -104,6 +104,7 @@ pub enum StoreError {
         reason: String,
     },
     /// An error reported by the sled engine.
+    #[cfg(not(target_arch = "wasm32"))]
     #[error("sled error during {op}: {source}")]
     Sled {
         /// What the store was doing.

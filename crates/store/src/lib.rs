@@ -90,23 +90,30 @@
 use std::fmt;
 use std::io::Read;
 
+#[cfg(not(target_arch = "wasm32"))]
 mod blob;
 mod engine;
 mod error;
+#[cfg(not(target_arch = "wasm32"))]
 mod file;
+#[cfg(not(target_arch = "wasm32"))]
 mod group_commit;
 mod keys;
+#[cfg(not(target_arch = "wasm32"))]
 mod lock;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(not(target_arch = "wasm32"))]
 mod sled_store;
 
 pub use error::{Result, StoreError};
+#[cfg(not(target_arch = "wasm32"))]
 pub use file::{FileStore, FileStoreOptions, FileStoreStats, RecoveryReport};
-pub use memory::MemoryStore;
+pub use memory::{JournalOp, MemoryStore};
 #[cfg(feature = "postgres")]
 pub use postgres::{PG_BLOB_CHUNK, PG_MAX_NAMESPACE_LEN, PG_SCHEMA_VERSION, PgOptions, PgStore};
+#[cfg(not(target_arch = "wasm32"))]
 pub use sled_store::{SLED_MAX_VALUE_LEN, SledStore};
 
 /// Default maximum key length (also the maximum log name length): 1 KiB.

@@ -35,8 +35,12 @@ export interface Commit {
 }
 
 export interface StageOptions {
-  /** The stage's user, owner of the addresses it creates (`mail:you@example.org`). */
-  user: string;
+  /** The stage's user, owner of the addresses it creates (`mail:you@example.org`); default: the `key`'s user (`key:...`). */
+  user?: string;
+  /** A user key as key-file text (`Stage.generateKey()`, or a `replikativ key gen` file): proved to a node with authentication on. Without it the stage authenticates anonymously (it reads public addresses only). */
+  key?: string;
+  /** Capabilities (text from `grant()` or `replikativ key grant`) presented to the node after each handshake. */
+  caps?: string[];
   /** `"memory"` (default; nothing survives a reload) or `"indexeddb"` (browsers only). */
   store?: "memory" | "indexeddb";
   /** The IndexedDB database (default `"replikativ"`). */
@@ -104,6 +108,10 @@ export interface StreamHandle<S> {
 export declare class Stage {
   /** Opens a stage (with `"indexeddb"`, its stored state is loaded back). */
   static create(options: StageOptions): Promise<Stage>;
+  /** A new user key as key-file text. */
+  static generateKey(): Promise<string>;
+  /** Lets `grantee` (`key:...`) read, and with `write` write, `addresses` of this stage's user (all if empty) for `ms` milliseconds; returns the capability as text. Needs a stage made with a `key`. */
+  grant(grantee: string, addresses: Address[], ms: number, write?: boolean): string;
   /** Deletes the IndexedDB database of a closed stage. */
   static deleteDatabase(name: string): Promise<void>;
 

@@ -34,10 +34,22 @@ export function makeApi(wasm, ready) {
       });
     }
 
-    /** Opens a stage: `{user, store: "memory" | "indexeddb", name?, peerId?}`. */
+    /** Opens a stage: `{user?, key?, caps?, store: "memory" | "indexeddb", name?, peerId?}`. */
     static async create(options) {
       await ready();
       return new Stage(await wasm.Stage.create(options));
+    }
+
+    /** A new user key as key-file text (keep it secret; pass it as `Stage.create({key})`). */
+    static async generateKey() {
+      await ready();
+      return wasm.Stage.generateKey();
+    }
+
+    /** Lets `grantee` (`key:...`) read (and with `write`, write) `addresses` of this stage's
+     * user for `ms` milliseconds: a capability as text, for the grantee's `Stage.create({caps})`. */
+    grant(grantee, addresses, ms, write = false) {
+      return this.inner.grant(grantee, addresses, ms, write);
     }
 
     /** Deletes the IndexedDB database of a (closed) stage. */

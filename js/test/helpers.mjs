@@ -33,8 +33,8 @@ export function within(ms, what, promise) {
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
-// The browser client does not authenticate yet (docs/design.md §13.2): a node that has
-// authentication (on by default where `serve` has `--auth`) runs with it off, on loopback.
+// Most tests run the node with authentication off (on loopback), so stages of several named
+// users share addresses; `serve({auth: true})` keeps it on (docs/design.md §12, §13.2).
 let authFlags;
 function noAuth() {
   authFlags ??= execFileSync(BIN, ["serve", "--help"], { encoding: "utf8" }).includes("--auth") ? ["--auth", "off"] : [];
@@ -45,8 +45,8 @@ function noAuth() {
  * Starts `replikativ serve` on `listen` (127.0.0.1:0: an OS-assigned port) with `store` and
  * `args`; resolves to `{url, port, child, exited, stop()}` once it printed its address.
  */
-export async function serve({ args = [], listen = "127.0.0.1:0", store = "memory" } = {}) {
-  const child = spawn(BIN, ["serve", "--listen", listen, "--store", store, ...noAuth(), ...args], {
+export async function serve({ args = [], listen = "127.0.0.1:0", store = "memory", auth = false } = {}) {
+  const child = spawn(BIN, ["serve", "--listen", listen, "--store", store, ...(auth ? [] : noAuth()), ...args], {
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn" },
   });

@@ -234,3 +234,49 @@ test("a node that closes the link with a reason: the reason is shown and the lin
     await n3.stop();
   }
 });
+
+test("authentication on: a key's stages replicate, another user writes with a granted capability, an anonymous one reads nothing", async () => {
+  const secured = await serve({ auth: true });
+  const aliceKey = await Stage.generateKey();
+  const bobKey = await Stage.generateKey();
+  const a1 = await Stage.create({ key: aliceKey, store: "memory" });
+  const a2 = await Stage.create({ key: aliceKey, store: "memory" });
+  assert.ok(a1.user.startsWith("key:"), a1.user);
+  try {
+    await within(10_000, "alice's first device connects", a1.connect(secured.url));
+    await within(10_000, "alice's second device connects", a2.connect(secured.url));
+    const list = await a1.ormap.create();
+    await a1.ormap.assoc(list, "milk", [["add", 2]]);
+    await a2.subscribe(list);
+    await waitFor("alice's second device sees milk", () => a2.ormap.get(list, "milk").length === 1);
+
+    // Bob writes alice's list with a capability she granted him.
+    const bobPublic = (await Stage.create({ key: bobKey, store: "memory" })).user;
+    const cap = a1.grant(bobPublic, [list], 60_000, true);
+    const bob = await Stage.create({ key: bobKey, caps: [cap], store: "memory" });
+    await within(10_000, "bob connects", bob.connect(secured.url));
+    await bob.subscribe(list);
+    await waitFor("bob sees milk", () => bob.ormap.get(list, "milk").length === 1);
+    await bob.ormap.assoc(list, "eggs", [["add", 12]]);
+    await waitFor("alice sees bob's eggs", () => a1.ormap.get(list, "eggs").length === 1);
+
+    // A stage without a key authenticates anonymously: nothing of alice's list reaches it.
+    const eve = await Stage.create({ user: "mail:eve@example.org", store: "memory" });
+    await within(10_000, "eve connects", eve.connect(secured.url));
+    await eve.subscribe(list);
+    await new Promise((r) => setTimeout(r, 1500));
+    let seen;
+    try {
+      seen = eve.ormap.get(list, "milk");
+    } catch {
+      seen = [];
+    }
+    assert.equal(seen.length, 0, "an anonymous stage read a private list");
+    eve.close();
+    bob.close();
+  } finally {
+    a1.close();
+    a2.close();
+    await secured.stop();
+  }
+});

@@ -261,8 +261,8 @@ enum KeyCmd {
         /// The key file.
         file: PathBuf,
     },
-    /// Let another key read your addresses until a time: prints a read capability (one line,
-    /// `replikativ-cap:...`) signed by --key, for its holder's --cap FILE.
+    /// Let another key read (with --write: also write) your addresses until a time: prints a
+    /// capability (one line, `replikativ-cap:...`) signed by --key, for its holder's --cap FILE.
     ///
     /// Only the grantee's connections can use it (a node checks that the connection proved that
     /// key), so it is safe to send in the clear. It covers the --address given (repeatable; they
@@ -281,6 +281,9 @@ enum KeyCmd {
         /// For how long (e.g. 30m, 24h, 168h).
         #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
         valid_for: std::time::Duration,
+        /// Let the key write the addresses too (several users editing one list).
+        #[arg(long)]
+        write: bool,
     },
 }
 
@@ -296,7 +299,7 @@ fn key_cmd(cmd: &KeyCmd) -> Result<(), Failure> {
             let key = SecretKey::read_file(file).map_err(|e| Failure(EXIT_DATA, e.to_string()))?;
             println!("{}", key.public());
         }
-        KeyCmd::Grant { key, to, addresses, valid_for } => {
+        KeyCmd::Grant { key, to, addresses, valid_for, write } => {
             let owner = SecretKey::read_file(key).map_err(|e| Failure(EXIT_USAGE, e.to_string()))?;
             let grantee: replikativ_peer::auth::PublicKey = to
                 .parse()
@@ -314,7 +317,10 @@ fn key_cmd(cmd: &KeyCmd) -> Result<(), Failure> {
             }
             let now = replikativ_peer::auth::cap::wall_ms();
             let until = now.saturating_add(u64::try_from(valid_for.as_millis()).unwrap_or(u64::MAX));
-            println!("{}", replikativ_peer::auth::ReadCap::issue(&owner, grantee, set, until).to_text());
+            println!(
+                "{}",
+                replikativ_peer::auth::ReadCap::issue_with(&owner, grantee, set, until, *write).to_text()
+            );
         }
     }
     Ok(())

@@ -117,6 +117,16 @@ fn with_auth_on_writes_succeed_only_as_the_keys_user() {
     assert_eq!(code(&with_cap), Some(0), "{}", stderr(&with_cap));
     let without = run_env(&["ormap", "get", &map, "milk", "--peer", &url], &as_bob);
     assert_eq!(code(&without), Some(4), "{}", stderr(&without));
+    // A read capability does not let bob write; a write capability does.
+    let cap_arg = cap.to_str().unwrap();
+    let write = &["ormap", "assoc", &map, "tea", r#"[["add", 1]]"#, "--peer", &url, "--cap", cap_arg];
+    assert_eq!(code(&run_env(write, &as_bob)), Some(4));
+    let owner = alice_key.to_str().unwrap();
+    let granted_w =
+        run(&["key", "grant", "--key", owner, "--to", &bob, "--address", &map, "--for", "1h", "--write"]);
+    std::fs::write(&cap, stdout(&granted_w)).unwrap();
+    let wrote = run_env(write, &as_bob);
+    assert_eq!(code(&wrote), Some(0), "{}", stderr(&wrote));
     let for_another = grant("mail:x@y/6f1c0b5c-0000-4000-8000-000000000000");
     assert_eq!(code(&for_another), Some(2), "{}", stderr(&for_another));
     let after = run_env(&["ormap", "get", &map, "milk", "--peer", &url, "--json"], &as_alice);

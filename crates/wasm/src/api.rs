@@ -79,10 +79,26 @@ impl Stage {
     /// `"replikativ"`) is loaded back. `heartbeatMs` (default 10 s, at least 100 ms) and
     /// `deadAfterMs` (default 25 s, at least two heartbeats) time the link's heartbeat.
     pub async fn create(options: JsValue) -> Result<Stage, JsError> {
+        // A user key (the text of a key file, `Stage.generateKey()`): proved to a node with
+        // authentication on; the user defaults to its `key:...` id.
+        let key = match get_opt(&options, "key").and_then(|v| v.as_string()) {
+            Some(text) => Some(
+                replikativ_peer::auth::SecretKey::from_file_text(&text)
+                    .map_err(|e| JsError::new(&format!("Stage.create: key: {e}")))?,
+            ),
+            None => None,
+        };
         let user = get_opt(&options, "user")
             .and_then(|v| v.as_string())
-            .ok_or_else(|| JsError::new("Stage.create needs {user: \"mail:you@example.org\"}"))?;
+            .or_else(|| key.as_ref().map(|k| k.public().user_id()))
+            .ok_or_else(|| {
+                JsError::new(
+                    "Stage.create needs {user: \"mail:you@example.org\"} or {key} (Stage.generateKey())",
+                )
+            })?;
         Address::validate_user(&user).map_err(err)?;
+        let node = replikativ_peer::auth::SecretKey::generate().map_err(err)?;
+        let identity = replikativ_peer::auth::Identity { node, user: key };
         let kind = get_opt(&options, "store").and_then(|v| v.as_string()).unwrap_or_else(|| "memory".into());
         let (store, journal) = match kind.as_str() {
             "memory" => (MemoryStore::new(), None),
@@ -101,7 +117,19 @@ impl Stage {
             .unwrap_or_else(|| format!("browser-{}", Uuid::new_v4()));
         let actor = ActorId::from(Uuid::new_v4());
         let peer = Peer::open(store.clone(), &peer_id, false, actor, PeerConfig::default()).map_err(err)?;
-        let shared = Rc::new(RefCell::new(Inner::new(peer, store, user, journal)));
+        let shared = Rc::new(RefCell::new(Inner::new(peer, store, user, journal, identity)));
+        // Capabilities (text from `grant` or `replikativ key grant`) presented after each handshake.
+        if let Some(list) = get_opt(&options, "caps") {
+            let list: js_sys::Array = list
+                .dyn_into()
+                .map_err(|_| JsError::new("Stage.create: caps must be an array of strings"))?;
+            for c in list.iter() {
+                let text = c.as_string().ok_or_else(|| JsError::new("Stage.create: caps must be strings"))?;
+                let cap = replikativ_peer::auth::ReadCap::from_text(&text)
+                    .map_err(|e| JsError::new(&format!("Stage.create: caps: {e}")))?;
+                shared.borrow_mut().caps.push(cap);
+            }
+        }
         // The heartbeat's timing: at least 100 ms, and a link is taken for dead after at least
         // two heartbeat intervals.
         let ms =
@@ -117,6 +145,43 @@ impl Stage {
         }
         driver::start(&shared);
         Ok(Stage { shared })
+    }
+
+    /// A new user key, as key-file text (what `replikativ key gen` writes): keep it where the
+    /// application keeps secrets, and pass it to `Stage.create({key})`.
+    #[wasm_bindgen(js_name = generateKey)]
+    pub fn generate_key() -> Result<String, JsError> {
+        let key = replikativ_peer::auth::SecretKey::generate().map_err(err)?;
+        Ok(key.to_file_text().to_string())
+    }
+
+    /// Lets `grantee` (`key:...`) read `addresses` of this stage's user (all of them if empty)
+    /// for `ms` milliseconds, and write them too if `write`: a capability as text, for the
+    /// grantee's `Stage.create({caps})` (or `--cap FILE`). Needs `Stage.create({key})`.
+    pub fn grant(
+        &self,
+        grantee: &str,
+        addresses: Vec<String>,
+        ms: f64,
+        write: bool,
+    ) -> Result<String, JsError> {
+        let inner = self.shared.borrow();
+        let key =
+            inner.identity.user.as_ref().ok_or_else(|| JsError::new("grant needs a stage with a key"))?;
+        let grantee: replikativ_peer::auth::PublicKey = grantee.parse().map_err(err)?;
+        let mut set = std::collections::BTreeSet::new();
+        for a in addresses {
+            let a = parse_address(&a)?;
+            if a.user != key.public().user_id() {
+                return Err(JsError::new(&format!("{a} is not an address of this stage's key")));
+            }
+            set.insert(a);
+        }
+        if !ms.is_finite() || ms <= 0.0 {
+            return Err(JsError::new("grant: ms must be a positive number"));
+        }
+        let until = js_sys::Date::now() + ms;
+        Ok(replikativ_peer::auth::ReadCap::issue_with(key, grantee, set, until as u64, write).to_text())
     }
 
     /// The stage's user (the owner of the addresses it creates).

@@ -69,14 +69,27 @@ pub(crate) struct Inner {
     pub(crate) closed: bool,
     /// Barriers handed to IndexedDB and not completed yet.
     pub(crate) barriers_in_flight: usize,
+    /// What the link proves to a node with authentication on: a node key made for this stage,
+    /// and the user key of `Stage.create({key})`, if given.
+    pub(crate) identity: replikativ_peer::auth::Identity,
+    /// Capabilities presented to the node after each handshake (`Stage.create({caps})`).
+    pub(crate) caps: Vec<replikativ_peer::auth::ReadCap>,
 }
 
 /// The stage's state, shared by its handles and callbacks.
 pub(crate) type Shared = Rc<RefCell<Inner>>;
 
 impl Inner {
-    pub(crate) fn new(peer: Peer, store: Arc<MemoryStore>, user: String, journal: Option<Journal>) -> Inner {
+    pub(crate) fn new(
+        peer: Peer,
+        store: Arc<MemoryStore>,
+        user: String,
+        journal: Option<Journal>,
+        identity: replikativ_peer::auth::Identity,
+    ) -> Inner {
         Inner {
+            identity,
+            caps: Vec::new(),
             peer,
             store,
             user,

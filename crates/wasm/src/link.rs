@@ -117,6 +117,9 @@ pub(crate) struct Link {
     /// The heartbeat's timing (`Stage.create({heartbeatMs, deadAfterMs})`; 0: the defaults).
     pub(crate) heartbeat_ms: f64,
     pub(crate) dead_after_ms: f64,
+    /// The authentication handshake of the current socket, until it is done (or the node turns
+    /// out not to authenticate), with this side's hello (sent with its proof).
+    auth: Option<(replikativ_peer::auth::Handshake, Vec<u8>)>,
 }
 
 impl Link {
@@ -175,6 +178,7 @@ impl Link {
             self.retired.push(s);
         }
         self.last_close = Some(reason.to_owned());
+        self.auth = None;
         self.backlog.clear();
         self.offline_writes += std::mem::take(&mut self.unacked).len() as u64;
         self.conn.take()
@@ -305,7 +309,7 @@ fn dial(shared: &Shared) {
     let weak = Rc::downgrade(shared);
     let on_open = Closure::<dyn FnMut()>::new(move || {
         let Some(shared) = weak.upgrade() else { return };
-        let conn = {
+        let failed = {
             let mut inner = shared.borrow_mut();
             inner.link.next_conn += 1;
             let conn = inner.link.next_conn;
@@ -313,9 +317,20 @@ fn dial(shared: &Shared) {
             inner.link.last_frame_ms = js_sys::Date::now();
             inner.link.stalled = None;
             inner.link.buffered_unreliable = false;
-            conn
+            // The node speaks first: `auth-hello` (authentication on: the handshake runs before
+            // the core hears of the connection) or its plain `hello` (see `received`).
+            let identity = inner.identity.clone();
+            match replikativ_peer::auth::Handshake::start_unbound(Direction::Outbound, identity) {
+                Ok(hs) => {
+                    inner.link.auth = Some(hs);
+                    None
+                }
+                Err(e) => Some(format!("cannot authenticate: {e}")),
+            }
         };
-        feed(&shared, vec![Input::Connected { conn, direction: Direction::Outbound }]);
+        if let Some(why) = failed {
+            lost(&shared, &why);
+        }
     });
     let weak = Rc::downgrade(shared);
     let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |e: MessageEvent| {
@@ -373,6 +388,46 @@ fn lost(shared: &Shared, why: &str) {
     notify(shared);
 }
 
+/// What the authentication handshake makes of a frame.
+enum Authenticating {
+    /// Not authenticating (done, or the node does not): the frame is the core's.
+    No,
+    /// The frame was the handshake's.
+    Consumed,
+    /// The handshake is done (or the node sent its plain hello, which the core gets next): the
+    /// core hears of the connection now.
+    Connected(ConnId, bool),
+    /// It failed.
+    Failed(String),
+}
+
+fn authenticate(shared: &Shared, frame: &[u8]) -> Authenticating {
+    use replikativ_peer::auth::Progress;
+    let mut inner = shared.borrow_mut();
+    let Some(conn) = inner.link.conn else { return Authenticating::Consumed };
+    let Some((mut hs, hello)) = inner.link.auth.take() else { return Authenticating::No };
+    inner.link.last_frame_ms = js_sys::Date::now();
+    match hs.receive(frame) {
+        Ok(Progress::Send(proof)) => {
+            inner.link.backlog.push_back(hello.clone());
+            inner.link.backlog.push_back(proof);
+            inner.link.auth = Some((hs, hello));
+            flush(shared, &mut inner);
+            Authenticating::Consumed
+        }
+        Ok(Progress::Done(_)) => {
+            if !inner.caps.is_empty() {
+                let frame = replikativ_peer::auth::cap::caps_message(&inner.caps).encode();
+                inner.link.backlog.push_back(frame);
+                flush(shared, &mut inner);
+            }
+            Authenticating::Connected(conn, false)
+        }
+        Err(e) if e.plain_hello => Authenticating::Connected(conn, true),
+        Err(e) => Authenticating::Failed(format!("authentication failed: {e}")),
+    }
+}
+
 fn received(shared: &Shared, data: JsValue) {
     let Some(buffer) = data.dyn_ref::<ArrayBuffer>() else {
         lost(shared, "a text frame from the node (the protocol sends binary frames)");
@@ -383,6 +438,20 @@ fn received(shared: &Shared, data: JsValue) {
         return;
     }
     let frame = Uint8Array::new(buffer).to_vec();
+    match authenticate(shared, &frame) {
+        Authenticating::No => {}
+        Authenticating::Consumed => return,
+        Authenticating::Failed(why) => {
+            lost(shared, &why);
+            return;
+        }
+        Authenticating::Connected(conn, plain) => {
+            feed(shared, vec![Input::Connected { conn, direction: Direction::Outbound }]);
+            if !plain {
+                return;
+            }
+        }
+    }
     let input = {
         let mut inner = shared.borrow_mut();
         let Some(conn) = inner.link.conn else { return };

@@ -1,4 +1,5 @@
-//! Read capabilities: an address's owner lets another key read it, until a time.
+//! Capabilities: an address's owner lets another key read it (and, with `write`, write it) until
+//! a time.
 //!
 //! A [`ReadCap`] is signed by the owner's key and names the grantee's key, the addresses (none:
 //! every address of the owner) and `not_after` (ms since the epoch). A connection presents caps
@@ -6,8 +7,9 @@
 //! handshake; the gate keeps those that verify, name the connection's own key (its user key or
 //! node key: a cap lifted from a log is useless to anyone else) and are not expired, and lets the
 //! connection read what they cover until `not_after`: from then on nothing more of those
-//! addresses reaches it, without a reconnect. Caps do not grant writes and are not delegable
-//! (design note `auth.md` §7: attenuated delegation is not built).
+//! addresses reaches it, without a reconnect. A cap with `write` also lets the connection write
+//! them (a shared list several users edit); caps are not delegable (design note `auth.md` §7:
+//! attenuated delegation is not built).
 
 use std::collections::BTreeSet;
 
@@ -37,6 +39,9 @@ pub struct ReadCap {
     pub addresses: BTreeSet<Address>,
     /// Until when, in ms since the epoch.
     pub not_after: u64,
+    /// Whether it also grants writes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub write: bool,
     /// The owner's signature.
     pub sig: Signature,
 }
@@ -47,6 +52,7 @@ impl ReadCap {
         grantee: &PublicKey,
         addresses: &BTreeSet<Address>,
         not_after: u64,
+        write: bool,
     ) -> [u8; 32] {
         let mut listed = Vec::new();
         for a in addresses {
@@ -56,20 +62,31 @@ impl ReadCap {
         }
         statement(
             "replikativ-rs v1 read-cap",
-            &[owner.as_bytes(), grantee.as_bytes(), &listed, &not_after.to_be_bytes()],
+            &[owner.as_bytes(), grantee.as_bytes(), &listed, &not_after.to_be_bytes(), &[u8::from(write)]],
         )
     }
 
-    /// A cap signed by `owner`.
+    /// A read cap signed by `owner`.
     pub fn issue(
         owner: &SecretKey,
         grantee: PublicKey,
         addresses: BTreeSet<Address>,
         not_after: u64,
     ) -> ReadCap {
+        ReadCap::issue_with(owner, grantee, addresses, not_after, false)
+    }
+
+    /// A cap signed by `owner`, granting writes too if `write`.
+    pub fn issue_with(
+        owner: &SecretKey,
+        grantee: PublicKey,
+        addresses: BTreeSet<Address>,
+        not_after: u64,
+        write: bool,
+    ) -> ReadCap {
         let pk = owner.public();
-        let sig = owner.sign(&ReadCap::digest(&pk, &grantee, &addresses, not_after));
-        ReadCap { owner: pk, grantee, addresses, not_after, sig }
+        let sig = owner.sign(&ReadCap::digest(&pk, &grantee, &addresses, not_after, write));
+        ReadCap { owner: pk, grantee, addresses, not_after, write, sig }
     }
 
     /// Whether the owner signed it (and it names few enough addresses).
@@ -78,7 +95,7 @@ impl ReadCap {
             return Err(KeyError::BadSignature);
         }
         self.owner.verify(
-            &ReadCap::digest(&self.owner, &self.grantee, &self.addresses, self.not_after),
+            &ReadCap::digest(&self.owner, &self.grantee, &self.addresses, self.not_after, self.write),
             &self.sig.0,
         )
     }
@@ -143,6 +160,7 @@ mod tests {
             ReadCap { grantee: alice.public(), ..cap.clone() },
             ReadCap { addresses: BTreeSet::from([other.clone()]), ..cap.clone() },
             ReadCap { owner: eve, ..cap.clone() },
+            ReadCap { write: true, ..cap.clone() },
         ] {
             assert_eq!(forged.verify(), Err(KeyError::BadSignature), "{forged:?}");
         }

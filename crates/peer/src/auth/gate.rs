@@ -134,11 +134,14 @@ impl AuthGate {
                 r
             }
         };
-        if read || self.caps.is_empty() {
+        if (read && write) || self.caps.is_empty() {
             return (read, write);
         }
         let now = super::cap::wall_ms();
-        (self.caps.iter().any(|c| c.not_after > now && c.covers(address, owner)), write)
+        let valid = |c: &&super::cap::ReadCap| c.not_after > now && c.covers(address, owner);
+        let read = read || self.caps.iter().any(|c| valid(&c));
+        let write = write || self.caps.iter().filter(valid).any(|c| c.write);
+        (read, write)
     }
 
     fn readable(&mut self, address: &Address) -> bool {

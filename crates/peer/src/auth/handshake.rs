@@ -46,6 +46,12 @@ pub struct AuthHello {
     pub node_key: PublicKey,
     /// 32 fresh random bytes.
     pub nonce: ByteBuf,
+    /// The sender cannot see the connection's TLS exporter (a browser's `WebSocket` does not show
+    /// it): both sides then use zeros in this connection's transcript. The flag is in the
+    /// transcript itself, so it cannot be set on another side's hello; such a handshake relies on
+    /// the sender checking the server's certificate (see `docs/design.md` §12.2).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unbound: bool,
 }
 
 /// The second handshake message each way: signatures over the transcript.
@@ -165,12 +171,28 @@ impl Handshake {
         identity: Identity,
         exporter: [u8; EXPORTER_LEN],
     ) -> Result<(Handshake, Vec<u8>), KeyError> {
+        Handshake::begin(direction, identity, exporter, false)
+    }
+
+    /// Starts a handshake for a side that cannot see the TLS exporter (a browser): its hello says
+    /// so, and the transcript uses zeros ([`AuthHello::unbound`]).
+    pub fn start_unbound(direction: Direction, identity: Identity) -> Result<(Handshake, Vec<u8>), KeyError> {
+        Handshake::begin(direction, identity, [0; EXPORTER_LEN], true)
+    }
+
+    fn begin(
+        direction: Direction,
+        identity: Identity,
+        exporter: [u8; EXPORTER_LEN],
+        unbound: bool,
+    ) -> Result<(Handshake, Vec<u8>), KeyError> {
         let mut nonce = [0u8; 32];
         getrandom::fill(&mut nonce).map_err(|e| KeyError::Random(e.to_string()))?;
         let hello = AuthHello {
             version: AUTH_VERSION,
             node_key: identity.node.public(),
             nonce: ByteBuf::from(nonce.to_vec()),
+            unbound,
         };
         let own_hello = encode_envelope(KIND_HELLO, &hello);
         let hs = Handshake {
@@ -229,6 +251,10 @@ impl Handshake {
                 }
                 if hello.nonce[..] == self.own_nonce {
                     return Err(failed("the remote sent this side's own hello back"));
+                }
+                if hello.unbound {
+                    // The remote cannot bind: the transcript of this connection uses zeros.
+                    self.exporter = [0; EXPORTER_LEN];
                 }
                 let transcript = self.transcript(frame);
                 let node_sig = self.identity.node.sign(&Self::node_statement(&transcript, self.direction));
@@ -343,6 +369,30 @@ mod tests {
     }
 
     #[test]
+    fn an_unbound_side_handshakes_with_a_side_that_has_an_exporter_and_the_flag_cannot_be_forged() {
+        // A browser (no exporter) and a TLS node: zeros on both sides for this connection.
+        let (mut browser, hello_b) =
+            Handshake::start_unbound(Direction::Outbound, identity(1, Some(9))).unwrap();
+        let (mut node, hello_n) = Handshake::start(Direction::Inbound, identity(2, None), [7; 32]).unwrap();
+        let Progress::Send(proof_b) = browser.receive(&hello_n).unwrap() else { panic!() };
+        let Progress::Send(proof_n) = node.receive(&hello_b).unwrap() else { panic!() };
+        assert!(matches!(node.receive(&proof_b), Ok(Progress::Done(_))));
+        assert!(matches!(browser.receive(&proof_n), Ok(Progress::Done(_))));
+        // A bound client's hello rewritten in transit to claim `unbound`: its proof covers the
+        // original bytes, so it fails.
+        let (mut client, hello_c) =
+            Handshake::start(Direction::Outbound, identity(1, None), [7; 32]).unwrap();
+        let (mut node, hello_n) = Handshake::start(Direction::Inbound, identity(2, None), [7; 32]).unwrap();
+        let (_, _, body) = decode_envelope(&hello_c).unwrap();
+        let mut h: AuthHello = crate::proto::message::from_msgpack(&body).unwrap();
+        h.unbound = true;
+        let rewritten = encode_envelope(KIND_HELLO, &h);
+        let Progress::Send(proof_c) = client.receive(&hello_n).unwrap() else { panic!() };
+        node.receive(&rewritten).unwrap();
+        assert_eq!(node.receive(&proof_c).unwrap_err().refusal, Refusal::AuthFailed);
+    }
+
+    #[test]
     fn reflected_hellos_and_proofs_fail() {
         let (mut side, hello) = Handshake::start(Direction::Inbound, identity(2, Some(3)), [0; 32]).unwrap();
         assert!(side.receive(&hello).unwrap_err().detail.contains("own hello"));
@@ -396,6 +446,7 @@ mod tests {
                 version: 7,
                 node_key: SecretKey::from_seed(&[5; 32]).public(),
                 nonce: vec![1; 32].into(),
+                unbound: false,
             },
         );
         assert!(hs.receive(&bad_version).unwrap_err().detail.contains("version 7"));

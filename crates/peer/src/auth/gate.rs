@@ -40,6 +40,10 @@ pub struct AuthGate {
     /// Read capabilities the remote presented (verified, naming its key): checked against the
     /// clock on every use, so an expired one stops the flow at once.
     caps: Vec<super::cap::ReadCap>,
+    /// Capabilities refused on this connection: past [`super::cap::MAX_CAPS`], further ones are
+    /// refused without checking their signatures (a stream of forged caps must not make the node
+    /// verify signatures without end).
+    refused_caps: usize,
 }
 
 /// Addresses whose rights one connection's gate remembers at most.
@@ -91,7 +95,15 @@ impl AuthGate {
     /// The gate of a connection whose remote proved `principal`; refusals are counted with
     /// `count`.
     pub fn new(principal: Principal, policy: Arc<AuthPolicy>, count: Option<RefusalCounter>) -> AuthGate {
-        AuthGate { principal, policy, count, dialed: false, cache: Default::default(), caps: Vec::new() }
+        AuthGate {
+            principal,
+            policy,
+            count,
+            dialed: false,
+            cache: Default::default(),
+            caps: Vec::new(),
+            refused_caps: 0,
+        }
     }
 
     /// The gate of a connection this node dialed: the remote is trusted like a key in
@@ -101,7 +113,15 @@ impl AuthGate {
     /// connected to, as before authentication existed. The handshake still proves the server's
     /// node key.
     pub fn dialed(principal: Principal, policy: Arc<AuthPolicy>, count: Option<RefusalCounter>) -> AuthGate {
-        AuthGate { principal, policy, count, dialed: true, cache: Default::default(), caps: Vec::new() }
+        AuthGate {
+            principal,
+            policy,
+            count,
+            dialed: true,
+            cache: Default::default(),
+            caps: Vec::new(),
+            refused_caps: 0,
+        }
     }
 
     fn refused(&self, why: Refusal) {
@@ -162,6 +182,12 @@ impl AuthGate {
         if self.caps.len() + caps.len() > MAX_CAPS {
             return Err(format!("more than {MAX_CAPS} read capabilities on one connection"));
         }
+        if self.refused_caps + caps.len() > MAX_CAPS {
+            self.refused_caps = self.refused_caps.saturating_add(caps.len());
+            return Err(format!(
+                "more than {MAX_CAPS} refused capabilities on this connection: no more are checked"
+            ));
+        }
         let now = wall_ms();
         let (node, user) = (self.principal.node, self.principal.user);
         let mine = |k: &super::PublicKey| *k == node || Some(*k) == user;
@@ -177,6 +203,7 @@ impl AuthGate {
                 self.caps.push(cap);
             }
         }
+        self.refused_caps += refused.len();
         if refused.is_empty() { Ok(()) } else { Err(refused.join("; ")) }
     }
 
@@ -293,5 +320,55 @@ impl Middleware for AuthGate {
             }
             other => emit.down(other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::cap::{ReadCap, caps_message, wall_ms};
+    use crate::auth::{PublicKey, SecretKey};
+    use crate::middleware::Chain;
+
+    fn errors(chain: &mut Chain, msg: Message) -> Vec<String> {
+        chain
+            .inbound(Item::Message(msg))
+            .down
+            .into_iter()
+            .filter_map(|i| match i {
+                Item::Message(Message::Error { reason }) => Some(reason),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn forged_capabilities_stop_being_checked_past_the_bound() {
+        let alice = SecretKey::from_seed(&[1; 32]);
+        let eve = SecretKey::from_seed(&[9; 32]).public();
+        let principal = Principal { node: SecretKey::from_seed(&[3; 32]).public(), user: Some(eve) };
+        let counted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = counted.clone();
+        let count: RefusalCounter = Arc::new(move |_| {
+            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        });
+        let mut chain = Chain::new(vec![Box::new(AuthGate::new(principal, Arc::default(), Some(count)))]);
+        let other: PublicKey = SecretKey::from_seed(&[7; 32]).public();
+        let forged = ReadCap::issue(&alice, other, Default::default(), wall_ms() + 60_000);
+        let forged = ReadCap { grantee: eve, ..forged };
+        for _ in 0..2 {
+            let e = errors(&mut chain, caps_message(&vec![forged.clone(); 32]));
+            assert!(e[0].contains("does not verify"), "{e:?}");
+        }
+        // 64 refused: a valid cap is not even looked at now.
+        let valid = ReadCap::issue(&alice, eve, Default::default(), wall_ms() + 60_000);
+        let e = errors(&mut chain, caps_message(&[valid]));
+        assert!(e[0].contains("no more are checked"), "{e:?}");
+        assert_eq!(counted.load(std::sync::atomic::Ordering::Relaxed), 3);
+        let e = errors(
+            &mut chain,
+            Message::Custom { tag: crate::auth::cap::CAPS_TAG.into(), data: vec![1, 2].into() },
+        );
+        assert!(e[0].contains("malformed"), "{e:?}");
     }
 }

@@ -9,9 +9,7 @@ use std::collections::BTreeMap;
 use js_sys::{Array, Object, Reflect};
 use replikativ_crdt::{Address, ContentId, Transaction};
 use replikativ_peer::proto::{Command, CrdtState, Reply};
-use replikativ_peer::realize::plan::{
-    self, AppliedLog, CdvcsLog, CdvcsPlan, GSET_ADD, LWW_SET, PlannedUnit, Record,
-};
+use replikativ_peer::realize::plan::{self, AppliedLog, CdvcsLog, CdvcsPlan, GSET_ADD, LWW_SET};
 use wasm_bindgen::prelude::*;
 
 use crate::driver::{self, Shared};
@@ -85,14 +83,7 @@ impl Stream {
                 }
                 CdvcsPlan::Apply { reset, order, from } => {
                     self.reported_heads = None;
-                    let mut log = if reset { CdvcsLog::default() } else { self.log.cdvcs };
-                    let units: Vec<PlannedUnit> = order[from..]
-                        .iter()
-                        .map(|id| {
-                            log = log.advance(*id);
-                            PlannedUnit { id: *id, commits: vec![*id], record: Record::Cdvcs(log) }
-                        })
-                        .collect();
+                    let units = plan::cdvcs_units(reset, &order, from, self.log.cdvcs);
                     (reset, units, BTreeMap::new())
                 }
             },

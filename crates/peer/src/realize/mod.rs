@@ -435,14 +435,7 @@ impl<I: Identity> Runner<I> {
                 }
                 CdvcsPlan::Apply { reset, order, from } => {
                     self.clear_conflict();
-                    let mut log = if reset { CdvcsLog::default() } else { self.log.cdvcs };
-                    let units: Vec<PlannedUnit> = order[from..]
-                        .iter()
-                        .map(|id| {
-                            log = log.advance(*id);
-                            PlannedUnit { id: *id, commits: vec![*id], record: Record::Cdvcs(log) }
-                        })
-                        .collect();
+                    let units = plan::cdvcs_units(reset, &order, from, self.log.cdvcs);
                     if reset {
                         self.progress.rebuilds += 1;
                     }

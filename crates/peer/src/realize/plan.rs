@@ -171,6 +171,19 @@ pub fn plan_cdvcs(cdvcs: &Cdvcs, log: &CdvcsLog) -> CdvcsPlan {
     }
 }
 
+/// The units of a [`CdvcsPlan::Apply`]: one per commit of `order[from..]`, each recording the
+/// applied-log after it, starting from `log` (or an empty log with `reset`).
+pub fn cdvcs_units(reset: bool, order: &[ContentId], from: usize, log: CdvcsLog) -> Vec<PlannedUnit> {
+    let mut log = if reset { CdvcsLog::default() } else { log };
+    order[from..]
+        .iter()
+        .map(|id| {
+            log = log.advance(*id);
+            PlannedUnit { id: *id, commits: vec![*id], record: Record::Cdvcs(log) }
+        })
+        .collect()
+}
+
 /// The applied-log key of an OR-Map entry: `a` (add) or `r` (removal), then the blake3 of the
 /// entry's msgpack encoding.
 pub fn ormap_entry_key(removal: bool, entry: &OrEntry) -> Vec<u8> {

@@ -188,6 +188,7 @@ async fn an_unauthorized_client_learns_nothing_of_a_private_address() {
     .await;
     let status = bounded("status", server.stage.node().status()).await.unwrap();
     assert!(status.refusals.get(Refusal::Forbidden) >= 1, "{:?}", status.refusals);
+    assert!(status.refusals.get(Refusal::FetchNotOffered) >= 1, "{:?}", status.refusals);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -324,7 +325,12 @@ async fn nodes_that_trust_each_other_replicate_a_private_address_and_others_get_
         async move { stage.get(&map, &Value::from("k")).await.is_ok_and(|v| v.len() == 1) }
     })
     .await;
-    // Several anti-entropy rounds (300 ms) later, C still has nothing.
+    // C is linked (the handshake passed and hellos were exchanged), and several anti-entropy
+    // rounds (300 ms) later it still has nothing.
+    eventually("C is linked to A", || async {
+        common::peer_conns(&c).await.iter().any(|(_, id)| id.is_some())
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let at_c = bounded("get", c.stage.get(&map, &Value::from("k"))).await;
     assert!(at_c.is_err(), "an untrusted node read a private map: {at_c:?}");

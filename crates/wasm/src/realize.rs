@@ -7,9 +7,9 @@
 use std::collections::BTreeMap;
 
 use js_sys::{Array, Object, Reflect};
-use replikativ_crdt::{Address, ContentId, Transaction};
+use replikativ_crdt::{Address, ContentId};
 use replikativ_peer::proto::{Command, CrdtState, Reply};
-use replikativ_peer::realize::plan::{self, AppliedLog, CdvcsLog, CdvcsPlan, GSET_ADD, LWW_SET};
+use replikativ_peer::realize::plan::{self, AppliedLog, CdvcsLog, CdvcsPlan};
 use wasm_bindgen::prelude::*;
 
 use crate::driver::{self, Shared};
@@ -108,19 +108,11 @@ impl Stream {
             }
             CrdtState::Lww(r) => match plan::plan_lww(&r, self.log.lww) {
                 None => return Ok(out.into()),
-                Some(unit) => {
-                    let synthetic =
-                        BTreeMap::from([(unit.id, vec![Transaction::new(LWW_SET, r.get().clone())])]);
-                    (false, vec![unit], synthetic)
-                }
+                Some((unit, synthetic)) => (false, vec![unit], synthetic),
             },
             CrdtState::Gset(s) => {
-                let planned = plan::plan_gset(&s, &self.log.entries);
-                let synthetic: BTreeMap<ContentId, Vec<Transaction>> = planned
-                    .iter()
-                    .map(|(u, e)| (u.id, vec![Transaction::new(GSET_ADD, e.clone())]))
-                    .collect();
-                (false, planned.into_iter().map(|(u, _)| u).collect(), synthetic)
+                let (units, synthetic) = plan::plan_gset(&s, &self.log.entries);
+                (false, units, synthetic)
             }
         };
         // Read the commits the units replay.

@@ -36,7 +36,7 @@ pub struct AuthGate {
     /// owner, decided once: the rules are fixed while the node runs, and deciding parses the
     /// address's user as a key (a curve point decompression, ~10 µs), which every relayed batch
     /// would otherwise pay. At most [`GATE_CACHE`] addresses (then cleared).
-    cache: std::collections::HashMap<Address, (bool, bool, Option<super::PublicKey>)>,
+    cache: std::collections::HashMap<Address, super::Rights>,
     /// Read capabilities the remote presented (verified, naming its key): checked against the
     /// clock on every use, so an expired one stops the flow at once.
     caps: Vec<super::cap::ReadCap>,
@@ -139,14 +139,10 @@ impl AuthGate {
         if self.dialed {
             return (true, true);
         }
-        let (read, write, owner) = match self.cache.get(address) {
+        let super::Rights { read, write, owner } = match self.cache.get(address) {
             Some(r) => *r,
             None => {
-                let r = (
-                    self.policy.may_read(&self.principal, address),
-                    self.policy.may_write(&self.principal, address),
-                    self.policy.owner(&address.user),
-                );
+                let r = self.policy.rights(&self.principal, address);
                 if self.cache.len() >= GATE_CACHE {
                     self.cache.clear();
                 }

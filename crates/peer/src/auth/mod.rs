@@ -39,6 +39,17 @@ pub use gate::AuthGate;
 pub use handshake::{Handshake, HandshakeError, Identity, Principal, Progress};
 pub use keys::{KeyError, PublicKey, SecretKey, Signature};
 
+/// What a connection may do with one address ([`AuthPolicy::rights`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rights {
+    /// It may read it.
+    pub read: bool,
+    /// It may write it.
+    pub write: bool,
+    /// The address's owner, if it has one.
+    pub owner: Option<PublicKey>,
+}
+
 /// Who may read and write what when authentication is on (see the module docs).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AuthPolicy {
@@ -70,15 +81,22 @@ impl AuthPolicy {
     /// Whether the connection may write `address` (publish to it, or run a stage command that
     /// changes it).
     pub fn may_write(&self, principal: &Principal, address: &Address) -> bool {
-        self.is_trusted(principal) || principal.user.is_some_and(|u| self.owner(&address.user) == Some(u))
+        self.rights(principal, address).write
     }
 
     /// Whether the connection may read `address` (subscribe, receive its publications, sync it,
     /// read it by a stage command).
     pub fn may_read(&self, principal: &Principal, address: &Address) -> bool {
-        self.may_write(principal, address)
-            || self.public.contains(address)
-            || self.public_users.contains(&address.user)
+        self.rights(principal, address).read
+    }
+
+    /// What the connection may do with `address`, and the address's owner, decided at once
+    /// (finding the owner of a `key:` user parses a curve point, ~10 µs: done once here).
+    pub fn rights(&self, principal: &Principal, address: &Address) -> Rights {
+        let owner = self.owner(&address.user);
+        let write = self.is_trusted(principal) || (principal.user.is_some() && principal.user == owner);
+        let read = write || self.public.contains(address) || self.public_users.contains(&address.user);
+        Rights { read, write, owner }
     }
 
     /// Reads a trust file: one binding per line, `NAME KEY` (`mail:alice@example.org

@@ -346,11 +346,13 @@ impl Peer {
         let offered = |cid: &ContentId| self.conns.get(&conn).is_some_and(|c| c.offered.contains(cid));
         // The params of a commit record sent now are named to the remote by that record.
         let mut named = Vec::new();
+        let mut not_offered = false;
         for cid in ids {
             // Only what this peer named to the remote without sending it: a content id is not a
             // read token (an id of an address the remote may not read is answered `missing`,
             // exactly like an id this peer does not hold).
             if !offered(&cid) {
+                not_offered = true;
                 missing.push(cid);
                 continue;
             }
@@ -368,6 +370,9 @@ impl Peer {
                 Ok(Some(_)) => {}
                 _ => missing.push(cid),
             }
+        }
+        if not_offered {
+            self.refusals.count(Refusal::FetchNotOffered);
         }
         self.offer(conn, named);
         self.send(conn, Message::FetchReply { id, values, missing });

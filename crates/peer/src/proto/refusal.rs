@@ -84,11 +84,15 @@ pub enum Refusal {
     /// Something the connection's principal may not do: a write to another user's address, a
     /// subscription or a command on an address it may not read (authentication on).
     Forbidden,
+    /// A `fetch` naming ids this peer never named to that connection without their values (or
+    /// named so long ago that they were forgotten, `MAX_OFFERED_IDS`): answered `missing`, counted
+    /// once per fetch. A content id is not a read token.
+    FetchNotOffered,
 }
 
 impl Refusal {
     /// Every reason, in order.
-    pub const ALL: [Refusal; 35] = [
+    pub const ALL: [Refusal; 36] = [
         Refusal::MalformedFrame,
         Refusal::UnsupportedVersion,
         Refusal::UnknownKind,
@@ -124,6 +128,7 @@ impl Refusal {
         Refusal::AuthRequired,
         Refusal::AuthFailed,
         Refusal::Forbidden,
+        Refusal::FetchNotOffered,
     ];
 
     /// The reason's stable name (kebab-case), as `status` shows it.
@@ -164,6 +169,7 @@ impl Refusal {
             Refusal::AuthRequired => "auth-required",
             Refusal::AuthFailed => "auth-failed",
             Refusal::Forbidden => "forbidden",
+            Refusal::FetchNotOffered => "fetch-not-offered",
         }
     }
 }

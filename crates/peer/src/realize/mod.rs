@@ -453,17 +453,12 @@ impl<I: Identity> Runner<I> {
                 self.apply(false, plan.units, &BTreeMap::new()).await
             }
             CrdtState::Lww(r) => {
-                let Some(unit) = plan::plan_lww(&r, self.log.lww) else { return Ok(()) };
-                let synthetic = BTreeMap::from([(unit.id, vec![Transaction::new(LWW_SET, r.get().clone())])]);
+                let Some((unit, synthetic)) = plan::plan_lww(&r, self.log.lww) else { return Ok(()) };
                 self.apply(false, vec![unit], &synthetic).await
             }
             CrdtState::Gset(s) => {
-                let planned = plan::plan_gset(&s, &self.log.entries);
-                let synthetic: BTreeMap<ContentId, Vec<Transaction>> = planned
-                    .iter()
-                    .map(|(u, e)| (u.id, vec![Transaction::new(GSET_ADD, e.clone())]))
-                    .collect();
-                self.apply(false, planned.into_iter().map(|(u, _)| u).collect(), &synthetic).await
+                let (units, synthetic) = plan::plan_gset(&s, &self.log.entries);
+                self.apply(false, units, &synthetic).await
             }
         }
     }

@@ -7,7 +7,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use replikativ_crdt::{Cdvcs, ContentId, Dot, GSet, LwwRegister, OrEntry, OrMap, OrMapOp, Value};
+use replikativ_crdt::{
+    Cdvcs, ContentId, Dot, GSet, LwwRegister, OrEntry, OrMap, OrMapOp, Transaction, Value,
+};
 use serde::{Deserialize, Serialize};
 
 /// Name of the synthetic transaction an LWW register's value is applied with: params = the value.
@@ -304,24 +306,36 @@ pub fn plan_ormap(state: &OrMap, applied: &BTreeSet<Vec<u8>>) -> OrMapPlan {
     OrMapPlan { diff, units }
 }
 
-/// Plans an LWW register: one unit applying the current value, unless it is the applied one.
-pub fn plan_lww(register: &LwwRegister, applied: Option<ContentId>) -> Option<PlannedUnit> {
+/// The synthetic transactions of units without commit records (LWW writes, G-Set elements), by
+/// unit id.
+pub type Synthetic = BTreeMap<ContentId, Vec<Transaction>>;
+
+/// Plans an LWW register: one unit applying the current value ([`LWW_SET`]), unless it is the
+/// applied one.
+pub fn plan_lww(register: &LwwRegister, applied: Option<ContentId>) -> Option<(PlannedUnit, Synthetic)> {
     let id = lww_write_id(register)?;
-    (applied != Some(id)).then(|| PlannedUnit { id, commits: vec![id], record: Record::Lww(id) })
+    (applied != Some(id)).then(|| {
+        let synthetic = BTreeMap::from([(id, vec![Transaction::new(LWW_SET, register.get().clone())])]);
+        (PlannedUnit { id, commits: vec![id], record: Record::Lww(id) }, synthetic)
+    })
 }
 
-/// Plans a G-Set: one unit per element not applied yet, in element order.
-pub fn plan_gset(set: &GSet, applied: &BTreeSet<Vec<u8>>) -> Vec<(PlannedUnit, Value)> {
-    set.elements()
+/// Plans a G-Set: one unit per element not applied yet ([`GSET_ADD`]), in element order.
+pub fn plan_gset(set: &GSet, applied: &BTreeSet<Vec<u8>>) -> (Vec<PlannedUnit>, Synthetic) {
+    let mut synthetic = Synthetic::new();
+    let units = set
+        .elements()
         .iter()
         .filter_map(|e| {
             let key = gset_entry_key(e);
             (!applied.contains(&key)).then(|| {
                 let id = e.content_id();
-                (PlannedUnit { id, commits: vec![id], record: Record::Entries(vec![key]) }, e.clone())
+                synthetic.insert(id, vec![Transaction::new(GSET_ADD, e.clone())]);
+                PlannedUnit { id, commits: vec![id], record: Record::Entries(vec![key]) }
             })
         })
-        .collect()
+        .collect();
+    (units, synthetic)
 }
 
 #[cfg(test)]
